@@ -1,0 +1,221 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Parses decimal digits only: strtoull would also take "-1", " 7", "0x10". */
+static int parse_digits(const char *s, size_t n, uint64_t *out) {
+  uint64_t v = 0;
+
+  if (n == 0)
+    return -EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9')
+      return -EINVAL;
+    unsigned d = (unsigned)(s[i] - '0');
+    if (v > (UINT64_MAX - d) / 10)
+      return -EINVAL;
+    v = v * 10 + d;
+  }
+  *out = v;
+  return 0;
+}
+
+int cli_parse_hostport(const char *arg, struct cli_hostport *out) {
+  const char *host, *colon;
+  size_t host_len;
+  uint64_t port;
+
+  if (arg[0] == '[') {
+    const char *close = strchr(arg, ']');
+    if (close == NULL || close[1] != ':')
+      return -EINVAL;
+    host = arg + 1;
+    host_len = (size_t)(close - host);
+    colon = close + 1;
+    if (host_len == 0)
+      return -EINVAL;
+  } else {
+    colon = strrchr(arg, ':');
+    if (colon == NULL)
+      return -EINVAL;
+    host = arg;
+    host_len = (size_t)(colon - arg);
+    /* A bare IPv6 address is ambiguous ("::1:80"): require brackets. */
+    if (memchr(host, ':', host_len) != NULL)
+      return -EINVAL;
+  }
+  if (host_len >= sizeof(out->host))
+    return -EINVAL;
+  if (parse_digits(colon + 1, strlen(colon + 1), &port) < 0 || port > 65535)
+    return -EINVAL;
+
+  memcpy(out->host, host, host_len);
+  out->host[host_len] = '\0';
+  snprintf(out->port, sizeof(out->port), "%" PRIu64, port);
+  return 0;
+}
+
+int cli_parse_size(const char *arg, uint64_t *out) {
+  static const struct {
+    const char *suffix;
+    unsigned shift;
+  } units[] = {
+      {"", 0},     {"B", 0},   {"K", 10},   {"KB", 10},  {"KiB", 10},
+      {"M", 20},   {"MB", 20}, {"MiB", 20}, {"G", 30},   {"GB", 30},
+      {"GiB", 30}, {"T", 40},  {"TB", 40},  {"TiB", 40},
+  };
+  size_t n = strspn(arg, "0123456789");
+  uint64_t v;
+
+  if (parse_digits(arg, n, &v) < 0 || v == 0)
+    return -EINVAL;
+  for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+    if (strcasecmp(arg + n, units[i].suffix) != 0)
+      continue;
+    if (v > (UINT64_MAX >> units[i].shift))
+      return -EINVAL;
+    *out = v << units[i].shift;
+    return 0;
+  }
+  return -EINVAL;
+}
+
+int cli_parse_uint(const char *arg, uint64_t min, uint64_t max, uint64_t *out) {
+  uint64_t v;
+
+  if (parse_digits(arg, strlen(arg), &v) < 0 || v < min || v > max)
+    return -EINVAL;
+  *out = v;
+  return 0;
+}
+
+uint64_t cli_now_ns(void) {
+  struct timespec ts;
+
+  /* CLOCK_MONOTONIC cannot fail with a valid pointer on Linux. */
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void cli_json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    switch (*p) {
+    case '"':
+      fputs("\\\"", f);
+      break;
+    case '\\':
+      fputs("\\\\", f);
+      break;
+    case '\n':
+      fputs("\\n", f);
+      break;
+    case '\r':
+      fputs("\\r", f);
+      break;
+    case '\t':
+      fputs("\\t", f);
+      break;
+    default:
+      if (*p < 0x20 || *p == 0x7f)
+        fprintf(f, "\\u%04x", *p);
+      else
+        fputc(*p, f);
+    }
+  }
+  fputc('"', f);
+}
+
+void cli_json_double(FILE *f, double v) {
+  if (isfinite(v))
+    fprintf(f, "%.6g", v);
+  else
+    fputs("null", f);
+}
+
+void cli_print_stats_json(FILE *f, const tether_stats *st) {
+  fprintf(f,
+          "{\"reconnects\":%" PRIu64 ",\"bytes_sent\":%" PRIu64
+          ",\"bytes_received\":%" PRIu64 ",\"bytes_resent\":%" PRIu64
+          ",\"suspended_ms\":%" PRIu64 "}\n",
+          st->reconnects, st->bytes_sent, st->bytes_received, st->bytes_resent,
+          st->suspended_ns / 1000000u);
+  fflush(f);
+}
+
+void cli_print_error(const char *prog, const char *what, int err) {
+  fprintf(stderr, "%s: %s: %s (%s)\n", prog, what, tether_strerror(err),
+          tether_err_name(err));
+}
+
+int cli_usage_error(const char *prog, const char *fmt, ...) {
+  va_list ap;
+
+  fprintf(stderr, "%s: ", prog);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\nTry '%s --help'.\n", prog);
+  return CLI_EXIT_USAGE;
+}
+
+int cli_err_is_retry(int err) {
+  return err == -EAGAIN || err == -EINTR; /* EWOULDBLOCK == EAGAIN here */
+}
+
+/* Sleeps until fd is ready for events; 0 or -errno. */
+static int wait_ready(int fd, short events) {
+  struct pollfd pfd = {.fd = fd, .events = events};
+
+  if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+    return -errno;
+  return 0;
+}
+
+int cli_fd_write_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+
+  while (len > 0) {
+    ssize_t n = write(fd, p, len);
+    if (n < 0) {
+      int err = -errno;
+      if (!cli_err_is_retry(err))
+        return err;
+      /* Also covers a descriptor someone made non-blocking. */
+      if (err != -EINTR && (err = wait_ready(fd, POLLOUT)) < 0)
+        return err;
+      continue;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+int cli_session_write_all(tether_session *s, const void *buf, size_t len) {
+  const char *p = buf;
+
+  while (len > 0) {
+    ssize_t n = tether_write(s, p, len);
+    if (n < 0) {
+      int err = (int)n;
+      if (!cli_err_is_retry(err))
+        return err;
+      if (err != -EINTR && (err = wait_ready(tether_fd(s), POLLOUT)) < 0)
+        return err;
+      continue;
+    }
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}

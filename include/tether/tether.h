@@ -1,0 +1,216 @@
+/*
+ * tether — TCP sessions that outlive their TCP connection.
+ *
+ * One public header.  Every handle is opaque.  Functions that can fail return
+ * a negative error code: either a negated errno value (-EAGAIN, -EINVAL, ...)
+ * or one of tether's own TETHER_E* codes below.  tether_strerror() names both.
+ *
+ * Thread safety: a context may be used from any number of threads.  A session
+ * behaves like a socket: one thread may read while another writes, but two
+ * concurrent reads (or two concurrent writes) on one session are not
+ * supported, and tether_close() must not race with any other call on the same
+ * session.  Callbacks run on the context's engine thread and must not block.
+ *
+ * See tether(7) for the model, the wire protocol and the guarantees.
+ */
+#ifndef TETHER_TETHER_H
+#define TETHER_TETHER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(TETHER_STATIC)
+#define TETHER_API
+#elif defined(__GNUC__)
+#define TETHER_API __attribute__((visibility("default")))
+#else
+#define TETHER_API
+#endif
+
+#define TETHER_VERSION_MAJOR 0
+#define TETHER_VERSION_MINOR 1
+#define TETHER_VERSION_PATCH 0
+#define TETHER_VERSION_STRING "0.1.0"
+
+/* Returns the library's version string (may differ from the header's). */
+TETHER_API const char *tether_version(void);
+
+/*
+ * Errors.  One X-macro generates the codes, tether_strerror() and
+ * tether_err_name().  X(name, value, kind, message).
+ */
+#define TETHER_ERROR_MAP(X)                                                     \
+  X(TETHER_EGIVEUP, -10001, TETHER_ERRKIND_FINAL,                               \
+    "session failed: could not reconnect within give_up_s")                     \
+  X(TETHER_ESESSIONGONE, -10002, TETHER_ERRKIND_FINAL,                          \
+    "session failed: the peer no longer knows this session")                    \
+  X(TETHER_EWINDOW, -10003, TETHER_ERRKIND_FINAL,                               \
+    "session failed: resume window exceeded (bytes needed are no longer held)") \
+  X(TETHER_EDIVERGED, -10004, TETHER_ERRKIND_FINAL,                             \
+    "session failed: divergent replay after a rollback")                        \
+  X(TETHER_EAUTH, -10005, TETHER_ERRKIND_FINAL,                                 \
+    "authentication failed")                                                    \
+  X(TETHER_EPROTO, -10006, TETHER_ERRKIND_FINAL,                                \
+    "protocol error: the peer does not speak tether or sent malformed data")    \
+  X(TETHER_EVERSION, -10007, TETHER_ERRKIND_FINAL,                              \
+    "unsupported tether protocol version")                                      \
+  X(TETHER_ECLOSED, -10008, TETHER_ERRKIND_USAGE,                               \
+    "session or listener is closed")
+
+typedef enum tether_errkind {
+  TETHER_ERRKIND_NONE = 0,  /* not an error (>= 0) */
+  TETHER_ERRKIND_TRANSIENT, /* try again later: EAGAIN, EINTR, ETIMEDOUT */
+  TETHER_ERRKIND_FINAL,     /* the session/operation cannot succeed */
+  TETHER_ERRKIND_USAGE,     /* the caller passed something wrong */
+} tether_errkind;
+
+enum tether_error {
+#define TETHER_ERR_ENUM_(name, value, kind, msg) name = (value),
+  TETHER_ERROR_MAP(TETHER_ERR_ENUM_)
+#undef TETHER_ERR_ENUM_
+};
+
+/* Human-readable message for any code (tether's own or -errno). Never NULL. */
+TETHER_API const char *tether_strerror(int err);
+/* Symbolic name ("TETHER_EGIVEUP", "EAGAIN"); "UNKNOWN" if not known. */
+TETHER_API const char *tether_err_name(int err);
+/* What the application can do about err. */
+TETHER_API tether_errkind tether_err_kind(int err);
+
+/* ---- Configuration ---------------------------------------------------- */
+
+typedef struct tether_config tether_config;
+typedef struct tether_ctx tether_ctx;
+typedef struct tether_listener tether_listener;
+typedef struct tether_session tether_session;
+
+typedef enum tether_option {
+  TETHER_OPT_HEARTBEAT_MS = 1,     /* default 1000; env TETHER_HEARTBEAT_MS */
+  TETHER_OPT_SUSPEND_MS,           /* default 3000; env TETHER_SUSPEND_MS */
+  TETHER_OPT_RECONNECT_MAX_MS,     /* default 1000; env TETHER_RECONNECT_MAX_MS */
+  TETHER_OPT_GIVE_UP_S,            /* default 86400, 0 = never; env TETHER_GIVE_UP_S */
+  TETHER_OPT_CONNECT_TIMEOUT_MS,   /* first connect + handshake; default 10000 */
+  TETHER_OPT_LOG_LEVEL,            /* a tether_log_level; env TETHER_LOG */
+} tether_option;
+
+typedef enum tether_log_level {
+  TETHER_LOG_NONE = 0,
+  TETHER_LOG_ERROR,
+  TETHER_LOG_WARN, /* default */
+  TETHER_LOG_INFO,
+  TETHER_LOG_DEBUG,
+} tether_log_level;
+
+typedef enum tether_state {
+  TETHER_STATE_CONNECTED = 1, /* bytes flow */
+  TETHER_STATE_SUSPENDED,     /* transport lost; reconnecting transparently */
+  TETHER_STATE_CLOSED,        /* both directions finished normally */
+  TETHER_STATE_FAILED,        /* final error; see tether_session_error() */
+} tether_state;
+
+/* Called on the engine thread after every state change (err != 0 only for
+ * TETHER_STATE_FAILED).  Must not block and must not call tether_close(). */
+typedef void (*tether_state_cb)(tether_session *s, tether_state state, int err,
+                                void *arg);
+
+/* A configuration starts with the defaults.  NULL on allocation failure. */
+TETHER_API tether_config *tether_config_new(void);
+TETHER_API void tether_config_free(tether_config *cfg);
+/* Returns 0, or -EINVAL for an unknown option or out-of-range value. */
+TETHER_API int tether_config_set(tether_config *cfg, tether_option opt,
+                                 int64_t value);
+TETHER_API int tether_config_get(const tether_config *cfg, tether_option opt,
+                                 int64_t *value);
+/* Applies the TETHER_* environment variables that are set.  Returns 0 or
+ * -EINVAL (nothing applied) when one of them is malformed. */
+TETHER_API int tether_config_load_env(tether_config *cfg);
+/* Optional pre-shared key (1..64 bytes) that also authenticates session
+ * setup; both peers must use the same key. len 0 removes it. */
+TETHER_API int tether_config_set_psk(tether_config *cfg, const void *key,
+                                     size_t len);
+TETHER_API void tether_config_set_state_cb(tether_config *cfg,
+                                           tether_state_cb cb, void *arg);
+
+/* ---- Context ----------------------------------------------------------- */
+
+/* A context owns an engine thread, the UDP side channel and its sessions.
+ * cfg == NULL means the defaults plus the environment.  The configuration is
+ * copied. */
+TETHER_API int tether_ctx_new(const tether_config *cfg, tether_ctx **out);
+/* Closes every listener, drops every session (peers see them fail later, not
+ * EOF) and frees the context.  Sessions must not be used afterwards. */
+TETHER_API void tether_ctx_free(tether_ctx *ctx);
+
+/* ---- Listening --------------------------------------------------------- */
+
+/* Listens on host:port (host NULL or "" = all addresses; port "0" = any).
+ * Also binds the UDP side channel to the same port number. */
+TETHER_API int tether_listen(tether_ctx *ctx, const char *host,
+                             const char *port, tether_listener **out);
+/* The bound TCP port, in host byte order. */
+TETHER_API int tether_listener_port(const tether_listener *l);
+/* A descriptor that polls readable while a session is ready to accept. */
+TETHER_API int tether_listener_fd(const tether_listener *l);
+TETHER_API int tether_listener_set_nonblocking(tether_listener *l, int on);
+/* Waits for (or, non-blocking, returns -EAGAIN without) the next session. */
+TETHER_API int tether_accept(tether_listener *l, tether_session **out);
+/* Stops accepting new sessions; accepted ones keep working and can still
+ * resume. */
+TETHER_API void tether_listener_close(tether_listener *l);
+
+/* ---- Sessions ---------------------------------------------------------- */
+
+/* Connects to host:port and runs the handshake (blocking, bounded by
+ * TETHER_OPT_CONNECT_TIMEOUT_MS). */
+TETHER_API int tether_connect(tether_ctx *ctx, const char *host,
+                              const char *port, tether_session **out);
+
+/* Like read(2)/write(2): >= 0 bytes, 0 from read only at the peer's real EOF,
+ * or a negative code.  While suspended, blocking calls wait and non-blocking
+ * ones return -EAGAIN. */
+TETHER_API ssize_t tether_read(tether_session *s, void *buf, size_t len);
+TETHER_API ssize_t tether_write(tether_session *s, const void *buf,
+                                size_t len);
+/* Ends the writing direction: the peer reads EOF after every byte. */
+TETHER_API int tether_shutdown(tether_session *s);
+/* Ends the session for the application and frees the handle.  Bytes already
+ * written are still delivered (the engine keeps the session until the peer
+ * has them, or give_up_s).  Bytes arriving afterwards are discarded and the
+ * peer's writes fail with -EPIPE. */
+TETHER_API int tether_close(tether_session *s);
+
+/* A descriptor for poll(2)/select(2)/epoll(7): readable/writable exactly when
+ * tether_read/tether_write can make progress.  Its number is stable for the
+ * session's life, but the open file behind it changes across reconnects: use
+ * poll/select, or re-register with epoll after TETHER_STATE_CONNECTED.  Never
+ * read, write or close it directly. */
+TETHER_API int tether_fd(const tether_session *s);
+TETHER_API int tether_set_nonblocking(tether_session *s, int on);
+
+TETHER_API tether_state tether_session_state(const tether_session *s);
+/* The final error of a FAILED session, else 0. */
+TETHER_API int tether_session_error(const tether_session *s);
+TETHER_API const char *tether_state_name(tether_state st);
+
+typedef struct tether_stats {
+  uint64_t bytes_sent;      /* written by the application */
+  uint64_t bytes_received;  /* delivered to the application */
+  uint64_t bytes_resent;    /* sent again after reconnects */
+  uint64_t bytes_retained;  /* held now for a possible resend */
+  uint64_t reconnects;      /* successful resumes */
+  uint64_t suspended_ns;    /* total time suspended */
+  uint64_t reserved[6];
+} tether_stats;
+
+TETHER_API int tether_session_stats(const tether_session *s,
+                                    tether_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TETHER_TETHER_H */

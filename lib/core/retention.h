@@ -1,0 +1,43 @@
+/* Retention: the bytes a session has written but cannot yet prove its peer's
+ * application consumed, addressed by 64-bit stream offset.  A ring buffer
+ * that grows on demand up to a fixed maximum and gives its memory back when
+ * it empties, so an idle session holds nothing. */
+#ifndef TETHER_CORE_RETENTION_H
+#define TETHER_CORE_RETENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct retention {
+  uint8_t *buf;  /* ring storage, NULL while empty */
+  size_t cap;    /* allocated size, a power of two (0 while buf is NULL) */
+  size_t max;    /* most bytes it may hold */
+  size_t head;   /* index in buf of the byte at offset `base` */
+  size_t len;    /* bytes held */
+  uint64_t base; /* stream offset of the oldest byte held */
+};
+
+void retention_init(struct retention *r, size_t max, uint64_t base);
+void retention_clear(struct retention *r);
+
+static inline uint64_t retention_end(const struct retention *r) { return r->base + r->len; }
+static inline size_t retention_room(const struct retention *r) { return r->max - r->len; }
+
+/* Appends n <= retention_room() bytes.  0, or -ENOMEM (nothing appended). */
+int retention_append(struct retention *r, const void *data, size_t n)
+    __attribute__((warn_unused_result));
+/* Makes sure n more bytes can be appended without allocating.  0 or -ENOMEM. */
+int retention_reserve(struct retention *r, size_t n) __attribute__((warn_unused_result));
+/* Drops every byte below offset `upto` (clamped to what is held). */
+void retention_trim(struct retention *r, uint64_t upto);
+/* The contiguous run of bytes starting at offset `from` (base <= from <= end);
+ * returns its length (0 at the end) and points *p at it. */
+size_t retention_peek(const struct retention *r, uint64_t from, const uint8_t **p);
+/* Copies len bytes starting at offset `from` into out. from..from+len must be held. */
+void retention_copy(const struct retention *r, uint64_t from, void *out, size_t len);
+/* Frees the storage if nothing is held (call when idle). */
+void retention_shrink(struct retention *r);
+/* Raises or lowers the maximum (never below what is held). */
+void retention_set_max(struct retention *r, size_t max);
+
+#endif

@@ -1,0 +1,357 @@
+#include "session.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <string.h>
+
+#include "tether/tether.h"
+
+#define MS ((uint64_t)1000000)
+#define FIRST_BACKOFF_NS (50 * MS)
+#define FIRST_CLOSE_RETRY_NS (10 * MS)
+
+static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+static size_t retention_max(uint64_t sndbuf, uint64_t rcvbuf) {
+  uint64_t m = sndbuf + rcvbuf;
+  return m > SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)m;
+}
+
+void core_init(struct core_session *c, const struct core_config *cfg,
+               enum core_role role, uint64_t now, uint64_t local_sndbuf_max,
+               uint64_t peer_rcvbuf_max) {
+  memset(c, 0, sizeof(*c));
+  c->cfg = *cfg;
+  c->role = role;
+  c->state = CORE_CONNECTED;
+  c->local_sndbuf_max = local_sndbuf_max;
+  c->peer_rcvbuf_max = peer_rcvbuf_max;
+  retention_init(&c->ret, retention_max(local_sndbuf_max, peer_rcvbuf_max), 0);
+  c->last_rx_ns = now;
+  c->next_hb_ns = now; /* at once: proves the side channel early */
+}
+
+void core_clear(struct core_session *c) { retention_clear(&c->ret); }
+
+/* ---- transmit side ------------------------------------------------------ */
+
+int core_write_check(const struct core_session *c) {
+  if (c->state == CORE_FAILED)
+    return c->error;
+  if (c->wr_closed || c->peer_rd_closed || c->state == CORE_CLOSED)
+    return -EPIPE;
+  if (c->state != CORE_CONNECTED || c->tx_pos < c->sent)
+    return -EAGAIN;
+  return 0;
+}
+
+size_t core_write_room(const struct core_session *c) { return retention_room(&c->ret); }
+
+int core_reserve(struct core_session *c, size_t n) { return retention_reserve(&c->ret, n); }
+
+void core_on_written(struct core_session *c, const void *data, size_t n) {
+  int rc = retention_append(&c->ret, data, n);
+  assert(rc == 0); /* reserved by core_reserve() */
+  (void)rc;
+  c->sent += n;
+  c->tx_pos += n;
+}
+
+size_t core_pending(const struct core_session *c, const uint8_t **p) {
+  if (c->tx_pos >= c->sent) {
+    *p = NULL;
+    return 0;
+  }
+  return retention_peek(&c->ret, c->tx_pos, p);
+}
+
+void core_on_flushed(struct core_session *c, size_t n) {
+  c->tx_pos += n;
+  c->resent += n;
+}
+
+void core_trim_inflight(struct core_session *c, uint64_t outq) {
+  /* Everything below tx_pos - outq was acknowledged by the peer's kernel, and
+   * its receive queue cannot hold more than peer_rcvbuf_max: older bytes have
+   * reached the peer's application. */
+  uint64_t bound = outq + c->peer_rcvbuf_max;
+  if (c->tx_pos > bound)
+    retention_trim(&c->ret, c->tx_pos - bound);
+  retention_trim(&c->ret, c->peer_acked);
+}
+
+/* ---- receive side ------------------------------------------------------- */
+
+void core_on_delivered(struct core_session *c, size_t n) { c->delivered += n; }
+
+bool core_at_eof(const struct core_session *c) {
+  return c->peer_wr_closed && c->delivered >= c->peer_wr_end;
+}
+
+bool core_eof_confirmed(const struct core_session *c) { return core_at_eof(c); }
+
+/* ---- close bookkeeping -------------------------------------------------- */
+
+static bool write_done(const struct core_session *c) {
+  return c->peer_rd_closed ||
+         (c->wr_closed && c->peer_acked >= c->sent && c->peer_knows_wr);
+}
+
+static bool read_done(const struct core_session *c) {
+  return core_at_eof(c) || (c->rd_closed && c->peer_knows_rd);
+}
+
+bool core_finished(const struct core_session *c) { return write_done(c) && read_done(c); }
+
+static bool close_unacked(const struct core_session *c) {
+  return (c->wr_closed && !c->peer_knows_wr) || (c->rd_closed && !c->peer_knows_rd);
+}
+
+/* Our close notice must reach the peer quickly: retransmit it on a short,
+ * doubling interval until acknowledged, instead of waiting for heartbeats. */
+static void schedule_close_notice(struct core_session *c, uint64_t now) {
+  c->close_retry_ns = FIRST_CLOSE_RETRY_NS;
+  c->next_hb_ns = now; /* at once */
+}
+
+static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
+  if ((c->state == CORE_CONNECTED || c->state == CORE_SUSPENDED) && core_finished(c)) {
+    if (c->state == CORE_SUSPENDED)
+      c->suspended_total_ns += now - c->suspended_at_ns;
+    c->state = CORE_CLOSED;
+  }
+}
+
+/* ---- side channel ------------------------------------------------------- */
+
+void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) {
+  memset(out, 0, sizeof(*out));
+  out->seq = ++c->tx_seq;
+  out->delivered = c->delivered;
+  out->sent = c->sent;
+  out->write_closed = c->wr_closed;
+  out->read_closed = c->rd_closed;
+  out->ack_write_closed = c->peer_wr_closed;
+  out->ack_read_closed = c->peer_rd_closed;
+  out->want_reply = close_unacked(c);
+  out->rcvbuf_max = 0; /* only the handshake reports it for now */
+  c->acked_delivered = c->delivered;
+  if (out->want_reply) {
+    c->next_hb_ns = now + min64(c->close_retry_ns ? c->close_retry_ns : FIRST_CLOSE_RETRY_NS,
+                                c->cfg.heartbeat_ns);
+    c->close_retry_ns = min64(c->close_retry_ns * 2, c->cfg.heartbeat_ns);
+  } else {
+    c->next_hb_ns = now + c->cfg.heartbeat_ns;
+  }
+}
+
+int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
+                bool *reply) {
+  *reply = false;
+  if (ctl->seq <= c->rx_seq)
+    return -1; /* replayed or reordered: heartbeats are cumulative, drop it */
+  c->rx_seq = ctl->seq;
+  c->udp_seen = true;
+  c->last_rx_ns = now;
+  if (c->state == CORE_FAILED)
+    return 0;
+
+  /* An authenticated peer never acknowledges bytes we did not send; clamp
+   * rather than trust. */
+  uint64_t acked = ctl->delivered > c->sent ? c->sent : ctl->delivered;
+  if (acked > c->peer_acked) {
+    c->peer_acked = acked;
+    retention_trim(&c->ret, acked);
+  }
+  if (ctl->write_closed && !c->peer_wr_closed) {
+    c->peer_wr_closed = true;
+    c->peer_wr_end = ctl->sent;
+  }
+  if (ctl->read_closed)
+    c->peer_rd_closed = true;
+  if (ctl->ack_write_closed && c->wr_closed)
+    c->peer_knows_wr = true;
+  if (ctl->ack_read_closed && c->rd_closed)
+    c->peer_knows_rd = true;
+  if (ctl->rcvbuf_max && ctl->rcvbuf_max != c->peer_rcvbuf_max) {
+    c->peer_rcvbuf_max = ctl->rcvbuf_max;
+    retention_set_max(&c->ret, retention_max(c->local_sndbuf_max, c->peer_rcvbuf_max));
+  }
+  *reply = ctl->want_reply;
+  enter_closed_if_finished(c, now);
+  return 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+void core_shutdown(struct core_session *c, uint64_t now) {
+  if (c->wr_closed)
+    return;
+  c->wr_closed = true;
+  c->closed_at_ns = now;
+  schedule_close_notice(c, now);
+  enter_closed_if_finished(c, now);
+}
+
+void core_close(struct core_session *c, uint64_t now) {
+  core_shutdown(c, now);
+  if (!c->rd_closed) {
+    c->rd_closed = true;
+    schedule_close_notice(c, now);
+  }
+  enter_closed_if_finished(c, now);
+}
+
+void core_on_transport_lost(struct core_session *c, uint64_t now) {
+  if (c->state != CORE_CONNECTED)
+    return;
+  if (core_finished(c)) {
+    c->state = CORE_CLOSED;
+    return;
+  }
+  c->state = CORE_SUSPENDED;
+  c->suspended_at_ns = now;
+  c->next_redial_ns = now; /* first retry at once */
+  c->backoff_ns = 0;
+  c->fin_sent = false;
+}
+
+void core_resume_state(const struct core_session *c, struct core_resume_state *out) {
+  memset(out, 0, sizeof(*out));
+  out->delivered = c->delivered;
+  out->sent = c->sent;
+  out->retained_from = c->ret.base;
+  out->write_closed = c->wr_closed;
+  out->read_closed = c->rd_closed;
+}
+
+int core_on_resumed(struct core_session *c, uint64_t now,
+                    const struct core_resume_state *peer) {
+  if (c->state != CORE_SUSPENDED)
+    return -EINVAL;
+  if (peer->delivered > c->sent || peer->sent < c->delivered) {
+    /* The peer claims bytes we never sent, or has "unsent" bytes we
+     * delivered: the streams cannot be reconciled. */
+    core_fail(c, TETHER_EPROTO);
+    return TETHER_EPROTO;
+  }
+  if (peer->delivered < c->ret.base) {
+    core_fail(c, TETHER_EWINDOW);
+    return TETHER_EWINDOW;
+  }
+  if (peer->delivered > c->peer_acked)
+    c->peer_acked = peer->delivered;
+  retention_trim(&c->ret, peer->delivered);
+  c->tx_pos = peer->delivered; /* resend exactly what the peer lacks */
+  if (peer->write_closed && !c->peer_wr_closed) {
+    c->peer_wr_closed = true;
+    c->peer_wr_end = peer->sent;
+  }
+  if (peer->read_closed)
+    c->peer_rd_closed = true;
+  /* Our state travelled in the authenticated handshake: the peer knows it. */
+  c->peer_knows_wr = c->wr_closed;
+  c->peer_knows_rd = c->rd_closed;
+  if (peer->rcvbuf_max && peer->rcvbuf_max != c->peer_rcvbuf_max) {
+    c->peer_rcvbuf_max = peer->rcvbuf_max;
+    retention_set_max(&c->ret, retention_max(c->local_sndbuf_max, c->peer_rcvbuf_max));
+  }
+  c->fin_sent = false;
+  c->state = CORE_CONNECTED;
+  c->reconnects++;
+  c->suspended_total_ns += now - c->suspended_at_ns;
+  c->last_rx_ns = now;
+  c->next_hb_ns = now; /* tell the peer's side channel where we are now */
+  c->backoff_ns = 0;
+  enter_closed_if_finished(c, now);
+  return 0;
+}
+
+void core_fail(struct core_session *c, int err) {
+  if (c->state == CORE_FAILED || c->state == CORE_CLOSED)
+    return;
+  c->state = CORE_FAILED;
+  c->error = err;
+}
+
+/* ---- time --------------------------------------------------------------- */
+
+/* Hold the FIN until the peer knows it is a real close, so it never has to
+ * guess.  If no acknowledgement comes (side channel blocked or lossy), send
+ * it anyway: after one heartbeat if no datagram ever arrived, else after
+ * suspend_ns; the peer then confirms the close through a resume. */
+static uint64_t fin_deadline(const struct core_session *c) {
+  return c->closed_at_ns + (c->udp_seen ? c->cfg.suspend_ns : c->cfg.heartbeat_ns);
+}
+
+static bool fin_due(const struct core_session *c, uint64_t now) {
+  if (c->state != CORE_CONNECTED && c->state != CORE_CLOSED)
+    return false;
+  if (!c->wr_closed || c->fin_sent || c->tx_pos < c->sent)
+    return false;
+  return c->peer_knows_wr || now >= fin_deadline(c);
+}
+
+uint64_t core_next_deadline(const struct core_session *c) {
+  uint64_t d = UINT64_MAX;
+  switch (c->state) {
+  case CORE_CONNECTED:
+  case CORE_CLOSED:
+    d = c->next_hb_ns;
+    if (c->state == CORE_CONNECTED && c->udp_seen)
+      d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
+    if (c->wr_closed && !c->fin_sent && c->tx_pos >= c->sent)
+      d = min64(d, c->peer_knows_wr ? 0 : fin_deadline(c));
+    if (c->state == CORE_CLOSED && c->rd_closed)
+      d = 0; /* finished and abandoned by the application: free it */
+    break;
+  case CORE_SUSPENDED:
+    if (c->cfg.give_up_ns)
+      d = c->suspended_at_ns + c->cfg.give_up_ns;
+    if (c->role == CORE_CLIENT)
+      d = min64(d, c->next_redial_ns);
+    break;
+  case CORE_FAILED:
+    break;
+  }
+  return d;
+}
+
+unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
+  unsigned act = 0;
+  switch (c->state) {
+  case CORE_CONNECTED:
+    if (c->udp_seen && now >= c->last_rx_ns + c->cfg.suspend_ns)
+      return CORE_ACT_SUSPEND;
+    /* fall through */
+  case CORE_CLOSED:
+    if (now >= c->next_hb_ns)
+      act |= CORE_ACT_HEARTBEAT;
+    if (fin_due(c, now)) {
+      c->fin_sent = true;
+      act |= CORE_ACT_FIN;
+    }
+    if (c->state == CORE_CLOSED && c->rd_closed)
+      act |= CORE_ACT_DONE;
+    break;
+  case CORE_SUSPENDED:
+    if (c->cfg.give_up_ns && now >= c->suspended_at_ns + c->cfg.give_up_ns) {
+      c->suspended_total_ns += now - c->suspended_at_ns;
+      core_fail(c, TETHER_EGIVEUP);
+      act |= CORE_ACT_FAILED;
+      break;
+    }
+    if (c->role == CORE_CLIENT && now >= c->next_redial_ns) {
+      act |= CORE_ACT_REDIAL;
+      /* Exponential backoff with jitter in [b/2, b], capped. */
+      uint64_t b = c->backoff_ns ? c->backoff_ns * 2 : FIRST_BACKOFF_NS;
+      b = min64(b, c->cfg.reconnect_max_ns);
+      c->backoff_ns = b;
+      c->next_redial_ns = now + b / 2 + (b / 2 ? rnd % (b / 2 + 1) : 0);
+    }
+    break;
+  case CORE_FAILED:
+    break;
+  }
+  return act;
+}

@@ -1,0 +1,192 @@
+/* The sans-IO session core: counters, retention, the state machine, timers,
+ * reconnect backoff, resume arithmetic and the close protocol of one session.
+ *
+ * No sockets, clock, threads or event loop here.  Every entry point takes the
+ * current time as a uint64_t nanosecond timestamp; randomness comes in as an
+ * argument.  The caller (the engine, or the simulator in tests/sim) performs
+ * the I/O the core asks for and reports what happened.  Locking is the
+ * caller's business.
+ *
+ * Stream arithmetic (all offsets are 64-bit byte counts since the session
+ * began):
+ *   sent       bytes the application wrote (all of [ret.base, sent) retained)
+ *   tx_pos     bytes pushed into the current transport (<= sent; < sent only
+ *              while a resend after a reconnect is in progress)
+ *   delivered  bytes handed to the application
+ *   peer_acked the peer's delivered count as last reported
+ */
+#ifndef TETHER_CORE_SESSION_H
+#define TETHER_CORE_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "retention.h"
+
+struct core_config {
+  uint64_t heartbeat_ns;
+  uint64_t suspend_ns;
+  uint64_t reconnect_max_ns;
+  uint64_t give_up_ns; /* 0 = never */
+};
+
+enum core_role { CORE_CLIENT, CORE_SERVER };
+
+/* Values match tether_state. */
+enum core_state {
+  CORE_CONNECTED = 1,
+  CORE_SUSPENDED = 2,
+  CORE_CLOSED = 3,
+  CORE_FAILED = 4,
+};
+
+/* What core_on_timer() asks the caller to do, as bits. */
+enum core_action {
+  CORE_ACT_HEARTBEAT = 1 << 0, /* send a control datagram (core_build_ctl) */
+  CORE_ACT_SUSPEND = 1 << 1,   /* heartbeat timeout: retire the transport and
+                                  call core_on_transport_lost() */
+  CORE_ACT_REDIAL = 1 << 2,    /* client: start a reconnection attempt */
+  CORE_ACT_FAILED = 1 << 3,    /* the session just failed (see ->error) */
+  CORE_ACT_FIN = 1 << 4,       /* shut down writing on the transport */
+  CORE_ACT_DONE = 1 << 5,      /* a closed session is finished: free it */
+};
+
+/* A control datagram's content, decoded and authenticated by the caller. */
+struct core_ctl {
+  uint64_t seq;
+  uint64_t delivered;
+  uint64_t sent;
+  bool write_closed;
+  bool read_closed;
+  bool ack_write_closed;
+  bool ack_read_closed;
+  bool want_reply;
+  uint64_t rcvbuf_max;
+};
+
+/* What each side says about itself when a session resumes. */
+struct core_resume_state {
+  uint64_t delivered;
+  uint64_t sent;
+  uint64_t retained_from;
+  bool write_closed;
+  bool read_closed;
+  uint64_t rcvbuf_max;
+};
+
+struct core_session {
+  struct core_config cfg;
+  enum core_role role;
+  enum core_state state;
+  int error; /* TETHER_E* once FAILED */
+
+  /* transmit side */
+  uint64_t sent;
+  uint64_t tx_pos;
+  uint64_t peer_acked;
+  uint64_t local_sndbuf_max;
+  uint64_t peer_rcvbuf_max;
+  struct retention ret;
+
+  /* receive side */
+  uint64_t delivered;
+  uint64_t acked_delivered; /* delivered count in the last control sent */
+
+  /* close protocol */
+  bool wr_closed;       /* our application shut down writing at `sent` */
+  bool rd_closed;       /* our application closed: discard what arrives */
+  bool fin_sent;        /* FIN issued on the current transport */
+  bool peer_knows_wr;   /* the peer acknowledged our wr_closed */
+  bool peer_knows_rd;   /* the peer acknowledged our rd_closed */
+  bool peer_wr_closed;  /* the peer shut down writing at peer_wr_end */
+  uint64_t peer_wr_end;
+  bool peer_rd_closed;  /* the peer's application closed */
+  uint64_t closed_at_ns;
+
+  /* side channel */
+  uint64_t tx_seq;
+  uint64_t rx_seq;
+  bool udp_seen; /* ever received an authenticated datagram */
+  uint64_t last_rx_ns;
+  uint64_t next_hb_ns;
+  uint64_t close_retry_ns; /* pending close notice retransmission interval */
+
+  /* reconnection */
+  uint64_t suspended_at_ns;
+  uint64_t next_redial_ns;
+  uint64_t backoff_ns;
+
+  /* statistics */
+  uint64_t resent;
+  uint64_t reconnects;
+  uint64_t suspended_total_ns;
+};
+
+void core_init(struct core_session *c, const struct core_config *cfg,
+               enum core_role role, uint64_t now, uint64_t local_sndbuf_max,
+               uint64_t peer_rcvbuf_max);
+void core_clear(struct core_session *c);
+
+/* ---- transmit side ---- */
+
+/* 0 if the application may write now; -EPIPE after shutdown or when the
+ * peer closed; -EAGAIN while suspended or a resend is pending; a TETHER_E*
+ * once failed. */
+int core_write_check(const struct core_session *c);
+/* How many bytes the application may write now (retention room). */
+size_t core_write_room(const struct core_session *c);
+/* Reserves retention memory for n bytes (call before pushing them into the
+ * transport: once the kernel has them they must be kept).  0 or -ENOMEM. */
+int core_reserve(struct core_session *c, size_t n) __attribute__((warn_unused_result));
+/* Records n bytes (reserved before) the caller just pushed into the transport. */
+void core_on_written(struct core_session *c, const void *data, size_t n);
+/* The next contiguous run of retained bytes not yet in the transport. */
+size_t core_pending(const struct core_session *c, const uint8_t **p);
+/* Records n pending bytes pushed into the transport. */
+void core_on_flushed(struct core_session *c, size_t n);
+/* The in-flight rule: drop bytes the peer must have consumed, given the
+ * local kernel send queue length. */
+void core_trim_inflight(struct core_session *c, uint64_t outq);
+
+/* ---- receive side ---- */
+
+void core_on_delivered(struct core_session *c, size_t n);
+/* True if the peer shut down writing and every byte has been delivered. */
+bool core_at_eof(const struct core_session *c);
+/* The transport reported EOF: true if it is the peer's real close (deliver
+ * EOF), false if it must be treated as a failure. */
+bool core_eof_confirmed(const struct core_session *c);
+
+/* ---- side channel ---- */
+
+void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out);
+/* An authenticated control datagram arrived.  Returns 0, or -1 if it was a
+ * replay (ignore it).  Sets *reply when the peer expects an answer now. */
+int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
+                bool *reply);
+
+/* ---- lifecycle ---- */
+
+void core_shutdown(struct core_session *c, uint64_t now);
+void core_close(struct core_session *c, uint64_t now);
+/* The transport failed or was retired.  No-op unless CONNECTED. */
+void core_on_transport_lost(struct core_session *c, uint64_t now);
+void core_resume_state(const struct core_session *c, struct core_resume_state *out);
+/* A resume handshake succeeded with `peer` as the peer's state.  Returns 0
+ * (the caller flushes core_pending() first) or TETHER_EWINDOW / -EPROTO
+ * when the peer's state cannot be reconciled (the session has failed). */
+int core_on_resumed(struct core_session *c, uint64_t now,
+                    const struct core_resume_state *peer);
+void core_fail(struct core_session *c, int err);
+/* Whether the session needs no transport any more (both directions done). */
+bool core_finished(const struct core_session *c);
+
+/* ---- time ---- */
+
+/* The earliest time core_on_timer() has something to do (UINT64_MAX: none). */
+uint64_t core_next_deadline(const struct core_session *c);
+/* Advances timers; returns CORE_ACT_* bits.  rnd is a fresh random value. */
+unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd);
+
+#endif

@@ -1,0 +1,210 @@
+/* The connecting side: tether_connect() (blocking, in the caller's thread)
+ * and redials of suspended sessions (non-blocking, in the engine). */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+/* The side channel for sessions this side connects, one per address family. */
+static int ensure_udp(struct tether_ctx *ctx, int family) {
+  struct udp_chan **slot = family == AF_INET6 ? &ctx->udp6 : &ctx->udp4;
+  int rc = 0;
+  pthread_mutex_lock(&ctx->lock);
+  if (!*slot) {
+    struct sockaddr_storage any;
+    memset(&any, 0, sizeof(any));
+    any.ss_family = (sa_family_t)family;
+    *slot = udp_open(ctx, family, (struct sockaddr *)&any,
+                     family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    if (!*slot)
+      rc = -EIO;
+  }
+  pthread_mutex_unlock(&ctx->lock);
+  return rc;
+}
+
+static int open_connecting(const struct sockaddr *sa, socklen_t len, bool *connecting) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0)
+    return -errno;
+  int one = 1;
+  (void)setsockopt(fd, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof(one));
+  *connecting = false;
+  if (connect(fd, sa, len) < 0) {
+    if (errno != EINPROGRESS) {
+      int err = errno;
+      close(fd);
+      return -err;
+    }
+    *connecting = true;
+  }
+  return fd;
+}
+
+static int64_t ms_left(uint64_t deadline) {
+  uint64_t now = now_ns();
+  return now >= deadline ? 0 : (int64_t)((deadline - now) / 1000000) + 1;
+}
+
+/* Runs a client handshake to completion on the caller's thread. */
+static int run_blocking(struct hs_conn *h, uint64_t deadline) {
+  for (;;) {
+    int rc = hs_conn_advance(h);
+    if (rc == HS_DONE)
+      return 0;
+    if (rc < 0)
+      return rc;
+    struct pollfd p = {.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT};
+    int64_t left = ms_left(deadline);
+    if (left <= 0) {
+      h->why = "timed out";
+      return -ETIMEDOUT;
+    }
+    if (poll(&p, 1, (int)(left > INT32_MAX ? INT32_MAX : left)) < 0 && errno != EINTR)
+      return -errno;
+  }
+}
+
+int tether_connect(tether_ctx *ctx, const char *host, const char *port, tether_session **out) {
+  struct addrinfo *ai = NULL;
+  int rc;
+  if (!ctx || !port || !out)
+    return -EINVAL;
+  *out = NULL;
+  if ((rc = sock_resolve(host, port, false, &ai)) < 0) {
+    LOG_WARN(ctx, "cannot resolve %s:%s", host ? host : "", port);
+    return rc;
+  }
+  uint64_t deadline = now_ns() + (uint64_t)ctx->cfg.connect_timeout_ms * 1000000;
+  rc = -ECONNREFUSED;
+  for (struct addrinfo *a = ai; a; a = a->ai_next) {
+    bool connecting;
+    if ((rc = ensure_udp(ctx, a->ai_family)) < 0)
+      LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
+    int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting);
+    if (fd < 0) {
+      rc = fd;
+      continue;
+    }
+    struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_NEW, fd);
+    if (!h) {
+      close(fd);
+      rc = -ENOMEM;
+      break;
+    }
+    h->connecting = connecting;
+    memcpy(&h->peer, a->ai_addr, a->ai_addrlen);
+    h->peer_len = a->ai_addrlen;
+    rc = run_blocking(h, deadline);
+    if (rc == 0) {
+      struct tether_session *s = session_new(ctx, h, true);
+      h->fd = s ? -1 : h->fd;
+      rc = s ? session_start(s) : -ENOMEM;
+      if (rc == 0) {
+        char tag[17], addr[64];
+        LOG_INFO(ctx, "session %s: connected to %s", session_tag(s->id, tag),
+                 sock_addr_str(a->ai_addr, addr, sizeof(addr)));
+        *out = s;
+      } else if (s) {
+        session_destroy(s);
+      }
+      hs_conn_free(h);
+      break;
+    }
+    char addr[64];
+    LOG_INFO(ctx, "connect to %s failed: %s (%s)", sock_addr_str(a->ai_addr, addr, sizeof(addr)),
+             tether_strerror(rc), h->why ? h->why : "");
+    hs_conn_free(h);
+    /* Only connection-level failures are worth another address. */
+    if (rc != -ECONNREFUSED && rc != -ENETUNREACH && rc != -EHOSTUNREACH &&
+        rc != -EADDRNOTAVAIL && rc != -EAFNOSUPPORT)
+      break;
+  }
+  freeaddrinfo(ai);
+  return rc;
+}
+
+/* ---- redial (engine thread) ---- */
+
+static void drop_redial(struct tether_session *s, struct hs_conn *h) {
+  for (int i = 0; i < 2; i++)
+    if (s->redials[i] == h)
+      s->redials[i] = NULL;
+  if (s->redials[0] == NULL) {
+    s->redials[0] = s->redials[1];
+    s->redials[1] = NULL;
+  }
+  if (s->finishing == h)
+    s->finishing = NULL;
+}
+
+void client_redial(struct tether_session *s) {
+  struct tether_ctx *ctx = s->ctx;
+  bool connecting;
+  /* At most two attempts in flight: a new one replaces the oldest if that is
+   * still stuck connecting (a lost SYN must not delay recovery once the path
+   * heals); an attempt already past connect is left to finish. */
+  if (s->redials[0] && s->redials[1]) {
+    if (!s->redials[0]->connecting)
+      return;
+    struct hs_conn *old = s->redials[0];
+    drop_redial(s, old);
+    hs_conn_abort(old);
+  }
+  int fd = open_connecting((struct sockaddr *)&s->dial_addr, s->dial_len, &connecting);
+  if (fd < 0) {
+    LOG_DEBUG(ctx, "redial: %s", strerror(-fd));
+    return;
+  }
+  struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_RESUME, fd);
+  if (!h) {
+    close(fd);
+    return;
+  }
+  h->connecting = connecting;
+  h->session = s;
+  memcpy(&h->peer, &s->dial_addr, s->dial_len);
+  h->peer_len = s->dial_len;
+  if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0) {
+    hs_conn_free(h);
+    return;
+  }
+  s->redials[s->redials[0] ? 1 : 0] = h;
+}
+
+void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc) {
+  char tag[17];
+  drop_redial(s, h);
+  if (rc == 0) {
+    for (int i = 0; i < 2; i++)
+      if (s->redials[i]) {
+        struct hs_conn *other = s->redials[i];
+        drop_redial(s, other);
+        hs_conn_abort(other);
+        i = -1;
+      }
+    session_attach(s, h);
+    hs_conn_free(h);
+    return;
+  }
+  if (rc == TETHER_ESESSIONGONE || rc == TETHER_EVERSION) {
+    LOG_WARN(s->ctx, "session %s: server refused to resume: %s", session_tag(s->id, tag),
+             tether_strerror(rc));
+    session_lock(s);
+    core_fail(&s->core, TETHER_ESESSIONGONE);
+    session_unlock(s);
+    session_kick(s);
+  } else if (rc == TETHER_EAUTH) {
+    LOG_WARN(s->ctx, "session %s: redial reached a server that cannot prove the session key; "
+             "retrying", session_tag(s->id, tag));
+  } else {
+    LOG_DEBUG(s->ctx, "session %s: redial failed: %s (%s)", session_tag(s->id, tag),
+              tether_strerror(rc), h->why ? h->why : "");
+  }
+  hs_conn_free(h);
+}

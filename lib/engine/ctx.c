@@ -1,0 +1,147 @@
+/* The context: configuration, the engine thread and its event loop, and the
+ * registry of sessions by id. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <openssl/rand.h>
+
+#include "engine.h"
+
+uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t random_u32(void) {
+  uint32_t r = 0;
+  if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+    r = (uint32_t)now_ns(); /* jitter only: any value works */
+  return r;
+}
+
+static unsigned bucket(const uint8_t id[SESSION_ID_LEN]) { return id[0]; }
+
+void registry_add(struct tether_ctx *ctx, struct tether_session *s) {
+  pthread_mutex_lock(&ctx->lock);
+  struct tether_session **b = &ctx->buckets[bucket(s->id)];
+  s->hash_next = *b;
+  *b = s;
+  pthread_mutex_unlock(&ctx->lock);
+}
+
+void registry_remove(struct tether_ctx *ctx, struct tether_session *s) {
+  pthread_mutex_lock(&ctx->lock);
+  for (struct tether_session **pp = &ctx->buckets[bucket(s->id)]; *pp; pp = &(*pp)->hash_next)
+    if (*pp == s) {
+      *pp = s->hash_next;
+      break;
+    }
+  pthread_mutex_unlock(&ctx->lock);
+}
+
+struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SESSION_ID_LEN]) {
+  for (struct tether_session *s = ctx->buckets[bucket(id)]; s; s = s->hash_next)
+    if (memcmp(s->id, id, SESSION_ID_LEN) == 0)
+      return s;
+  return NULL;
+}
+
+static void *engine_main(void *arg) {
+  struct tether_ctx *ctx = arg;
+  sigset_t all;
+  /* The application's signals are the application's: never run its
+   * handlers on this thread. */
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  event_base_loop(ctx->base, EVLOOP_NO_EXIT_ON_EMPTY);
+  return NULL;
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg) {
+  event_base_loopbreak(((struct tether_ctx *)arg)->base);
+}
+
+static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
+static int evthread_rc;
+static void evthread_init(void) { evthread_rc = evthread_use_pthreads(); }
+
+int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
+  int rc;
+  if (!out)
+    return -EINVAL;
+  *out = NULL;
+  pthread_once(&evthread_once, evthread_init);
+  if (evthread_rc < 0)
+    return -ENOMEM;
+  struct tether_ctx *ctx = calloc(1, sizeof(*ctx));
+  if (!ctx)
+    return -ENOMEM;
+  if (cfg) {
+    ctx->cfg = *cfg;
+  } else {
+    config_defaults(&ctx->cfg);
+    if (tether_config_load_env(&ctx->cfg) < 0) {
+      free(ctx);
+      return -EINVAL;
+    }
+  }
+  pthread_mutex_init(&ctx->lock, NULL);
+  ctx->base = event_base_new();
+  ctx->stop_ev = ctx->base ? event_new(ctx->base, -1, 0, on_stop, ctx) : NULL;
+  if (!ctx->stop_ev) {
+    rc = -ENOMEM;
+    goto fail;
+  }
+  if ((rc = -pthread_create(&ctx->thread, NULL, engine_main, ctx)) < 0)
+    goto fail;
+  ctx->thread_started = true;
+  *out = ctx;
+  return 0;
+fail:
+  if (ctx->stop_ev)
+    event_free(ctx->stop_ev);
+  if (ctx->base)
+    event_base_free(ctx->base);
+  pthread_mutex_destroy(&ctx->lock);
+  free(ctx);
+  return rc;
+}
+
+void tether_ctx_free(tether_ctx *ctx) {
+  if (!ctx)
+    return;
+  if (ctx->thread_started) {
+    event_active(ctx->stop_ev, EV_READ, 0);
+    pthread_join(ctx->thread, NULL);
+  }
+  /* The engine is stopped: everything below runs single-threaded. */
+  while (ctx->handshakes) {
+    struct hs_conn *h = ctx->handshakes;
+    ctx->handshakes = h->next;
+    hs_conn_free(h);
+  }
+  for (int i = 0; i < SESSION_BUCKETS; i++)
+    while (ctx->buckets[i]) {
+      struct tether_session *s = ctx->buckets[i];
+      s->redials[0] = s->redials[1] = NULL; /* freed with the handshakes */
+      session_destroy(s);
+    }
+  while (ctx->listeners) {
+    struct tether_listener *l = ctx->listeners;
+    ctx->listeners = l->next;
+    listener_free(l);
+  }
+  udp_close(ctx->udp4);
+  udp_close(ctx->udp6);
+  event_free(ctx->stop_ev);
+  event_base_free(ctx->base);
+  pthread_mutex_destroy(&ctx->lock);
+  wipe(&ctx->cfg, sizeof(ctx->cfg));
+  free(ctx);
+}

@@ -1,0 +1,241 @@
+/* The engine: the context's libevent thread and the objects it shares with
+ * application threads.  Internal; never installed.
+ *
+ * Threads.  Application threads run the data path (tether_read/tether_write
+ * go straight to the kernel socket).  The engine thread runs heartbeats,
+ * timers, the side channel, listeners, handshakes and reconnects.
+ *
+ * Locks, always taken in this order: ctx->lock (registry, listener queues),
+ * then a session's rx_lock, then its tx_lock.  A session's state changes only
+ * with both rx_lock and tx_lock held; the receive half (delivered, EOF) needs
+ * rx_lock, the transmit half (sent, retention) tx_lock. */
+#ifndef TETHER_ENGINE_H
+#define TETHER_ENGINE_H
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/session.h"
+#include "tether/tether.h"
+#include "wire/crypto.h"
+#include "wire/handshake.h"
+
+struct event;
+struct event_base;
+
+struct tether_config {
+  uint32_t heartbeat_ms;
+  uint32_t suspend_ms;
+  uint32_t reconnect_max_ms;
+  uint32_t give_up_s;
+  uint32_t connect_timeout_ms;
+  int log_level;
+  uint8_t psk[PSK_MAX];
+  size_t psk_len;
+  tether_state_cb state_cb;
+  void *state_cb_arg;
+};
+
+/* A UDP side-channel socket shared by many sessions. */
+struct udp_chan {
+  struct tether_ctx *ctx;
+  int fd;
+  int family;
+  uint16_t port;
+  struct event *ev;
+};
+
+#define SESSION_BUCKETS 256
+#define MAX_PENDING_HANDSHAKES 1024
+
+struct tether_ctx {
+  struct tether_config cfg;
+  struct event_base *base;
+  pthread_t thread;
+  bool thread_started;
+  struct event *stop_ev;
+
+  pthread_mutex_t lock; /* registry, listener queues */
+  struct tether_session *buckets[SESSION_BUCKETS];
+  struct tether_listener *listeners;
+  struct hs_conn *handshakes; /* in progress, server side and redials */
+  unsigned n_handshakes;
+
+  struct udp_chan *udp4, *udp6; /* for sessions this side connected */
+};
+
+struct tether_listener {
+  struct tether_ctx *ctx;
+  struct tether_listener *next;
+  int fd;
+  int port;
+  struct udp_chan *udp;
+  struct event *ev;
+  int ready_fd; /* eventfd (semaphore): one count per queued session */
+  bool nonblocking;
+  bool closed;
+  struct tether_session *queue_head, *queue_tail;
+};
+
+struct tether_session {
+  struct tether_ctx *ctx;
+  struct tether_session *hash_next;  /* registry chain */
+  struct tether_session *queue_next; /* listener accept queue */
+  pthread_mutex_t rx_lock, tx_lock;
+
+  struct core_session core;
+  uint8_t id[SESSION_ID_LEN];
+  struct session_keys keys;
+  bool is_client;
+
+  int sock;   /* current TCP socket, -1 while suspended */
+  int app_fd; /* the stable number the application polls, -1 after close */
+  int hold_w; /* placeholder pipe's write end while app_fd is the read end */
+  bool nonblocking;
+  bool app_closed;     /* the application let go: the engine owns it */
+  bool retire_pending; /* the data path saw the transport fail */
+  bool freed;
+
+  struct sockaddr_storage dial_addr; /* client: the server's listening address */
+  socklen_t dial_len;
+  struct sockaddr_storage udp_peer; /* where heartbeats go */
+  socklen_t udp_peer_len;
+  struct udp_chan *udp;
+
+  struct event *timer;
+  struct event *sock_ev;
+  short sock_ev_flags;
+  struct event *kick;
+  struct hs_conn *redials[2];
+  struct hs_conn *finishing; /* the redial that sent ResumeFinish */
+  tether_state reported;
+};
+
+/* ---- handshakes (handshake_conn.c) ---- */
+
+enum hs_kind { HS_CLIENT_NEW, HS_CLIENT_RESUME, HS_SERVER };
+
+/* One handshake on one TCP connection, driven by readiness, from either a
+ * blocking loop (tether_connect) or the engine's events. */
+struct hs_conn {
+  struct tether_ctx *ctx;
+  struct hs_conn *next; /* ctx->handshakes */
+  enum hs_kind kind;
+  int fd;
+  int step;
+  bool connecting; /* non-blocking connect() still in progress */
+  bool preface_sent;
+  struct hs_reader rd;
+  uint8_t out[HS_PREFACE_LEN + 4 + HS_FRAME_MAX];
+  size_t out_len, out_off;
+  uint8_t priv[KEY_LEN], pub[KEY_LEN];
+  uint8_t nonce_c[NONCE_LEN], nonce_s[NONCE_LEN];
+  struct hs_transcript t;
+  struct session_keys keys;
+  uint64_t peer_rcvbuf;
+  uint32_t peer_udp_port;
+  struct tether_session *session; /* resume: the session concerned */
+  struct core_resume_state peer_state;
+  struct tether_listener *listener;
+  struct sockaddr_storage peer;
+  socklen_t peer_len;
+  struct event *ev, *timeout;
+  const char *why;
+};
+
+#define HS_DONE 1
+#define HS_WANT_READ 2
+#define HS_WANT_WRITE 3
+
+struct hs_conn *hs_conn_new(struct tether_ctx *ctx, enum hs_kind kind, int fd);
+void hs_conn_free(struct hs_conn *h);
+/* Advances as far as the socket allows: HS_DONE, HS_WANT_READ/WRITE, or a
+ * negative error (h->why says why). */
+int hs_conn_advance(struct hs_conn *h);
+/* Engine-driven handshakes: register events; hs_conn_finish() is called once. */
+int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms);
+void hs_conn_abort(struct hs_conn *h);
+
+/* ---- sessions (session.c) ---- */
+
+struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
+                                   bool is_client);
+/* Registers the session's events with the engine and starts its timer. */
+int session_start(struct tether_session *s);
+/* Both locks held: the transport failed; install the placeholder and let the
+ * engine retire the socket. */
+void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why);
+/* Engine thread: a resume handshake succeeded on h->fd. */
+void session_attach(struct tether_session *s, struct hs_conn *h);
+/* Engine thread, both locks held: retire the current socket (server, on an
+ * authenticated resume that finds the old connection still up). */
+void session_retire_locked(struct tether_session *s, const char *why);
+void session_kick(struct tether_session *s);
+void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
+                    const struct sockaddr *from, socklen_t fromlen);
+void session_destroy(struct tether_session *s);
+void session_lock(struct tether_session *s);
+void session_unlock(struct tether_session *s);
+
+/* ---- client side (client.c) ---- */
+
+void client_redial(struct tether_session *s);
+void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc);
+
+/* ---- server side (listener.c) ---- */
+
+void listener_handshake_done(struct hs_conn *h, int rc);
+/* Server resume: the client proved the key; retire the old transport and
+ * capture our state.  Returns 0 or a negative error. */
+int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *ours);
+/* Context teardown (engine stopped). */
+void listener_free(struct tether_listener *l);
+
+/* ---- context (ctx.c) ---- */
+
+uint64_t now_ns(void);
+uint32_t random_u32(void);
+void registry_add(struct tether_ctx *ctx, struct tether_session *s);
+void registry_remove(struct tether_ctx *ctx, struct tether_session *s);
+/* ctx->lock held. */
+struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SESSION_ID_LEN]);
+
+/* ---- side channel (udp.c) ---- */
+
+struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
+                          socklen_t len);
+void udp_close(struct udp_chan *u);
+/* Sends a control datagram for s (both locks held). */
+void udp_send_ctl(struct tether_session *s, uint64_t now);
+
+/* ---- sockets (sock.c) ---- */
+
+int sock_set_nonblock(int fd);
+/* Options every session socket gets: TCP_NODELAY, SO_LINGER {1,0}, keepalive
+ * and TCP_USER_TIMEOUT from suspend_ms. */
+void sock_setup_session(int fd, const struct tether_config *cfg);
+/* The most this socket's kernel may buffer for receiving / sending. */
+uint64_t sock_rcvbuf_max(int fd);
+uint64_t sock_sndbuf_max(int fd);
+uint64_t sock_outq(int fd);
+int sock_resolve(const char *host, const char *port, bool passive, struct addrinfo **out);
+const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len);
+
+/* ---- logging (log.c) ---- */
+
+void tlog(const struct tether_ctx *ctx, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define LOG_ERR(ctx, ...) tlog(ctx, TETHER_LOG_ERROR, __VA_ARGS__)
+#define LOG_WARN(ctx, ...) tlog(ctx, TETHER_LOG_WARN, __VA_ARGS__)
+#define LOG_INFO(ctx, ...) tlog(ctx, TETHER_LOG_INFO, __VA_ARGS__)
+#define LOG_DEBUG(ctx, ...) tlog(ctx, TETHER_LOG_DEBUG, __VA_ARGS__)
+/* A short printable form of a session id for logs. */
+const char *session_tag(const uint8_t id[SESSION_ID_LEN], char buf[17]);
+
+void config_defaults(struct tether_config *cfg);
+
+#endif

@@ -1,0 +1,248 @@
+/* The accepting side: listeners, their accept queues, and the server half of
+ * every handshake (new sessions and resumes), all in the engine thread so a
+ * slow or hostile client never stalls anyone. */
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "engine.h"
+
+static void on_accept(evutil_socket_t fd, short what, void *arg) {
+  struct tether_listener *l = arg;
+  struct tether_ctx *ctx = l->ctx;
+  for (int i = 0; i < 64; i++) {
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof(peer);
+    int c = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+        LOG_WARN(ctx, "accept: %s", strerror(errno));
+      return;
+    }
+    int one = 1;
+    (void)setsockopt(c, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof(one));
+    struct hs_conn *h = hs_conn_new(ctx, HS_SERVER, c);
+    if (!h) {
+      close(c);
+      continue;
+    }
+    h->listener = l;
+    memcpy(&h->peer, &peer, len);
+    h->peer_len = len;
+    if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0) {
+      LOG_WARN(ctx, "too many handshakes in progress; connection dropped");
+      hs_conn_free(h);
+    }
+  }
+}
+
+void listener_handshake_done(struct hs_conn *h, int rc) {
+  struct tether_ctx *ctx = h->ctx;
+  struct tether_listener *l = h->listener;
+  char addr[64], tag[17];
+  sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr));
+  if (rc < 0) {
+    int level = rc == -ECONNRESET || rc == -ETIMEDOUT ? TETHER_LOG_INFO : TETHER_LOG_WARN;
+    tlog(ctx, level, "handshake from %s refused: %s (%s)", addr, tether_strerror(rc),
+         h->why ? h->why : "");
+    hs_conn_free(h);
+    return;
+  }
+  if (h->session) {
+    session_attach(h->session, h);
+    hs_conn_free(h);
+    return;
+  }
+  struct tether_session *s = session_new(ctx, h, false);
+  if (!s) {
+    LOG_ERR(ctx, "out of memory for a new session from %s", addr);
+    hs_conn_free(h);
+    return;
+  }
+  h->fd = -1; /* the session owns the socket now */
+  hs_conn_free(h);
+  if (session_start(s) < 0) {
+    session_destroy(s);
+    return;
+  }
+  LOG_INFO(ctx, "session %s: accepted from %s", session_tag(s->id, tag), addr);
+  pthread_mutex_lock(&ctx->lock);
+  if (l->queue_tail)
+    l->queue_tail->queue_next = s;
+  else
+    l->queue_head = s;
+  l->queue_tail = s;
+  pthread_mutex_unlock(&ctx->lock);
+  uint64_t one = 1;
+  (void)!write(l->ready_fd, &one, sizeof(one));
+}
+
+int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *ours) {
+  struct tether_session *s = h->session;
+  int rc = 0;
+  session_lock(s);
+  if (s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED) {
+    rc = TETHER_ESESSIONGONE;
+  } else {
+    if (s->core.state == CORE_CONNECTED)
+      session_suspend_locked(s, now_ns(), "peer reconnected");
+    session_retire_locked(s, "replaced by a resume");
+    core_resume_state(&s->core, ours);
+  }
+  session_unlock(s);
+  return rc;
+}
+
+int tether_listen(tether_ctx *ctx, const char *host, const char *port, tether_listener **out) {
+  struct addrinfo *ai = NULL;
+  int rc, fd = -1;
+  if (!ctx || !port || !out)
+    return -EINVAL;
+  *out = NULL;
+  if ((rc = sock_resolve(host, port, true, &ai)) < 0)
+    return rc;
+  /* Prefer IPv6 for a wildcard: one dual-stack socket serves both. */
+  struct addrinfo *a = ai;
+  if (!host || !*host)
+    for (struct addrinfo *b = ai; b; b = b->ai_next)
+      if (b->ai_family == AF_INET6) {
+        a = b;
+        break;
+      }
+  struct tether_listener *l = calloc(1, sizeof(*l));
+  if (!l) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  l->ctx = ctx;
+  l->fd = l->ready_fd = -1;
+  fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  int one = 1, zero = 0;
+  (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (a->ai_family == AF_INET6)
+    (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+  if (bind(fd, a->ai_addr, a->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+    rc = -errno;
+    goto out;
+  }
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof(bound);
+  if (getsockname(fd, (struct sockaddr *)&bound, &blen) < 0) {
+    rc = -errno;
+    goto out;
+  }
+  l->port = ntohs(a->ai_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                          : ((struct sockaddr_in6 *)&bound)->sin6_port);
+  l->fd = fd;
+  fd = -1;
+  /* The side channel takes the same port number, on UDP. */
+  l->udp = udp_open(ctx, a->ai_family, (struct sockaddr *)&bound, blen);
+  if (!l->udp)
+    LOG_WARN(ctx, "UDP port %d unavailable: sessions of this listener detect failures from "
+             "TCP signals only", l->port);
+  l->ready_fd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
+  l->ev = event_new(ctx->base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
+  if (l->ready_fd < 0 || !l->ev) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  pthread_mutex_lock(&ctx->lock);
+  l->next = ctx->listeners;
+  ctx->listeners = l;
+  pthread_mutex_unlock(&ctx->lock);
+  event_add(l->ev, NULL);
+  char addr[64];
+  LOG_INFO(ctx, "listening on %s", sock_addr_str((struct sockaddr *)&bound, addr, sizeof(addr)));
+  *out = l;
+  l = NULL;
+  rc = 0;
+out:
+  if (fd >= 0)
+    close(fd);
+  if (l) {
+    if (l->ev)
+      event_free(l->ev);
+    if (l->udp)
+      udp_close(l->udp);
+    if (l->fd >= 0)
+      close(l->fd);
+    if (l->ready_fd >= 0)
+      close(l->ready_fd);
+    free(l);
+  }
+  freeaddrinfo(ai);
+  return rc;
+}
+
+int tether_listener_port(const tether_listener *l) { return l ? l->port : -EINVAL; }
+int tether_listener_fd(const tether_listener *l) { return l ? l->ready_fd : -EINVAL; }
+
+int tether_listener_set_nonblocking(tether_listener *l, int on) {
+  if (!l)
+    return -EINVAL;
+  l->nonblocking = on != 0;
+  return 0;
+}
+
+int tether_accept(tether_listener *l, tether_session **out) {
+  if (!l || !out)
+    return -EINVAL;
+  for (;;) {
+    uint64_t v;
+    if (l->closed)
+      return TETHER_ECLOSED;
+    if (read(l->ready_fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
+      pthread_mutex_lock(&l->ctx->lock);
+      struct tether_session *s = l->queue_head;
+      if (!s) { /* the wake-up of tether_listener_close() */
+        pthread_mutex_unlock(&l->ctx->lock);
+        continue;
+      }
+      l->queue_head = s->queue_next;
+      if (!l->queue_head)
+        l->queue_tail = NULL;
+      s->queue_next = NULL;
+      pthread_mutex_unlock(&l->ctx->lock);
+      *out = s;
+      return 0;
+    }
+    if (errno != EAGAIN && errno != EINTR)
+      return -errno;
+    if (l->nonblocking)
+      return -EAGAIN;
+    struct pollfd p = {.fd = l->ready_fd, .events = POLLIN};
+    if (poll(&p, 1, -1) < 0 && errno == EINTR)
+      return -EINTR;
+  }
+}
+
+void tether_listener_close(tether_listener *l) {
+  /* The listening socket stays open until the context ends: suspended
+   * sessions redial it.  New sessions are refused from now on. */
+  uint64_t one = 1;
+  if (!l)
+    return;
+  l->closed = true;
+  (void)!write(l->ready_fd, &one, sizeof(one)); /* wake blocked acceptors */
+}
+
+void listener_free(struct tether_listener *l) {
+  if (l->ev)
+    event_free(l->ev);
+  if (l->udp)
+    udp_close(l->udp);
+  close(l->fd);
+  close(l->ready_fd);
+  free(l);
+}

@@ -1,0 +1,639 @@
+/* A session as the application and the engine share it: the data path
+ * (tether_read/tether_write in the caller's thread, straight on the kernel
+ * socket), the stable application fd, and the engine's timer, kick and
+ * transport handling around the sans-IO core. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "engine.h"
+
+void session_lock(struct tether_session *s) {
+  pthread_mutex_lock(&s->rx_lock);
+  pthread_mutex_lock(&s->tx_lock);
+}
+
+void session_unlock(struct tether_session *s) {
+  pthread_mutex_unlock(&s->tx_lock);
+  pthread_mutex_unlock(&s->rx_lock);
+}
+
+static struct core_config core_cfg(const struct tether_config *cfg) {
+  struct core_config c = {
+      .heartbeat_ns = (uint64_t)cfg->heartbeat_ms * 1000000,
+      .suspend_ns = (uint64_t)cfg->suspend_ms * 1000000,
+      .reconnect_max_ns = (uint64_t)cfg->reconnect_max_ms * 1000000,
+      .give_up_ns = (uint64_t)cfg->give_up_s * 1000000000,
+  };
+  return c;
+}
+
+/* Where heartbeats go: the peer's IP with its side-channel port. */
+static void set_udp_peer(struct tether_session *s, const struct sockaddr_storage *ip,
+                         socklen_t len, uint32_t port) {
+  memcpy(&s->udp_peer, ip, len);
+  s->udp_peer_len = port ? len : 0;
+  if (ip->ss_family == AF_INET)
+    ((struct sockaddr_in *)&s->udp_peer)->sin_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in6 *)&s->udp_peer)->sin6_port = htons((uint16_t)port);
+}
+
+struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
+                                   bool is_client) {
+  struct tether_session *s = calloc(1, sizeof(*s));
+  if (!s)
+    return NULL;
+  s->ctx = ctx;
+  pthread_mutex_init(&s->rx_lock, NULL);
+  pthread_mutex_init(&s->tx_lock, NULL);
+  memcpy(s->id, h->t.session_id, SESSION_ID_LEN);
+  s->keys = h->keys;
+  s->is_client = is_client;
+  s->sock = h->fd;
+  s->hold_w = -1;
+  s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
+  if (s->app_fd < 0) {
+    wipe(&s->keys, sizeof(s->keys));
+    free(s);
+    return NULL;
+  }
+  sock_setup_session(s->sock, &ctx->cfg);
+  struct core_config cc = core_cfg(&ctx->cfg);
+  core_init(&s->core, &cc, is_client ? CORE_CLIENT : CORE_SERVER, now_ns(),
+            sock_sndbuf_max(s->sock), h->peer_rcvbuf);
+  set_udp_peer(s, &h->peer, h->peer_len, h->peer_udp_port);
+  if (is_client) {
+    memcpy(&s->dial_addr, &h->peer, h->peer_len);
+    s->dial_len = h->peer_len;
+    s->udp = h->peer.ss_family == AF_INET6 ? ctx->udp6 : ctx->udp4;
+  } else {
+    s->udp = h->listener ? h->listener->udp : NULL;
+  }
+  s->reported = TETHER_STATE_CONNECTED;
+  return s;
+}
+
+/* ---- the application's fd ---------------------------------------------- */
+
+/* Points app_fd at a pipe's read end: never writable, and readable only if
+ * `final` (its write end closed: EOF/HUP, so a poller wakes and the next call
+ * returns the session's outcome).  Closing the previous write end wakes any
+ * poll() still sleeping on the previous placeholder. */
+static void install_placeholder(struct tether_session *s, bool final) {
+  int p[2];
+  if (s->app_fd < 0)
+    return;
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+    LOG_ERR(s->ctx, "cannot create a placeholder descriptor: %s", strerror(errno));
+    return;
+  }
+  if (dup3(p[0], s->app_fd, O_CLOEXEC) < 0)
+    LOG_ERR(s->ctx, "dup3 onto the session descriptor failed: %s", strerror(errno));
+  close(p[0]);
+  if (s->hold_w >= 0)
+    close(s->hold_w);
+  s->hold_w = -1;
+  if (final)
+    close(p[1]);
+  else
+    s->hold_w = p[1];
+}
+
+/* Points app_fd at the live socket and wakes pollers of the placeholder. */
+static void install_socket(struct tether_session *s) {
+  if (s->app_fd >= 0 && dup3(s->sock, s->app_fd, O_CLOEXEC) < 0)
+    LOG_ERR(s->ctx, "dup3 onto the session descriptor failed: %s", strerror(errno));
+  if (s->hold_w >= 0)
+    close(s->hold_w);
+  s->hold_w = -1;
+}
+
+void session_kick(struct tether_session *s) { event_active(s->kick, EV_READ, 0); }
+
+void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why) {
+  char tag[17];
+  if (s->core.state != CORE_CONNECTED)
+    return;
+  core_on_transport_lost(&s->core, now);
+  if (s->core.state == CORE_SUSPENDED)
+    LOG_INFO(s->ctx, "session %s: suspended (%s)", session_tag(s->id, tag), why);
+  else
+    LOG_INFO(s->ctx, "session %s: transport ended after close", session_tag(s->id, tag));
+  install_placeholder(s, s->core.state != CORE_SUSPENDED);
+  s->retire_pending = true;
+  session_kick(s);
+}
+
+void session_retire_locked(struct tether_session *s, const char *why) {
+  if (s->sock < 0)
+    return;
+  if (s->sock_ev)
+    event_del(s->sock_ev);
+  s->sock_ev_flags = 0;
+  /* shutdown() acts on the socket even while a poll() still references it,
+   * waking that poller; close() alone would not. */
+  shutdown(s->sock, SHUT_RDWR);
+  close(s->sock);
+  s->sock = -1;
+  s->retire_pending = false;
+}
+
+/* A final state: the app fd reads as "ready" forever so waiters return. */
+static void enter_final_locked(struct tether_session *s) {
+  char tag[17];
+  if (s->core.state == CORE_FAILED)
+    LOG_INFO(s->ctx, "session %s: failed: %s", session_tag(s->id, tag),
+             tether_strerror(s->core.error));
+  session_retire_locked(s, "final");
+  install_placeholder(s, true);
+}
+
+/* ---- engine side ---------------------------------------------------------- */
+
+static void arm_timer(struct tether_session *s) {
+  uint64_t d = core_next_deadline(&s->core);
+  if (d == UINT64_MAX) {
+    event_del(s->timer);
+    return;
+  }
+  uint64_t now = now_ns();
+  uint64_t wait = d > now ? d - now : 0;
+  struct timeval tv = {.tv_sec = (time_t)(wait / 1000000000),
+                       .tv_usec = (suseconds_t)(wait % 1000000000 / 1000)};
+  event_add(s->timer, &tv);
+}
+
+static void flush_pending_locked(struct tether_session *s) {
+  const uint8_t *p;
+  size_t n;
+  while (s->sock >= 0 && (n = core_pending(&s->core, &p)) > 0) {
+    ssize_t w = send(s->sock, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w > 0) {
+      core_on_flushed(&s->core, (size_t)w);
+      continue;
+    }
+    if (w < 0 && (errno == EAGAIN || errno == EINTR))
+      return;
+    session_suspend_locked(s, now_ns(), w < 0 ? strerror(errno) : "send failed");
+    return;
+  }
+}
+
+static void on_sock(evutil_socket_t fd, short what, void *arg);
+
+/* The engine watches the socket only when it has work there: a resend to
+ * push (EV_WRITE), or bytes to discard after the application closed
+ * (EV_READ).  The data path never wakes the engine. */
+static void update_sock_ev(struct tether_session *s) {
+  short want = 0;
+  if (s->sock >= 0 && s->core.state != CORE_FAILED) {
+    if (s->core.tx_pos < s->core.sent)
+      want |= EV_WRITE;
+    if (s->app_closed)
+      want |= EV_READ;
+  }
+  if (want == s->sock_ev_flags)
+    return;
+  if (s->sock_ev) {
+    event_del(s->sock_ev);
+    if (want)
+      event_assign(s->sock_ev, s->ctx->base, s->sock, want | EV_PERSIST, on_sock, s);
+  } else if (want) {
+    s->sock_ev = event_new(s->ctx->base, s->sock, want | EV_PERSIST, on_sock, s);
+  }
+  if (want && s->sock_ev)
+    event_add(s->sock_ev, NULL);
+  s->sock_ev_flags = s->sock_ev ? want : 0;
+}
+
+/* After the application closed: read and drop what still arrives, so the
+ * peer's writes drain and its EOF is seen. */
+static void drain_locked(struct tether_session *s) {
+  uint8_t buf[16384];
+  for (int i = 0; i < 64 && s->sock >= 0; i++) {
+    ssize_t n = recv(s->sock, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) {
+      core_on_delivered(&s->core, (size_t)n);
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+      return;
+    if (n == 0 && core_eof_confirmed(&s->core)) {
+      session_retire_locked(s, "eof");
+      return;
+    }
+    session_suspend_locked(s, now_ns(), n == 0 ? "unconfirmed EOF" : strerror(errno));
+    return;
+  }
+}
+
+static void report_state(struct tether_session *s) {
+  tether_state st = (tether_state)s->core.state;
+  if (st == s->reported)
+    return;
+  s->reported = st;
+  if (s->ctx->cfg.state_cb && !s->app_closed)
+    s->ctx->cfg.state_cb(s, st, st == TETHER_STATE_FAILED ? s->core.error : 0,
+                         s->ctx->cfg.state_cb_arg);
+}
+
+/* Engine thread: everything the data path or a timer may have changed. */
+static void settle(struct tether_session *s, bool *destroy) {
+  if (s->retire_pending)
+    session_retire_locked(s, "transport lost");
+  if (s->core.state == CORE_FAILED || (s->core.state == CORE_CLOSED && s->sock < 0 &&
+                                       s->app_fd >= 0 && s->hold_w >= 0))
+    enter_final_locked(s);
+  flush_pending_locked(s);
+  update_sock_ev(s);
+  *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED);
+  if (!*destroy)
+    arm_timer(s);
+}
+
+static void on_sock(evutil_socket_t fd, short what, void *arg) {
+  struct tether_session *s = arg;
+  bool destroy;
+  session_lock(s);
+  if (what & EV_READ)
+    drain_locked(s);
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy)
+    session_destroy(s);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg) {
+  struct tether_session *s = arg;
+  bool destroy;
+  session_lock(s);
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy)
+    session_destroy(s);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+  struct tether_session *s = arg;
+  uint64_t now = now_ns();
+  bool destroy;
+  session_lock(s);
+  unsigned act = core_on_timer(&s->core, now, random_u32());
+  if (act & CORE_ACT_SUSPEND)
+    session_suspend_locked(s, now, "no heartbeat within suspend_ms");
+  if (act & CORE_ACT_HEARTBEAT) {
+    if (s->sock >= 0)
+      core_trim_inflight(&s->core, sock_outq(s->sock));
+    if (s->core.ret.len == 0)
+      retention_shrink(&s->core.ret);
+    udp_send_ctl(s, now);
+  }
+  if ((act & CORE_ACT_FIN) && s->sock >= 0) {
+    char tag[17];
+    LOG_DEBUG(s->ctx, "session %s: FIN after %llu bytes", session_tag(s->id, tag),
+              (unsigned long long)s->core.sent);
+    shutdown(s->sock, SHUT_WR);
+  }
+  if (act & CORE_ACT_DONE)
+    s->app_closed = true; /* only set for sessions already let go */
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy) {
+    session_destroy(s);
+    return;
+  }
+  if (act & CORE_ACT_REDIAL)
+    client_redial(s);
+}
+
+int session_start(struct tether_session *s) {
+  struct tether_ctx *ctx = s->ctx;
+  s->timer = evtimer_new(ctx->base, on_timer, s);
+  s->kick = event_new(ctx->base, -1, 0, on_kick, s);
+  if (!s->timer || !s->kick)
+    return -ENOMEM;
+  registry_add(ctx, s);
+  session_lock(s);
+  arm_timer(s);
+  session_unlock(s);
+  return 0;
+}
+
+void session_attach(struct tether_session *s, struct hs_conn *h) {
+  char tag[17];
+  bool destroy;
+  uint64_t now = now_ns();
+  session_lock(s);
+  uint64_t outage = now - s->core.suspended_at_ns;
+  int rc = 0;
+  if (s->core.state != CORE_SUSPENDED)
+    /* Finished (or failed) while suspended: the new connection is not needed. */
+    LOG_DEBUG(s->ctx, "session %s: %s; resume not needed", session_tag(s->id, tag),
+              tether_state_name((tether_state)s->core.state));
+  else
+    rc = core_on_resumed(&s->core, now, &h->peer_state);
+  if (rc < 0 || s->core.state != CORE_CONNECTED) {
+    if (rc < 0)
+      LOG_WARN(s->ctx, "session %s: cannot resume: %s", session_tag(s->id, tag),
+               tether_strerror(rc));
+  } else {
+    s->sock = h->fd;
+    h->fd = -1;
+    sock_setup_session(s->sock, &s->ctx->cfg);
+    install_socket(s);
+    if (!s->is_client) /* the client may have moved: heartbeats follow it */
+      set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.ss_family == AF_INET
+                                                       ? ((struct sockaddr_in *)&s->udp_peer)->sin_port
+                                                       : ((struct sockaddr_in6 *)&s->udp_peer)->sin6_port));
+    LOG_INFO(s->ctx, "session %s: resumed after %.3f s; resending %llu bytes",
+             session_tag(s->id, tag), (double)outage / 1e9,
+             (unsigned long long)(s->core.sent - s->core.tx_pos));
+  }
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy)
+    session_destroy(s);
+}
+
+void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
+                    const struct sockaddr *from, socklen_t fromlen) {
+  bool reply, destroy;
+  uint64_t now = now_ns();
+  char tag[17];
+  LOG_DEBUG(s->ctx, "session %s: control #%llu: delivered %llu sent %llu%s%s%s%s",
+            session_tag(s->id, tag), (unsigned long long)ctl->seq,
+            (unsigned long long)ctl->delivered, (unsigned long long)ctl->sent,
+            ctl->write_closed ? " write-closed" : "", ctl->read_closed ? " read-closed" : "",
+            ctl->ack_write_closed ? " ack-write" : "", ctl->ack_read_closed ? " ack-read" : "");
+  session_lock(s);
+  if (core_on_ctl(&s->core, now, ctl, &reply) == 0) {
+    /* The server answers wherever the client's authenticated datagrams come
+     * from: NAT rebinding and address changes need no handshake. */
+    if (!s->is_client && fromlen <= sizeof(s->udp_peer)) {
+      memcpy(&s->udp_peer, from, fromlen);
+      s->udp_peer_len = fromlen;
+    }
+    if (reply)
+      udp_send_ctl(s, now);
+  }
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy)
+    session_destroy(s);
+}
+
+void session_destroy(struct tether_session *s) {
+  if (!s)
+    return;
+  registry_remove(s->ctx, s);
+  for (int i = 0; i < 2; i++)
+    if (s->redials[i])
+      hs_conn_abort(s->redials[i]);
+  if (s->timer)
+    event_free(s->timer);
+  if (s->kick)
+    event_free(s->kick);
+  if (s->sock_ev)
+    event_free(s->sock_ev);
+  if (s->sock >= 0) {
+    /* Finished normally: a graceful close, not a reset. */
+    struct linger lg = {0, 0};
+    if (s->core.state == CORE_CLOSED)
+      setsockopt(s->sock, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(s->sock);
+  }
+  if (s->app_fd >= 0)
+    close(s->app_fd);
+  if (s->hold_w >= 0)
+    close(s->hold_w);
+  core_clear(&s->core);
+  pthread_mutex_destroy(&s->rx_lock);
+  pthread_mutex_destroy(&s->tx_lock);
+  wipe(s, sizeof(*s));
+  free(s);
+}
+
+/* ---- the data path (application threads) ---------------------------------- */
+
+/* Blocks until fd may be ready for `events`.  Returns 0 or -EINTR. */
+static int wait_fd(int fd, short events) {
+  struct pollfd p = {.fd = fd, .events = events};
+  if (poll(&p, 1, -1) < 0 && errno == EINTR)
+    return -EINTR;
+  return 0;
+}
+
+static int transport_error(int err) {
+  return err == ECONNRESET || err == EPIPE || err == ETIMEDOUT || err == EHOSTUNREACH ||
+         err == ENETUNREACH || err == ECONNABORTED || err == ENOTCONN || err == ENETDOWN ||
+         err == EHOSTDOWN;
+}
+
+ssize_t tether_read(tether_session *s, void *buf, size_t len) {
+  if (!s || (!buf && len))
+    return -EINVAL;
+  if (s->app_closed)
+    return -EBADF;
+  pthread_mutex_lock(&s->rx_lock);
+  for (;;) {
+    struct core_session *c = &s->core;
+    if (core_at_eof(c)) {
+      pthread_mutex_unlock(&s->rx_lock);
+      return 0;
+    }
+    if (c->state == CORE_FAILED) {
+      pthread_mutex_unlock(&s->rx_lock);
+      return c->error;
+    }
+    if (len == 0) {
+      pthread_mutex_unlock(&s->rx_lock);
+      return 0;
+    }
+    if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
+      ssize_t n = recv(s->sock, buf, len, MSG_DONTWAIT);
+      if (n > 0) {
+        core_on_delivered(c, (size_t)n);
+        pthread_mutex_unlock(&s->rx_lock);
+        return n;
+      }
+      int err = n < 0 ? errno : 0;
+      if (n == 0 || transport_error(err)) {
+        pthread_mutex_lock(&s->tx_lock);
+        if (n == 0 && core_eof_confirmed(c)) {
+          pthread_mutex_unlock(&s->tx_lock);
+          continue; /* core_at_eof now holds */
+        }
+        session_suspend_locked(s, now_ns(), n == 0 ? "EOF without a close" : strerror(err));
+        pthread_mutex_unlock(&s->tx_lock);
+        continue;
+      }
+      if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+        pthread_mutex_unlock(&s->rx_lock);
+        return -err;
+      }
+    }
+    pthread_mutex_unlock(&s->rx_lock);
+    if (s->nonblocking)
+      return -EAGAIN;
+    if (wait_fd(s->app_fd, POLLIN) < 0)
+      return -EINTR;
+    pthread_mutex_lock(&s->rx_lock);
+  }
+}
+
+/* tx_lock held; may drop and retake locks to suspend.  Returns 0 when the
+ * caller should retry its write, -EAGAIN when it must wait. */
+static int write_failed(struct tether_session *s, int err) {
+  pthread_mutex_unlock(&s->tx_lock);
+  session_lock(s);
+  session_suspend_locked(s, now_ns(), strerror(err));
+  pthread_mutex_unlock(&s->rx_lock);
+  return 0;
+}
+
+ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
+  if (!s || (!buf && len))
+    return -EINVAL;
+  if (s->app_closed)
+    return -EBADF;
+  pthread_mutex_lock(&s->tx_lock);
+  for (;;) {
+    struct core_session *c = &s->core;
+    int rc = core_write_check(c);
+    if (rc == -EAGAIN && c->state == CORE_CONNECTED && s->sock >= 0) {
+      flush_pending_locked(s); /* a resend goes before new bytes */
+      rc = core_write_check(c);
+    }
+    if (rc < 0 && rc != -EAGAIN) {
+      pthread_mutex_unlock(&s->tx_lock);
+      return rc;
+    }
+    if (rc == 0 && len == 0) {
+      pthread_mutex_unlock(&s->tx_lock);
+      return 0;
+    }
+    if (rc == 0) {
+      size_t room = core_write_room(c);
+      if (room < len) {
+        core_trim_inflight(c, sock_outq(s->sock));
+        room = core_write_room(c);
+      }
+      size_t n = len < room ? len : room;
+      if (n > 0) {
+        /* Reserve retention memory first: once the kernel has the bytes we
+         * must be able to keep them. */
+        if ((rc = core_reserve(c, n)) < 0) {
+          pthread_mutex_unlock(&s->tx_lock);
+          return rc;
+        }
+        ssize_t w = send(s->sock, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) {
+          core_on_written(c, buf, (size_t)w);
+          pthread_mutex_unlock(&s->tx_lock);
+          return w;
+        }
+        int err = w < 0 ? errno : EPIPE;
+        if (transport_error(err)) {
+          write_failed(s, err);
+          continue;
+        }
+        if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+          pthread_mutex_unlock(&s->tx_lock);
+          return -err;
+        }
+      }
+    }
+    pthread_mutex_unlock(&s->tx_lock);
+    if (s->nonblocking)
+      return -EAGAIN;
+    if (wait_fd(s->app_fd, POLLOUT) < 0)
+      return -EINTR;
+    pthread_mutex_lock(&s->tx_lock);
+  }
+}
+
+int tether_shutdown(tether_session *s) {
+  if (!s || s->app_closed)
+    return -EBADF;
+  session_lock(s);
+  int rc = s->core.state == CORE_FAILED ? s->core.error : 0;
+  if (rc == 0)
+    core_shutdown(&s->core, now_ns());
+  session_unlock(s);
+  session_kick(s);
+  return rc;
+}
+
+int tether_close(tether_session *s) {
+  if (!s || s->app_closed)
+    return -EBADF;
+  session_lock(s);
+  core_close(&s->core, now_ns());
+  s->app_closed = true;
+  if (s->app_fd >= 0)
+    close(s->app_fd);
+  s->app_fd = -1;
+  session_unlock(s);
+  session_kick(s); /* the engine finishes it and frees it */
+  return 0;
+}
+
+int tether_fd(const tether_session *s) { return s ? s->app_fd : -EINVAL; }
+
+int tether_set_nonblocking(tether_session *s, int on) {
+  if (!s)
+    return -EINVAL;
+  s->nonblocking = on != 0;
+  return 0;
+}
+
+tether_state tether_session_state(const tether_session *s) {
+  return s ? (tether_state)__atomic_load_n(&s->core.state, __ATOMIC_RELAXED) : TETHER_STATE_FAILED;
+}
+
+int tether_session_error(const tether_session *s) {
+  if (!s)
+    return -EINVAL;
+  return s->core.state == CORE_FAILED ? s->core.error : 0;
+}
+
+const char *tether_state_name(tether_state st) {
+  switch (st) {
+  case TETHER_STATE_CONNECTED: return "connected";
+  case TETHER_STATE_SUSPENDED: return "suspended";
+  case TETHER_STATE_CLOSED: return "closed";
+  case TETHER_STATE_FAILED: return "failed";
+  }
+  return "unknown";
+}
+
+int tether_session_stats(const tether_session *s, tether_stats *out) {
+  if (!s || !out)
+    return -EINVAL;
+  struct tether_session *m = (struct tether_session *)s;
+  memset(out, 0, sizeof(*out));
+  session_lock(m);
+  const struct core_session *c = &s->core;
+  out->bytes_sent = c->sent;
+  out->bytes_received = c->delivered;
+  out->bytes_resent = c->resent;
+  out->bytes_retained = c->ret.len;
+  out->reconnects = c->reconnects;
+  out->suspended_ns = c->suspended_total_ns;
+  if (c->state == CORE_SUSPENDED)
+    out->suspended_ns += now_ns() - c->suspended_at_ns;
+  session_unlock(m);
+  return 0;
+}

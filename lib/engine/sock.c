@@ -1,0 +1,113 @@
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+int sock_set_nonblock(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+    return -errno;
+  return 0;
+}
+
+void sock_setup_session(int fd, const struct tether_config *cfg) {
+  int one = 1;
+  /* A killed process must reset its connections, so that the peer suspends
+   * at once instead of mistaking the FIN for a close. */
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  /* Without a side channel these are the failure detectors. */
+  int idle = (int)(cfg->suspend_ms / 1000) ? (int)(cfg->suspend_ms / 1000) : 1;
+  int cnt = 3;
+  unsigned int uto = cfg->suspend_ms;
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+}
+
+/* The third field of /proc/sys/net/ipv4/tcp_[rw]mem: autotuning's ceiling. */
+static uint64_t sysctl_max(const char *path, uint64_t fallback) {
+  FILE *f = fopen(path, "re");
+  unsigned long long a, b, c;
+  uint64_t v = fallback;
+  if (!f)
+    return fallback;
+  if (fscanf(f, "%llu %llu %llu", &a, &b, &c) == 3)
+    v = c;
+  fclose(f);
+  return v;
+}
+
+static uint64_t buf_max(int fd, int opt, const char *sysctl) {
+  int v = 0;
+  socklen_t len = sizeof(v);
+  uint64_t auto_max = sysctl_max(sysctl, 4u << 20);
+  if (getsockopt(fd, SOL_SOCKET, opt, &v, &len) < 0)
+    return auto_max;
+  /* Either the application pinned it (the kernel reports double the set
+   * value) or autotuning may grow it up to the sysctl: take the larger. */
+  return (uint64_t)v > auto_max ? (uint64_t)v : auto_max;
+}
+
+uint64_t sock_rcvbuf_max(int fd) { return buf_max(fd, SO_RCVBUF, "/proc/sys/net/ipv4/tcp_rmem"); }
+uint64_t sock_sndbuf_max(int fd) { return buf_max(fd, SO_SNDBUF, "/proc/sys/net/ipv4/tcp_wmem"); }
+
+uint64_t sock_outq(int fd) {
+  int q = 0;
+  if (ioctl(fd, SIOCOUTQ, &q) < 0 || q < 0)
+    return UINT64_MAX; /* unknown: trim nothing */
+  return (uint64_t)q;
+}
+
+int sock_resolve(const char *host, const char *port, bool passive, struct addrinfo **out) {
+  struct addrinfo hints;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_ADDRCONFIG;
+  if (host && !*host)
+    host = NULL;
+  int rc = getaddrinfo(host, port, &hints, out);
+  if (rc == EAI_NONAME || rc == EAI_SERVICE || rc == EAI_ADDRFAMILY) {
+    /* AI_ADDRCONFIG hides loopback-only setups (namespaces): retry without. */
+    hints.ai_flags &= ~AI_ADDRCONFIG;
+    rc = getaddrinfo(host, port, &hints, out);
+  }
+  if (rc == 0)
+    return 0;
+  if (rc == EAI_SYSTEM)
+    return -errno;
+  if (rc == EAI_MEMORY)
+    return -ENOMEM;
+  return -EHOSTUNREACH;
+}
+
+const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  unsigned port = 0;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const void *)sa;
+    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+    port = ntohs(a->sin_port);
+    snprintf(buf, len, "%s:%u", ip, port);
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const void *)sa;
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+    port = ntohs(a->sin6_port);
+    snprintf(buf, len, "[%s]:%u", ip, port);
+  } else {
+    snprintf(buf, len, "(family %d)", sa->sa_family);
+  }
+  return buf;
+}

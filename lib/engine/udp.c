@@ -1,0 +1,123 @@
+/* The UDP side channel: heartbeats, cumulative acks and close notices,
+ * authenticated per direction and replay-protected.  Anything that does not
+ * authenticate is dropped without a reply, so probing it reveals nothing and
+ * disturbs no session. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "engine.h"
+#include "wire/control.h"
+
+static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
+                        const struct sockaddr *from, socklen_t fromlen) {
+  struct tether_ctx *ctx = u->ctx;
+  const uint8_t *id;
+  struct core_ctl ctl;
+  char tag[17];
+  if (ctl_peek(dg, len, &id) < 0) {
+    LOG_DEBUG(ctx, "dropped a datagram that is not tether's (%zu bytes)", len);
+    return;
+  }
+  /* Sessions are freed only on this (the engine) thread, so s stays valid. */
+  pthread_mutex_lock(&ctx->lock);
+  struct tether_session *s = registry_find(ctx, id);
+  pthread_mutex_unlock(&ctx->lock);
+  if (!s) {
+    LOG_DEBUG(ctx, "dropped a datagram for unknown session %s", session_tag(id, tag));
+    return;
+  }
+  int rc = ctl_open(dg, len, s->is_client ? s->keys.ctl_s2c : s->keys.ctl_c2s, &ctl);
+  if (rc < 0) {
+    LOG_DEBUG(ctx, "session %s: dropped a datagram that failed %s", session_tag(s->id, tag),
+              rc == -EBADMSG ? "authentication" : "decoding");
+    return;
+  }
+  session_on_ctl(s, &ctl, from, fromlen);
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg) {
+  struct udp_chan *u = arg;
+  uint8_t buf[CTL_MAX + 1];
+  for (int i = 0; i < 256; i++) { /* bounded: a flood cannot starve the loop */
+    struct sockaddr_storage from;
+    socklen_t fromlen = sizeof(from);
+    ssize_t n = recvfrom(u->fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC,
+                         (struct sockaddr *)&from, &fromlen);
+    if (n < 0)
+      return;
+    if ((size_t)n > CTL_MAX)
+      continue; /* oversized: not ours */
+    on_datagram(u, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
+  }
+}
+
+struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
+                          socklen_t len) {
+  struct udp_chan *u = calloc(1, sizeof(*u));
+  if (!u)
+    return NULL;
+  u->ctx = ctx;
+  u->family = family;
+  u->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+  if (u->fd < 0)
+    goto fail;
+  int zero = 0;
+  if (family == AF_INET6)
+    (void)setsockopt(u->fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+  if (bind(u->fd, bind_addr, len) < 0)
+    goto fail;
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof(bound);
+  if (getsockname(u->fd, (struct sockaddr *)&bound, &blen) < 0)
+    goto fail;
+  u->port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                    : ((struct sockaddr_in6 *)&bound)->sin6_port);
+  u->ev = event_new(ctx->base, u->fd, EV_READ | EV_PERSIST, on_readable, u);
+  if (!u->ev || event_add(u->ev, NULL) < 0)
+    goto fail;
+  return u;
+fail:
+  udp_close(u);
+  return NULL;
+}
+
+void udp_close(struct udp_chan *u) {
+  if (!u)
+    return;
+  if (u->ev)
+    event_free(u->ev);
+  if (u->fd >= 0)
+    close(u->fd);
+  free(u);
+}
+
+void udp_send_ctl(struct tether_session *s, uint64_t now) {
+  struct core_ctl ctl;
+  uint8_t dg[CTL_MAX];
+  core_build_ctl(&s->core, now, &ctl); /* also schedules the next one */
+  if (!s->udp || s->udp_peer_len == 0)
+    return;
+  ssize_t n = ctl_seal(s->id, &ctl, s->is_client ? s->keys.ctl_c2s : s->keys.ctl_s2c, dg,
+                       sizeof(dg));
+  if (n < 0)
+    return;
+  struct sockaddr_storage to = s->udp_peer;
+  socklen_t tolen = s->udp_peer_len;
+  /* A dual-stack socket reaches IPv4 peers through mapped addresses. */
+  if (s->udp->family == AF_INET6 && to.ss_family == AF_INET) {
+    struct sockaddr_in v4 = *(struct sockaddr_in *)&s->udp_peer;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&to;
+    memset(v6, 0, sizeof(*v6));
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = v4.sin_port;
+    v6->sin6_addr.s6_addr[10] = v6->sin6_addr.s6_addr[11] = 0xff;
+    memcpy(&v6->sin6_addr.s6_addr[12], &v4.sin_addr, 4);
+    tolen = sizeof(*v6);
+  }
+  (void)sendto(s->udp->fd, dg, (size_t)n, MSG_DONTWAIT, (struct sockaddr *)&to, tolen);
+}

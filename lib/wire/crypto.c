@@ -1,0 +1,144 @@
+#include "crypto.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
+
+int crypto_random(void *out, size_t n) {
+  return RAND_bytes(out, (int)n) == 1 ? 0 : -EIO;
+}
+
+void wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
+
+int x25519_keygen(uint8_t priv[KEY_LEN], uint8_t pub[KEY_LEN]) {
+  int rc = -EIO;
+  EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+  size_t plen = KEY_LEN, qlen = KEY_LEN;
+  if (!k)
+    return -EIO;
+  if (EVP_PKEY_get_raw_private_key(k, priv, &plen) == 1 && plen == KEY_LEN &&
+      EVP_PKEY_get_raw_public_key(k, pub, &qlen) == 1 && qlen == KEY_LEN)
+    rc = 0;
+  EVP_PKEY_free(k);
+  return rc;
+}
+
+int x25519_shared(const uint8_t priv[KEY_LEN], const uint8_t peer_pub[KEY_LEN],
+                  uint8_t shared[KEY_LEN]) {
+  int rc = -EIO;
+  EVP_PKEY_CTX *dctx = NULL;
+  EVP_PKEY *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, priv, KEY_LEN);
+  EVP_PKEY *theirs = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub, KEY_LEN);
+  size_t len = KEY_LEN;
+  static const uint8_t zero[KEY_LEN];
+  if (!mine || !theirs)
+    goto out;
+  dctx = EVP_PKEY_CTX_new(mine, NULL);
+  if (!dctx || EVP_PKEY_derive_init(dctx) != 1 || EVP_PKEY_derive_set_peer(dctx, theirs) != 1)
+    goto out;
+  if (EVP_PKEY_derive(dctx, shared, &len) != 1 || len != KEY_LEN) {
+    rc = -EPROTO;
+    goto out;
+  }
+  rc = CRYPTO_memcmp(shared, zero, KEY_LEN) == 0 ? -EPROTO : 0;
+out:
+  EVP_PKEY_CTX_free(dctx);
+  EVP_PKEY_free(mine);
+  EVP_PKEY_free(theirs);
+  return rc;
+}
+
+int sha256_parts(const struct buf_part *parts, size_t n, uint8_t out[32]) {
+  int rc = -EIO;
+  unsigned int len = 0;
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1)
+    goto out;
+  for (size_t i = 0; i < n; i++)
+    if (EVP_DigestUpdate(md, parts[i].p, parts[i].n) != 1)
+      goto out;
+  if (EVP_DigestFinal_ex(md, out, &len) == 1 && len == 32)
+    rc = 0;
+out:
+  EVP_MD_CTX_free(md);
+  return rc;
+}
+
+/* EVP_MAC_fetch is costly; the algorithm object is immutable and shared. */
+static EVP_MAC *hmac_alg(void) {
+  static EVP_MAC *alg;
+  EVP_MAC *a = __atomic_load_n(&alg, __ATOMIC_ACQUIRE);
+  if (a)
+    return a;
+  a = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  if (!a)
+    return NULL;
+  EVP_MAC *expected = NULL;
+  if (!__atomic_compare_exchange_n(&alg, &expected, a, false, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    EVP_MAC_free(a);
+    a = expected;
+  }
+  return a;
+}
+
+int hmac_parts(const uint8_t key[KEY_LEN], const struct buf_part *parts, size_t n,
+               uint8_t out[MAC_LEN]) {
+  int rc = -EIO;
+  size_t len = 0;
+  EVP_MAC *alg = hmac_alg();
+  EVP_MAC_CTX *ctx = alg ? EVP_MAC_CTX_new(alg) : NULL;
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+      OSSL_PARAM_construct_end(),
+  };
+  if (!ctx || EVP_MAC_init(ctx, key, KEY_LEN, params) != 1)
+    goto out;
+  for (size_t i = 0; i < n; i++)
+    if (EVP_MAC_update(ctx, parts[i].p, parts[i].n) != 1)
+      goto out;
+  if (EVP_MAC_final(ctx, out, &len, MAC_LEN) == 1 && len == MAC_LEN)
+    rc = 0;
+out:
+  EVP_MAC_CTX_free(ctx);
+  return rc;
+}
+
+bool mac_equal(const uint8_t a[MAC_LEN], const uint8_t b[MAC_LEN]) {
+  return CRYPTO_memcmp(a, b, MAC_LEN) == 0;
+}
+
+int keys_derive(const uint8_t shared[KEY_LEN], const uint8_t *psk, size_t psk_len,
+                const uint8_t th[32], struct session_keys *out) {
+  int rc = -EIO;
+  uint8_t salt[8 + PSK_MAX];
+  static const char label[8] = "tether/1";
+  EVP_KDF *kdf = NULL;
+  EVP_KDF_CTX *kctx = NULL;
+  if (psk_len > PSK_MAX)
+    return -EINVAL;
+  memcpy(salt, label, sizeof(label));
+  if (psk_len)
+    memcpy(salt + sizeof(label), psk, psk_len);
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)shared, KEY_LEN),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, salt, sizeof(label) + psk_len),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)th, 32),
+      OSSL_PARAM_construct_end(),
+  };
+  kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+  kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+  if (kctx && EVP_KDF_derive(kctx, (unsigned char *)out, sizeof(*out), params) == 1)
+    rc = 0;
+  EVP_KDF_CTX_free(kctx);
+  EVP_KDF_free(kdf);
+  wipe(salt, sizeof(salt));
+  return rc;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Smoke test of tether-bench (label bench): every test once, small sizes, in
+# both modes (tether and --raw), plus one --listen/--connect pair.  Checks that
+# each run exits 0 and prints one JSON line with the expected fields.  Not a
+# performance assertion.
+source "$(dirname "$0")/lib.sh"
+require_tools TETHER_BENCH
+
+# check_json FILE TEST MODE: one JSON object line with test/mode and numeric
+# summary fields.
+check_json() {
+  "$PY" - "$@" <<'EOF' || fail "bad JSON from tether-bench $2 ($3): $(head -c 600 "$1")"
+import json, numbers, sys
+path, test, mode = sys.argv[1:4]
+lines = [l for l in open(path).read().splitlines() if l.strip()]
+if len(lines) != 1:
+    sys.exit("expected one line, got %d" % len(lines))
+o = json.loads(lines[0])
+want = {"throughput": ["seconds_median", "gbit_s_median"],
+        "latency": ["rtt_us_median", "rtt_us_p90", "rtt_us_p99", "rtt_us_min"],
+        "setup": ["setup_us_median", "setup_us_p90", "setup_us_p99", "setup_us_min"]}[test]
+if o.get("test") != test or o.get("mode") != mode:
+    sys.exit("test/mode are %r/%r" % (o.get("test"), o.get("mode")))
+if not isinstance(o.get("runs"), list) or not o["runs"]:
+    sys.exit("no runs")
+for k in want:
+    v = o.get(k)
+    if not isinstance(v, numbers.Real) or isinstance(v, bool) or v <= 0:
+        sys.exit("%s is %r, expected a positive number" % (k, v))
+EOF
+}
+
+# run_bench NAME TEST MODE ARGS...
+run_bench() {
+  local name=$1 test=$2 mode=$3 rc=0
+  shift 3
+  timeout -k 5 60 "$TETHER_BENCH" "$test" "$@" >"$TMP/$name.json" 2>"$TMP/$name.err" || rc=$?
+  [ "$rc" -eq 0 ] || fail "tether-bench $test $* exited with status $rc"
+  check_json "$TMP/$name.json" "$test" "$mode"
+  log "$test ($mode): $(cut -c1-200 "$TMP/$name.json")"
+}
+
+for mode in tether raw; do
+  raw=()
+  [ "$mode" = raw ] && raw=(--raw)
+  run_bench "throughput-$mode" throughput "$mode" "${raw[@]}" --bytes 16M
+  run_bench "latency-$mode" latency "$mode" "${raw[@]}" --count 200
+  run_bench "setup-$mode" setup "$mode" "${raw[@]}" --count 20
+done
+
+# The split form: a server process and a client process.
+port=$(free_port)
+spawn - "$TMP/server.out" "$TMP/server.log" "$TETHER_BENCH" latency --listen "127.0.0.1:$port"
+wait_listen "$BG_PID" "$port"
+run_bench latency-split latency tether --count 200 --connect "127.0.0.1:$port"
+pass

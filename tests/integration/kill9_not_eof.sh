@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A killed peer never looks like EOF.
+#
+# 1. kill -9 the server while a client streams lines: the client must stay
+#    (suspended) for at least 5 s -- exiting would mean it took the reset for
+#    an EOF.  Then a new server process (no state: it cannot know the session)
+#    starts on the same port: the client's resume is rejected and it must exit
+#    non-zero with TETHER_ESESSIONGONE ("the peer no longer knows this
+#    session"), its output a clean prefix of what it sent.
+# 2. kill -9 the client: the server's session must be suspended, not closed:
+#    within 5 s its log shows the suspension and no close, and the server keeps
+#    running.
+source "$(dirname "$0")/lib.sh"
+require_tools TETHER_ECHO
+
+export TETHER_RECONNECT_MAX_MS=300
+unset TETHER_GIVE_UP_S
+WINDOW_MS=5000
+
+# echo_is_prefix FILE: FILE holds "line 1".."line N" (N >= 0), complete lines.
+echo_is_prefix() {
+  awk '$0 != "line " NR { bad = 1; exit } END { exit bad }' "$1" &&
+    { [ ! -s "$1" ] || [ "$(tail -c 1 "$1" | od -An -c | tr -d ' ')" = '\n' ]; }
+}
+
+# ---- 1. server killed ----
+port=$(free_port)
+stamped_log server1
+TETHER_LOG=info spawn - "$TMP/server1.out" "$STAMP_FIFO" \
+  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+server=$BG_PID
+wait_listen "$server" "$port"
+
+mkfifo "$TMP/lines.fifo"
+spawn - "$TMP/lines.fifo" "$TMP/lines.err" numbered_lines 600 0.1
+stamped_log client
+TETHER_LOG=info spawn "$TMP/lines.fifo" "$TMP/out" "$STAMP_FIFO" \
+  "$TETHER_ECHO" client --connect "127.0.0.1:$port" --stats
+client=$BG_PID
+wait_size "$TMP/out" 60 10000 "$client" # a few lines echoed
+
+t_kill=$(now_us)
+kill9 "$server"
+log "server killed (kill -9) after $(wc -l <"$TMP/out") lines were echoed"
+
+if wait_exit "$client" "$WINDOW_MS"; then
+  fail "the client exited (status $WAIT_RC) $(us_to_s $((WAIT_US - t_kill))) s after the server's kill -9: a killed peer must not end the session"
+fi
+wait_stamp_after "$TMP/client.log" "$RE_SUSPENDED" "$t_kill" 1000 ||
+  fail "the client still runs but never logged '$RE_SUSPENDED' after the server's kill -9"
+log "client suspended $(us_to_s $((STAMP - t_kill))) s after the kill and still running after $((WINDOW_MS / 1000)) s"
+echo_is_prefix "$TMP/out" || fail "the client's output is not a clean prefix of its input: $(tail -n 3 "$TMP/out" | od -c | tail -n 3)"
+
+stamped_log server2
+TETHER_LOG=info spawn - "$TMP/server2.out" "$STAMP_FIFO" \
+  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+server2=$BG_PID
+wait_listen "$server2" "$port"
+t_restart=$(now_us)
+log "a new server (without the session) listens on port $port"
+
+wait_exit "$client" 15000 || fail "the client still runs 15 s after a server that cannot know its session came up"
+log "client exited with status $WAIT_RC $(us_to_s $((WAIT_US - t_restart))) s after the restart: $(grep -i 'tether-echo' "$TMP/client.log" | grep -v 'listening' | tail -n 1 | cut -d' ' -f2- | cut -c1-200)"
+[ "$WAIT_RC" -ne 0 ] || fail "the client exited 0 (as at an EOF) although its server was killed"
+grep -qi 'no longer knows this session' "$TMP/client.log" ||
+  fail "the client's error is not TETHER_ESESSIONGONE ('the peer no longer knows this session')"
+echo_is_prefix "$TMP/out" || fail "the client's output is not a clean prefix of its input"
+alive "$server2" || fail "the new server died"
+
+# ---- 2. client killed ----
+port=$(free_port)
+stamped_log server3
+TETHER_LOG=info spawn - "$TMP/server3.out" "$STAMP_FIFO" \
+  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+server3=$BG_PID
+wait_listen "$server3" "$port"
+
+mkfifo "$TMP/lines2.fifo"
+spawn - "$TMP/lines2.fifo" "$TMP/lines2.err" numbered_lines 600 0.1
+spawn "$TMP/lines2.fifo" "$TMP/out2" "$TMP/client2.log" \
+  "$TETHER_ECHO" client --connect "127.0.0.1:$port"
+client2=$BG_PID
+wait_size "$TMP/out2" 60 10000 "$client2"
+
+t_kill=$(now_us)
+kill9 "$client2"
+log "client killed (kill -9)"
+
+wait_stamp_after "$TMP/server3.log" "$RE_SUSPENDED" "$t_kill" "$WINDOW_MS" ||
+  fail "the server did not log '$RE_SUSPENDED' within $((WINDOW_MS / 1000)) s of the client's kill -9"
+log "server suspended the session $(us_to_s $((STAMP - t_kill))) s after the kill"
+rest=$((t_kill + WINDOW_MS * 1000 - $(now_us)))
+[ "$rest" -gt 0 ] && sleep "$(us_to_s "$rest")"
+closed=$(state_lines "$TMP/server3.log" "$RE_CLOSED|$RE_FAILED|eof|tether-echo: session")
+[ -z "$closed" ] ||
+  fail "the server ended the session of a killed client (it must stay suspended): $(echo "$closed" | head -n 3)"
+alive "$server3" || fail "the server died"
+pass

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# 32 MiB through tether-echo on loopback while the live TCP connection is
+# killed (ss -K: the peer gets a reset) at least 10 times mid-stream.
+# Expect: byte-exact echo, client exit 0, --stats reconnects >= 10 and
+# bytes_resent > 0.
+#
+# The client's stdout goes through a slow sink (throttle.py, 4 MiB/s), so the
+# transfer lasts ~8 s and backpressure keeps every buffer on the path full:
+# each kill destroys bytes in flight that must be resent.
+source "$(dirname "$0")/lib.sh"
+require_root
+require_tools TETHER_ECHO
+
+SIZE=$((32 * 1024 * 1024))
+RATE=$((4 * 1024 * 1024))
+KILLS_WANTED=10
+KILLS_MAX=14
+export TETHER_RECONNECT_MAX_MS=200
+
+random_file "$TMP/in" "$SIZE"
+port=$(free_port)
+
+TETHER_LOG=info spawn - "$TMP/server.out" "$TMP/server.log" \
+  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+server=$BG_PID
+wait_listen "$server" "$port"
+
+mkfifo "$TMP/echo.fifo"
+spawn "$TMP/echo.fifo" "$TMP/out" "$TMP/throttle.err" "${THROTTLE[@]}" "$RATE" 65536
+TETHER_LOG=info spawn "$TMP/in" "$TMP/echo.fifo" "$TMP/client.log" \
+  "$TETHER_ECHO" client --connect "127.0.0.1:$port" --stats
+client=$BG_PID
+log "transfer of $SIZE bytes started (server $server, client $client, port $port)"
+
+wait_size "$TMP/out" $((256 * 1024)) 20000 "$client"
+
+# killer: one ss -K every 0.4 s while the transfer runs; logs each real kill
+# with how much of the echo had arrived then.
+killer() {
+  local n=0 i killed
+  for ((i = 0; i < 100 && n < KILLS_MAX; i++)); do
+    sleep 0.4
+    killed=$(kill_tcp 127.0.0.1 "$port")
+    if [ -n "$killed" ]; then
+      n=$((n + 1))
+      echo "kill $n at $(file_size "$TMP/out") of $SIZE: $killed"
+    fi
+  done
+}
+spawn - "$TMP/killer.log" "$TMP/killer.err" killer
+killer_pid=$BG_PID
+
+wait_exit "$client" 90000 || fail "client still running after 90 s ($(file_size "$TMP/out") of $SIZE bytes echoed)"
+rc=$WAIT_RC
+stop "$killer_pid"
+
+kills=$(grep -c '^kill ' "$TMP/killer.log" || true)
+midstream=$(awk -v size="$SIZE" '/^kill / && $4 < size { n++ } END { print n + 0 }' "$TMP/killer.log")
+log "connections killed: $kills, of which mid-stream: $midstream"
+
+[ "$rc" -eq 0 ] || fail "client exited with status $rc"
+assert_same_file "$TMP/in" "$TMP/out" "echoed stream"
+[ "$midstream" -ge "$KILLS_WANTED" ] ||
+  fail "only $midstream connections were killed mid-stream (wanted $KILLS_WANTED): the transfer was too short to test anything"
+
+reconnects=$(stats_get "$TMP/client.log" reconnects)
+resent=$(stats_get "$TMP/client.log" bytes_resent)
+sent=$(stats_get "$TMP/client.log" bytes_sent)
+received=$(stats_get "$TMP/client.log" bytes_received)
+log "client --stats: reconnects=$reconnects bytes_resent=$resent bytes_sent=$sent bytes_received=$received"
+[ "$reconnects" -ge "$KILLS_WANTED" ] || fail "--stats reconnects=$reconnects, expected >= $KILLS_WANTED (killed $kills)"
+[ "$resent" -gt 0 ] || fail "--stats bytes_resent=0 after $kills kills of a saturated stream"
+[ "$sent" -eq "$SIZE" ] || fail "--stats bytes_sent=$sent, expected $SIZE"
+[ "$received" -eq "$SIZE" ] || fail "--stats bytes_received=$received, expected $SIZE"
+alive "$server" || fail "the server died"
+pass
