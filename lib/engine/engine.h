@@ -94,11 +94,14 @@ struct tether_session {
 
   int sock;   /* current TCP socket, -1 while suspended */
   int app_fd; /* the stable number the application polls, -1 after close */
-  int hold_w; /* placeholder pipe's write end while app_fd is the read end */
+  int app_kind; /* what app_fd refers to now: an APP_FD_* value */
+  int hold_w; /* the WAIT pipe's write end while app_fd is its read end */
   bool nonblocking;
-  bool app_closed;     /* the application let go: the engine owns it */
-  bool retire_pending; /* the data path saw the transport fail */
-  bool freed;
+  bool app_closed; /* the application let go: the engine owns it */
+  /* Sockets taken out of service (shut down) but not yet closed: only the
+   * engine closes them, after removing its events. */
+  int retired[4];
+  int n_retired;
 
   struct sockaddr_storage dial_addr; /* client: the server's listening address */
   socklen_t dial_len;
@@ -109,10 +112,22 @@ struct tether_session {
   struct event *timer;
   struct event *sock_ev;
   short sock_ev_flags;
+  int sock_ev_fd;
   struct event *kick;
   struct hs_conn *redials[2];
   struct hs_conn *finishing; /* the redial that sent ResumeFinish */
   tether_state reported;
+};
+
+/* What the application's fd refers to.  poll() attaches to the files it
+ * sees on its first pass only, so a sleeping poller never notices that the
+ * number now names another file.  Hence every transition installs READY and
+ * wakes the old file, sending pollers back to the application, whose next
+ * tether_* call installs the file for the new state (app_fd_fixup). */
+enum {
+  APP_FD_SOCK,  /* the live TCP socket (connected) */
+  APP_FD_READY, /* an eventfd holding 1: readable and writable */
+  APP_FD_WAIT,  /* a pipe's read end: never ready until its writer closes */
 };
 
 /* ---- handshakes (handshake_conn.c) ---- */
@@ -171,9 +186,9 @@ int session_start(struct tether_session *s);
 void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why);
 /* Engine thread: a resume handshake succeeded on h->fd. */
 void session_attach(struct tether_session *s, struct hs_conn *h);
-/* Engine thread, both locks held: retire the current socket (server, on an
- * authenticated resume that finds the old connection still up). */
-void session_retire_locked(struct tether_session *s, const char *why);
+/* Both locks held: takes the current socket out of service at once (any
+ * thread); the engine closes it later. */
+void session_retire_locked(struct tether_session *s);
 void session_kick(struct tether_session *s);
 void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
                     const struct sockaddr *from, socklen_t fromlen);

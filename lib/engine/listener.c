@@ -93,7 +93,7 @@ int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *o
   } else {
     if (s->core.state == CORE_CONNECTED)
       session_suspend_locked(s, now_ns(), "peer reconnected");
-    session_retire_locked(s, "replaced by a resume");
+    session_retire_locked(s);
     core_resume_state(&s->core, ours);
   }
   session_unlock(s);

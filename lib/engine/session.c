@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,6 +59,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->is_client = is_client;
   s->sock = h->fd;
   s->hold_w = -1;
+  s->app_kind = APP_FD_SOCK;
   s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
   if (s->app_fd < 0) {
     wipe(&s->keys, sizeof(s->keys));
@@ -82,40 +84,92 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
 
 /* ---- the application's fd ---------------------------------------------- */
 
-/* Points app_fd at a pipe's read end: never writable, and readable only if
- * `final` (its write end closed: EOF/HUP, so a poller wakes and the next call
- * returns the session's outcome).  Closing the previous write end wakes any
- * poll() still sleeping on the previous placeholder. */
-static void install_placeholder(struct tether_session *s, bool final) {
-  int p[2];
-  if (s->app_fd < 0)
+/* Both locks held.  Points app_fd at `fd` (consumed) of the given kind, and
+ * wakes pollers of a WAIT pipe by closing its write end. */
+static void app_fd_install(struct tether_session *s, int fd, int kind) {
+  if (s->app_fd >= 0 && dup3(fd, s->app_fd, O_CLOEXEC) < 0)
+    LOG_ERR(s->ctx, "dup3 onto the session descriptor failed: %s", strerror(errno));
+  if (fd != s->sock)
+    close(fd);
+  if (s->hold_w >= 0)
+    close(s->hold_w);
+  s->hold_w = -1;
+  __atomic_store_n(&s->app_kind, kind, __ATOMIC_RELEASE);
+}
+
+/* Both locks held: any transition.  Pollers return; see APP_FD_READY. */
+static void app_fd_ready(struct tether_session *s) {
+  if (s->app_fd < 0 || s->app_kind == APP_FD_READY)
     return;
-  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+  int fd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) {
     LOG_ERR(s->ctx, "cannot create a placeholder descriptor: %s", strerror(errno));
     return;
   }
-  if (dup3(p[0], s->app_fd, O_CLOEXEC) < 0)
-    LOG_ERR(s->ctx, "dup3 onto the session descriptor failed: %s", strerror(errno));
-  close(p[0]);
-  if (s->hold_w >= 0)
-    close(s->hold_w);
-  s->hold_w = -1;
-  if (final)
-    close(p[1]);
-  else
-    s->hold_w = p[1];
+  app_fd_install(s, fd, APP_FD_READY);
 }
 
-/* Points app_fd at the live socket and wakes pollers of the placeholder. */
-static void install_socket(struct tether_session *s) {
-  if (s->app_fd >= 0 && dup3(s->sock, s->app_fd, O_CLOEXEC) < 0)
-    LOG_ERR(s->ctx, "dup3 onto the session descriptor failed: %s", strerror(errno));
-  if (s->hold_w >= 0)
-    close(s->hold_w);
-  s->hold_w = -1;
+static int app_fd_wanted(const struct tether_session *s) {
+  switch (s->core.state) {
+  case CORE_CONNECTED: return s->sock >= 0 ? APP_FD_SOCK : APP_FD_READY;
+  case CORE_SUSPENDED: return APP_FD_WAIT;
+  default: return APP_FD_READY;
+  }
+}
+
+/* Application thread, at the start of every data-path call: installs the
+ * file the current state calls for.  Two loads in the common case. */
+static void app_fd_fixup(struct tether_session *s) {
+  if (__atomic_load_n(&s->app_kind, __ATOMIC_ACQUIRE) == APP_FD_SOCK &&
+      __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED)
+    return;
+  session_lock(s);
+  int want = app_fd_wanted(s);
+  if (s->app_fd >= 0 && want != s->app_kind) {
+    if (want == APP_FD_SOCK) {
+      app_fd_install(s, s->sock, APP_FD_SOCK);
+    } else if (want == APP_FD_WAIT) {
+      int p[2];
+      if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+        app_fd_install(s, p[0], APP_FD_WAIT);
+        s->hold_w = p[1];
+      } else {
+        LOG_ERR(s->ctx, "cannot create a placeholder descriptor: %s", strerror(errno));
+      }
+    } else {
+      app_fd_ready(s);
+    }
+  }
+  session_unlock(s);
 }
 
 void session_kick(struct tether_session *s) { event_active(s->kick, EV_READ, 0); }
+
+void session_retire_locked(struct tether_session *s) {
+  if (s->sock < 0)
+    return;
+  /* shutdown() stops all I/O on the socket at once, even for a poll() that
+   * still references it (waking it); the descriptor itself is closed by the
+   * engine, which may have an event registered on it. */
+  shutdown(s->sock, SHUT_RDWR);
+  if (s->n_retired < (int)(sizeof(s->retired) / sizeof(s->retired[0])))
+    s->retired[s->n_retired++] = s->sock;
+  else
+    close(s->sock); /* cannot happen: the engine drains this list on every kick */
+  s->sock = -1;
+}
+
+/* Engine thread: closes retired sockets. */
+static void close_retired(struct tether_session *s) {
+  for (int i = 0; i < s->n_retired; i++) {
+    if (s->sock_ev && s->sock_ev_fd == s->retired[i] && s->sock_ev_flags) {
+      event_del(s->sock_ev);
+      s->sock_ev_flags = 0;
+    }
+    close(s->retired[i]);
+  }
+  s->n_retired = 0;
+}
 
 void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why) {
   char tag[17];
@@ -126,23 +180,9 @@ void session_suspend_locked(struct tether_session *s, uint64_t now, const char *
     LOG_INFO(s->ctx, "session %s: suspended (%s)", session_tag(s->id, tag), why);
   else
     LOG_INFO(s->ctx, "session %s: transport ended after close", session_tag(s->id, tag));
-  install_placeholder(s, s->core.state != CORE_SUSPENDED);
-  s->retire_pending = true;
+  app_fd_ready(s);
+  session_retire_locked(s); /* its shutdown wakes pollers of the socket */
   session_kick(s);
-}
-
-void session_retire_locked(struct tether_session *s, const char *why) {
-  if (s->sock < 0)
-    return;
-  if (s->sock_ev)
-    event_del(s->sock_ev);
-  s->sock_ev_flags = 0;
-  /* shutdown() acts on the socket even while a poll() still references it,
-   * waking that poller; close() alone would not. */
-  shutdown(s->sock, SHUT_RDWR);
-  close(s->sock);
-  s->sock = -1;
-  s->retire_pending = false;
 }
 
 /* A final state: the app fd reads as "ready" forever so waiters return. */
@@ -151,8 +191,8 @@ static void enter_final_locked(struct tether_session *s) {
   if (s->core.state == CORE_FAILED)
     LOG_INFO(s->ctx, "session %s: failed: %s", session_tag(s->id, tag),
              tether_strerror(s->core.error));
-  session_retire_locked(s, "final");
-  install_placeholder(s, true);
+  session_retire_locked(s);
+  app_fd_ready(s);
 }
 
 /* ---- engine side ---------------------------------------------------------- */
@@ -199,7 +239,7 @@ static void update_sock_ev(struct tether_session *s) {
     if (s->app_closed)
       want |= EV_READ;
   }
-  if (want == s->sock_ev_flags)
+  if (want == s->sock_ev_flags && (!want || s->sock_ev_fd == s->sock))
     return;
   if (s->sock_ev) {
     event_del(s->sock_ev);
@@ -211,6 +251,7 @@ static void update_sock_ev(struct tether_session *s) {
   if (want && s->sock_ev)
     event_add(s->sock_ev, NULL);
   s->sock_ev_flags = s->sock_ev ? want : 0;
+  s->sock_ev_fd = s->sock;
 }
 
 /* After the application closed: read and drop what still arrives, so the
@@ -226,7 +267,7 @@ static void drain_locked(struct tether_session *s) {
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
       return;
     if (n == 0 && core_eof_confirmed(&s->core)) {
-      session_retire_locked(s, "eof");
+      session_retire_locked(s);
       return;
     }
     session_suspend_locked(s, now_ns(), n == 0 ? "unconfirmed EOF" : strerror(errno));
@@ -246,12 +287,11 @@ static void report_state(struct tether_session *s) {
 
 /* Engine thread: everything the data path or a timer may have changed. */
 static void settle(struct tether_session *s, bool *destroy) {
-  if (s->retire_pending)
-    session_retire_locked(s, "transport lost");
-  if (s->core.state == CORE_FAILED || (s->core.state == CORE_CLOSED && s->sock < 0 &&
-                                       s->app_fd >= 0 && s->hold_w >= 0))
+  if ((s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED) &&
+      s->app_kind != APP_FD_READY && (s->sock < 0 || s->core.state == CORE_FAILED))
     enter_final_locked(s);
   flush_pending_locked(s);
+  close_retired(s);
   update_sock_ev(s);
   *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED);
   if (!*destroy)
@@ -350,7 +390,7 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
     s->sock = h->fd;
     h->fd = -1;
     sock_setup_session(s->sock, &s->ctx->cfg);
-    install_socket(s);
+    app_fd_ready(s); /* wakes pollers of the WAIT pipe; the next call installs the socket */
     if (!s->is_client) /* the client may have moved: heartbeats follow it */
       set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.ss_family == AF_INET
                                                        ? ((struct sockaddr_in *)&s->udp_peer)->sin_port
@@ -405,6 +445,7 @@ void session_destroy(struct tether_session *s) {
     event_free(s->timer);
   if (s->kick)
     event_free(s->kick);
+  close_retired(s);
   if (s->sock_ev)
     event_free(s->sock_ev);
   if (s->sock >= 0) {
@@ -446,6 +487,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
     return -EINVAL;
   if (s->app_closed)
     return -EBADF;
+  app_fd_fixup(s);
   pthread_mutex_lock(&s->rx_lock);
   for (;;) {
     struct core_session *c = &s->core;
@@ -489,6 +531,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
       return -EAGAIN;
     if (wait_fd(s->app_fd, POLLIN) < 0)
       return -EINTR;
+    app_fd_fixup(s);
     pthread_mutex_lock(&s->rx_lock);
   }
 }
@@ -508,6 +551,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
     return -EINVAL;
   if (s->app_closed)
     return -EBADF;
+  app_fd_fixup(s);
   pthread_mutex_lock(&s->tx_lock);
   for (;;) {
     struct core_session *c = &s->core;
@@ -560,6 +604,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
       return -EAGAIN;
     if (wait_fd(s->app_fd, POLLOUT) < 0)
       return -EINTR;
+    app_fd_fixup(s);
     pthread_mutex_lock(&s->tx_lock);
   }
 }

@@ -6,6 +6,7 @@
 # UNKNOWN_SESSION where the protocol says so), the server stays up and logs
 # rejections, the healthy session loses nothing, and a new session afterwards
 # works.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_ECHO
 

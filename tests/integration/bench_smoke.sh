@@ -3,6 +3,7 @@
 # both modes (tether and --raw), plus one --listen/--connect pair.  Checks that
 # each run exits 0 and prints one JSON line with the expected fields.  Not a
 # performance assertion.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_BENCH
 

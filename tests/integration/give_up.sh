@@ -7,6 +7,7 @@
 # 2. kill -STOP the server (frozen, silent): the client detects it after
 #    suspend_ms (default 3000) + a heartbeat at most, then gives up 2 s later;
 #    it must not exit before give_up_s, nor as at an EOF (status 0).
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_ECHO
 

@@ -7,6 +7,7 @@
 # The client's stdout goes through a slow sink (throttle.py, 4 MiB/s), so the
 # transfer lasts ~8 s and backpressure keeps every buffer on the path full:
 # each kill destroys bytes in flight that must be resent.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
 require_tools TETHER_ECHO

@@ -1,4 +1,5 @@
 # lib.sh — sourced by every integration test (bash).
+# shellcheck disable=SC2034 # variables used by the scripts that source this
 #
 # Gives a test: a private temp dir ($TMP), tracked background processes that
 # are always killed on exit, network namespaces that are always deleted,
@@ -25,7 +26,6 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/tether-it.$IT_NAME.XXXXXX")
 PIDS=()
 NETNS=()
 IT_T0=${EPOCHREALTIME/./}
-IT_RESULT=fail
 
 # The library logs session state changes at TETHER_LOG=info as lines that
 # contain these words (matched case-insensitively, JSON lines excluded).
@@ -65,14 +65,12 @@ fail() {
   trap - ERR
   echo "FAIL: $IT_NAME: $*" >&2
   dump_logs >&2
-  IT_RESULT=fail
   exit 1
 }
 
 skip() {
   trap - ERR
   echo "SKIP: $IT_NAME: $*"
-  IT_RESULT=skip
   exit 77
 }
 
@@ -83,7 +81,6 @@ pass() {
   stop_all
   check_sanitizers
   [ "${TETHER_IT_VERBOSE:-0}" = 1 ] && dump_logs
-  IT_RESULT=pass
   log "PASS"
   exit 0
 }

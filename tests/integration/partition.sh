@@ -9,6 +9,7 @@
 #   - echoed data flows again within ~1 s + the reconnect cap of the healing,
 #     and the client logs "resumed";
 #   - byte-exact echo, client exit 0.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
 require_netns
