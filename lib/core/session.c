@@ -84,6 +84,10 @@ void core_trim_inflight(struct core_session *c, uint64_t outq) {
 
 void core_on_delivered(struct core_session *c, size_t n) { c->delivered += n; }
 
+bool core_ack_due(const struct core_session *c) {
+  return c->delivered - c->acked_delivered >= CORE_ACK_EVERY;
+}
+
 bool core_at_eof(const struct core_session *c) {
   return c->peer_wr_closed && c->delivered >= c->peer_wr_end;
 }

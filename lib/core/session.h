@@ -152,6 +152,12 @@ void core_trim_inflight(struct core_session *c, uint64_t outq);
 /* ---- receive side ---- */
 
 void core_on_delivered(struct core_session *c, size_t n);
+/* Bytes delivered since the last acknowledgement after which an explicit
+ * ack is due, so the peer's retention shrinks to about the bytes really in
+ * flight instead of the peer's whole receive buffer. */
+#define CORE_ACK_EVERY ((uint64_t)256 * 1024)
+/* True when the application read enough since the last ack to send one now. */
+bool core_ack_due(const struct core_session *c);
 /* True if the peer shut down writing and every byte has been delivered. */
 bool core_at_eof(const struct core_session *c);
 /* The transport reported EOF: true if it is the peer's real close (deliver

@@ -25,6 +25,36 @@ uint32_t random_u32(void) {
   return r;
 }
 
+/* Engine thread: tops the key pool up, one key per pass so that a burst of
+ * handshakes is never stuck behind the refill. */
+static void on_refill(evutil_socket_t fd, short what, void *arg) {
+  struct tether_ctx *ctx = arg;
+  struct x25519_key *k = x25519_new();
+  if (!k)
+    return;
+  pthread_mutex_lock(&ctx->lock);
+  bool more = false;
+  if (ctx->n_keys < KEY_POOL_SIZE) {
+    ctx->key_pool[ctx->n_keys++] = k;
+    k = NULL;
+    more = ctx->n_keys < KEY_POOL_SIZE;
+  }
+  pthread_mutex_unlock(&ctx->lock);
+  x25519_free(k);
+  if (more)
+    event_active(ctx->refill_ev, EV_READ, 0);
+}
+
+struct x25519_key *ctx_take_key(struct tether_ctx *ctx) {
+  struct x25519_key *k = NULL;
+  pthread_mutex_lock(&ctx->lock);
+  if (ctx->n_keys > 0)
+    k = ctx->key_pool[--ctx->n_keys];
+  pthread_mutex_unlock(&ctx->lock);
+  event_active(ctx->refill_ev, EV_READ, 0);
+  return k ? k : x25519_new();
+}
+
 static unsigned bucket(const uint8_t id[SESSION_ID_LEN]) { return id[0]; }
 
 void registry_add(struct tether_ctx *ctx, struct tether_session *s) {
@@ -94,16 +124,20 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   pthread_mutex_init(&ctx->lock, NULL);
   ctx->base = event_base_new();
   ctx->stop_ev = ctx->base ? event_new(ctx->base, -1, 0, on_stop, ctx) : NULL;
-  if (!ctx->stop_ev) {
+  ctx->refill_ev = ctx->base ? event_new(ctx->base, -1, 0, on_refill, ctx) : NULL;
+  if (!ctx->stop_ev || !ctx->refill_ev) {
     rc = -ENOMEM;
     goto fail;
   }
   if ((rc = -pthread_create(&ctx->thread, NULL, engine_main, ctx)) < 0)
     goto fail;
   ctx->thread_started = true;
+  event_active(ctx->refill_ev, EV_READ, 0);
   *out = ctx;
   return 0;
 fail:
+  if (ctx->refill_ev)
+    event_free(ctx->refill_ev);
   if (ctx->stop_ev)
     event_free(ctx->stop_ev);
   if (ctx->base)
@@ -139,6 +173,9 @@ void tether_ctx_free(tether_ctx *ctx) {
   }
   udp_close(ctx->udp4);
   udp_close(ctx->udp6);
+  while (ctx->n_keys > 0)
+    x25519_free(ctx->key_pool[--ctx->n_keys]);
+  event_free(ctx->refill_ev);
   event_free(ctx->stop_ev);
   event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);

@@ -50,6 +50,7 @@ struct udp_chan {
 };
 
 #define SESSION_BUCKETS 256
+#define KEY_POOL_SIZE 8
 #define MAX_PENDING_HANDSHAKES 1024
 
 struct tether_ctx {
@@ -66,6 +67,12 @@ struct tether_ctx {
   unsigned n_handshakes;
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
+
+  /* Ephemeral X25519 keys made ahead of time by the engine, so that key
+   * generation is off every handshake's critical path. */
+  struct x25519_key *key_pool[KEY_POOL_SIZE];
+  int n_keys;
+  struct event *refill_ev;
 };
 
 struct tether_listener {
@@ -147,7 +154,7 @@ struct hs_conn {
   struct hs_reader rd;
   uint8_t out[HS_PREFACE_LEN + 4 + HS_FRAME_MAX];
   size_t out_len, out_off;
-  uint8_t priv[KEY_LEN], pub[KEY_LEN];
+  struct x25519_key *key;
   uint8_t nonce_c[NONCE_LEN], nonce_s[NONCE_LEN];
   struct hs_transcript t;
   struct session_keys keys;
@@ -213,6 +220,9 @@ void listener_free(struct tether_listener *l);
 /* ---- context (ctx.c) ---- */
 
 uint64_t now_ns(void);
+/* An ephemeral key from the pool (or made now if it is empty); NULL on
+ * failure.  The engine refills the pool in the background. */
+struct x25519_key *ctx_take_key(struct tether_ctx *ctx);
 uint32_t random_u32(void);
 void registry_add(struct tether_ctx *ctx, struct tether_session *s);
 void registry_remove(struct tether_ctx *ctx, struct tether_session *s);

@@ -49,6 +49,7 @@ void hs_conn_free(struct hs_conn *h) {
     event_free(h->timeout);
   if (h->fd >= 0)
     close(h->fd);
+  x25519_free(h->key);
   wipe(h, sizeof(*h));
   free(h);
 }
@@ -126,15 +127,16 @@ static uint32_t local_udp_port(struct hs_conn *h) {
 static int client_hello(struct hs_conn *h) {
   Tether__Wire__ClientHello ch = TETHER__WIRE__CLIENT_HELLO__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
-  if (x25519_keygen(h->priv, h->pub) < 0 || crypto_random(h->nonce_c, NONCE_LEN) < 0) {
+  h->key = ctx_take_key(h->ctx);
+  if (!h->key || crypto_random(h->nonce_c, NONCE_LEN) < 0) {
     h->why = "key generation failed";
     return -EIO;
   }
-  memcpy(h->t.client_pub, h->pub, KEY_LEN);
+  memcpy(h->t.client_pub, x25519_pub(h->key), KEY_LEN);
   memcpy(h->t.client_nonce, h->nonce_c, NONCE_LEN);
   h->t.client_rcvbuf = sock_rcvbuf_max(h->fd);
   h->t.client_udp = local_udp_port(h);
-  ch.x25519_pub = (ProtobufCBinaryData){KEY_LEN, h->pub};
+  ch.x25519_pub = (ProtobufCBinaryData){KEY_LEN, h->t.client_pub};
   ch.nonce = (ProtobufCBinaryData){NONCE_LEN, h->nonce_c};
   ch.rcvbuf_max = h->t.client_rcvbuf;
   ch.udp_port = h->t.client_udp;
@@ -147,13 +149,14 @@ static int client_hello(struct hs_conn *h) {
 /* Derives the session keys from the transcript both sides now share. */
 static int derive(struct hs_conn *h, const uint8_t peer_pub[KEY_LEN], uint8_t th[32]) {
   uint8_t shared[KEY_LEN];
-  int rc = x25519_shared(h->priv, peer_pub, shared);
+  int rc = x25519_shared(h->key, peer_pub, shared);
   if (rc == 0)
     rc = hs_transcript_hash(&h->t, th);
   if (rc == 0)
     rc = keys_derive(shared, h->ctx->cfg.psk, h->ctx->cfg.psk_len, th, &h->keys);
   wipe(shared, sizeof(shared));
-  wipe(h->priv, sizeof(h->priv));
+  x25519_free(h->key); /* ephemeral: used exactly once */
+  h->key = NULL;
   return rc;
 }
 
@@ -266,10 +269,11 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   memcpy(h->t.client_nonce, ch->nonce.data, NONCE_LEN);
   h->t.client_rcvbuf = ch->rcvbuf_max;
   h->t.client_udp = ch->udp_port;
-  if (x25519_keygen(h->priv, h->pub) < 0 || crypto_random(h->nonce_s, NONCE_LEN) < 0 ||
+  h->key = ctx_take_key(h->ctx);
+  if (!h->key || crypto_random(h->nonce_s, NONCE_LEN) < 0 ||
       crypto_random(h->t.session_id, SESSION_ID_LEN) < 0)
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "key generation failed", -EIO);
-  memcpy(h->t.server_pub, h->pub, KEY_LEN);
+  memcpy(h->t.server_pub, x25519_pub(h->key), KEY_LEN);
   memcpy(h->t.server_nonce, h->nonce_s, NONCE_LEN);
   h->t.server_rcvbuf = sock_rcvbuf_max(h->fd);
   h->t.server_udp = local_udp_port(h);
@@ -283,7 +287,7 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
 
   Tether__Wire__ServerHello sh = TETHER__WIRE__SERVER_HELLO__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
-  sh.x25519_pub = (ProtobufCBinaryData){KEY_LEN, h->pub};
+  sh.x25519_pub = (ProtobufCBinaryData){KEY_LEN, h->t.server_pub};
   sh.nonce = (ProtobufCBinaryData){NONCE_LEN, h->nonce_s};
   sh.session_id = (ProtobufCBinaryData){SESSION_ID_LEN, h->t.session_id};
   sh.rcvbuf_max = h->t.server_rcvbuf;

@@ -507,6 +507,13 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
       ssize_t n = recv(s->sock, buf, len, MSG_DONTWAIT);
       if (n > 0) {
         core_on_delivered(c, (size_t)n);
+        if (core_ack_due(c)) {
+          /* Acknowledge progress now, from this thread: a datagram per
+           * CORE_ACK_EVERY bytes keeps the sender's retention small. */
+          pthread_mutex_lock(&s->tx_lock);
+          udp_send_ctl(s, now_ns());
+          pthread_mutex_unlock(&s->tx_lock);
+        }
         pthread_mutex_unlock(&s->rx_lock);
         return n;
       }
@@ -630,8 +637,9 @@ int tether_close(tether_session *s) {
   if (s->app_fd >= 0)
     close(s->app_fd);
   s->app_fd = -1;
+  /* Kick before unlocking: once unlocked, the engine may free s. */
+  session_kick(s);
   session_unlock(s);
-  session_kick(s); /* the engine finishes it and frees it */
   return 0;
 }
 

@@ -4,6 +4,7 @@
 #include <linux/sockios.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -49,10 +50,17 @@ static uint64_t sysctl_max(const char *path, uint64_t fallback) {
   return v;
 }
 
-static uint64_t buf_max(int fd, int opt, const char *sysctl) {
+/* Read once per process: every handshake needs them. */
+static uint64_t rmem_max, wmem_max;
+static pthread_once_t sysctl_once = PTHREAD_ONCE_INIT;
+static void read_sysctls(void) {
+  rmem_max = sysctl_max("/proc/sys/net/ipv4/tcp_rmem", 6u << 20);
+  wmem_max = sysctl_max("/proc/sys/net/ipv4/tcp_wmem", 4u << 20);
+}
+
+static uint64_t buf_max(int fd, int opt, uint64_t auto_max) {
   int v = 0;
   socklen_t len = sizeof(v);
-  uint64_t auto_max = sysctl_max(sysctl, 4u << 20);
   if (getsockopt(fd, SOL_SOCKET, opt, &v, &len) < 0)
     return auto_max;
   /* Either the application pinned it (the kernel reports double the set
@@ -60,8 +68,15 @@ static uint64_t buf_max(int fd, int opt, const char *sysctl) {
   return (uint64_t)v > auto_max ? (uint64_t)v : auto_max;
 }
 
-uint64_t sock_rcvbuf_max(int fd) { return buf_max(fd, SO_RCVBUF, "/proc/sys/net/ipv4/tcp_rmem"); }
-uint64_t sock_sndbuf_max(int fd) { return buf_max(fd, SO_SNDBUF, "/proc/sys/net/ipv4/tcp_wmem"); }
+uint64_t sock_rcvbuf_max(int fd) {
+  pthread_once(&sysctl_once, read_sysctls);
+  return buf_max(fd, SO_RCVBUF, rmem_max);
+}
+
+uint64_t sock_sndbuf_max(int fd) {
+  pthread_once(&sysctl_once, read_sysctls);
+  return buf_max(fd, SO_SNDBUF, wmem_max);
+}
 
 uint64_t sock_outq(int fd) {
   int q = 0;
@@ -75,13 +90,13 @@ int sock_resolve(const char *host, const char *port, bool passive, struct addrin
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_ADDRCONFIG;
   if (host && !*host)
     host = NULL;
-  int rc = getaddrinfo(host, port, &hints, out);
-  if (rc == EAI_NONAME || rc == EAI_SERVICE || rc == EAI_ADDRFAMILY) {
-    /* AI_ADDRCONFIG hides loopback-only setups (namespaces): retry without. */
-    hints.ai_flags &= ~AI_ADDRCONFIG;
+  /* Numeric addresses first: no resolver, no interface scan. */
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  int rc = host ? getaddrinfo(host, port, &hints, out) : EAI_NONAME;
+  if (rc != 0) {
+    hints.ai_flags = passive ? AI_PASSIVE : 0;
     rc = getaddrinfo(host, port, &hints, out);
   }
   if (rc == 0)
@@ -90,7 +105,8 @@ int sock_resolve(const char *host, const char *port, bool passive, struct addrin
     return -errno;
   if (rc == EAI_MEMORY)
     return -ENOMEM;
-  return -EHOSTUNREACH;
+  /* A name that does not resolve is final for this call, not transient. */
+  return -ENOENT;
 }
 
 const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len) {

@@ -1,6 +1,7 @@
 #include "crypto.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/core_names.h>
@@ -16,30 +17,43 @@ int crypto_random(void *out, size_t n) {
 
 void wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
 
-int x25519_keygen(uint8_t priv[KEY_LEN], uint8_t pub[KEY_LEN]) {
-  int rc = -EIO;
-  EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
-  size_t plen = KEY_LEN, qlen = KEY_LEN;
+struct x25519_key {
+  EVP_PKEY *pkey;
+  uint8_t pub[KEY_LEN];
+};
+
+struct x25519_key *x25519_new(void) {
+  struct x25519_key *k = calloc(1, sizeof(*k));
+  size_t len = KEY_LEN;
   if (!k)
-    return -EIO;
-  if (EVP_PKEY_get_raw_private_key(k, priv, &plen) == 1 && plen == KEY_LEN &&
-      EVP_PKEY_get_raw_public_key(k, pub, &qlen) == 1 && qlen == KEY_LEN)
-    rc = 0;
-  EVP_PKEY_free(k);
-  return rc;
+    return NULL;
+  k->pkey = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
+  if (!k->pkey || EVP_PKEY_get_raw_public_key(k->pkey, k->pub, &len) != 1 || len != KEY_LEN) {
+    x25519_free(k);
+    return NULL;
+  }
+  return k;
 }
 
-int x25519_shared(const uint8_t priv[KEY_LEN], const uint8_t peer_pub[KEY_LEN],
+void x25519_free(struct x25519_key *k) {
+  if (!k)
+    return;
+  EVP_PKEY_free(k->pkey); /* OpenSSL clears private key material */
+  free(k);
+}
+
+const uint8_t *x25519_pub(const struct x25519_key *k) { return k->pub; }
+
+int x25519_shared(const struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
                   uint8_t shared[KEY_LEN]) {
   int rc = -EIO;
   EVP_PKEY_CTX *dctx = NULL;
-  EVP_PKEY *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, priv, KEY_LEN);
   EVP_PKEY *theirs = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub, KEY_LEN);
   size_t len = KEY_LEN;
   static const uint8_t zero[KEY_LEN];
-  if (!mine || !theirs)
+  if (!theirs)
     goto out;
-  dctx = EVP_PKEY_CTX_new(mine, NULL);
+  dctx = EVP_PKEY_CTX_new(k->pkey, NULL);
   if (!dctx || EVP_PKEY_derive_init(dctx) != 1 || EVP_PKEY_derive_set_peer(dctx, theirs) != 1)
     goto out;
   if (EVP_PKEY_derive(dctx, shared, &len) != 1 || len != KEY_LEN) {
@@ -49,7 +63,6 @@ int x25519_shared(const uint8_t priv[KEY_LEN], const uint8_t peer_pub[KEY_LEN],
   rc = CRYPTO_memcmp(shared, zero, KEY_LEN) == 0 ? -EPROTO : 0;
 out:
   EVP_PKEY_CTX_free(dctx);
-  EVP_PKEY_free(mine);
   EVP_PKEY_free(theirs);
   return rc;
 }

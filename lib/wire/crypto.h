@@ -29,11 +29,18 @@ struct buf_part {
   size_t n;
 };
 
+/* An ephemeral X25519 key pair, kept as OpenSSL's own object: rebuilding it
+ * from raw bytes would recompute the public key (a second scalar
+ * multiplication) on every handshake. */
+struct x25519_key;
+
 int crypto_random(void *out, size_t n) __attribute__((warn_unused_result));
-int x25519_keygen(uint8_t priv[KEY_LEN], uint8_t pub[KEY_LEN])
-    __attribute__((warn_unused_result));
+/* NULL on failure.  Free with x25519_free (wipes the private key). */
+struct x25519_key *x25519_new(void);
+void x25519_free(struct x25519_key *k);
+const uint8_t *x25519_pub(const struct x25519_key *k);
 /* Fails (-EPROTO) on a low-order peer key (all-zero shared secret). */
-int x25519_shared(const uint8_t priv[KEY_LEN], const uint8_t peer_pub[KEY_LEN],
+int x25519_shared(const struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
                   uint8_t shared[KEY_LEN]) __attribute__((warn_unused_result));
 int sha256_parts(const struct buf_part *parts, size_t n, uint8_t out[32])
     __attribute__((warn_unused_result));

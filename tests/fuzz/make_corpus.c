@@ -1,0 +1,267 @@
+/* Writes the seed corpora for the fuzz targets:
+ *
+ *   make_corpus DIR   ->  DIR/handshake/<seed>, DIR/control/<seed>
+ *
+ * Every seed is built with the library's own encoders (hs_encode, ctl_seal)
+ * from fixed field values, so the corpus is deterministic and follows the
+ * wire format as it changes; nothing binary is kept in the repository. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fuzz_common.h"
+#include "wire/control.h"
+#include "wire/handshake.h"
+
+static const char *outdir;
+static int failures;
+
+static void put_file(const char *sub, const char *name, const void *p, size_t n) {
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/%s/%s", outdir, sub, name);
+  FILE *f = fopen(path, "wb");
+  if (!f || fwrite(p, 1, n, f) != n || fclose(f) != 0) {
+    fprintf(stderr, "make_corpus: cannot write %s: %s\n", path, strerror(errno));
+    failures++;
+  }
+}
+
+static void make_dir(const char *sub) {
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/%s", outdir, sub);
+  if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+    fprintf(stderr, "make_corpus: cannot create %s: %s\n", path, strerror(errno));
+    exit(1);
+  }
+}
+
+/* ---- handshake ---------------------------------------------------------- */
+
+static uint8_t k32a[32], k32b[32], n16a[16], n16b[16], id16[16], mac32[32];
+
+static ProtobufCBinaryData bin(uint8_t *p, size_t n) {
+  ProtobufCBinaryData b = {n, p};
+  return b;
+}
+
+/* Writes, for one message: the bare body (hs_decode), preface + frame
+ * (the server's reader) and length + body (the client's reader). */
+static void put_msg(const char *name, const hs_msg *m) {
+  uint8_t buf[HS_PREFACE_LEN + 4 + HS_FRAME_MAX];
+  char fname[128];
+  ssize_t n = hs_encode(m, true, buf, sizeof(buf));
+  if (n < 0) {
+    fprintf(stderr, "make_corpus: hs_encode(%s) failed: %zd\n", name, n);
+    failures++;
+    return;
+  }
+  snprintf(fname, sizeof(fname), "body-%s", name);
+  put_file("handshake", fname, buf + HS_PREFACE_LEN + 4, (size_t)n - HS_PREFACE_LEN - 4);
+  snprintf(fname, sizeof(fname), "preface-%s", name);
+  put_file("handshake", fname, buf, (size_t)n);
+  snprintf(fname, sizeof(fname), "frame-%s", name);
+  put_file("handshake", fname, buf + HS_PREFACE_LEN, (size_t)n - HS_PREFACE_LEN);
+}
+
+static size_t append_msg(uint8_t *out, size_t at, size_t cap, const hs_msg *m, bool preface) {
+  ssize_t n = hs_encode(m, preface, out + at, cap - at);
+  if (n < 0) {
+    failures++;
+    return at;
+  }
+  return at + (size_t)n;
+}
+
+static void handshake_seeds(void) {
+  for (int i = 0; i < 32; i++) {
+    k32a[i] = (uint8_t)(0x10 + i);
+    k32b[i] = (uint8_t)(0x90 + i);
+    mac32[i] = (uint8_t)(0xc0 ^ i);
+  }
+  for (int i = 0; i < 16; i++) {
+    n16a[i] = (uint8_t)(0x40 + i);
+    n16b[i] = (uint8_t)(0x60 + i);
+    id16[i] = (uint8_t)(0xa0 + i);
+  }
+  make_dir("handshake");
+
+  Tether__Wire__ClientHello ch = TETHER__WIRE__CLIENT_HELLO__INIT;
+  ch.x25519_pub = bin(k32a, 32);
+  ch.nonce = bin(n16a, 16);
+  ch.rcvbuf_max = 6291456;
+  ch.udp_port = 40001;
+  hs_msg m_ch = TETHER__WIRE__HANDSHAKE__INIT;
+  m_ch.msg_case = TETHER__WIRE__HANDSHAKE__MSG_CLIENT_HELLO;
+  m_ch.client_hello = &ch;
+  put_msg("client_hello", &m_ch);
+
+  Tether__Wire__ServerHello sh = TETHER__WIRE__SERVER_HELLO__INIT;
+  sh.x25519_pub = bin(k32b, 32);
+  sh.nonce = bin(n16b, 16);
+  sh.session_id = bin(id16, 16);
+  sh.rcvbuf_max = 131072;
+  sh.udp_port = 7000;
+  sh.confirm = bin(mac32, 32);
+  hs_msg m_sh = TETHER__WIRE__HANDSHAKE__INIT;
+  m_sh.msg_case = TETHER__WIRE__HANDSHAKE__MSG_SERVER_HELLO;
+  m_sh.server_hello = &sh;
+  put_msg("server_hello", &m_sh);
+
+  Tether__Wire__ClientFinish cf = TETHER__WIRE__CLIENT_FINISH__INIT;
+  cf.confirm = bin(mac32, 32);
+  hs_msg m_cf = TETHER__WIRE__HANDSHAKE__INIT;
+  m_cf.msg_case = TETHER__WIRE__HANDSHAKE__MSG_CLIENT_FINISH;
+  m_cf.client_finish = &cf;
+  put_msg("client_finish", &m_cf);
+
+  Tether__Wire__ResumeHello rh = TETHER__WIRE__RESUME_HELLO__INIT;
+  rh.session_id = bin(id16, 16);
+  rh.nonce = bin(n16a, 16);
+  hs_msg m_rh = TETHER__WIRE__HANDSHAKE__INIT;
+  m_rh.msg_case = TETHER__WIRE__HANDSHAKE__MSG_RESUME_HELLO;
+  m_rh.resume_hello = &rh;
+  put_msg("resume_hello", &m_rh);
+
+  Tether__Wire__ResumeChallenge rc = TETHER__WIRE__RESUME_CHALLENGE__INIT;
+  rc.nonce = bin(n16b, 16);
+  rc.mac = bin(mac32, 32);
+  hs_msg m_rc = TETHER__WIRE__HANDSHAKE__INIT;
+  m_rc.msg_case = TETHER__WIRE__HANDSHAKE__MSG_RESUME_CHALLENGE;
+  m_rc.resume_challenge = &rc;
+  put_msg("resume_challenge", &m_rc);
+
+  Tether__Wire__ResumeState st = TETHER__WIRE__RESUME_STATE__INIT;
+  st.delivered = 52428800;
+  st.sent = 1048576;
+  st.retained_from = 1000;
+  st.write_closed = 1;
+  st.read_closed = 0;
+  st.rcvbuf_max = 6291456;
+  Tether__Wire__ResumeFinish rf = TETHER__WIRE__RESUME_FINISH__INIT;
+  rf.state = &st;
+  rf.mac = bin(mac32, 32);
+  hs_msg m_rf = TETHER__WIRE__HANDSHAKE__INIT;
+  m_rf.msg_case = TETHER__WIRE__HANDSHAKE__MSG_RESUME_FINISH;
+  m_rf.resume_finish = &rf;
+  put_msg("resume_finish", &m_rf);
+
+  Tether__Wire__ResumeState st2 = TETHER__WIRE__RESUME_STATE__INIT;
+  st2.delivered = UINT64_MAX;
+  st2.sent = UINT64_MAX - 1;
+  st2.retained_from = 1;
+  st2.read_closed = 1;
+  st2.rcvbuf_max = 1;
+  Tether__Wire__ResumeAccept ra = TETHER__WIRE__RESUME_ACCEPT__INIT;
+  ra.state = &st2;
+  ra.mac = bin(mac32, 32);
+  hs_msg m_ra = TETHER__WIRE__HANDSHAKE__INIT;
+  m_ra.msg_case = TETHER__WIRE__HANDSHAKE__MSG_RESUME_ACCEPT;
+  m_ra.resume_accept = &ra;
+  put_msg("resume_accept", &m_ra);
+
+  Tether__Wire__Reject rj = TETHER__WIRE__REJECT__INIT;
+  rj.code = TETHER__WIRE__REJECT__CODE__UNKNOWN_SESSION;
+  rj.reason = "no such session";
+  hs_msg m_rj = TETHER__WIRE__HANDSHAKE__INIT;
+  m_rj.msg_case = TETHER__WIRE__HANDSHAKE__MSG_REJECT;
+  m_rj.reject = &rj;
+  put_msg("reject", &m_rj);
+
+  /* Whole conversations as one side reads them, with application bytes
+   * after the last frame (the reader must leave those alone). */
+  uint8_t conv[4 * (HS_PREFACE_LEN + 4 + 256)];
+  size_t n = append_msg(conv, 0, sizeof(conv), &m_ch, true);
+  n = append_msg(conv, n, sizeof(conv), &m_cf, false);
+  memcpy(conv + n, "app bytes", 9);
+  put_file("handshake", "conv-server-new", conv, n + 9);
+  n = append_msg(conv, 0, sizeof(conv), &m_rh, true);
+  n = append_msg(conv, n, sizeof(conv), &m_rf, false);
+  memcpy(conv + n, "app bytes", 9);
+  put_file("handshake", "conv-server-resume", conv, n + 9);
+  n = append_msg(conv, 0, sizeof(conv), &m_sh, false);
+  n = append_msg(conv, n, sizeof(conv), &m_rj, false);
+  put_file("handshake", "conv-client", conv, n);
+
+  /* Bad prefaces and lengths. */
+  static const uint8_t v9[] = {'T', 'T', 'H', 'R', 9, 0, 0, 0, 2, 0x3a, 0};
+  static const uint8_t huge[] = {'T', 'T', 'H', 'R', 1, 0xff, 0xff, 0xff, 0xff};
+  static const uint8_t over[] = {'T', 'T', 'H', 'R', 1, 0, 0, 0x10, 0x01, 0x3a};
+  static const uint8_t zero[] = {'T', 'T', 'H', 'R', 1, 0, 0, 0, 0};
+  static const uint8_t http[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  put_file("handshake", "bad-version9", v9, sizeof(v9));
+  put_file("handshake", "bad-huge-length", huge, sizeof(huge));
+  put_file("handshake", "bad-length-4097", over, sizeof(over));
+  put_file("handshake", "bad-zero-length", zero, sizeof(zero));
+  put_file("handshake", "bad-http", http, sizeof(http) - 1);
+  /* A maximum-size frame: a Reject whose reason fills HS_FRAME_MAX. */
+  static char reason[HS_FRAME_MAX];
+  memset(reason, 'r', sizeof(reason) - 1);
+  /* Handshake tag + 2-byte length, Reject.code tag + value, reason tag +
+   * 2-byte length: 8 bytes around the reason. */
+  reason[HS_FRAME_MAX - 8] = '\0';
+  rj.reason = reason;
+  put_msg("reject-max", &m_rj);
+}
+
+/* ---- control ------------------------------------------------------------ */
+
+static void put_ctl(const char *name, const struct core_ctl *c) {
+  uint8_t dg[CTL_MAX], dump[FUZZ_DUMP_LEN];
+  char fname[128];
+  ssize_t n = ctl_seal(id16, c, fuzz_ctl_key, dg, sizeof(dg));
+  if (n < 0) {
+    fprintf(stderr, "make_corpus: ctl_seal(%s) failed: %zd\n", name, n);
+    failures++;
+    return;
+  }
+  snprintf(fname, sizeof(fname), "dgram-%s", name);
+  put_file("control", fname, dg, (size_t)n);
+  snprintf(fname, sizeof(fname), "body-%s", name);
+  put_file("control", fname, dg + CTL_HDR_LEN, (size_t)n - CTL_HDR_LEN - MAC_LEN);
+  fuzz_dump_write(id16, c, dump);
+  snprintf(fname, sizeof(fname), "dump-%s", name);
+  put_file("control", fname, dump, sizeof(dump));
+}
+
+static void control_seeds(void) {
+  make_dir("control");
+  struct core_ctl c = {0};
+  c.seq = 1;
+  put_ctl("first", &c);
+  c.seq = 77;
+  c.delivered = 52428800;
+  c.sent = 1 << 20;
+  c.rcvbuf_max = 6291456;
+  put_ctl("heartbeat", &c);
+  c.seq = 78;
+  c.write_closed = true;
+  c.want_reply = true;
+  put_ctl("close-notice", &c);
+  c.seq = 79;
+  c.read_closed = true;
+  c.ack_write_closed = true;
+  c.ack_read_closed = true;
+  put_ctl("all-flags", &c);
+  struct core_ctl big = {UINT64_MAX, UINT64_MAX, UINT64_MAX, true, true, true, true, true,
+                         UINT64_MAX};
+  put_ctl("max", &big);
+  struct core_ctl zero = {0};
+  put_ctl("seq0", &zero); /* sealed fine, rejected by ctl_open */
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s DIR\n", argv[0]);
+    return 2;
+  }
+  outdir = argv[1];
+  if (mkdir(outdir, 0755) != 0 && errno != EEXIST) {
+    fprintf(stderr, "make_corpus: cannot create %s: %s\n", outdir, strerror(errno));
+    return 1;
+  }
+  handshake_seeds();
+  control_seeds();
+  return failures ? 1 : 0;
+}
