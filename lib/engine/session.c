@@ -236,7 +236,7 @@ static void update_sock_ev(struct tether_session *s) {
   if (s->sock >= 0 && s->core.state != CORE_FAILED) {
     if (s->core.tx_pos < s->core.sent)
       want |= EV_WRITE;
-    if (s->app_closed)
+    if (s->app_closed && !core_at_eof(&s->core))
       want |= EV_READ;
   }
   if (want == s->sock_ev_flags && (!want || s->sock_ev_fd == s->sock))
@@ -266,10 +266,8 @@ static void drain_locked(struct tether_session *s) {
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
       return;
-    if (n == 0 && core_eof_confirmed(&s->core)) {
-      session_retire_locked(s);
-      return;
-    }
+    if (n == 0 && core_eof_confirmed(&s->core))
+      return; /* the peer's real EOF: nothing more will come */
     session_suspend_locked(s, now_ns(), n == 0 ? "unconfirmed EOF" : strerror(errno));
     return;
   }
@@ -277,9 +275,12 @@ static void drain_locked(struct tether_session *s) {
 
 static void report_state(struct tether_session *s) {
   tether_state st = (tether_state)s->core.state;
+  char tag[17];
   if (st == s->reported)
     return;
   s->reported = st;
+  if (st == TETHER_STATE_CLOSED)
+    LOG_INFO(s->ctx, "session %s: closed", session_tag(s->id, tag));
   if (s->ctx->cfg.state_cb && !s->app_closed)
     s->ctx->cfg.state_cb(s, st, st == TETHER_STATE_FAILED ? s->core.error : 0,
                          s->ctx->cfg.state_cb_arg);

@@ -38,6 +38,23 @@ static void check_state_helpers(const Tether__Wire__ResumeState *pb) {
   FUZZ_CHECK(back.write_closed == !!pb->write_closed && back.read_closed == !!pb->read_closed);
 }
 
+/* Unknown fields anywhere in the message.  hs_decode keeps them (proto3),
+ * and libprotobuf-c 1.4.1 accepts some it cannot write back: field number 0
+ * in a non-minimal tag (80 00) is kept, re-packed as the tag byte 00, and
+ * that is refused.  So the round trip is only asserted without them. */
+static bool has_unknown(const hs_msg *m) {
+  if (m->base.n_unknown_fields)
+    return true;
+  const ProtobufCMessage *sub = (const ProtobufCMessage *)m->client_hello; /* any arm */
+  if (sub && sub->n_unknown_fields)
+    return true;
+  const Tether__Wire__ResumeState *st =
+      m->msg_case == TETHER__WIRE__HANDSHAKE__MSG_RESUME_FINISH   ? m->resume_finish->state
+      : m->msg_case == TETHER__WIRE__HANDSHAKE__MSG_RESUME_ACCEPT ? m->resume_accept->state
+                                                                  : NULL;
+  return st && st->base.n_unknown_fields;
+}
+
 static void decode_roundtrip(const uint8_t *data, size_t size) {
   static uint8_t a[HS_PREFACE_LEN + 4 + HS_FRAME_MAX], b[HS_PREFACE_LEN + 4 + HS_FRAME_MAX];
   const char *why = NULL;
@@ -63,6 +80,10 @@ static void decode_roundtrip(const uint8_t *data, size_t size) {
 
   why = NULL;
   hs_msg *m2 = hs_decode(a + HS_PREFACE_LEN + 4, body, &why);
+  if (!m2 && has_unknown(m)) {
+    hs_free(m);
+    return;
+  }
   if (!m2)
     fprintf(stderr, "re-encoded message does not decode: %s\n", why ? why : "(no reason)");
   FUZZ_CHECK(m2 != NULL);

@@ -195,6 +195,11 @@ static void handshake_seeds(void) {
   put_file("handshake", "bad-length-4097", over, sizeof(over));
   put_file("handshake", "bad-zero-length", zero, sizeof(zero));
   put_file("handshake", "bad-http", http, sizeof(http) - 1);
+  /* Regressions: inputs that once broke a property.  3a 00 80 00 04: an
+   * empty Reject, then field number 0 in a non-minimal tag, which
+   * libprotobuf-c keeps as an unknown field but cannot re-encode. */
+  static const uint8_t tag0[] = {0x3a, 0x00, 0x80, 0x00, 0x04};
+  put_file("handshake", "regress-tag0-unknown", tag0, sizeof(tag0));
   /* A maximum-size frame: a Reject whose reason fills HS_FRAME_MAX. */
   static char reason[HS_FRAME_MAX];
   memset(reason, 'r', sizeof(reason) - 1);

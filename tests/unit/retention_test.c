@@ -427,8 +427,8 @@ static void test_random_model(void **state) {
     run_model(strtoull(env, NULL, 10), 20000);
     return;
   }
-  for (uint64_t seed = 1; seed <= 200; seed++)
-    run_model(seed, 2000);
+  for (uint64_t seed = 1; seed <= 100; seed++)
+    run_model(seed, 1000);
 }
 
 int main(void) {

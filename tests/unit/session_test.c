@@ -1,0 +1,994 @@
+/* Unit tests for lib/core/session.c: the sans-IO session state machine.
+ *
+ * Every test drives one core with explicit timestamps, exactly as the engine
+ * does (see lib/engine/session.c): core_on_written after a send, core_pending
+ * + core_on_flushed for a resend, core_trim_inflight with SIOCOUTQ,
+ * core_build_ctl/core_on_ctl for datagrams, core_on_timer at
+ * core_next_deadline. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/session.h"
+#include "tether/tether.h"
+
+#define MS ((uint64_t)1000000)
+#define SEC (1000 * MS)
+#define T0 (1000 * SEC) /* an arbitrary, non-zero start time */
+
+#define SNDBUF 1000
+#define RCVBUF 500
+
+static const struct core_config cfg_default = {
+    .heartbeat_ns = 1 * SEC,
+    .suspend_ns = 3 * SEC,
+    .reconnect_max_ns = 1 * SEC,
+    .give_up_ns = 60 * SEC,
+};
+
+static uint8_t pat(uint64_t off) { return (uint8_t)(off * 131 + (off >> 8) * 7 + 1); }
+
+static void init(struct core_session *c, enum core_role role) {
+  core_init(c, &cfg_default, role, T0, SNDBUF, RCVBUF);
+}
+
+/* The application writes n bytes, all accepted by the kernel. */
+static void app_write(struct core_session *c, size_t n) {
+  uint8_t buf[4096];
+  assert_true(n <= sizeof(buf));
+  assert_int_equal(core_write_check(c), 0);
+  assert_true(n <= core_write_room(c));
+  for (size_t i = 0; i < n; i++)
+    buf[i] = pat(c->sent + i);
+  assert_int_equal(core_reserve(c, n), 0);
+  core_on_written(c, buf, n);
+}
+
+/* A control message from the peer with the next sequence number. */
+static struct core_ctl peer_ctl(const struct core_session *c) {
+  struct core_ctl k;
+  memset(&k, 0, sizeof(k));
+  k.seq = c->rx_seq + 1;
+  return k;
+}
+
+static int on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *k) {
+  bool reply;
+  return core_on_ctl(c, now, k, &reply);
+}
+
+static void suspend(struct core_session *c, uint64_t now) {
+  core_on_transport_lost(c, now);
+  assert_int_equal(c->state, CORE_SUSPENDED);
+}
+
+static struct core_resume_state peer_state(uint64_t delivered, uint64_t sent) {
+  struct core_resume_state p;
+  memset(&p, 0, sizeof(p));
+  p.delivered = delivered;
+  p.sent = sent;
+  return p;
+}
+
+/* Pushes every pending byte, checking each is the right one. */
+static uint64_t flush_all(struct core_session *c) {
+  uint64_t total = 0;
+  const uint8_t *p;
+  size_t n;
+  while ((n = core_pending(c, &p)) > 0) {
+    for (size_t i = 0; i < n; i++)
+      assert_int_equal(p[i], pat(c->tx_pos + i));
+    core_on_flushed(c, n);
+    total += n;
+  }
+  return total;
+}
+
+/* ---- transmit side -------------------------------------------------------- */
+
+static void test_write_check_states(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  assert_int_equal(core_write_check(&c), 0);
+  app_write(&c, 100);
+
+  /* Suspended: wait. */
+  suspend(&c, T0 + SEC);
+  assert_int_equal(core_write_check(&c), -EAGAIN);
+
+  /* Resumed with a resend pending: still wait, until it is flushed. */
+  struct core_resume_state p = peer_state(40, 0);
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  assert_int_equal(core_write_check(&c), -EAGAIN);
+  const uint8_t *ptr;
+  size_t n = core_pending(&c, &ptr);
+  assert_int_equal(n, 60);
+  core_on_flushed(&c, 59);
+  assert_int_equal(core_write_check(&c), -EAGAIN);
+  core_on_flushed(&c, 1);
+  assert_int_equal(core_write_check(&c), 0);
+
+  /* Peer's application closed: -EPIPE. */
+  struct core_ctl k = peer_ctl(&c);
+  k.read_closed = true;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &k), 0);
+  assert_int_equal(core_write_check(&c), -EPIPE);
+  core_clear(&c);
+
+  /* After our own shutdown: -EPIPE, also when suspended. */
+  init(&c, CORE_CLIENT);
+  core_shutdown(&c, T0);
+  assert_int_equal(core_write_check(&c), -EPIPE);
+  suspend(&c, T0 + 1);
+  assert_int_equal(core_write_check(&c), -EPIPE);
+
+  /* Failed: the failure, even after shutdown. */
+  core_fail(&c, TETHER_EWINDOW);
+  assert_int_equal(c.state, CORE_FAILED);
+  assert_int_equal(core_write_check(&c), TETHER_EWINDOW);
+  core_clear(&c);
+
+  /* Closed: -EPIPE. */
+  init(&c, CORE_CLIENT);
+  k = peer_ctl(&c);
+  k.write_closed = true;
+  k.read_closed = true;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  core_shutdown(&c, T0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  assert_int_equal(core_write_check(&c), -EPIPE);
+  /* core_fail does not override a clean close. */
+  core_fail(&c, TETHER_EGIVEUP);
+  assert_int_equal(c.state, CORE_CLOSED);
+  core_clear(&c);
+}
+
+static void test_write_room(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  /* Capacity = local sndbuf max + peer rcvbuf max. */
+  assert_int_equal(core_write_room(&c), SNDBUF + RCVBUF);
+  app_write(&c, 1200);
+  assert_int_equal(core_write_room(&c), 300);
+  app_write(&c, 300);
+  assert_int_equal(core_write_room(&c), 0);
+  assert_int_equal(c.sent, 1500);
+  assert_int_equal(c.tx_pos, 1500);
+  assert_int_equal(c.ret.base, 0);
+  assert_int_equal(retention_end(&c.ret), 1500);
+  /* The peer reporting a larger receive buffer raises the capacity. */
+  struct core_ctl k = peer_ctl(&c);
+  k.rcvbuf_max = 2000;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_rcvbuf_max, 2000);
+  assert_int_equal(core_write_room(&c), 1500);
+  core_clear(&c);
+}
+
+/* Bytes below tx_pos - (outq + peer_rcvbuf_max) are dropped, never more. */
+static void test_trim_inflight(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1500);
+  core_trim_inflight(&c, 1000); /* everything may still be unread */
+  assert_int_equal(c.ret.base, 0);
+  core_trim_inflight(&c, 1500); /* outq larger than tx_pos: no underflow */
+  assert_int_equal(c.ret.base, 0);
+  core_trim_inflight(&c, 200); /* 1500 - (200 + 500) */
+  assert_int_equal(c.ret.base, 800);
+  assert_int_equal(core_write_room(&c), 800);
+  core_trim_inflight(&c, 900); /* the bound never moves back */
+  assert_int_equal(c.ret.base, 800);
+  core_trim_inflight(&c, 0); /* the peer's receive queue may hold RCVBUF */
+  assert_int_equal(c.ret.base, 1000);
+  assert_int_equal(c.ret.len, RCVBUF);
+  /* What is kept is still the right data. */
+  uint8_t out[RCVBUF];
+  retention_copy(&c.ret, 1000, out, RCVBUF);
+  for (size_t i = 0; i < RCVBUF; i++)
+    assert_int_equal(out[i], pat(1000 + i));
+  /* A writer whose peer's kernel consumed everything has the full capacity
+   * again, never less than TCP would give it. */
+  app_write(&c, 1000);
+  core_trim_inflight(&c, 1000);
+  assert_int_equal(c.ret.base, 1000);
+  assert_int_equal(core_write_room(&c), 0);
+  core_clear(&c);
+}
+
+/* During a resend, the bound is relative to tx_pos, not to sent. */
+static void test_trim_inflight_during_resend(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1500);
+  suspend(&c, T0 + SEC);
+  struct core_resume_state p = peer_state(300, 0);
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_int_equal(c.tx_pos, 300);
+  assert_int_equal(c.ret.base, 300);
+  core_trim_inflight(&c, 0); /* 300 - 500 < 0: nothing */
+  assert_int_equal(c.ret.base, 300);
+  core_on_flushed(&c, 700); /* tx_pos 1000 */
+  core_trim_inflight(&c, 700); /* 1000 - 1200 < 0 */
+  assert_int_equal(c.ret.base, 300);
+  core_trim_inflight(&c, 100); /* 1000 - 600 */
+  assert_int_equal(c.ret.base, 400);
+  core_trim_inflight(&c, 0);
+  assert_int_equal(c.ret.base, 500);
+  /* Bytes not yet in the new transport are never dropped. */
+  assert_true(c.ret.base <= c.tx_pos);
+  assert_int_equal(core_pending(&c, &(const uint8_t *){NULL}), 500);
+  core_clear(&c);
+}
+
+/* The peer's cumulative ack trims, and the trim rule applies it too. */
+static void test_peer_ack_trims(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1000);
+  struct core_ctl k = peer_ctl(&c);
+  k.delivered = 600;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_acked, 600);
+  assert_int_equal(c.ret.base, 600);
+  /* A later ack below the current one changes nothing. */
+  k = peer_ctl(&c);
+  k.delivered = 100;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_acked, 600);
+  assert_int_equal(c.ret.base, 600);
+  /* core_trim_inflight also trims to the ack (e.g. after the memory was
+   * kept for a resend). */
+  core_trim_inflight(&c, 1000);
+  assert_int_equal(c.ret.base, 600);
+  core_clear(&c);
+}
+
+/* ---- side channel --------------------------------------------------------- */
+
+static void test_ctl_replay(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1000);
+  struct core_ctl k = peer_ctl(&c);
+  k.seq = 5;
+  k.delivered = 100;
+  assert_int_equal(on_ctl(&c, T0 + SEC, &k), 0);
+  assert_true(c.udp_seen);
+  assert_int_equal(c.last_rx_ns, T0 + SEC);
+  assert_int_equal(c.rx_seq, 5);
+  /* Same seq again (replay) and an older seq: ignored entirely. */
+  struct core_ctl old = k;
+  old.delivered = 900;
+  old.write_closed = true;
+  old.read_closed = true;
+  bool reply = true;
+  assert_int_equal(core_on_ctl(&c, T0 + 2 * SEC, &old, &reply), -1);
+  assert_false(reply);
+  old.seq = 3;
+  assert_int_equal(core_on_ctl(&c, T0 + 2 * SEC, &old, &reply), -1);
+  assert_int_equal(c.peer_acked, 100);
+  assert_false(c.peer_wr_closed);
+  assert_false(c.peer_rd_closed);
+  assert_int_equal(c.last_rx_ns, T0 + SEC); /* a replay does not prove liveness */
+  assert_int_equal(c.rx_seq, 5);
+  /* Gaps are fine (losses). */
+  k.seq = 100;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &k), 0);
+  core_clear(&c);
+}
+
+static void test_ctl_ack_clamped(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1000);
+  struct core_ctl k = peer_ctl(&c);
+  k.delivered = 1u << 30; /* more than we ever sent */
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_acked, 1000);
+  assert_int_equal(c.ret.len, 0);
+  assert_int_equal(c.ret.base, 1000);
+  /* The stream continues at the right offset. */
+  app_write(&c, 10);
+  assert_int_equal(c.ret.base, 1000);
+  assert_int_equal(retention_end(&c.ret), 1010);
+  core_clear(&c);
+}
+
+static void test_ctl_close_flags(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  /* ack_write_closed without our shutdown means nothing. */
+  struct core_ctl k = peer_ctl(&c);
+  k.ack_write_closed = true;
+  k.ack_read_closed = true;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_false(c.peer_knows_wr);
+  assert_false(c.peer_knows_rd);
+  /* The peer shuts down writing at 700. */
+  k = peer_ctl(&c);
+  k.write_closed = true;
+  k.sent = 700;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_true(c.peer_wr_closed);
+  assert_int_equal(c.peer_wr_end, 700);
+  /* The end, once known, does not move. */
+  k = peer_ctl(&c);
+  k.write_closed = true;
+  k.sent = 900;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_wr_end, 700);
+  /* Our control messages acknowledge it. */
+  struct core_ctl out;
+  core_build_ctl(&c, T0, &out);
+  assert_true(out.ack_write_closed);
+  assert_false(out.ack_read_closed);
+  /* Read-closed. */
+  k = peer_ctl(&c);
+  k.read_closed = true;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_true(c.peer_rd_closed);
+  core_build_ctl(&c, T0, &out);
+  assert_true(out.ack_read_closed);
+  /* Our shutdown is acknowledged by the peer. */
+  core_shutdown(&c, T0);
+  core_build_ctl(&c, T0, &out);
+  assert_true(out.write_closed);
+  assert_true(out.want_reply);
+  k = peer_ctl(&c);
+  k.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_true(c.peer_knows_wr);
+  core_build_ctl(&c, T0, &out);
+  assert_false(out.want_reply);
+  core_clear(&c);
+}
+
+static void test_ctl_want_reply(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  bool reply = false;
+  struct core_ctl k = peer_ctl(&c);
+  k.want_reply = true;
+  assert_int_equal(core_on_ctl(&c, T0, &k, &reply), 0);
+  assert_true(reply);
+  k = peer_ctl(&c);
+  assert_int_equal(core_on_ctl(&c, T0, &k, &reply), 0);
+  assert_false(reply);
+  core_clear(&c);
+}
+
+static void test_build_ctl(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 321);
+  core_on_delivered(&c, 77);
+  struct core_ctl a, b;
+  core_build_ctl(&c, T0, &a);
+  core_build_ctl(&c, T0, &b);
+  assert_int_equal(a.seq, 1); /* never 0 */
+  assert_int_equal(b.seq, 2);
+  assert_int_equal(a.delivered, 77);
+  assert_int_equal(a.sent, 321);
+  assert_false(a.write_closed);
+  assert_false(a.want_reply);
+  assert_int_equal(c.acked_delivered, 77);
+  core_clear(&c);
+}
+
+/* ---- timers --------------------------------------------------------------- */
+
+static void test_heartbeat_schedule(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  /* The first heartbeat goes at once. */
+  assert_int_equal(core_next_deadline(&c), T0);
+  assert_int_equal(core_on_timer(&c, T0, 0), CORE_ACT_HEARTBEAT);
+  struct core_ctl k;
+  core_build_ctl(&c, T0, &k);
+  assert_int_equal(core_next_deadline(&c), T0 + SEC);
+  assert_int_equal(core_on_timer(&c, T0 + SEC - 1, 0), 0);
+  assert_int_equal(core_on_timer(&c, T0 + SEC, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, T0 + SEC + 5, &k);
+  assert_int_equal(core_next_deadline(&c), T0 + 2 * SEC + 5);
+  core_clear(&c);
+}
+
+/* Close notices are retransmitted at 10, 20, 40 ... ms, capped at the
+ * heartbeat, until acknowledged. */
+static void test_close_notice_retransmit(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  struct core_ctl k;
+  core_build_ctl(&c, T0, &k);
+  uint64_t now = T0 + 100 * MS;
+  core_shutdown(&c, now);
+  assert_int_equal(core_next_deadline(&c), now); /* at once */
+  uint64_t expect[] = {10, 20, 40, 80, 160, 320, 640, 1000, 1000};
+  for (size_t i = 0; i < sizeof(expect) / sizeof(expect[0]); i++) {
+    assert_true(core_on_timer(&c, now, 0) & CORE_ACT_HEARTBEAT);
+    core_build_ctl(&c, now, &k);
+    assert_true(k.want_reply);
+    assert_true(k.write_closed);
+    assert_int_equal(c.next_hb_ns, now + expect[i] * MS);
+    now = c.next_hb_ns;
+  }
+  struct core_ctl ack = peer_ctl(&c);
+  ack.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, now, &ack), 0);
+  core_build_ctl(&c, now, &k);
+  assert_false(k.want_reply);
+  assert_int_equal(c.next_hb_ns, now + SEC);
+  core_clear(&c);
+}
+
+static void test_suspend_deadline(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  struct core_ctl k;
+  /* No datagram ever seen: silence never suspends (UDP may be blocked). */
+  for (uint64_t t = T0; t <= T0 + 100 * SEC; t += SEC) {
+    assert_int_equal(core_next_deadline(&c), t);
+    assert_int_equal(core_on_timer(&c, t, 0), CORE_ACT_HEARTBEAT);
+    core_build_ctl(&c, t, &k);
+  }
+  assert_int_equal(c.state, CORE_CONNECTED);
+  /* Once one arrived: suspend exactly at last_rx + suspend_ns. */
+  uint64_t rx = T0 + 100 * SEC + 250 * MS;
+  struct core_ctl in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, rx, &in), 0);
+  uint64_t now = rx;
+  while (core_next_deadline(&c) < rx + 3 * SEC) {
+    now = core_next_deadline(&c);
+    assert_int_equal(core_on_timer(&c, now, 0), CORE_ACT_HEARTBEAT);
+    core_build_ctl(&c, now, &k);
+  }
+  assert_int_equal(core_next_deadline(&c), rx + 3 * SEC);
+  assert_int_equal(core_on_timer(&c, rx + 3 * SEC - 1, 0) & CORE_ACT_SUSPEND, 0);
+  assert_int_equal(core_on_timer(&c, rx + 3 * SEC, 0), CORE_ACT_SUSPEND);
+  assert_int_equal(c.state, CORE_CONNECTED); /* the caller retires the transport */
+  core_on_transport_lost(&c, rx + 3 * SEC);
+  assert_int_equal(c.state, CORE_SUSPENDED);
+  assert_int_equal(c.suspended_at_ns, rx + 3 * SEC);
+  /* A datagram pushes the deadline out. */
+  core_clear(&c);
+  init(&c, CORE_SERVER);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &in), 0);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0 + 2 * SEC, &in), 0);
+  assert_int_equal(core_on_timer(&c, T0 + 3 * SEC, 0) & CORE_ACT_SUSPEND, 0);
+  assert_int_equal(core_on_timer(&c, T0 + 5 * SEC, 0), CORE_ACT_SUSPEND);
+  core_clear(&c);
+}
+
+static void test_backoff(void **state) {
+  (void)state;
+  struct core_session c;
+  struct core_config cfg = cfg_default;
+  cfg.reconnect_max_ns = 700 * MS;
+  for (int variant = 0; variant < 3; variant++) {
+    uint32_t rnd = variant == 0 ? 0 : variant == 1 ? UINT32_MAX : 12345;
+    core_init(&c, &cfg, CORE_CLIENT, T0, SNDBUF, RCVBUF);
+    uint64_t t = T0 + 10 * SEC;
+    suspend(&c, t);
+    /* First redial at once. */
+    assert_int_equal(core_next_deadline(&c), t);
+    assert_int_equal(core_on_timer(&c, t, rnd), CORE_ACT_REDIAL);
+    uint64_t b = 50 * MS;
+    for (int i = 0; i < 8; i++) {
+      uint64_t next = core_next_deadline(&c);
+      assert_true(next >= t + b / 2);
+      assert_true(next <= t + b);
+      if (rnd == 0)
+        assert_int_equal(next, t + b / 2);
+      if (rnd == UINT32_MAX)
+        assert_int_equal(next, t + b / 2 + UINT32_MAX % (b / 2 + 1));
+      assert_int_equal(core_on_timer(&c, next - 1, rnd), 0);
+      assert_int_equal(core_on_timer(&c, next, rnd), CORE_ACT_REDIAL);
+      t = next;
+      b = b * 2 > 700 * MS ? 700 * MS : b * 2;
+    }
+    assert_int_equal(c.backoff_ns, 700 * MS); /* capped */
+    /* A new suspension starts over. */
+    struct core_resume_state p = peer_state(0, 0);
+    assert_int_equal(core_on_resumed(&c, t, &p), 0);
+    suspend(&c, t + SEC);
+    assert_int_equal(core_next_deadline(&c), t + SEC);
+    assert_int_equal(core_on_timer(&c, t + SEC, rnd), CORE_ACT_REDIAL);
+    assert_true(core_next_deadline(&c) <= t + SEC + 50 * MS);
+    core_clear(&c);
+  }
+  /* The server never redials. */
+  core_init(&c, &cfg, CORE_SERVER, T0, SNDBUF, RCVBUF);
+  suspend(&c, T0);
+  assert_int_equal(core_next_deadline(&c), T0 + cfg.give_up_ns);
+  assert_int_equal(core_on_timer(&c, T0, 0), 0);
+  core_clear(&c);
+}
+
+static void test_give_up(void **state) {
+  (void)state;
+  struct core_session c;
+  for (int role = 0; role < 2; role++) {
+    init(&c, role ? CORE_SERVER : CORE_CLIENT);
+    uint64_t t = T0 + 5 * SEC;
+    suspend(&c, t);
+    uint64_t end = t + cfg_default.give_up_ns;
+    /* Drive every timer up to just before the deadline. */
+    uint64_t d;
+    while ((d = core_next_deadline(&c)) < end) {
+      assert_int_equal(core_on_timer(&c, d, 7) & CORE_ACT_FAILED, 0);
+      assert_int_equal(c.state, CORE_SUSPENDED);
+    }
+    assert_int_equal(d, end);
+    assert_int_equal(core_on_timer(&c, end - 1, 7) & CORE_ACT_FAILED, 0);
+    assert_int_equal(c.state, CORE_SUSPENDED);
+    assert_int_equal(core_on_timer(&c, end, 7), CORE_ACT_FAILED);
+    assert_int_equal(c.state, CORE_FAILED);
+    assert_int_equal(c.error, TETHER_EGIVEUP);
+    assert_int_equal(core_write_check(&c), TETHER_EGIVEUP);
+    assert_int_equal(core_next_deadline(&c), UINT64_MAX);
+    assert_int_equal(c.suspended_total_ns, cfg_default.give_up_ns);
+    /* Failed is final: datagrams and resumes change nothing. */
+    struct core_ctl k = peer_ctl(&c);
+    k.write_closed = true;
+    assert_int_equal(on_ctl(&c, end + 1, &k), 0);
+    assert_false(c.peer_wr_closed);
+    struct core_resume_state p = peer_state(0, 0);
+    assert_int_equal(core_on_resumed(&c, end + 2, &p), -EINVAL);
+    assert_int_equal(c.state, CORE_FAILED);
+    core_clear(&c);
+  }
+  /* give_up 0: never. */
+  struct core_config cfg = cfg_default;
+  cfg.give_up_ns = 0;
+  core_init(&c, &cfg, CORE_SERVER, T0, SNDBUF, RCVBUF);
+  suspend(&c, T0);
+  assert_int_equal(core_next_deadline(&c), UINT64_MAX);
+  assert_int_equal(core_on_timer(&c, UINT64_MAX - 1, 0), 0);
+  assert_int_equal(c.state, CORE_SUSPENDED);
+  core_clear(&c);
+  core_init(&c, &cfg, CORE_CLIENT, T0, SNDBUF, RCVBUF);
+  suspend(&c, T0);
+  uint64_t now = T0;
+  for (int i = 0; i < 10000; i++) {
+    now = core_next_deadline(&c);
+    assert_int_equal(core_on_timer(&c, now, (uint32_t)i), CORE_ACT_REDIAL);
+  }
+  assert_true(now > T0 + 1000 * SEC);
+  assert_int_equal(c.state, CORE_SUSPENDED);
+  core_clear(&c);
+}
+
+/* ---- resume --------------------------------------------------------------- */
+
+static void test_resume_arithmetic(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1000);
+  core_on_delivered(&c, 250);
+  struct core_resume_state mine;
+  suspend(&c, T0 + SEC);
+  core_resume_state(&c, &mine);
+  assert_int_equal(mine.delivered, 250);
+  assert_int_equal(mine.sent, 1000);
+  assert_int_equal(mine.retained_from, 0);
+  assert_false(mine.write_closed);
+  /* The peer delivered 600: resend exactly [600, 1000). */
+  struct core_resume_state p = peer_state(600, 400);
+  assert_int_equal(core_on_resumed(&c, T0 + 3 * SEC, &p), 0);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  assert_int_equal(c.tx_pos, 600);
+  assert_int_equal(c.peer_acked, 600);
+  assert_int_equal(c.ret.base, 600);
+  assert_int_equal(c.reconnects, 1);
+  assert_int_equal(c.suspended_total_ns, 2 * SEC);
+  assert_int_equal(c.last_rx_ns, T0 + 3 * SEC);
+  assert_int_equal(core_next_deadline(&c), T0 + 3 * SEC); /* heartbeat at once */
+  assert_int_equal(flush_all(&c), 400);
+  assert_int_equal(c.tx_pos, 1000);
+  assert_int_equal(c.resent, 400);
+  const uint8_t *ptr;
+  assert_int_equal(core_pending(&c, &ptr), 0);
+  assert_null(ptr);
+  core_clear(&c);
+
+  /* Everything was delivered: nothing to resend, writable at once. */
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1000);
+  suspend(&c, T0);
+  p = peer_state(1000, 0);
+  assert_int_equal(core_on_resumed(&c, T0, &p), 0);
+  assert_int_equal(core_pending(&c, &ptr), 0);
+  assert_int_equal(core_write_check(&c), 0);
+  core_clear(&c);
+
+  /* Peer delivered exactly what is retained from: allowed. */
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1500);
+  core_trim_inflight(&c, 0); /* base 1000 */
+  suspend(&c, T0);
+  p = peer_state(1000, 0);
+  assert_int_equal(core_on_resumed(&c, T0, &p), 0);
+  assert_int_equal(flush_all(&c), 500);
+  core_clear(&c);
+
+  /* Resume is refused unless suspended. */
+  init(&c, CORE_CLIENT);
+  p = peer_state(0, 0);
+  assert_int_equal(core_on_resumed(&c, T0, &p), -EINVAL);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  core_clear(&c);
+}
+
+static void test_resume_window(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1500);
+  core_trim_inflight(&c, 0); /* base 1000 */
+  suspend(&c, T0);
+  struct core_resume_state p = peer_state(999, 0);
+  assert_int_equal(core_on_resumed(&c, T0, &p), TETHER_EWINDOW);
+  assert_int_equal(c.state, CORE_FAILED);
+  assert_int_equal(c.error, TETHER_EWINDOW);
+  core_clear(&c);
+}
+
+static void test_resume_proto(void **state) {
+  (void)state;
+  struct core_session c;
+  /* The peer claims more than we sent. */
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  suspend(&c, T0);
+  struct core_resume_state p = peer_state(101, 0);
+  assert_int_equal(core_on_resumed(&c, T0, &p), TETHER_EPROTO);
+  assert_int_equal(c.state, CORE_FAILED);
+  assert_int_equal(c.error, TETHER_EPROTO);
+  core_clear(&c);
+  /* The peer sent less than we delivered. */
+  init(&c, CORE_CLIENT);
+  core_on_delivered(&c, 50);
+  suspend(&c, T0);
+  p = peer_state(0, 49);
+  assert_int_equal(core_on_resumed(&c, T0, &p), TETHER_EPROTO);
+  assert_int_equal(c.error, TETHER_EPROTO);
+  core_clear(&c);
+}
+
+static void test_resume_close_flags(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  core_on_delivered(&c, 300);
+  core_shutdown(&c, T0);
+  suspend(&c, T0 + SEC);
+  struct core_resume_state mine;
+  core_resume_state(&c, &mine);
+  assert_true(mine.write_closed);
+  assert_false(mine.read_closed);
+  struct core_resume_state p = peer_state(0, 500);
+  p.write_closed = true;
+  p.rcvbuf_max = 4000;
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_true(c.peer_wr_closed);
+  assert_int_equal(c.peer_wr_end, 500);
+  assert_true(c.peer_knows_wr); /* our state travelled in the handshake */
+  assert_int_equal(c.peer_rcvbuf_max, 4000);
+  assert_int_equal(c.ret.max, SNDBUF + 4000);
+  assert_false(core_at_eof(&c));
+  core_on_delivered(&c, 200);
+  assert_true(core_at_eof(&c));
+  core_clear(&c);
+}
+
+/* ---- close protocol ------------------------------------------------------- */
+
+/* Advances the timer to time `t`, handling heartbeats; returns the union of
+ * actions seen. */
+static unsigned run_until(struct core_session *c, uint64_t t) {
+  unsigned all = 0;
+  uint64_t d;
+  int guard = 0;
+  while ((d = core_next_deadline(c)) <= t) {
+    unsigned a = core_on_timer(c, d, 0);
+    all |= a;
+    if (a & CORE_ACT_HEARTBEAT) {
+      struct core_ctl k;
+      core_build_ctl(c, d, &k);
+    }
+    if (a & (CORE_ACT_DONE | CORE_ACT_SUSPEND))
+      break;
+    assert_true(++guard < 100000);
+  }
+  return all;
+}
+
+static void test_fin_after_ack(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  struct core_ctl k = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &k), 0); /* side channel works */
+  app_write(&c, 100);
+  core_shutdown(&c, T0 + SEC);
+  assert_int_equal(run_until(&c, T0 + SEC + 500 * MS) & CORE_ACT_FIN, 0);
+  k = peer_ctl(&c);
+  k.ack_write_closed = true;
+  k.delivered = 50;
+  k.sent = 0;
+  uint64_t t = T0 + SEC + 600 * MS;
+  assert_int_equal(on_ctl(&c, t, &k), 0);
+  assert_int_equal(core_next_deadline(&c), 0); /* FIN is due now */
+  assert_true(core_on_timer(&c, t, 0) & CORE_ACT_FIN);
+  assert_true(c.fin_sent);
+  assert_int_equal(core_on_timer(&c, t, 0) & CORE_ACT_FIN, 0); /* once */
+  assert_true(core_next_deadline(&c) > t);
+  core_clear(&c);
+}
+
+static void test_fin_without_udp(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  uint64_t t = T0 + 10 * SEC + 3;
+  run_until(&c, t);
+  core_shutdown(&c, t);
+  /* No datagram ever arrived: FIN after one heartbeat interval. */
+  assert_int_equal(run_until(&c, t + SEC - 1) & CORE_ACT_FIN, 0);
+  assert_true(run_until(&c, t + SEC) & CORE_ACT_FIN);
+  core_clear(&c);
+}
+
+static void test_fin_after_suspend_interval(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  uint64_t t = T0 + 10 * SEC;
+  struct core_ctl k = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, t, &k), 0);
+  core_shutdown(&c, t);
+  /* Datagrams keep arriving (no ack of the close): FIN at closed + suspend. */
+  uint64_t d;
+  unsigned all = 0;
+  while ((d = core_next_deadline(&c)) < t + 3 * SEC) {
+    unsigned a = core_on_timer(&c, d, 0);
+    all |= a;
+    if (a & CORE_ACT_HEARTBEAT) {
+      struct core_ctl out;
+      core_build_ctl(&c, d, &out);
+      k = peer_ctl(&c);
+      assert_int_equal(on_ctl(&c, d, &k), 0);
+    }
+  }
+  assert_int_equal(all & (CORE_ACT_FIN | CORE_ACT_SUSPEND), 0);
+  assert_int_equal(d, t + 3 * SEC);
+  assert_true(core_on_timer(&c, t + 3 * SEC, 0) & CORE_ACT_FIN);
+  core_clear(&c);
+}
+
+static void test_fin_waits_for_resend(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  core_shutdown(&c, T0);
+  suspend(&c, T0);
+  struct core_resume_state p = peer_state(40, 0);
+  assert_int_equal(core_on_resumed(&c, T0 + SEC, &p), 0);
+  assert_true(c.peer_knows_wr);
+  /* Known to the peer, but 60 bytes are still to be resent: no FIN yet. */
+  assert_true(core_next_deadline(&c) > 0);
+  assert_int_equal(core_on_timer(&c, T0 + SEC, 0) & CORE_ACT_FIN, 0);
+  assert_int_equal(flush_all(&c), 60);
+  assert_int_equal(core_next_deadline(&c), 0);
+  assert_true(core_on_timer(&c, T0 + SEC, 0) & CORE_ACT_FIN);
+  core_clear(&c);
+}
+
+static void test_fin_never_while_suspended(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  core_shutdown(&c, T0);
+  suspend(&c, T0);
+  uint64_t d = core_next_deadline(&c);
+  for (int i = 0; i < 50; i++) {
+    assert_int_equal(core_on_timer(&c, d, 0) & CORE_ACT_FIN, 0);
+    d = core_next_deadline(&c);
+  }
+  core_clear(&c);
+}
+
+static void test_eof_confirmed(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  core_on_delivered(&c, 100);
+  /* A transport EOF without a known close is not an EOF. */
+  assert_false(core_eof_confirmed(&c));
+  assert_false(core_at_eof(&c));
+  struct core_ctl k = peer_ctl(&c);
+  k.write_closed = true;
+  k.sent = 150;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  /* The close is known, but 50 bytes are missing: still a failure. */
+  assert_false(core_eof_confirmed(&c));
+  core_on_delivered(&c, 49);
+  assert_false(core_eof_confirmed(&c));
+  core_on_delivered(&c, 1);
+  assert_true(core_eof_confirmed(&c));
+  assert_true(core_at_eof(&c));
+  core_clear(&c);
+}
+
+/* A full clean close between two cores, message by message. */
+static void test_finished_closed_done(void **state) {
+  (void)state;
+  struct core_session a, b;
+  init(&a, CORE_CLIENT);
+  init(&b, CORE_SERVER);
+  uint64_t t = T0;
+  bool reply;
+  struct core_ctl k;
+  app_write(&a, 300);
+  app_write(&b, 200);
+  core_on_delivered(&b, 300);
+  core_on_delivered(&a, 200);
+  core_shutdown(&a, t);
+  core_shutdown(&b, t);
+  assert_false(core_finished(&a));
+  assert_int_equal(a.state, CORE_CONNECTED);
+  /* a -> b: write_closed at 300, delivered 200. */
+  core_build_ctl(&a, t, &k);
+  assert_int_equal(core_on_ctl(&b, t, &k, &reply), 0);
+  assert_true(reply);
+  assert_true(core_at_eof(&b));
+  assert_false(core_finished(&b)); /* a does not know b's close yet */
+  /* b -> a: acknowledges, and b's own close. */
+  core_build_ctl(&b, t, &k);
+  assert_int_equal(core_on_ctl(&a, t, &k, &reply), 0);
+  assert_true(reply);
+  assert_true(a.peer_knows_wr);
+  assert_true(core_at_eof(&a));
+  assert_true(core_finished(&a));
+  assert_int_equal(a.state, CORE_CLOSED);
+  assert_int_equal(core_write_check(&a), -EPIPE);
+  /* a -> b: acknowledges b's close. */
+  core_build_ctl(&a, t, &k);
+  assert_int_equal(core_on_ctl(&b, t, &k, &reply), 0);
+  assert_false(reply);
+  assert_true(core_finished(&b));
+  assert_int_equal(b.state, CORE_CLOSED);
+  /* Closed sessions keep their heartbeat but never suspend, and DONE
+   * comes only after core_close. */
+  assert_int_equal(run_until(&a, t + 100 * SEC) & (CORE_ACT_DONE | CORE_ACT_SUSPEND), 0);
+  assert_int_equal(a.state, CORE_CLOSED);
+  core_close(&a, t + 100 * SEC);
+  assert_int_equal(core_next_deadline(&a), 0);
+  assert_true(core_on_timer(&a, t + 100 * SEC, 0) & CORE_ACT_DONE);
+  core_clear(&a);
+  core_clear(&b);
+}
+
+/* A session that is finished but not yet marked CLOSED (the last byte was
+ * just delivered) closes, rather than suspends, when its transport goes. */
+static void test_transport_lost_when_finished(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  struct core_ctl k = peer_ctl(&c);
+  k.write_closed = true;
+  k.sent = 300;
+  k.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  core_shutdown(&c, T0);
+  k = peer_ctl(&c);
+  k.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  core_on_delivered(&c, 300);
+  assert_true(core_finished(&c));
+  core_on_transport_lost(&c, T0 + SEC);
+  assert_int_equal(c.state, CORE_CLOSED);
+  assert_int_equal(core_next_deadline(&c) == UINT64_MAX, false);
+  core_clear(&c);
+}
+
+static void test_close_before_finished(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  core_close(&c, T0);
+  assert_true(c.wr_closed);
+  assert_true(c.rd_closed);
+  assert_int_equal(c.state, CORE_CONNECTED); /* lingers: 100 bytes unacknowledged */
+  assert_int_equal(core_on_timer(&c, T0, 0) & CORE_ACT_DONE, 0);
+  struct core_ctl k = peer_ctl(&c);
+  k.delivered = 100;
+  k.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, T0 + MS, &k), 0);
+  assert_int_equal(c.state, CORE_CONNECTED); /* the peer has not seen our rd_closed */
+  k = peer_ctl(&c);
+  k.ack_read_closed = true;
+  assert_int_equal(on_ctl(&c, T0 + 2 * MS, &k), 0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  assert_true(core_on_timer(&c, T0 + 2 * MS, 0) & CORE_ACT_DONE);
+  core_clear(&c);
+}
+
+/* The peer closing its application finishes our write side at once. */
+static void test_peer_read_closed_finishes_writes(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  app_write(&c, 100);
+  struct core_ctl k = peer_ctl(&c);
+  k.read_closed = true;
+  k.write_closed = true;
+  k.sent = 0;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_true(core_at_eof(&c));
+  assert_true(core_finished(&c));
+  assert_int_equal(c.state, CORE_CLOSED);
+  core_clear(&c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_write_check_states),
+      cmocka_unit_test(test_write_room),
+      cmocka_unit_test(test_trim_inflight),
+      cmocka_unit_test(test_trim_inflight_during_resend),
+      cmocka_unit_test(test_peer_ack_trims),
+      cmocka_unit_test(test_ctl_replay),
+      cmocka_unit_test(test_ctl_ack_clamped),
+      cmocka_unit_test(test_ctl_close_flags),
+      cmocka_unit_test(test_ctl_want_reply),
+      cmocka_unit_test(test_build_ctl),
+      cmocka_unit_test(test_heartbeat_schedule),
+      cmocka_unit_test(test_close_notice_retransmit),
+      cmocka_unit_test(test_suspend_deadline),
+      cmocka_unit_test(test_backoff),
+      cmocka_unit_test(test_give_up),
+      cmocka_unit_test(test_resume_arithmetic),
+      cmocka_unit_test(test_resume_window),
+      cmocka_unit_test(test_resume_proto),
+      cmocka_unit_test(test_resume_close_flags),
+      cmocka_unit_test(test_fin_after_ack),
+      cmocka_unit_test(test_fin_without_udp),
+      cmocka_unit_test(test_fin_after_suspend_interval),
+      cmocka_unit_test(test_fin_waits_for_resend),
+      cmocka_unit_test(test_fin_never_while_suspended),
+      cmocka_unit_test(test_eof_confirmed),
+      cmocka_unit_test(test_finished_closed_done),
+      cmocka_unit_test(test_transport_lost_when_finished),
+      cmocka_unit_test(test_close_before_finished),
+      cmocka_unit_test(test_peer_read_closed_finishes_writes),
+  };
+  return cmocka_run_group_tests_name("session", tests, NULL, NULL);
+}
