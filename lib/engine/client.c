@@ -196,7 +196,7 @@ void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc) {
     LOG_WARN(s->ctx, "session %s: server refused to resume: %s", session_tag(s->id, tag),
              tether_strerror(rc));
     session_lock(s);
-    core_fail(&s->core, TETHER_ESESSIONGONE);
+    core_fail(&s->core, rc);
     session_unlock(s);
     session_kick(s);
   } else if (rc == TETHER_EAUTH) {

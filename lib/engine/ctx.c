@@ -150,6 +150,15 @@ fail:
 void tether_ctx_free(tether_ctx *ctx) {
   if (!ctx)
     return;
+  /* Sessions the application closed are still delivering their last bytes
+   * and close notices: give them a moment, or their peers would see a
+   * failure (and wait give_up_s) instead of a clean close. */
+  for (int waited = 0; ctx->thread_started && waited < CTX_FREE_LINGER_MS; waited += 5) {
+    if (__atomic_load_n(&ctx->n_lingering, __ATOMIC_RELAXED) == 0)
+      break;
+    struct timespec ts = {0, 5 * 1000000};
+    nanosleep(&ts, NULL);
+  }
   if (ctx->thread_started) {
     event_active(ctx->stop_ev, EV_READ, 0);
     pthread_join(ctx->thread, NULL);

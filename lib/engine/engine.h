@@ -51,6 +51,9 @@ struct udp_chan {
 
 #define SESSION_BUCKETS 256
 #define KEY_POOL_SIZE 8
+/* How long tether_ctx_free lets closed sessions deliver their last bytes
+ * and close notices before it drops them. */
+#define CTX_FREE_LINGER_MS 2000
 #define MAX_PENDING_HANDSHAKES 1024
 
 struct tether_ctx {
@@ -67,6 +70,7 @@ struct tether_ctx {
   unsigned n_handshakes;
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
+  int n_lingering; /* closed by the application, still finishing (atomic) */
 
   /* Ephemeral X25519 keys made ahead of time by the engine, so that key
    * generation is off every handshake's critical path. */

@@ -234,6 +234,16 @@ void tether_listener_close(tether_listener *l) {
   if (!l)
     return;
   l->closed = true;
+  /* Sessions nobody accepted end now, closed, rather than idle forever. */
+  pthread_mutex_lock(&l->ctx->lock);
+  struct tether_session *q = l->queue_head;
+  l->queue_head = l->queue_tail = NULL;
+  pthread_mutex_unlock(&l->ctx->lock);
+  while (q) {
+    struct tether_session *next = q->queue_next;
+    tether_close(q);
+    q = next;
+  }
   (void)!write(l->ready_fd, &one, sizeof(one)); /* wake blocked acceptors */
 }
 

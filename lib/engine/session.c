@@ -438,6 +438,8 @@ void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
 void session_destroy(struct tether_session *s) {
   if (!s)
     return;
+  if (s->app_closed)
+    __atomic_sub_fetch(&s->ctx->n_lingering, 1, __ATOMIC_RELAXED);
   registry_remove(s->ctx, s);
   for (int i = 0; i < 2; i++)
     if (s->redials[i])
@@ -635,6 +637,7 @@ int tether_close(tether_session *s) {
   session_lock(s);
   core_close(&s->core, now_ns());
   s->app_closed = true;
+  __atomic_add_fetch(&s->ctx->n_lingering, 1, __ATOMIC_RELAXED);
   if (s->app_fd >= 0)
     close(s->app_fd);
   s->app_fd = -1;

@@ -173,7 +173,10 @@ stop() {
     alive "$pid" || break
     sleep 0.02
   done
-  alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+  if alive "$pid"; then
+    log "note: pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) still running 2 s after SIGTERM: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
 }
 

@@ -52,7 +52,7 @@ wait_stamp_after "$TMP/client.log" "$RE_SUSPENDED" "$t_drop" 10000 ||
   fail "the client did not log '$RE_SUSPENDED' within 10 s of the DROP"
 t_susp=$STAMP
 detect=$((t_susp - t_drop))
-log "client suspended $(us_to_s "$detect") s after the DROP: $(state_lines "$TMP/client.log" "$RE_SUSPENDED" | head -n 1 | cut -c1-200)"
+log "client suspended $(us_to_s "$detect") s after the DROP: $(state_lines "$TMP/client.log" "$RE_SUSPENDED" | head -n 1 | cut -d" " -f2- | cut -c1-200)"
 alive "$client" || fail "the client exited during the partition"
 
 # Sleep out the rest of the partition; nothing may arrive meanwhile (after a

@@ -1,0 +1,1584 @@
+/* Deterministic two-peer simulation of the sans-IO core (lib/core).
+ *
+ * Two struct core_session (a client and a server) are driven exactly the way
+ * lib/engine/session.c drives them, over a simulated network with virtual
+ * time that jumps from event to event:
+ *
+ *   - a TCP connection is two byte pipes.  Each pipe holds the sender's kernel
+ *     send queue (bounded by its sndbuf: bytes not yet sent or not yet
+ *     acknowledged, which is what SIOCOUTQ reports), segments in flight
+ *     (latency, serialization at a seeded bandwidth) and the receiver's kernel
+ *     receive queue (bounded by its rcvbuf: flow control).  A byte counts as
+ *     acknowledged as soon as it reaches the receive queue, which makes the
+ *     in-flight trim rule as aggressive as it can ever be on a real kernel;
+ *   - the UDP side channel carries core_build_ctl() output to core_on_ctl()
+ *     with seeded loss, delay and reordering;
+ *   - faults at seeded times: connection cuts (contents lost; each end learns
+ *     by a reset, or only by TCP timeouts, or when the peer's heartbeats stop),
+ *     black holes (TCP and UDP silently dropped, then healed; a black hole
+ *     longer than TCP's user timeout kills the connection), UDP outages, and
+ *     in "give-up" runs a permanent outage;
+ *   - the client redials on CORE_ACT_REDIAL; the resume handshake takes two
+ *     round trips (ResumeHello, Challenge, Finish + client state, Accept +
+ *     server state) and every message can be lost; the server retires a still
+ *     connected transport first, as the engine does.
+ *
+ * The applications write seeded pseudo-random streams (byte i of a stream is
+ * a function of its key and i), read, verify every byte incrementally, shut
+ * down, wait for EOF, and close.  Three modes: one-way, echo, bidirectional.
+ *
+ * Checks, for every seed: every delivered byte is the right one (nothing
+ * lost, duplicated or reordered), EOF comes at exactly the peer's final
+ * count, both sessions end (CLOSED then DONE) within an hour of virtual time,
+ * nothing fails while the network is healthy at the end, retention stays
+ * within its maximum and never blocks a writer earlier than TCP would; in a
+ * give-up run the client fails with TETHER_EGIVEUP exactly give_up after it
+ * was suspended.
+ *
+ *   sim [--seeds N] [--first S] [--seed S] [-v] [--no-linger] [--quiet]
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/session.h"
+#include "tether/tether.h"
+
+typedef uint64_t ns_t;
+#define NEVER UINT64_MAX
+#define US ((ns_t)1000)
+#define MS ((ns_t)1000000)
+#define SEC ((ns_t)1000000000)
+#define LIMIT (3600 * SEC) /* virtual time budget per seed */
+#define MAXSEG 512
+#define MAXDG 4096
+#define MAXFAULTS 16
+#define MAXCHUNK (64 * 1024)
+#define ECHO_MAX (64 * 1024)
+
+/* ---- randomness -------------------------------------------------------- */
+
+struct rng {
+  uint64_t s;
+};
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+static uint64_t rnext(struct rng *r) { return mix64(r->s += 0x9E3779B97F4A7C15ull); }
+static uint64_t rbelow(struct rng *r, uint64_t n) { return n ? rnext(r) % n : 0; }
+static uint64_t rrange(struct rng *r, uint64_t lo, uint64_t hi) {
+  return hi <= lo ? lo : lo + rbelow(r, hi - lo + 1);
+}
+static bool rchance(struct rng *r, unsigned percent) { return rbelow(r, 100) < percent; }
+/* Log-uniform in [lo, hi]: small values as likely as large ones. */
+static uint64_t rlog(struct rng *r, uint64_t lo, uint64_t hi) {
+  if (lo < 1)
+    lo = 1;
+  if (hi <= lo)
+    return lo;
+  int bits_hi = 64 - __builtin_clzll(hi);
+  int bits_lo = 64 - __builtin_clzll(lo);
+  int b = (int)rrange(r, (uint64_t)bits_lo, (uint64_t)bits_hi);
+  uint64_t top = b >= 64 ? UINT64_MAX : ((uint64_t)1 << b) - 1;
+  uint64_t bot = (uint64_t)1 << (b - 1);
+  if (top > hi)
+    top = hi;
+  if (bot < lo)
+    bot = lo;
+  return rrange(r, bot, top);
+}
+
+/* ---- the streams --------------------------------------------------------- */
+
+/* Byte `off` of the stream with key `key`. */
+static void stream_fill(uint64_t key, uint64_t off, uint8_t *p, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    uint64_t w = mix64(key ^ ((off + i) >> 3) * 0xD6E8FEB86659FD93ull);
+    for (unsigned b = (unsigned)((off + i) & 7); b < 8 && i < n; b++, i++)
+      p[i] = (uint8_t)(w >> (8 * b));
+  }
+}
+
+/* Index of the first byte that differs from the stream, or n. */
+static size_t stream_check(uint64_t key, uint64_t off, const uint8_t *p, size_t n) {
+  uint8_t tmp[4096];
+  for (size_t done = 0; done < n;) {
+    size_t k = n - done < sizeof(tmp) ? n - done : sizeof(tmp);
+    stream_fill(key, off + done, tmp, k);
+    if (memcmp(tmp, p + done, k) != 0) {
+      for (size_t j = 0; j < k; j++)
+        if (tmp[j] != p[done + j])
+          return done + j;
+    }
+    done += k;
+  }
+  return n;
+}
+
+/* ---- scenario ------------------------------------------------------------ */
+
+enum mode { M_ONEWAY, M_ECHO, M_BIDIR };
+static const char *mode_name[] = {"one-way", "echo", "bidirectional"};
+
+enum fault_kind { F_CUT, F_BLACKHOLE, F_UDP_OUTAGE };
+enum cut_kind { CUT_RST_BOTH, CUT_RST_CLIENT, CUT_RST_SERVER, CUT_SILENT };
+
+struct fault {
+  enum fault_kind kind;
+  ns_t at, dur;
+  int sub;
+  bool purge; /* a cut also loses what sits in the receive queues */
+};
+
+struct scen {
+  enum mode mode;
+  bool giveup;             /* permanent outage during the transfer */
+  unsigned giveup_permille; /* ... once the client wrote this much of its stream */
+  ns_t lat;                /* TCP one-way latency */
+  ns_t udp_lat, udp_jitter;
+  unsigned udp_loss; /* percent */
+  bool udp_blocked;
+  uint64_t ps_per_byte; /* serialization time */
+  size_t mss;
+  ns_t connect_timeout;
+  ns_t rto_extra; /* TCP's own recovery delay after a black hole */
+  struct core_config cfg;
+  struct fault faults[MAXFAULTS];
+  int nfaults;
+};
+
+/* ---- the network --------------------------------------------------------- */
+
+struct seg {
+  ns_t at;
+  uint32_t len;
+  bool fin;
+};
+
+/* One direction of a TCP connection: [rcvq | in flight | sndq], FIFO. */
+struct pipe {
+  uint8_t *buf;
+  size_t cap, head, len;
+  size_t rcvq, inflight;
+  struct seg segs[MAXSEG];
+  unsigned seg_head, seg_n;
+  size_t sndbuf, rcvbuf;
+  bool fin_queued, fin_sent, fin_arrived;
+  ns_t next_tx;
+};
+
+enum end_state { E_PENDING, E_OPEN, E_CLOSED };
+
+/* End 0 is the client (writes p[0], reads p[1]); end 1 the server. */
+struct conn {
+  int id;
+  struct pipe p[2];
+  ns_t dead_at;   /* segments arriving at or after this are lost */
+  ns_t err_at[2]; /* when end i's socket reports an error */
+  enum end_state end[2];
+  bool graceful[2]; /* end i closed its socket normally: its FIN still goes out */
+  struct conn *next;
+};
+
+struct dg {
+  ns_t at;
+  int to;
+  struct core_ctl ctl;
+};
+
+struct side {
+  int idx;
+  const char *name;
+  struct core_session c;
+  bool live; /* the core exists (not yet DONE) */
+  struct conn *conn;
+  size_t sndbuf, rcvbuf;
+  /* writer application */
+  uint64_t wr_key, wr_total;
+  bool wr_shut;
+  ns_t wr_next, wr_think;
+  size_t wr_chunk;
+  bool shut_early; /* one-way server: shuts down at once */
+  /* reader application */
+  uint64_t rd_key;
+  bool rd_eof;
+  ns_t rd_next, rd_think;
+  size_t rd_chunk;
+  /* close */
+  bool app_closed;
+  ns_t close_at, close_delay;
+  /* outcome */
+  bool failed;
+  int error;
+  ns_t failed_at, suspended_at_fail;
+  bool done;
+  ns_t done_at;
+  unsigned suspends, resumes;
+};
+
+/* A redial, as lib/engine/client.c runs it: TCP connect (one round trip),
+ * then ResumeHello, Challenge, Finish (client state), Accept (server state). */
+enum phase { P_CONNECT, P_HELLO, P_CHALLENGE, P_FINISH, P_ACCEPT, P_REJECT };
+struct attempt {
+  bool active;
+  int id;
+  enum phase phase; /* the message in flight */
+  ns_t next_at, deadline;
+  bool lost;
+  struct core_resume_state cstate, sstate;
+  struct conn *conn;
+};
+
+static struct sim {
+  uint64_t seed;
+  int verbose;
+  bool linger_check;
+  bool short_backoff;
+  bool tight_timeouts;
+  struct rng r;
+  struct scen sc;
+  ns_t now;
+  struct side s[2];
+  struct conn *conns;
+  int nconn;
+  struct dg udp[MAXDG];
+  int nudp;
+  struct attempt att[2]; /* att[0] the older */
+  int finishing;         /* id of the attempt committed to resuming, 0: none */
+  int attempt_ids;
+  bool outage;
+  ns_t outage_at;
+  int next_fault;
+  bool fail;
+  char why[512];
+  uint64_t steps;
+  uint8_t scratch[MAXCHUNK];
+  unsigned resumes_total;
+} S;
+
+static void vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void vlog(const char *fmt, ...) {
+  if (!S.verbose)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  printf("[%5" PRIu64 ".%06" PRIu64 "] ", S.now / SEC, S.now % SEC / 1000);
+  vprintf(fmt, ap);
+  printf("\n");
+  va_end(ap);
+}
+
+static void sim_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sim_fail(const char *fmt, ...) {
+  if (S.fail)
+    return;
+  S.fail = true;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = snprintf(S.why, sizeof(S.why), "t=%.6fs: ", (double)S.now / 1e9);
+  vsnprintf(S.why + n, sizeof(S.why) - (size_t)n, fmt, ap);
+  va_end(ap);
+  if (S.verbose)
+    printf("*** FAIL: %s\n", S.why);
+}
+
+/* tether_strerror/tether_err_name live in the engine; the sim links only the
+ * core, so it names the codes itself from the same X-macro. */
+static const char *err_name(int err) {
+  static char buf[32];
+  switch (err) {
+#define SIM_ERR_CASE_(name, value, kind, msg) \
+  case name: return #name;
+    TETHER_ERROR_MAP(SIM_ERR_CASE_)
+#undef SIM_ERR_CASE_
+  case -EPIPE: return "EPIPE";
+  case -EAGAIN: return "EAGAIN";
+  case -EINVAL: return "EINVAL";
+  case -ENOMEM: return "ENOMEM";
+  default: snprintf(buf, sizeof(buf), "error %d", err); return buf;
+  }
+}
+
+static const char *state_name(enum core_state st) {
+  switch (st) {
+  case CORE_CONNECTED: return "CONNECTED";
+  case CORE_SUSPENDED: return "SUSPENDED";
+  case CORE_CLOSED: return "CLOSED";
+  case CORE_FAILED: return "FAILED";
+  }
+  return "?";
+}
+
+/* ---- link state ---------------------------------------------------------- */
+
+static bool tcp_up(ns_t t) {
+  if (S.outage && t >= S.outage_at)
+    return false;
+  for (int i = 0; i < S.sc.nfaults; i++) {
+    const struct fault *f = &S.sc.faults[i];
+    if (f->kind == F_BLACKHOLE && t >= f->at && t < f->at + f->dur)
+      return false;
+  }
+  return true;
+}
+
+static bool udp_up(ns_t t) {
+  if (S.sc.udp_blocked || !tcp_up(t))
+    return false;
+  for (int i = 0; i < S.sc.nfaults; i++) {
+    const struct fault *f = &S.sc.faults[i];
+    if (f->kind == F_UDP_OUTAGE && t >= f->at && t < f->at + f->dur)
+      return false;
+  }
+  return true;
+}
+
+/* The first time >= t at which TCP gets through again. */
+static ns_t heal_time(ns_t t) {
+  for (int guard = 0; guard < 64 && !tcp_up(t); guard++) {
+    if (S.outage && t >= S.outage_at)
+      return NEVER;
+    for (int i = 0; i < S.sc.nfaults; i++) {
+      const struct fault *f = &S.sc.faults[i];
+      if (f->kind == F_BLACKHOLE && t >= f->at && t < f->at + f->dur)
+        t = f->at + f->dur;
+    }
+  }
+  return t;
+}
+
+static ns_t add_sat(ns_t a, ns_t b) { return a > NEVER - b ? NEVER : a + b; }
+
+/* When a packet sent now (e.g. a reset) reaches the other end. */
+static ns_t arrival_after(ns_t t) { return add_sat(heal_time(t), S.sc.lat); }
+
+/* TCP-level detection of a dead path (user timeout / keepalive). */
+static ns_t tcp_detect_delay(void) {
+  ns_t sus = S.sc.cfg.suspend_ns;
+  ns_t ka = 4 * (sus < SEC ? SEC : sus);
+  return rrange(&S.r, sus, ka);
+}
+
+/* ---- pipes and connections ----------------------------------------------- */
+
+static size_t pipe_outq(const struct pipe *p) { return p->len - p->rcvq; }
+static size_t pipe_sndq(const struct pipe *p) { return p->len - p->rcvq - p->inflight; }
+static size_t pipe_space(const struct pipe *p) {
+  size_t q = pipe_outq(p);
+  return q >= p->sndbuf ? 0 : p->sndbuf - q;
+}
+
+static void pipe_init(struct pipe *p, size_t sndbuf, size_t rcvbuf) {
+  memset(p, 0, sizeof(*p));
+  p->sndbuf = sndbuf;
+  p->rcvbuf = rcvbuf;
+  p->cap = sndbuf + rcvbuf;
+  p->buf = malloc(p->cap);
+  if (!p->buf) {
+    fprintf(stderr, "sim: out of memory\n");
+    exit(2);
+  }
+}
+
+static void pipe_write(struct pipe *p, const uint8_t *d, size_t n) {
+  size_t tail = (p->head + p->len) % p->cap;
+  size_t first = p->cap - tail < n ? p->cap - tail : n;
+  memcpy(p->buf + tail, d, first);
+  memcpy(p->buf, d + first, n - first);
+  p->len += n;
+}
+
+static void pipe_read(struct pipe *p, uint8_t *out, size_t n) {
+  size_t first = p->cap - p->head < n ? p->cap - p->head : n;
+  memcpy(out, p->buf + p->head, first);
+  memcpy(out + first, p->buf, n - first);
+  p->head = (p->head + n) % p->cap;
+  p->len -= n;
+  p->rcvq -= n;
+}
+
+/* Nothing in flight will arrive any more.  The bytes stay in the sender's
+ * kernel, unacknowledged (they still count in its SIOCOUTQ), until its socket
+ * reports the error. */
+static void pipe_freeze(struct pipe *p) { p->seg_n = 0; }
+
+/* The receiver's kernel lost its receive queue. */
+static void pipe_drop_rcvq(struct pipe *p) {
+  p->head = (p->head + p->rcvq) % p->cap;
+  p->len -= p->rcvq;
+  p->rcvq = 0;
+}
+
+static struct conn *conn_new(void) {
+  struct conn *k = calloc(1, sizeof(*k));
+  if (!k) {
+    fprintf(stderr, "sim: out of memory\n");
+    exit(2);
+  }
+  k->id = ++S.nconn;
+  pipe_init(&k->p[0], S.s[0].sndbuf, S.s[1].rcvbuf);
+  pipe_init(&k->p[1], S.s[1].sndbuf, S.s[0].rcvbuf);
+  k->dead_at = NEVER;
+  k->err_at[0] = k->err_at[1] = NEVER;
+  k->end[0] = k->end[1] = E_PENDING;
+  k->next = S.conns;
+  S.conns = k;
+  return k;
+}
+
+static bool conn_unused(const struct conn *k) {
+  return k->end[0] == E_CLOSED && k->end[1] == E_CLOSED;
+}
+
+/* Frees connections no end uses any more. */
+static void conn_gc(void) {
+  for (struct conn **pp = &S.conns; *pp;) {
+    struct conn *k = *pp;
+    bool busy = k->p[0].seg_n || k->p[1].seg_n;
+    if (conn_unused(k) && (!busy || k->dead_at <= S.now) && k != S.att[0].conn && k != S.att[1].conn) {
+      *pp = k->next;
+      free(k->p[0].buf);
+      free(k->p[1].buf);
+      free(k);
+    } else {
+      pp = &k->next;
+    }
+  }
+}
+
+static void conn_free_all(void) {
+  while (S.conns) {
+    struct conn *k = S.conns;
+    S.conns = k->next;
+    free(k->p[0].buf);
+    free(k->p[1].buf);
+    free(k);
+  }
+}
+
+/* End i lets go of its socket: a reset (the engine sets SO_LINGER {1,0}) or,
+ * for a finished session or a handshake socket, an orderly close. */
+static void conn_close_end(struct conn *k, int i, bool graceful) {
+  if (k->end[i] == E_CLOSED)
+    return;
+  vlog("conn %d: %s end closes%s", k->id, i ? "server" : "client", graceful ? "" : " with a reset");
+  k->end[i] = E_CLOSED;
+  if (k->dead_at <= S.now)
+    return;
+  if (graceful) {
+    k->graceful[i] = true;
+    k->p[i].fin_queued = true;
+    return;
+  }
+  /* The reset reaches the peer one latency later (after a black hole heals);
+   * segments that arrive before it are still delivered. */
+  ns_t t = arrival_after(S.now);
+  if (t < k->dead_at)
+    k->dead_at = t;
+  if (t < k->err_at[1 - i])
+    k->err_at[1 - i] = t;
+}
+
+/* The connection dies on the path: nothing more is delivered. */
+static void conn_kill(struct conn *k, ns_t err0, ns_t err1, bool purge) {
+  if (k->dead_at > S.now)
+    k->dead_at = S.now;
+  if (err0 < k->err_at[0])
+    k->err_at[0] = err0;
+  if (err1 < k->err_at[1])
+    k->err_at[1] = err1;
+  pipe_freeze(&k->p[0]);
+  pipe_freeze(&k->p[1]);
+  if (purge) {
+    pipe_drop_rcvq(&k->p[0]);
+    pipe_drop_rcvq(&k->p[1]);
+  }
+}
+
+/* ---- the side channel ---------------------------------------------------- */
+
+static void udp_send(int from) {
+  struct side *sd = &S.s[from];
+  struct core_ctl ctl;
+  core_build_ctl(&sd->c, S.now, &ctl); /* also schedules the next one */
+  if (!udp_up(S.now) || rchance(&S.r, S.sc.udp_loss)) {
+    vlog("%s: ctl #%" PRIu64 " lost", sd->name, ctl.seq);
+    return;
+  }
+  if (S.nudp >= MAXDG) {
+    sim_fail("datagram queue overflow");
+    return;
+  }
+  struct dg *d = &S.udp[S.nudp++];
+  d->at = S.now + S.sc.udp_lat + rbelow(&S.r, S.sc.udp_jitter + 1);
+  d->to = 1 - from;
+  d->ctl = ctl;
+  vlog("%s: ctl #%" PRIu64 " delivered=%" PRIu64 " sent=%" PRIu64 "%s%s%s%s%s", sd->name,
+       ctl.seq, ctl.delivered, ctl.sent, ctl.write_closed ? " WR_CLOSED" : "",
+       ctl.read_closed ? " RD_CLOSED" : "", ctl.ack_write_closed ? " ACK_WR" : "",
+       ctl.ack_read_closed ? " ACK_RD" : "", ctl.want_reply ? " WANT_REPLY" : "");
+}
+
+/* ---- sessions ------------------------------------------------------------ */
+
+static void suspend_side(int i, const char *why) {
+  struct side *sd = &S.s[i];
+  if (!sd->live)
+    return;
+  if (sd->c.state != CORE_CONNECTED) {
+    /* A closed session's socket failing changes nothing (the engine keeps
+     * it until the session is freed); it is of no further use. */
+    if (sd->conn) {
+      vlog("%s: transport lost (%s) while %s", sd->name, why, state_name(sd->c.state));
+      conn_close_end(sd->conn, i, false);
+      sd->conn = NULL;
+    }
+    return;
+  }
+  core_on_transport_lost(&sd->c, S.now);
+  vlog("%s: transport lost (%s) -> %s", sd->name, why, state_name(sd->c.state));
+  if (sd->c.state == CORE_SUSPENDED)
+    sd->suspends++;
+  if (sd->conn) {
+    conn_close_end(sd->conn, i, false);
+    sd->conn = NULL;
+  }
+}
+
+static void side_free(int i) {
+  struct side *sd = &S.s[i];
+  vlog("%s: DONE, freed", sd->name);
+  if (sd->conn) {
+    conn_close_end(sd->conn, i, sd->c.state == CORE_CLOSED);
+    sd->conn = NULL;
+  }
+  sd->live = false;
+  sd->done = true;
+  sd->done_at = S.now;
+  core_clear(&sd->c);
+}
+
+static void attempt_start(void);
+
+/* Engine: flush_pending_locked.  Returns true on progress. */
+static bool flush(int i) {
+  struct side *sd = &S.s[i];
+  struct core_session *c = &sd->c;
+  bool progress = false;
+  if (!sd->live || !sd->conn || c->state == CORE_FAILED)
+    return false;
+  struct pipe *out = &sd->conn->p[i];
+  const uint8_t *p;
+  size_t n;
+  while ((n = core_pending(c, &p)) > 0) {
+    if (c->tx_pos < c->ret.base) {
+      sim_fail("%s: resend from %" PRIu64 " but retention starts at %" PRIu64, sd->name,
+               c->tx_pos, c->ret.base);
+      return false;
+    }
+    if (S.now >= sd->conn->err_at[i]) {
+      suspend_side(i, "send error during resend");
+      return true;
+    }
+    size_t w = pipe_space(out);
+    if (w > n)
+      w = n;
+    if (w == 0)
+      break;
+    pipe_write(out, p, w);
+    core_on_flushed(c, w);
+    progress = true;
+  }
+  return progress;
+}
+
+/* The application's write, as tether_write does it. */
+static bool app_write(int i) {
+  struct side *sd = &S.s[i];
+  struct core_session *c = &sd->c;
+  if (!sd->live || sd->wr_shut || S.now < sd->wr_next || c->state == CORE_FAILED)
+    return false;
+  uint64_t limit = sd->wr_total;
+  if (S.sc.mode == M_ECHO && i == 1 && c->delivered < limit)
+    limit = c->delivered; /* echo what was read */
+  if (c->sent >= sd->wr_total) {
+    /* Done writing.  An echo server, and a one-way server unless it shuts
+     * down at once, shut down when they read EOF. */
+    if (i == 1 && S.sc.mode != M_BIDIR && !sd->shut_early && !sd->rd_eof)
+      return false;
+    vlog("%s: app shuts down writing at %" PRIu64, sd->name, c->sent);
+    core_shutdown(c, S.now);
+    sd->wr_shut = true;
+    return true;
+  }
+  if (c->sent >= limit)
+    return false;
+  int rc = core_write_check(c);
+  if (rc == -EAGAIN && c->state == CORE_CONNECTED && sd->conn) {
+    flush(i);
+    rc = core_write_check(c);
+  }
+  if (rc == -EAGAIN)
+    return false;
+  if (rc < 0) {
+    if (c->state != CORE_FAILED)
+      sim_fail("%s: write refused with %d in state %s", sd->name, rc, state_name(c->state));
+    return false;
+  }
+  if (!sd->conn) {
+    sim_fail("%s: writable (CONNECTED) without a transport", sd->name);
+    return false;
+  }
+  struct conn *k = sd->conn;
+  if (S.now >= k->err_at[i]) {
+    suspend_side(i, "send error");
+    return true;
+  }
+  struct pipe *out = &k->p[i];
+  size_t len = (size_t)rrange(&S.r, 1, sd->wr_chunk);
+  if (len > limit - c->sent)
+    len = (size_t)(limit - c->sent);
+  size_t room = core_write_room(c);
+  if (room < len) {
+    core_trim_inflight(c, pipe_outq(out));
+    room = core_write_room(c);
+  }
+  size_t n = len < room ? len : room;
+  size_t space = pipe_space(out);
+  size_t tcp = len < space ? len : space;
+  if (n < tcp) {
+    sim_fail("%s: retention blocks the writer earlier than TCP would (room %zu, kernel "
+             "accepts %zu; sent %" PRIu64 " retained from %" PRIu64 ", outq %zu)",
+             sd->name, room, tcp, c->sent, c->ret.base, pipe_outq(out));
+    return false;
+  }
+  if (n == 0)
+    return false;
+  if (core_reserve(c, n) < 0) {
+    sim_fail("%s: core_reserve(%zu) failed", sd->name, n);
+    return false;
+  }
+  size_t w = n < space ? n : space;
+  if (w == 0)
+    return false;
+  stream_fill(sd->wr_key, c->sent, S.scratch, w);
+  pipe_write(out, S.scratch, w);
+  core_on_written(c, S.scratch, w);
+  sd->wr_next = S.now + (sd->wr_think ? rbelow(&S.r, sd->wr_think) : 0);
+  return true;
+}
+
+static void check_eof(int i) {
+  struct side *sd = &S.s[i];
+  const struct side *peer = &S.s[1 - i];
+  sd->rd_eof = true;
+  vlog("%s: app reads EOF at %" PRIu64, sd->name, sd->c.delivered);
+  if (sd->c.delivered != peer->wr_total || sd->c.peer_wr_end != peer->wr_total)
+    sim_fail("%s: EOF after %" PRIu64 " bytes (peer_wr_end %" PRIu64 "), the peer wrote %" PRIu64,
+             sd->name, sd->c.delivered, sd->c.peer_wr_end, peer->wr_total);
+}
+
+/* The application's read, as tether_read does it. */
+static bool app_read(int i) {
+  struct side *sd = &S.s[i];
+  struct core_session *c = &sd->c;
+  if (!sd->live || sd->rd_eof || S.now < sd->rd_next)
+    return false;
+  if (core_at_eof(c)) {
+    check_eof(i);
+    return true;
+  }
+  if (c->state == CORE_FAILED)
+    return false;
+  if (!sd->conn || (c->state != CORE_CONNECTED && c->state != CORE_CLOSED))
+    return false;
+  struct conn *k = sd->conn;
+  if (S.now >= k->err_at[i]) {
+    suspend_side(i, "receive error");
+    return true;
+  }
+  if (S.sc.mode == M_ECHO && i == 1 && c->delivered - c->sent >= ECHO_MAX)
+    return false; /* the echo backlog is full */
+  struct pipe *in = &k->p[1 - i];
+  if (in->rcvq > 0) {
+    size_t n = (size_t)rrange(&S.r, 1, sd->rd_chunk);
+    if (n > in->rcvq)
+      n = in->rcvq;
+    pipe_read(in, S.scratch, n);
+    size_t bad = stream_check(sd->rd_key, c->delivered, S.scratch, n);
+    if (bad < n) {
+      sim_fail("%s: delivered byte at offset %" PRIu64 " is wrong (read of %zu at %" PRIu64 ")",
+               sd->name, c->delivered + bad, n, c->delivered);
+      return false;
+    }
+    if (c->peer_wr_closed && c->delivered + n > c->peer_wr_end) {
+      sim_fail("%s: delivering past the peer's end %" PRIu64, sd->name, c->peer_wr_end);
+      return false;
+    }
+    core_on_delivered(c, n);
+    if (core_ack_due(c))
+      udp_send(i);
+    sd->rd_next = S.now + (sd->rd_think ? rbelow(&S.r, sd->rd_think) : 0);
+    return true;
+  }
+  if (in->fin_arrived) {
+    if (core_eof_confirmed(c)) {
+      check_eof(i);
+      return true;
+    }
+    suspend_side(i, "EOF without a close");
+    return true;
+  }
+  return false;
+}
+
+/* ---- the resume handshake ------------------------------------------------ */
+
+static void attempt_end(struct attempt *a, const char *why) {
+  vlog("redial #%d: ends (%s)", a->id, why);
+  if (a->conn && a->conn->end[0] == E_PENDING)
+    conn_close_end(a->conn, 0, true); /* the handshake socket just closes */
+  if (S.finishing == a->id)
+    S.finishing = 0;
+  memset(a, 0, sizeof(*a));
+  if (!S.att[0].active && S.att[1].active) {
+    S.att[0] = S.att[1];
+    memset(&S.att[1], 0, sizeof(S.att[1]));
+  }
+}
+
+/* client_redial(): at most two attempts; a new one replaces the older only
+ * if that one is still connecting. */
+static void attempt_start(void) {
+  if (S.att[0].active && S.att[1].active) {
+    if (S.att[0].phase != P_CONNECT)
+      return;
+    attempt_end(&S.att[0], "replaced by a new attempt");
+  }
+  struct attempt *a = S.att[0].active ? &S.att[1] : &S.att[0];
+  memset(a, 0, sizeof(*a));
+  a->active = true;
+  a->id = ++S.attempt_ids;
+  a->phase = P_CONNECT;
+  a->deadline = S.now + S.sc.connect_timeout;
+  a->next_at = S.now + 2 * S.sc.lat;
+  vlog("redial #%d: connecting", a->id);
+}
+
+static void attempt_step(struct attempt *a) {
+  struct side *cl = &S.s[0], *sv = &S.s[1];
+  if (!tcp_up(S.now) || !tcp_up(S.now - S.sc.lat)) {
+    a->lost = true; /* the handshake stalls until connect_timeout */
+    a->next_at = NEVER;
+    vlog("redial #%d: handshake message %d lost", a->id, a->phase);
+    return;
+  }
+  a->next_at = S.now + S.sc.lat;
+  switch (a->phase) {
+  case P_CONNECT: /* connected; ResumeHello goes out */
+    a->phase = P_HELLO;
+    return;
+  case P_HELLO: /* ResumeHello reaches the server */
+    a->phase = sv->live ? P_CHALLENGE : P_REJECT;
+    return;
+  case P_CHALLENGE: /* the client answers with its state */
+    if (!cl->live || cl->c.state != CORE_SUSPENDED) {
+      attempt_end(a, "client no longer suspended");
+      return;
+    }
+    if (S.finishing && S.finishing != a->id) {
+      attempt_end(a, "another attempt is resuming");
+      return;
+    }
+    S.finishing = a->id;
+    core_resume_state(&cl->c, &a->cstate);
+    a->cstate.rcvbuf_max = cl->rcvbuf;
+    a->phase = P_FINISH;
+    return;
+  case P_FINISH: /* ResumeFinish reaches the server */
+    if (!sv->live || sv->c.state == CORE_FAILED || sv->c.state == CORE_CLOSED) {
+      a->phase = P_REJECT;
+      return;
+    }
+    if (sv->c.state == CORE_CONNECTED)
+      suspend_side(1, "peer reconnected");
+    core_resume_state(&sv->c, &a->sstate);
+    a->sstate.rcvbuf_max = sv->rcvbuf;
+    a->conn = conn_new();
+    if (sv->c.state == CORE_SUSPENDED) {
+      int rc = core_on_resumed(&sv->c, S.now, &a->cstate);
+      if (rc < 0) {
+        sim_fail("server: core_on_resumed refused the client's state (delivered %" PRIu64
+                 " sent %" PRIu64 "): %s; server sent %" PRIu64 " retained from %" PRIu64,
+                 a->cstate.delivered, a->cstate.sent, err_name(rc), sv->c.sent, sv->c.ret.base);
+        conn_close_end(a->conn, 1, true);
+      } else {
+        a->conn->end[1] = E_OPEN;
+        sv->conn = a->conn;
+        sv->resumes++;
+        vlog("server: resumed on conn %d; resending [%" PRIu64 ", %" PRIu64 ")", a->conn->id,
+             sv->c.tx_pos, sv->c.sent);
+        flush(1);
+      }
+    } else {
+      vlog("server: %s after retiring; resume not needed", state_name(sv->c.state));
+      conn_close_end(a->conn, 1, true);
+    }
+    a->phase = P_ACCEPT;
+    return;
+  case P_ACCEPT: /* ResumeAccept reaches the client */
+    if (!cl->live || cl->c.state != CORE_SUSPENDED) {
+      attempt_end(a, "client no longer suspended");
+      return;
+    }
+    {
+      int rc = core_on_resumed(&cl->c, S.now, &a->sstate);
+      if (rc < 0) {
+        sim_fail("client: core_on_resumed refused the server's state (delivered %" PRIu64
+                 " sent %" PRIu64 "): %s; client sent %" PRIu64 " retained from %" PRIu64,
+                 a->sstate.delivered, a->sstate.sent, err_name(rc), cl->c.sent, cl->c.ret.base);
+        attempt_end(a, "resume refused");
+        return;
+      }
+      if (cl->c.state == CORE_CONNECTED) {
+        a->conn->end[0] = E_OPEN;
+        cl->conn = a->conn;
+        a->conn = NULL;
+        cl->resumes++;
+        S.resumes_total++;
+        vlog("client: resumed on conn %d; resending [%" PRIu64 ", %" PRIu64 ")", cl->conn->id,
+             cl->c.tx_pos, cl->c.sent);
+        flush(0);
+      }
+      attempt_end(a, cl->c.state == CORE_CONNECTED ? "resumed" : "resumed into a closed session");
+      while (S.att[0].active)
+        attempt_end(&S.att[0], "another attempt resumed");
+    }
+    return;
+  case P_REJECT: /* Reject reaches the client */
+    vlog("client: resume rejected: session gone");
+    if (cl->live)
+      core_fail(&cl->c, TETHER_ESESSIONGONE);
+    attempt_end(a, "rejected");
+    return;
+  }
+}
+
+/* ---- faults -------------------------------------------------------------- */
+
+static void apply_fault(const struct fault *f) {
+  switch (f->kind) {
+  case F_CUT:
+    for (struct conn *k = S.conns; k; k = k->next) {
+      if (conn_unused(k) || k->dead_at <= S.now)
+        continue;
+      ns_t e0, e1;
+      ns_t rst0 = arrival_after(S.now) + rbelow(&S.r, S.sc.lat + 1);
+      ns_t rst1 = arrival_after(S.now) + rbelow(&S.r, S.sc.lat + 1);
+      switch (f->sub) {
+      case CUT_RST_BOTH: e0 = rst0, e1 = rst1; break;
+      case CUT_RST_CLIENT: e0 = rst0, e1 = S.now + tcp_detect_delay(); break;
+      case CUT_RST_SERVER: e0 = S.now + tcp_detect_delay(), e1 = rst1; break;
+      default: e0 = S.now + tcp_detect_delay(), e1 = S.now + tcp_detect_delay(); break;
+      }
+      vlog("FAULT: cut conn %d (kind %d%s): client learns at %.6f, server at %.6f", k->id, f->sub,
+           f->purge ? ", receive queues lost" : "", (double)e0 / 1e9, (double)e1 / 1e9);
+      conn_kill(k, e0, e1, f->purge);
+    }
+    break;
+  case F_BLACKHOLE:
+    vlog("FAULT: black hole for %.3f s", (double)f->dur / 1e9);
+    for (struct conn *k = S.conns; k; k = k->next) {
+      if (conn_unused(k) || k->dead_at <= S.now)
+        continue;
+      ns_t d0 = tcp_detect_delay(), d1 = tcp_detect_delay();
+      if (d0 >= f->dur && d1 >= f->dur)
+        continue; /* TCP rides it out */
+      ns_t after = add_sat(f->at + f->dur, S.sc.lat);
+      ns_t e0 = d0 < f->dur ? S.now + d0 : after;
+      ns_t e1 = d1 < f->dur ? S.now + d1 : after;
+      vlog("FAULT: conn %d dies in the black hole", k->id);
+      conn_kill(k, e0, e1, false);
+    }
+    break;
+  case F_UDP_OUTAGE:
+    vlog("FAULT: UDP outage for %.3f s", (double)f->dur / 1e9);
+    break;
+  }
+}
+
+static void start_outage(void) {
+  S.outage = true;
+  S.outage_at = S.now;
+  vlog("FAULT: permanent outage");
+  for (struct conn *k = S.conns; k; k = k->next)
+    if (!conn_unused(k) && k->dead_at > S.now)
+      conn_kill(k, S.now + tcp_detect_delay(), S.now + tcp_detect_delay(), false);
+}
+
+/* ---- events -------------------------------------------------------------- */
+
+static void seg_arrivals(struct conn *k, int d) {
+  struct pipe *p = &k->p[d];
+  while (p->seg_n > 0) {
+    struct seg *sg = &p->segs[p->seg_head];
+    if (sg->at > S.now)
+      return;
+    if (sg->at >= k->dead_at) {
+      pipe_freeze(p);
+      return;
+    }
+    if (!tcp_up(S.now)) {
+      /* Dropped in a black hole: TCP retransmits after it heals. */
+      ns_t h = heal_time(S.now);
+      sg->at = add_sat(add_sat(h, S.sc.lat), S.sc.rto_extra);
+      return;
+    }
+    if (k->end[1 - d] == E_CLOSED && sg->len > 0) {
+      /* Data for a closed socket: answered with a reset. */
+      vlog("conn %d: %u bytes for the closed %s end: reset", k->id, sg->len, d ? "client" : "server");
+      ns_t t = S.now + S.sc.lat;
+      if (t < k->err_at[d])
+        k->err_at[d] = t;
+      if (t < k->dead_at)
+        k->dead_at = t;
+      pipe_freeze(p);
+      return;
+    }
+    p->inflight -= sg->len;
+    p->rcvq += sg->len;
+    if (sg->fin)
+      p->fin_arrived = true;
+    p->seg_head = (p->seg_head + 1) % MAXSEG;
+    p->seg_n--;
+  }
+}
+
+/* Pushes what the window and the link allow now; returns true on progress. */
+static bool transmit(struct conn *k, int d) {
+  struct pipe *p = &k->p[d];
+  bool progress = false;
+  if (k->dead_at <= S.now || (k->end[d] == E_CLOSED && !k->graceful[d]))
+    return false;
+  while (p->seg_n < MAXSEG && S.now >= p->next_tx && tcp_up(S.now)) {
+    size_t sndq = pipe_sndq(p);
+    size_t win = p->rcvbuf > p->rcvq + p->inflight ? p->rcvbuf - p->rcvq - p->inflight : 0;
+    size_t n = sndq < win ? sndq : win;
+    if (n > S.sc.mss)
+      n = S.sc.mss;
+    bool fin = false;
+    if (n == 0) {
+      if (sndq == 0 && p->fin_queued && !p->fin_sent)
+        fin = true;
+      else
+        break;
+    }
+    struct seg *sg = &p->segs[(p->seg_head + p->seg_n) % MAXSEG];
+    sg->at = S.now + S.sc.lat;
+    if (p->seg_n > 0) {
+      const struct seg *last = &p->segs[(p->seg_head + p->seg_n - 1) % MAXSEG];
+      if (sg->at < last->at)
+        sg->at = last->at;
+    }
+    sg->len = (uint32_t)n;
+    sg->fin = fin;
+    p->seg_n++;
+    p->inflight += n;
+    if (fin)
+      p->fin_sent = true;
+    p->next_tx = S.now + (ns_t)((n * S.sc.ps_per_byte) / 1000);
+    progress = true;
+  }
+  return progress;
+}
+
+static void handle_timer(int i) {
+  struct side *sd = &S.s[i];
+  for (int guard = 0; sd->live; guard++) {
+    uint64_t d = core_next_deadline(&sd->c);
+    if (d > S.now)
+      return;
+    if (guard > 1000) {
+      sim_fail("%s: timer livelock: deadline %" PRIu64 " <= now in state %s", sd->name, d,
+               state_name(sd->c.state));
+      return;
+    }
+    unsigned act = core_on_timer(&sd->c, S.now, (uint32_t)rnext(&S.r));
+    if (act & CORE_ACT_SUSPEND)
+      suspend_side(i, "no heartbeat within suspend_ns");
+    if (act & CORE_ACT_HEARTBEAT) {
+      if (sd->conn)
+        core_trim_inflight(&sd->c, pipe_outq(&sd->conn->p[i]));
+      if (sd->c.ret.len == 0)
+        retention_shrink(&sd->c.ret);
+      udp_send(i);
+    }
+    if (act & CORE_ACT_FIN) {
+      vlog("%s: FIN after %" PRIu64 " bytes%s", sd->name, sd->c.sent,
+           sd->conn ? "" : " (no transport)");
+      if (sd->conn)
+        sd->conn->p[i].fin_queued = true;
+    }
+    if (act & CORE_ACT_FAILED) {
+      vlog("%s: FAILED: %s", sd->name, err_name(sd->c.error));
+      sd->failed_at = S.now;
+      sd->suspended_at_fail = sd->c.suspended_at_ns;
+    }
+    if (act & CORE_ACT_REDIAL) {
+      if (i != 0)
+        sim_fail("server asked to redial");
+      else
+        attempt_start();
+    }
+    if (act & CORE_ACT_DONE) {
+      side_free(i);
+      return;
+    }
+    if (act == 0 && core_next_deadline(&sd->c) <= S.now) {
+      sim_fail("%s: deadline %" PRIu64 " is due but core_on_timer does nothing (state %s)",
+               sd->name, core_next_deadline(&sd->c), state_name(sd->c.state));
+      return;
+    }
+  }
+}
+
+static void process_due(void) {
+  while (S.next_fault < S.sc.nfaults && S.sc.faults[S.next_fault].at <= S.now)
+    apply_fault(&S.sc.faults[S.next_fault++]);
+  for (struct conn *k = S.conns; k; k = k->next) {
+    seg_arrivals(k, 0);
+    seg_arrivals(k, 1);
+  }
+  /* Datagrams, in arrival order. */
+  for (;;) {
+    int best = -1;
+    for (int j = 0; j < S.nudp; j++)
+      if (S.udp[j].at <= S.now && (best < 0 || S.udp[j].at < S.udp[best].at))
+        best = j;
+    if (best < 0)
+      break;
+    struct dg d = S.udp[best];
+    S.udp[best] = S.udp[--S.nudp];
+    struct side *to = &S.s[d.to];
+    if (!udp_up(S.now) || !to->live)
+      continue;
+    bool reply = false;
+    if (core_on_ctl(&to->c, S.now, &d.ctl, &reply) == 0) {
+      vlog("%s: got ctl #%" PRIu64 " -> %s%s", to->name, d.ctl.seq, state_name(to->c.state),
+           reply ? ", replies" : "");
+      if (reply)
+        udp_send(d.to);
+    }
+  }
+  for (int j = 1; j >= 0; j--) {
+    if (S.att[j].active && S.att[j].next_at <= S.now)
+      attempt_step(&S.att[j]);
+    if (S.att[j].active && S.att[j].deadline <= S.now)
+      attempt_end(&S.att[j], "connect timeout");
+  }
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    if (sd->live && sd->conn && S.now >= sd->conn->err_at[i])
+      suspend_side(i, "socket error");
+  }
+  for (int i = 0; i < 2; i++)
+    handle_timer(i);
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    if (sd->live && !sd->app_closed && sd->close_at <= S.now) {
+      vlog("%s: app closes the session", sd->name);
+      sd->app_closed = true;
+      core_close(&sd->c, S.now);
+      handle_timer(i);
+    }
+  }
+}
+
+static void check_invariants(int i) {
+  const struct side *sd = &S.s[i];
+  const struct core_session *c = &sd->c;
+  if (!sd->live)
+    return;
+  if (c->ret.len > c->ret.max)
+    sim_fail("%s: retention holds %zu > max %zu", sd->name, c->ret.len, c->ret.max);
+  if (c->ret.max != sd->sndbuf + S.s[1 - i].rcvbuf)
+    sim_fail("%s: retention max %zu, expected sndbuf+peer rcvbuf %zu", sd->name, c->ret.max,
+             sd->sndbuf + S.s[1 - i].rcvbuf);
+  if (retention_end(&c->ret) != c->sent)
+    sim_fail("%s: retention ends at %" PRIu64 ", sent %" PRIu64, sd->name, retention_end(&c->ret),
+             c->sent);
+  if (c->tx_pos > c->sent)
+    sim_fail("%s: tx_pos %" PRIu64 " > sent %" PRIu64, sd->name, c->tx_pos, c->sent);
+  if (c->state != CORE_FAILED && c->ret.base > c->tx_pos)
+    sim_fail("%s: retention starts at %" PRIu64 " above tx_pos %" PRIu64, sd->name, c->ret.base,
+             c->tx_pos);
+  if (c->peer_acked > c->sent)
+    sim_fail("%s: peer_acked %" PRIu64 " > sent %" PRIu64, sd->name, c->peer_acked, c->sent);
+  const struct side *peer = &S.s[1 - i];
+  if (c->delivered > peer->wr_total)
+    sim_fail("%s: delivered %" PRIu64 " > what the peer will ever write", sd->name, c->delivered);
+  if (peer->live && c->delivered > peer->c.sent)
+    sim_fail("%s: delivered %" PRIu64 " > peer sent %" PRIu64, sd->name, c->delivered,
+             peer->c.sent);
+  if (peer->live && c->peer_acked > peer->c.delivered)
+    sim_fail("%s: peer_acked %" PRIu64 " > peer delivered %" PRIu64, sd->name, c->peer_acked,
+             peer->c.delivered);
+}
+
+static bool settle(void) {
+  bool any = false;
+  for (int round = 0; round < 100000; round++) {
+    bool progress = false;
+    for (int i = 0; i < 2; i++) {
+      struct side *sd = &S.s[i];
+      if (!sd->live)
+        continue;
+      if (sd->c.state == CORE_FAILED && sd->conn) {
+        conn_close_end(sd->conn, i, false);
+        sd->conn = NULL;
+      }
+      if (sd->live && sd->conn && S.now >= sd->conn->err_at[i]) {
+        suspend_side(i, "socket error");
+        progress = true;
+      }
+      progress |= flush(i);
+      progress |= app_write(i);
+      progress |= app_read(i);
+      if (sd->live && !sd->app_closed && sd->close_at == NEVER && sd->rd_eof && sd->wr_shut) {
+        sd->close_at = S.now + sd->close_delay;
+        progress = true;
+      }
+    }
+    for (struct conn *k = S.conns; k; k = k->next) {
+      progress |= transmit(k, 0);
+      progress |= transmit(k, 1);
+    }
+    if (S.sc.giveup && !S.outage &&
+        S.s[0].c.sent * 1000 >= S.s[0].wr_total * S.sc.giveup_permille) {
+      start_outage();
+      progress = true;
+    }
+    for (int i = 0; i < 2; i++)
+      check_invariants(i);
+    if (S.fail)
+      return any;
+    if (!progress)
+      return any;
+    any = true;
+    if (round > 0)
+      process_due(); /* actions can make deadlines due now (FIN, DONE) */
+  }
+  sim_fail("settle does not converge");
+  return any;
+}
+
+static ns_t next_event(void) {
+  ns_t t = NEVER;
+#define CAND(x)                                                                               \
+  do {                                                                                        \
+    ns_t x_ = (x);                                                                            \
+    if (x_ < t)                                                                               \
+      t = x_;                                                                                 \
+  } while (0)
+  if (S.next_fault < S.sc.nfaults)
+    CAND(S.sc.faults[S.next_fault].at);
+  for (struct conn *k = S.conns; k; k = k->next) {
+    for (int d = 0; d < 2; d++) {
+      struct pipe *p = &k->p[d];
+      if (p->seg_n)
+        CAND(p->segs[p->seg_head].at);
+      if (k->dead_at > S.now && (k->end[d] != E_CLOSED || k->graceful[d]) && p->seg_n < MAXSEG &&
+          (pipe_sndq(p) > 0 || (p->fin_queued && !p->fin_sent))) {
+        size_t win = p->rcvbuf > p->rcvq + p->inflight ? p->rcvbuf - p->rcvq - p->inflight : 0;
+        if (win > 0 || pipe_sndq(p) == 0) {
+          ns_t x = p->next_tx > S.now ? p->next_tx : S.now;
+          if (!tcp_up(x))
+            x = heal_time(x);
+          if (x > S.now)
+            CAND(x);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < S.nudp; j++)
+    CAND(S.udp[j].at);
+  for (int j = 0; j < 2; j++)
+    if (S.att[j].active) {
+      CAND(S.att[j].next_at);
+      CAND(S.att[j].deadline);
+    }
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    if (!sd->live)
+      continue;
+    CAND(core_next_deadline(&sd->c));
+    if (sd->conn && sd->conn->err_at[i] > S.now)
+      CAND(sd->conn->err_at[i]);
+    if (!sd->wr_shut && sd->wr_next > S.now)
+      CAND(sd->wr_next);
+    if (!sd->rd_eof && sd->rd_next > S.now)
+      CAND(sd->rd_next);
+    if (!sd->app_closed && sd->close_at != NEVER)
+      CAND(sd->close_at);
+  }
+#undef CAND
+  return t;
+}
+
+/* ---- one seed ------------------------------------------------------------ */
+
+static void make_scenario(void) {
+  struct scen *sc = &S.sc;
+  struct rng *r = &S.r;
+  memset(sc, 0, sizeof(*sc));
+  sc->mode = (enum mode)rbelow(r, 3);
+  sc->giveup = rchance(r, 6);
+  sc->giveup_permille = (unsigned)rrange(r, 0, 900);
+  sc->lat = rlog(r, 20 * US, 80 * MS);
+  sc->udp_lat = rchance(r, 50) ? sc->lat : rlog(r, 20 * US, 80 * MS);
+  sc->udp_jitter = rchance(r, 30) ? 0 : rlog(r, 1, sc->udp_lat * 2);
+  sc->udp_blocked = rchance(r, 8);
+  sc->udp_loss = rchance(r, 30) ? 0 : (unsigned)rlog(r, 1, 60);
+  sc->ps_per_byte = rlog(r, 50, 200000); /* 20 GB/s .. 5 MB/s */
+  sc->mss = (size_t)rlog(r, 536, 65536);
+  /* The engine's redial policy needs an attempt to outlive a round trip:
+   * client_redial() aborts an attempt still connecting once two newer redials
+   * were due, so with reconnect_max < RTT / 2 no attempt ever connects (and a
+   * handshake of 3 round trips needs connect_timeout above that).  Keep to
+   * configurations where recovery is possible; --short-backoff lifts this. */
+  sc->connect_timeout = rlog(r, 200 * MS, 10 * SEC);
+  if (!S.short_backoff && sc->connect_timeout < 8 * sc->lat)
+    sc->connect_timeout = 8 * sc->lat;
+  sc->rto_extra = rchance(r, 50) ? 0 : rlog(r, 1 * MS, 2 * SEC);
+  sc->cfg.heartbeat_ns = rlog(r, 10 * MS, 1000 * MS);
+  sc->cfg.suspend_ns = sc->cfg.heartbeat_ns * rrange(r, 2, 5) + rbelow(r, sc->cfg.heartbeat_ns);
+  /* After a resume the server's suspend timer runs from the moment it
+   * resumed, but the client's first heartbeat can reach it only a TCP plus a
+   * UDP one-way delay later: with suspend_ns below that the session flaps
+   * forever.  Keep suspend_ns above twice the path delay unless
+   * --tight-timeouts. */
+  ns_t path = sc->lat + sc->udp_lat + sc->udp_jitter;
+  if (!S.tight_timeouts && sc->cfg.suspend_ns < 2 * path + sc->cfg.heartbeat_ns)
+    sc->cfg.suspend_ns = 2 * path + sc->cfg.heartbeat_ns;
+  sc->cfg.reconnect_max_ns = rlog(r, 1 * MS, 2 * SEC);
+  if (!S.short_backoff && sc->cfg.reconnect_max_ns < 4 * sc->lat)
+    sc->cfg.reconnect_max_ns = 4 * sc->lat;
+  sc->cfg.give_up_ns = sc->giveup ? rlog(r, 1 * SEC, 120 * SEC) : 100000 * SEC;
+
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    sd->sndbuf = (size_t)rlog(r, 1024, 512 * 1024);
+    sd->rcvbuf = (size_t)rlog(r, 1024, 512 * 1024);
+  }
+  /* Stream lengths and pacing. */
+  uint64_t total = rchance(r, 5) ? 0 : rlog(r, 1, 4u << 20);
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    sd->wr_chunk = (size_t)rlog(r, 1, MAXCHUNK);
+    sd->rd_chunk = (size_t)rlog(r, 1, MAXCHUNK);
+    sd->wr_think = rchance(r, 60) ? 0 : rlog(r, 1 * US, 20 * MS);
+    sd->rd_think = rchance(r, 60) ? 0 : rlog(r, 1 * US, 20 * MS);
+    sd->close_delay = rchance(r, 50) ? 0 : rlog(r, 1 * US, 3 * SEC);
+  }
+  S.s[0].wr_total = total;
+  S.s[0].wr_key = rnext(r);
+  switch (sc->mode) {
+  case M_ONEWAY:
+    S.s[1].wr_total = 0;
+    S.s[1].wr_key = rnext(r);
+    S.s[1].shut_early = rchance(r, 50);
+    break;
+  case M_ECHO:
+    S.s[1].wr_total = total;
+    S.s[1].wr_key = S.s[0].wr_key;
+    break;
+  case M_BIDIR:
+    S.s[1].wr_total = rchance(r, 5) ? 0 : rlog(r, 1, 4u << 20);
+    S.s[1].wr_key = rnext(r);
+    break;
+  }
+  S.s[0].rd_key = S.s[1].wr_key;
+  S.s[1].rd_key = S.s[0].wr_key;
+  /* Keep the number of application calls bounded. */
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    uint64_t most = S.s[0].wr_total > S.s[1].wr_total ? S.s[0].wr_total : S.s[1].wr_total;
+    while (sd->wr_chunk < MAXCHUNK && most / sd->wr_chunk > 20000)
+      sd->wr_chunk *= 2;
+    while (sd->rd_chunk < MAXCHUNK && most / sd->rd_chunk > 20000)
+      sd->rd_chunk *= 2;
+    if (sd->wr_chunk > MAXCHUNK)
+      sd->wr_chunk = MAXCHUNK;
+    if (sd->rd_chunk > MAXCHUNK)
+      sd->rd_chunk = MAXCHUNK;
+    if (sd->wr_think && most / sd->wr_chunk * sd->wr_think > 60 * SEC)
+      sd->wr_think = 0;
+    if (sd->rd_think && most / sd->rd_chunk * sd->rd_think > 60 * SEC)
+      sd->rd_think = 0;
+  }
+  /* Faults within the (estimated) life of the session. */
+  uint64_t most = S.s[0].wr_total + S.s[1].wr_total;
+  ns_t est = (ns_t)(most * sc->ps_per_byte / 1000) + 20 * sc->lat + sc->cfg.heartbeat_ns;
+  ns_t horizon = rrange(r, est / 2, 2 * est + 5 * SEC);
+  sc->nfaults = rchance(r, 10) ? 0 : (int)rrange(r, 1, 8);
+  for (int f = 0; f < sc->nfaults; f++) {
+    struct fault *ft = &sc->faults[f];
+    unsigned k = (unsigned)rbelow(r, 10);
+    ft->kind = k < 5 ? F_CUT : k < 8 ? F_BLACKHOLE : F_UDP_OUTAGE;
+    ft->at = rbelow(r, horizon);
+    ft->sub = (int)rbelow(r, 4);
+    ft->purge = rchance(r, 50);
+    ns_t sus = sc->cfg.suspend_ns;
+    ft->dur = rchance(r, 50) ? rlog(r, 1 * MS, sus) : rlog(r, sus, 10 * sus + 5 * SEC);
+  }
+  /* Sorted by start. */
+  for (int a = 1; a < sc->nfaults; a++)
+    for (int b = a; b > 0 && sc->faults[b].at < sc->faults[b - 1].at; b--) {
+      struct fault t = sc->faults[b];
+      sc->faults[b] = sc->faults[b - 1];
+      sc->faults[b - 1] = t;
+    }
+}
+
+static void describe(void) {
+  const struct scen *sc = &S.sc;
+  printf("seed %" PRIu64 ": %s%s, client writes %" PRIu64 ", server writes %" PRIu64 "\n", S.seed,
+         mode_name[sc->mode], sc->giveup ? " + permanent outage (give-up)" : "",
+         S.s[0].wr_total, S.s[1].wr_total);
+  printf("  tcp latency %.3f ms, %.3f MB/s, mss %zu; udp latency %.3f ms jitter %.3f ms loss %u%%%s\n",
+         (double)sc->lat / 1e6, 1e6 / (double)sc->ps_per_byte, sc->mss, (double)sc->udp_lat / 1e6,
+         (double)sc->udp_jitter / 1e6, sc->udp_loss, sc->udp_blocked ? " BLOCKED" : "");
+  printf("  heartbeat %.1f ms, suspend %.1f ms, reconnect_max %.1f ms, give_up %.1f s, connect "
+         "timeout %.1f ms\n",
+         (double)sc->cfg.heartbeat_ns / 1e6, (double)sc->cfg.suspend_ns / 1e6,
+         (double)sc->cfg.reconnect_max_ns / 1e6, (double)sc->cfg.give_up_ns / 1e9,
+         (double)sc->connect_timeout / 1e6);
+  for (int i = 0; i < 2; i++)
+    printf("  %s: sndbuf %zu rcvbuf %zu, write chunk %zu think %.3f ms, read chunk %zu think "
+           "%.3f ms, close delay %.3f ms%s\n",
+           S.s[i].name, S.s[i].sndbuf, S.s[i].rcvbuf, S.s[i].wr_chunk,
+           (double)S.s[i].wr_think / 1e6, S.s[i].rd_chunk, (double)S.s[i].rd_think / 1e6,
+           (double)S.s[i].close_delay / 1e6, S.s[i].shut_early ? ", shuts down at once" : "");
+  static const char *fk[] = {"cut", "black hole", "udp outage"};
+  static const char *ck[] = {"reset both", "reset client only", "reset server only", "silent"};
+  for (int f = 0; f < sc->nfaults; f++) {
+    const struct fault *ft = &sc->faults[f];
+    if (ft->kind == F_CUT)
+      printf("  fault at %.6f s: cut (%s%s)\n", (double)ft->at / 1e9, ck[ft->sub],
+             ft->purge ? ", receive queues lost" : "");
+    else
+      printf("  fault at %.6f s: %s for %.3f s\n", (double)ft->at / 1e9, fk[ft->kind],
+             (double)ft->dur / 1e9);
+  }
+  if (sc->giveup)
+    printf("  permanent outage once the client wrote %u/1000 of its stream\n", sc->giveup_permille);
+}
+
+static bool finished(void) {
+  for (int i = 0; i < 2; i++) {
+    const struct side *sd = &S.s[i];
+    if (sd->live && sd->c.state != CORE_FAILED)
+      return false;
+  }
+  return true;
+}
+
+static void final_checks(void) {
+  struct side *cl = &S.s[0], *sv = &S.s[1];
+  if (S.sc.giveup) {
+    if (!cl->live || cl->c.state != CORE_FAILED) {
+      if (!(cl->rd_eof && sv->rd_eof)) /* an outage after the data finished is no give-up */
+        sim_fail("give-up run: client ended %s, not FAILED", cl->live ? state_name(cl->c.state) : "DONE");
+      return;
+    }
+    if (cl->c.error != TETHER_EGIVEUP)
+      sim_fail("give-up run: client failed with %s, expected TETHER_EGIVEUP",
+               err_name(cl->c.error));
+    else if (cl->failed_at != cl->suspended_at_fail + S.sc.cfg.give_up_ns)
+      sim_fail("give-up run: client failed at %.9f s, suspended at %.9f s + give_up %.9f s",
+               (double)cl->failed_at / 1e9, (double)cl->suspended_at_fail / 1e9,
+               (double)S.sc.cfg.give_up_ns / 1e9);
+    if (sv->live && sv->c.state == CORE_FAILED && sv->c.error != TETHER_EGIVEUP)
+      sim_fail("give-up run: server failed with %s", err_name(sv->c.error));
+    return;
+  }
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    if (sd->live && sd->c.state == CORE_FAILED) {
+      sim_fail("%s FAILED with %s (read %s, %" PRIu64 "/%" PRIu64 " bytes) on a healed network",
+               sd->name, err_name(sd->c.error), sd->rd_eof ? "to EOF" : "not to EOF",
+               sd->c.delivered, S.s[1 - i].wr_total);
+      return;
+    }
+    if (!sd->rd_eof) {
+      sim_fail("%s never read EOF", sd->name);
+      return;
+    }
+  }
+}
+
+static bool short_backoff, tight_timeouts;
+
+static bool run_seed(uint64_t seed, int verbose, bool linger_check) {
+  memset(&S, 0, sizeof(S));
+  S.short_backoff = short_backoff;
+  S.tight_timeouts = tight_timeouts;
+  S.seed = seed;
+  S.verbose = verbose;
+  S.linger_check = linger_check;
+  S.r.s = mix64(seed ^ 0x7e7e7e7e7e7e7e7eull);
+  S.s[0].idx = 0;
+  S.s[0].name = "client";
+  S.s[1].idx = 1;
+  S.s[1].name = "server";
+  make_scenario();
+  if (verbose)
+    describe();
+  S.now = 1 * SEC;
+  /* The handshake is done: both sides connected on connection 1. */
+  struct conn *k = conn_new();
+  k->end[0] = k->end[1] = E_OPEN;
+  for (int i = 0; i < 2; i++) {
+    struct side *sd = &S.s[i];
+    core_init(&sd->c, &S.sc.cfg, i ? CORE_SERVER : CORE_CLIENT, S.now, sd->sndbuf,
+              S.s[1 - i].rcvbuf);
+    sd->live = true;
+    sd->conn = k;
+    sd->close_at = NEVER;
+    sd->wr_next = sd->rd_next = S.now;
+  }
+  for (int f = 0; f < S.sc.nfaults; f++)
+    S.sc.faults[f].at += S.now;
+
+  int same = 0;
+  ns_t last = 0;
+  while (!S.fail) {
+    process_due();
+    if (S.fail)
+      break;
+    settle();
+    if (S.fail || finished())
+      break;
+    conn_gc();
+    if (!S.linger_check && !S.sc.giveup && S.s[0].rd_eof && S.s[1].rd_eof &&
+        S.s[0].c.state != CORE_FAILED && S.s[1].c.state != CORE_FAILED)
+      break;
+    ns_t t = next_event();
+    if (t == NEVER) {
+      sim_fail("stuck: nothing left to happen (client %s%s, server %s%s)",
+               S.s[0].live ? state_name(S.s[0].c.state) : "DONE", S.s[0].rd_eof ? " eof" : "",
+               S.s[1].live ? state_name(S.s[1].c.state) : "DONE", S.s[1].rd_eof ? " eof" : "");
+      break;
+    }
+    if (t > LIMIT) {
+      sim_fail("not finished after %" PRIu64 " s virtual: client %s%s (delivered %" PRIu64
+               "), server %s%s (delivered %" PRIu64 ")",
+               LIMIT / SEC, S.s[0].live ? state_name(S.s[0].c.state) : "DONE",
+               S.s[0].rd_eof ? " eof" : "", S.s[0].c.delivered,
+               S.s[1].live ? state_name(S.s[1].c.state) : "DONE", S.s[1].rd_eof ? " eof" : "",
+               S.s[1].c.delivered);
+      break;
+    }
+    if (t <= S.now) {
+      if (++same > 100000) {
+        sim_fail("livelock: no progress of virtual time");
+        break;
+      }
+    } else {
+      same = 0;
+      S.now = t;
+    }
+    if (S.now < last) {
+      sim_fail("time went backwards");
+      break;
+    }
+    last = S.now;
+    S.steps++;
+  }
+  if (!S.fail)
+    final_checks();
+  if (verbose) {
+    for (int i = 0; i < 2; i++) {
+      const struct side *sd = &S.s[i];
+      printf("%s: %s, sent %" PRIu64 " delivered %" PRIu64 ", %u suspensions, %u resumes%s\n",
+             sd->name, sd->live ? state_name(sd->c.state) : "DONE", sd->c.sent, sd->c.delivered,
+             sd->suspends, sd->resumes, sd->rd_eof ? ", read EOF" : "");
+    }
+    printf("virtual time %.3f s, %" PRIu64 " steps\n", (double)S.now / 1e9, S.steps);
+  }
+  for (int i = 0; i < 2; i++)
+    if (S.s[i].live)
+      core_clear(&S.s[i].c);
+  conn_free_all();
+  return !S.fail;
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: sim [--seeds N] [--first S] [--seed S [-v]] [--no-linger] [--quiet]\n"
+                  "  --seeds N     run seeds first..first+N-1 (default 1000)\n"
+                  "  --seed S      run one seed (add -v for a trace)\n"
+                  "  --no-linger   stop each run once both applications read EOF\n"
+                  "                (skip the check that both sessions end)\n");
+  exit(2);
+}
+
+int main(int argc, char **argv) {
+  uint64_t first = 1, count = 1000;
+  bool one = false, linger = true, quiet = false;
+  int verbose = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--seeds") && i + 1 < argc)
+      count = strtoull(argv[++i], NULL, 10);
+    else if (!strcmp(argv[i], "--first") && i + 1 < argc)
+      first = strtoull(argv[++i], NULL, 10);
+    else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
+      first = strtoull(argv[++i], NULL, 10);
+      count = 1;
+      one = true;
+    } else if (!strcmp(argv[i], "-v"))
+      verbose = 1;
+    else if (!strcmp(argv[i], "--no-linger"))
+      linger = false;
+    else if (!strcmp(argv[i], "--short-backoff"))
+      short_backoff = true;
+    else if (!strcmp(argv[i], "--tight-timeouts"))
+      tight_timeouts = true;
+    else if (!strcmp(argv[i], "--quiet"))
+      quiet = true;
+    else
+      usage();
+  }
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  uint64_t passed = 0, failed = 0, resumes = 0;
+  for (uint64_t seed = first; seed < first + count; seed++) {
+    bool ok = run_seed(seed, verbose && one, linger);
+    resumes += S.resumes_total;
+    if (ok) {
+      passed++;
+      if (one)
+        printf("seed %" PRIu64 ": ok\n", seed);
+    } else {
+      failed++;
+      if (!quiet || failed <= 20)
+        printf("seed %" PRIu64 ": FAIL %s\n  replay: sim --seed %" PRIu64 " -v%s\n", seed, S.why,
+               seed, linger ? "" : " --no-linger");
+    }
+    fflush(stdout);
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  printf("%" PRIu64 " passed, %" PRIu64 " failed (%" PRIu64 " resumes, %.1f s)\n", passed, failed,
+         resumes, secs);
+  return failed ? 1 : 0;
+}
