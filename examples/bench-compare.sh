@@ -12,12 +12,13 @@ rounds=5
 bytes=1G
 latency_count=20000
 setup_count=1000
+run_timeout=600
 tests=(throughput latency setup)
 
 usage() {
   cat <<EOF
 usage: $prog [--bench PATH] [--rounds N] [--bytes N] [--latency-count N]
-       [--setup-count N] [--tests "throughput latency setup"]
+       [--setup-count N] [--tests "throughput latency setup"] [--timeout S]
 
 Runs tether-bench in raw and tether mode alternately, N rounds each
 (default $rounds), and prints the medians and the ratios tether/raw.
@@ -27,6 +28,7 @@ Runs tether-bench in raw and tether mode alternately, N rounds each
   --latency-count N    round trips per latency round (default $latency_count)
   --setup-count N      connections per setup round (default $setup_count)
   --tests LIST         which tests, space separated (default all three)
+  --timeout S          fail a run that takes longer (default $run_timeout s)
 Throughput: a ratio above 1 means tether is faster.  Latency and setup:
 a ratio above 1 means tether is slower.
 EOF
@@ -44,7 +46,7 @@ usage_error() {
 
 while [ $# -gt 0 ]; do
   case $1 in
-  --bench | --rounds | --bytes | --latency-count | --setup-count | --tests)
+  --bench | --rounds | --bytes | --latency-count | --setup-count | --tests | --timeout)
     [ $# -ge 2 ] || usage_error "$1 needs a value"
     case $1 in
     --bench) bench=$2 ;;
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --latency-count) latency_count=$2 ;;
     --setup-count) setup_count=$2 ;;
     --tests) read -r -a tests <<<"$2" ;;
+    --timeout) run_timeout=$2 ;;
     esac
     shift 2
     ;;
@@ -65,6 +68,9 @@ while [ $# -gt 0 ]; do
 done
 case $rounds in
 '' | *[!0-9]* | 0) usage_error "bad --rounds '$rounds'" ;;
+esac
+case $run_timeout in
+'' | *[!0-9]* | 0) usage_error "bad --timeout '$run_timeout'" ;;
 esac
 for test in "${tests[@]}"; do
   case $test in
@@ -102,7 +108,8 @@ run_one() {
   latency) args+=(--count "$latency_count"); key=rtt_us_median ;;
   setup) args+=(--count "$setup_count"); key=setup_us_median ;;
   esac
-  out=$("$bench" "${args[@]}") || die "'$bench ${args[*]}' failed"
+  out=$(timeout "$run_timeout" "$bench" "${args[@]}") ||
+    die "'$bench ${args[*]}' failed or timed out"
   json_get "$out" "$key" || die "no $key in: $out"
 }
 

@@ -1,8 +1,8 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -62,6 +62,15 @@ int cli_parse_hostport(const char *arg, struct cli_hostport *out) {
   out->host[host_len] = '\0';
   snprintf(out->port, sizeof(out->port), "%" PRIu64, port);
   return 0;
+}
+
+const char *cli_format_hostport(const struct cli_hostport *hp, char *buf,
+                                size_t len) {
+  if (strchr(hp->host, ':') != NULL)
+    snprintf(buf, len, "[%s]:%s", hp->host, hp->port);
+  else
+    snprintf(buf, len, "%s:%s", hp->host, hp->port);
+  return buf;
 }
 
 int cli_parse_size(const char *arg, uint64_t *out) {
@@ -157,6 +166,40 @@ void cli_print_error(const char *prog, const char *what, int err) {
           tether_err_name(err));
 }
 
+void cli_print_addr_error(const char *prog, const char *what,
+                          const struct cli_hostport *hp, int err) {
+  char addr[CLI_HOSTPORT_MAX], buf[CLI_HOSTPORT_MAX + 64];
+
+  snprintf(buf, sizeof(buf), "%s %s", what,
+           cli_format_hostport(hp, addr, sizeof(addr)));
+  cli_print_error(prog, buf, err);
+}
+
+int cli_ctx_new(const char *prog, tether_ctx **out) {
+  tether_config *cfg = tether_config_new();
+  int r;
+
+  if (cfg == NULL) {
+    r = -ENOMEM;
+    cli_print_error(prog, "cannot create a configuration", r);
+    return r;
+  }
+  /* Done here rather than by tether_ctx_new(NULL) so that a typo in the
+   * environment is not reported as a bare "Invalid argument". */
+  r = tether_config_load_env(cfg);
+  if (r < 0) {
+    cli_print_error(
+        prog, "malformed TETHER_* environment variable (see tether(7))", r);
+    goto out;
+  }
+  r = tether_ctx_new(cfg, out);
+  if (r < 0)
+    cli_print_error(prog, "cannot create a context", r);
+out:
+  tether_config_free(cfg);
+  return r;
+}
+
 int cli_usage_error(const char *prog, const char *fmt, ...) {
   va_list ap;
 
@@ -166,6 +209,16 @@ int cli_usage_error(const char *prog, const char *fmt, ...) {
   va_end(ap);
   fprintf(stderr, "\nTry '%s --help'.\n", prog);
   return CLI_EXIT_USAGE;
+}
+
+int cli_getopt_error(const char *prog, int c, char *const argv[]) {
+  const char *arg = argv[optind - 1]; /* the word getopt just consumed */
+
+  if (c == ':')
+    return cli_usage_error(prog, "option '%s' needs a value", arg);
+  if (optopt != 0)
+    return cli_usage_error(prog, "unknown option '-%c'", optopt);
+  return cli_usage_error(prog, "unknown option '%s'", arg);
 }
 
 int cli_err_is_retry(int err) {

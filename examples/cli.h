@@ -17,13 +17,21 @@
 /* Exit statuses shared by every tool. */
 enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
 
+#define CLI_HOST_MAX 256
+
 struct cli_hostport {
-  char host[256]; /* "" when the argument was ":PORT" */
-  char port[6];   /* decimal, 0..65535 */
+  char host[CLI_HOST_MAX]; /* "" when the argument was ":PORT" */
+  char port[6];            /* decimal, 0..65535 */
 };
 
 /* Splits "HOST:PORT", "[IPV6]:PORT" or ":PORT".  PORT must be decimal. */
 int cli_parse_hostport(const char *arg, struct cli_hostport *out);
+
+/* hp as HOST:PORT, with brackets around an IPv6 host, in buf (which
+ * should hold CLI_HOSTPORT_MAX bytes); returns buf. */
+#define CLI_HOSTPORT_MAX (CLI_HOST_MAX + 8) /* "[" "]:" 5 digits */
+const char *cli_format_hostport(const struct cli_hostport *hp, char *buf,
+                                size_t len);
 
 /* A byte count with an optional binary suffix: 512, 64K, 64M, 1G, 2T
  * (also "64KiB", "64MB"...; K = 1024).  Must be >= 1. */
@@ -48,8 +56,21 @@ void cli_print_stats_json(FILE *f, const tether_stats *st);
 int cli_usage_error(const char *prog, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* Reports what getopt_long() refused, for a loop run with opterr = 0 and
+ * an optstring starting with ':' (c is then '?' or ':'); returns
+ * CLI_EXIT_USAGE. */
+int cli_getopt_error(const char *prog, int c, char *const argv[]);
+
 /* "PROG: WHAT: message (NAME)" on stderr; err is -errno or a TETHER_E* code. */
 void cli_print_error(const char *prog, const char *what, int err);
+
+/* "PROG: WHAT HOST:PORT: message (NAME)" on stderr. */
+void cli_print_addr_error(const char *prog, const char *what,
+                          const struct cli_hostport *hp, int err);
+
+/* tether_ctx_new() with the defaults and the TETHER_* environment; says on
+ * stderr what failed (a malformed variable, or the context itself). */
+int cli_ctx_new(const char *prog, tether_ctx **out);
 
 /* True for the codes that only mean "not now" (-EAGAIN, -EINTR...). */
 int cli_err_is_retry(int err);

@@ -102,7 +102,7 @@ count() { [ -f "$tmp/out" ] && wc -l <"$tmp/out" || echo 0; }
 # kill_connection N: waits for a few more echoes, kills the live connection,
 # then waits for the next echo to prove the session carries on.
 kill_connection() {
-  local before i killed
+  local before i killed took
   for i in $(seq 1 100); do
     [ "$(count)" -ge "$1" ] && break
     sleep 0.05
@@ -117,7 +117,8 @@ kill_connection() {
     sleep 0.05
   done
   [ "$(count)" -gt "$before" ] || die "no echo within 10 s of the kill"
-  ok "session resumed, nothing lost"
+  took=$(grep -o 'resumed after [0-9.]* s' "$tmp/client.log" | tail -n 1 || true)
+  ok "session resumed${took:+ (${took#resumed })}, nothing lost"
 }
 kill_connection 5
 kill_connection 11

@@ -64,15 +64,10 @@ struct conn {
 };
 
 static int net_init(struct net *n, int raw) {
-  int r;
-
   *n = (struct net){.raw = raw, .lfd = -1};
   if (raw)
     return 0;
-  r = tether_ctx_new(NULL, &n->ctx);
-  if (r < 0)
-    cli_print_error(PROG, "cannot create a context", r);
-  return r;
+  return cli_ctx_new(PROG, &n->ctx);
 }
 
 static void net_free(struct net *n) {
@@ -84,21 +79,27 @@ static void net_free(struct net *n) {
     close(n->lfd);
 }
 
-/* Prints "PROG: WHAT [HOST]:PORT: message (NAME)". */
-static void print_addr_error(const char *what, const struct cli_hostport *hp,
-                             int err) {
-  char buf[320];
-
-  snprintf(buf, sizeof(buf), "%s [%s]:%s", what, hp->host, hp->port);
-  cli_print_error(PROG, buf, err);
-}
-
 static int set_nodelay(int fd) {
   int one = 1;
 
   if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
     return -errno;
   return 0;
+}
+
+static int bind_listen(int fd, const struct addrinfo *a) {
+  int one = 1;
+
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+      bind(fd, a->ai_addr, a->ai_addrlen) < 0 || listen(fd, 128) < 0)
+    return -errno;
+  return 0;
+}
+
+static int connect_nodelay(int fd, const struct addrinfo *a) {
+  if (connect(fd, a->ai_addr, a->ai_addrlen) < 0)
+    return -errno;
+  return set_nodelay(fd);
 }
 
 /* Raw mode: a connected (passive = 0) or listening (passive = 1) socket for
@@ -112,36 +113,29 @@ static int raw_socket(const struct cli_hostport *hp, int passive) {
 
   r = getaddrinfo(hp->host[0] ? hp->host : NULL, hp->port, &hints, &ai);
   if (r != 0) {
-    fprintf(stderr, PROG ": [%s]:%s: %s\n", hp->host, hp->port,
-            gai_strerror(r));
-    return r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+    char addr[CLI_HOSTPORT_MAX];
+    int err = r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+    fprintf(stderr, PROG ": %s: %s\n",
+            cli_format_hostport(hp, addr, sizeof(addr)), gai_strerror(r));
+    return err;
   }
   r = -EADDRNOTAVAIL;
   for (struct addrinfo *a = ai; a != NULL; a = a->ai_next) {
-    int one = 1;
-
     fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
     if (fd < 0) {
       r = -errno;
       continue;
     }
-    if (passive) {
-      if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
-          bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0)
-        break;
-    } else if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-      r = set_nodelay(fd);
-      if (r == 0)
-        break;
-      errno = -r;
-    }
-    r = -errno;
+    r = passive ? bind_listen(fd, a) : connect_nodelay(fd, a);
+    if (r == 0)
+      break;
     close(fd);
     fd = -1;
   }
   freeaddrinfo(ai);
   if (fd < 0)
-    print_addr_error(passive ? "cannot listen on" : "cannot connect to", hp, r);
+    cli_print_addr_error(
+        PROG, passive ? "cannot listen on" : "cannot connect to", hp, r);
   return fd < 0 ? r : fd;
 }
 
@@ -156,7 +150,7 @@ static int net_listen(struct net *n, const struct cli_hostport *hp) {
   }
   r = tether_listen(n->ctx, hp->host, hp->port, &n->l);
   if (r < 0)
-    print_addr_error("cannot listen on", hp, r);
+    cli_print_addr_error(PROG, "cannot listen on", hp, r);
   return r;
 }
 
@@ -214,7 +208,7 @@ static int net_connect(struct net *n, const struct cli_hostport *hp,
   }
   r = tether_connect(n->ctx, hp->host, hp->port, &c->s);
   if (r < 0)
-    print_addr_error("cannot connect to", hp, r);
+    cli_print_addr_error(PROG, "cannot connect to", hp, r);
   return r;
 }
 
@@ -748,9 +742,11 @@ int main(int argc, char **argv) {
                            argv[1]);
   b.count = b.test == TEST_LATENCY ? 20000 : 1000;
 
+  /* Options follow the test name (see tether-echo.c). */
   argc--;
   argv++;
-  while ((c = getopt_long(argc, argv, "rb:n:R:l:c:Vh", opts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":rb:n:R:l:c:Vh", opts, NULL)) != -1) {
     switch (c) {
     case 'r':
       b.raw = 1;
@@ -777,7 +773,7 @@ int main(int argc, char **argv) {
       usage(stdout);
       return CLI_EXIT_OK;
     default:
-      return cli_usage_error(PROG, "invalid arguments");
+      return cli_getopt_error(PROG, c, argv);
     }
   }
   if (optind < argc)

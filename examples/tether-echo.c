@@ -190,8 +190,26 @@ static int start_session(struct server *srv, tether_session *s) {
   return 0;
 fail:
   free(job);
-  tether_close(s);
+  (void)tether_close(s); /* the caller reports r */
   return r;
+}
+
+/* Tells every session thread to close its session, and waits for them. */
+static int stop_sessions(struct server *srv) {
+  uint64_t one = 1;
+
+  if (srv->stop_fd < 0)
+    return 0; /* failed before any session could start */
+  if (write(srv->stop_fd, &one, sizeof(one)) != sizeof(one)) {
+    int err = -errno;
+    cli_print_error(PROG, "cannot stop the sessions", err);
+    return err;
+  }
+  pthread_mutex_lock(&srv->mu);
+  while (srv->active > 0)
+    pthread_cond_wait(&srv->idle, &srv->mu);
+  pthread_mutex_unlock(&srv->mu);
+  return 0;
 }
 
 /* Accepts every session that is ready (the listener is non-blocking). */
@@ -234,17 +252,11 @@ static int run_server(const struct cli_hostport *hp) {
     cli_print_error(PROG, "signal setup", -errno);
     goto out;
   }
-  r = tether_ctx_new(NULL, &ctx);
-  if (r < 0) {
-    cli_print_error(PROG, "cannot create a context", r);
+  if (cli_ctx_new(PROG, &ctx) < 0)
     goto out;
-  }
   r = tether_listen(ctx, hp->host, hp->port, &l);
   if (r < 0) {
-    char what[300];
-    snprintf(what, sizeof(what), "cannot listen on [%s]:%s", hp->host,
-             hp->port);
-    cli_print_error(PROG, what, r);
+    cli_print_addr_error(PROG, "cannot listen on", hp, r);
     goto out;
   }
   r = tether_listener_set_nonblocking(l, 1);
@@ -276,20 +288,11 @@ static int run_server(const struct cli_hostport *hp) {
   }
   rc = CLI_EXIT_OK;
 out:
-  if (srv.stop_fd >= 0) {
-    uint64_t one = 1;
-    if (write(srv.stop_fd, &one, sizeof(one)) != sizeof(one))
-      cli_print_error(PROG, "cannot stop the sessions", -errno);
-    else {
-      pthread_mutex_lock(&srv.mu);
-      while (srv.active > 0)
-        pthread_cond_wait(&srv.idle, &srv.mu);
-      pthread_mutex_unlock(&srv.mu);
-    }
-  }
   if (l != NULL)
     tether_listener_close(l);
-  if (ctx != NULL)
+  /* The session threads use ctx: free it only once they are all gone (if
+   * they cannot be stopped, exiting frees it anyway). */
+  if (stop_sessions(&srv) == 0 && ctx != NULL)
     tether_ctx_free(ctx);
   if (srv.stop_fd >= 0)
     close(srv.stop_fd);
@@ -433,17 +436,11 @@ static int run_client(const struct cli_hostport *hp, int want_stats) {
     cli_print_error(PROG, "malloc", -ENOMEM);
     goto out;
   }
-  r = tether_ctx_new(NULL, &ctx);
-  if (r < 0) {
-    cli_print_error(PROG, "cannot create a context", r);
+  if (cli_ctx_new(PROG, &ctx) < 0)
     goto out;
-  }
   r = tether_connect(ctx, hp->host, hp->port, &s);
   if (r < 0) {
-    char what[300];
-    snprintf(what, sizeof(what), "cannot connect to [%s]:%s", hp->host,
-             hp->port);
-    cli_print_error(PROG, what, r);
+    cli_print_addr_error(PROG, "cannot connect to", hp, r);
     goto out;
   }
   r = tether_set_nonblocking(s, 1);
@@ -454,6 +451,13 @@ static int run_client(const struct cli_hostport *hp, int want_stats) {
   r = copy_loop(s, &up, &down, &side);
   if (r < 0) {
     cli_print_error(PROG, side_what[side], r);
+    goto out;
+  }
+  /* An echo server ends only after our EOF: anything else (say, it was
+   * stopped) means the output is short, which exit status 0 would hide. */
+  if (!up.eof || up.len > 0) {
+    fprintf(stderr, PROG ": the server ended the session before the end "
+                         "of the input\n");
     goto out;
   }
   rc = CLI_EXIT_OK;
@@ -513,11 +517,12 @@ int main(int argc, char **argv) {
     return cli_usage_error(
         PROG, "unknown command '%s' (expected server or client)", argv[1]);
 
-  /* getopt_long on the arguments after the command; its own messages for
-   * unknown options go to stderr. */
+  /* Options follow the command: parse from there, reporting errors
+   * ourselves (getopt would name the command as the program). */
   argc--;
   argv++;
-  while ((c = getopt_long(argc, argv, "l:c:sVh", opts, NULL)) != -1) {
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":l:c:sVh", opts, NULL)) != -1) {
     switch (c) {
     case 'l':
       listen_arg = optarg;
@@ -535,7 +540,7 @@ int main(int argc, char **argv) {
       usage(stdout);
       return CLI_EXIT_OK;
     default:
-      return cli_usage_error(PROG, "invalid arguments");
+      return cli_getopt_error(PROG, c, argv);
     }
   }
   if (optind < argc)

@@ -199,6 +199,8 @@ void core_shutdown(struct core_session *c, uint64_t now) {
 
 void core_close(struct core_session *c, uint64_t now) {
   core_shutdown(c, now);
+  if (c->cfg.give_up_ns == 0 || c->cfg.give_up_ns > CORE_LINGER_MAX_NS)
+    c->cfg.give_up_ns = CORE_LINGER_MAX_NS;
   if (!c->rd_closed) {
     c->rd_closed = true;
     schedule_close_notice(c, now);

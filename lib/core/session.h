@@ -175,6 +175,10 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
 /* ---- lifecycle ---- */
 
 void core_shutdown(struct core_session *c, uint64_t now);
+/* The application let go.  Like TCP's orphaned sockets, the session keeps
+ * delivering its last bytes across outages, but gives up after at most
+ * CORE_LINGER_MAX_NS of suspension: nobody is left to report a failure to. */
+#define CORE_LINGER_MAX_NS ((uint64_t)120 * 1000000000)
 void core_close(struct core_session *c, uint64_t now);
 /* The transport failed or was retired.  No-op unless CONNECTED. */
 void core_on_transport_lost(struct core_session *c, uint64_t now);

@@ -295,6 +295,10 @@ static void settle(struct tether_session *s, bool *destroy) {
   close_retired(s);
   update_sock_ev(s);
   *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED);
+  if (*destroy && s->core.state == CORE_CLOSED)
+    /* The peer may still wait for our final ack (delivered, read_closed):
+     * tell it before the session disappears. */
+    udp_send_ctl(s, now_ns());
   if (!*destroy)
     arm_timer(s);
 }

@@ -206,6 +206,23 @@ static void test_trim_inflight(void **state) {
   core_clear(&c);
 }
 
+/* lib/engine/sock.c sock_outq() returns UINT64_MAX when SIOCOUTQ cannot be
+ * read ("unknown: trim nothing").  outq + peer_rcvbuf_max must not wrap
+ * around to a small bound that drops bytes the peer may not have read.
+ * FAILS against session.c core_trim_inflight(): `bound = outq +
+ * c->peer_rcvbuf_max` overflows. */
+static void test_trim_inflight_huge_outq(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 1500);
+  core_trim_inflight(&c, UINT64_MAX);
+  assert_int_equal(c.ret.base, 0);
+  core_trim_inflight(&c, UINT64_MAX - RCVBUF + 1);
+  assert_int_equal(c.ret.base, 0);
+  core_clear(&c);
+}
+
 /* During a resend, the bound is relative to tx_pos, not to sent. */
 static void test_trim_inflight_during_resend(void **state) {
   (void)state;
@@ -679,6 +696,65 @@ static void test_resume_proto(void **state) {
   core_clear(&c);
 }
 
+/* The server calls core_on_resumed() when ResumeFinish arrives, before its
+ * own state has reached the client: ResumeAccept travels on the new
+ * connection and can still be lost with it.  So the server may not take its
+ * own write_closed as known to the client at that point (the client may take
+ * the server's as known: it got ResumeAccept, which answers its state).
+ * Otherwise the server can count itself finished, go CLOSED and be freed,
+ * while the client never learned of the close: it can then never confirm the
+ * EOF, and its next resume is refused (TETHER_ESESSIONGONE) although every
+ * byte was delivered.  Found by tests/sim seed 2190.
+ * FAILS against session.c core_on_resumed(): `c->peer_knows_wr =
+ * c->wr_closed` for the server role. */
+static void test_resume_server_close_not_yet_known(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  app_write(&c, 12);
+  core_on_delivered(&c, 2750);
+  core_shutdown(&c, T0);
+  suspend(&c, T0 + SEC); /* an EOF that could not be confirmed */
+  struct core_resume_state p = peer_state(12, 2750);
+  p.write_closed = true;
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_true(core_at_eof(&c));     /* the client's close is known here ... */
+  assert_false(c.peer_knows_wr);    /* ... but ours may not be known there */
+  assert_false(core_finished(&c));
+  assert_int_equal(c.state, CORE_CONNECTED);
+  /* The client acknowledges on the side channel: now it is finished. */
+  struct core_ctl k = peer_ctl(&c);
+  k.delivered = 12;
+  k.ack_write_closed = true;
+  k.write_closed = true;
+  k.sent = 2750;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &k), 0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  core_clear(&c);
+
+  /* The same for the server application's close (read_closed): tests/sim
+   * seed 1537 with --no-linger, where the client's writes then fail with
+   * TETHER_ESESSIONGONE instead of -EPIPE. */
+  init(&c, CORE_SERVER);
+  core_close(&c, T0);
+  suspend(&c, T0 + SEC);
+  p = peer_state(0, 5000);
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_false(c.peer_knows_rd);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  core_clear(&c);
+
+  /* The client side of the same resume: its state reached the server in
+   * ResumeFinish, which ResumeAccept answers, so the server knows it. */
+  init(&c, CORE_CLIENT);
+  core_shutdown(&c, T0);
+  suspend(&c, T0 + SEC);
+  p = peer_state(0, 0);
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_true(c.peer_knows_wr);
+  core_clear(&c);
+}
+
 static void test_resume_close_flags(void **state) {
   (void)state;
   struct core_session c;
@@ -958,11 +1034,172 @@ static void test_peer_read_closed_finishes_writes(void **state) {
   core_clear(&c);
 }
 
+/* ---- two cores over an instant, lossy side channel ------------------------ */
+
+/* Datagrams sent by core i are delivered to core 1-i `lat` later unless
+ * drop(i, ctl) says otherwise.  A core that returns CORE_ACT_DONE is freed.
+ * Runs until `until` and returns the actions seen per core. */
+struct pair {
+  struct core_session c[2];
+  bool live[2];
+  struct {
+    uint64_t at;
+    int to;
+    struct core_ctl ctl;
+  } q[256];
+  int nq;
+  uint64_t lat;
+  bool (*drop)(struct pair *pr, int from, const struct core_ctl *k);
+  int dropped;
+  bool no_udp;
+};
+
+static void pair_send(struct pair *pr, int from, uint64_t now) {
+  struct core_ctl k;
+  core_build_ctl(&pr->c[from], now, &k);
+  if (pr->no_udp || (pr->drop && pr->drop(pr, from, &k))) {
+    pr->dropped++;
+    return;
+  }
+  assert_true(pr->nq < 256);
+  pr->q[pr->nq].at = now + pr->lat;
+  pr->q[pr->nq].to = 1 - from;
+  pr->q[pr->nq].ctl = k;
+  pr->nq++;
+}
+
+static void pair_run(struct pair *pr, uint64_t now, uint64_t until) {
+  for (int guard = 0; guard < 1000000; guard++) {
+    uint64_t t = UINT64_MAX;
+    for (int i = 0; i < 2; i++)
+      if (pr->live[i]) {
+        uint64_t d = core_next_deadline(&pr->c[i]);
+        t = d < t ? d : t;
+      }
+    for (int j = 0; j < pr->nq; j++)
+      t = pr->q[j].at < t ? pr->q[j].at : t;
+    if (t > until)
+      return;
+    if (t > now)
+      now = t;
+    for (int j = 0; j < pr->nq; j++) {
+      if (pr->q[j].at > now)
+        continue;
+      int to = pr->q[j].to;
+      struct core_ctl k = pr->q[j].ctl;
+      pr->q[j--] = pr->q[--pr->nq];
+      bool reply;
+      if (pr->live[to] && core_on_ctl(&pr->c[to], now, &k, &reply) == 0 && reply)
+        pair_send(pr, to, now);
+    }
+    for (int i = 0; i < 2; i++) {
+      if (!pr->live[i] || core_next_deadline(&pr->c[i]) > now)
+        continue;
+      unsigned act = core_on_timer(&pr->c[i], now, 0);
+      if (act & CORE_ACT_SUSPEND)
+        core_on_transport_lost(&pr->c[i], now);
+      if (act & CORE_ACT_HEARTBEAT)
+        pair_send(pr, i, now);
+      if (act & CORE_ACT_DONE)
+        pr->live[i] = false;
+    }
+  }
+  fail_msg("pair_run does not converge");
+}
+
+/* Drops the datagram a core sends when it is closed by its application and
+ * finished: its last one. */
+static bool drop_last_of_closed(struct pair *pr, int from, const struct core_ctl *k) {
+  (void)pr;
+  return k->read_closed && pr->c[from].state == CORE_CLOSED && pr->dropped == 0;
+}
+
+/* A side that is finished and closed by its application returns
+ * CORE_ACT_DONE in the very timer call that sends its final datagram: the
+ * acknowledgement of the peer's last bytes.  If that one datagram is lost,
+ * nothing ever retransmits it and the peer can never finish: a server
+ * suspends and fails with TETHER_EGIVEUP give_up later (a client redials and
+ * gets TETHER_ESESSIONGONE), although every byte was delivered both ways.
+ * Found by tests/sim (e.g. seeds 5, 34).
+ * FAILS against session.c core_on_timer()/core_next_deadline(): DONE as soon
+ * as CLOSED && rd_closed, without waiting for the peer's acknowledgement. */
+static void test_done_does_not_strand_peer(void **state) {
+  (void)state;
+  static struct pair pr;
+  memset(&pr, 0, sizeof(pr));
+  struct core_session *a = &pr.c[0], *b = &pr.c[1];
+  init(a, CORE_CLIENT);
+  init(b, CORE_SERVER);
+  pr.live[0] = pr.live[1] = true;
+  pr.lat = 1 * MS;
+  pr.drop = drop_last_of_closed;
+  uint64_t t = T0;
+  /* b writes 100 bytes and shuts down; a shuts down without writing. */
+  app_write(b, 100);
+  core_shutdown(b, t);
+  core_shutdown(a, t);
+  pair_run(&pr, t, t + 2 * SEC);
+  t += 2 * SEC;
+  assert_true(a->peer_wr_closed);
+  assert_true(b->peer_knows_wr);
+  assert_int_equal(b->peer_acked, 0); /* a has not read yet */
+  /* a's application reads the 100 bytes, sees EOF and closes at once. */
+  core_on_delivered(a, 100);
+  assert_true(core_at_eof(a));
+  core_close(a, t);
+  pair_run(&pr, t, t + 600 * SEC);
+  assert_int_equal(pr.dropped, 1);
+  /* b must not be stranded: it ends CLOSED, not suspended or failed. */
+  if (pr.live[1] && b->state != CORE_CLOSED)
+    fail_msg("peer stranded in state %d (error %d) with peer_acked %llu of %llu", b->state,
+             b->error, (unsigned long long)b->peer_acked, (unsigned long long)b->sent);
+  core_clear(a);
+  core_clear(b);
+}
+
+/* tether(7)/design notes: "tether_close = shutdown + the session lingers in
+ * the engine until the peer has acknowledged every byte (or give_up_s)".  With
+ * the side channel blocked (no datagram ever arrives: udp_seen false) a
+ * CONNECTED session never suspends, so give_up never starts and a closed
+ * session whose bytes are never acknowledged lingers forever, heartbeating.
+ * Found by tests/sim (e.g. seed 408: after the peer was freed the client
+ * stayed CONNECTED for the whole virtual hour).
+ * FAILS against session.c: give_up is only counted while SUSPENDED. */
+static void test_close_lingers_at_most_give_up(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  core_close(&c, T0);
+  uint64_t end = T0 + cfg_default.give_up_ns + 10 * cfg_default.suspend_ns;
+  uint64_t d;
+  unsigned all = 0;
+  int n = 0;
+  while ((d = core_next_deadline(&c)) <= end && n++ < 1000000) {
+    unsigned act = core_on_timer(&c, d, 0);
+    all |= act;
+    if (act & CORE_ACT_HEARTBEAT) {
+      struct core_ctl k;
+      core_build_ctl(&c, d, &k); /* lost: the side channel is blocked */
+    }
+    if (act & CORE_ACT_SUSPEND)
+      core_on_transport_lost(&c, d);
+    if (act & (CORE_ACT_DONE | CORE_ACT_FAILED))
+      break;
+  }
+  if (!(all & (CORE_ACT_DONE | CORE_ACT_FAILED)))
+    fail_msg("a closed, unacknowledged session still lingers in state %d after give_up + "
+             "10 suspend intervals",
+             c.state);
+  core_clear(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_write_check_states),
       cmocka_unit_test(test_write_room),
       cmocka_unit_test(test_trim_inflight),
+      cmocka_unit_test(test_trim_inflight_huge_outq),
       cmocka_unit_test(test_trim_inflight_during_resend),
       cmocka_unit_test(test_peer_ack_trims),
       cmocka_unit_test(test_ctl_replay),
@@ -978,6 +1215,7 @@ int main(void) {
       cmocka_unit_test(test_resume_arithmetic),
       cmocka_unit_test(test_resume_window),
       cmocka_unit_test(test_resume_proto),
+      cmocka_unit_test(test_resume_server_close_not_yet_known),
       cmocka_unit_test(test_resume_close_flags),
       cmocka_unit_test(test_fin_after_ack),
       cmocka_unit_test(test_fin_without_udp),
@@ -989,6 +1227,8 @@ int main(void) {
       cmocka_unit_test(test_transport_lost_when_finished),
       cmocka_unit_test(test_close_before_finished),
       cmocka_unit_test(test_peer_read_closed_finishes_writes),
+      cmocka_unit_test(test_done_does_not_strand_peer),
+      cmocka_unit_test(test_close_lingers_at_most_give_up),
   };
   return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
