@@ -73,10 +73,10 @@ void core_on_flushed(struct core_session *c, size_t n) {
 void core_trim_inflight(struct core_session *c, uint64_t outq) {
   /* Everything below tx_pos - outq was acknowledged by the peer's kernel, and
    * its receive queue cannot hold more than peer_rcvbuf_max: older bytes have
-   * reached the peer's application. */
-  uint64_t bound = outq + c->peer_rcvbuf_max;
-  if (c->tx_pos > bound)
-    retention_trim(&c->ret, c->tx_pos - bound);
+   * reached the peer's application.  (An unknown outq, UINT64_MAX, trims
+   * nothing; the comparison avoids overflowing the sum.) */
+  if (outq < c->tx_pos && c->tx_pos - outq > c->peer_rcvbuf_max)
+    retention_trim(&c->ret, c->tx_pos - outq - c->peer_rcvbuf_max);
   retention_trim(&c->ret, c->peer_acked);
 }
 
@@ -123,6 +123,7 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
     if (c->state == CORE_SUSPENDED)
       c->suspended_total_ns += now - c->suspended_at_ns;
     c->state = CORE_CLOSED;
+    c->finished_at_ns = now;
   }
 }
 
@@ -209,6 +210,14 @@ void core_close(struct core_session *c, uint64_t now) {
 }
 
 void core_on_transport_lost(struct core_session *c, uint64_t now) {
+  if (c->state == CORE_CLOSED && c->role == CORE_CLIENT && !c->final_redial) {
+    /* Our last acknowledgement may not have reached the server, which then
+     * waits for us: tell it through one more resume. */
+    c->final_redial = true;
+    c->next_redial_ns = now;
+    c->backoff_ns = 0;
+    return;
+  }
   if (c->state != CORE_CONNECTED)
     return;
   if (core_finished(c)) {
@@ -233,6 +242,10 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
 
 int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer) {
+  if (c->state == CORE_CLOSED) {
+    c->final_redial = false; /* the handshake told the peer all it needs */
+    return 0;
+  }
   if (c->state != CORE_SUSPENDED)
     return -EINVAL;
   if (peer->delivered > c->sent || peer->sent < c->delivered) {
@@ -255,7 +268,9 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   }
   if (peer->read_closed)
     c->peer_rd_closed = true;
-  /* Our state travelled in the authenticated handshake: the peer knows it. */
+  /* Our state travelled in the authenticated handshake.  (The server's
+   * ResumeAccept may yet be lost; then the client resumes again, and a
+   * server session that finished meanwhile answers from TIME_WAIT.) */
   c->peer_knows_wr = c->wr_closed;
   c->peer_knows_rd = c->rd_closed;
   if (peer->rcvbuf_max && peer->rcvbuf_max != c->peer_rcvbuf_max) {
@@ -274,6 +289,7 @@ int core_on_resumed(struct core_session *c, uint64_t now,
 }
 
 void core_fail(struct core_session *c, int err) {
+  c->final_redial = false; /* a closed session's peer is gone: nothing to tell */
   if (c->state == CORE_FAILED || c->state == CORE_CLOSED)
     return;
   c->state = CORE_FAILED;
@@ -308,8 +324,12 @@ uint64_t core_next_deadline(const struct core_session *c) {
       d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
     if (c->wr_closed && !c->fin_sent && c->tx_pos >= c->sent)
       d = min64(d, c->peer_knows_wr ? 0 : fin_deadline(c));
-    if (c->state == CORE_CLOSED && c->rd_closed)
-      d = 0; /* finished and abandoned by the application: free it */
+    if (c->state == CORE_CLOSED && c->rd_closed && !c->final_redial)
+      d = min64(d, c->finished_at_ns + CORE_TIME_WAIT_NS(c));
+    if (c->state == CORE_CLOSED && c->final_redial)
+      d = min64(d, min64(c->next_redial_ns, c->finished_at_ns + CORE_LINGER_MAX_NS));
+    if (c->state == CORE_CONNECTED && c->rd_closed) /* core_close capped give_up_ns */
+      d = min64(d, c->closed_at_ns + c->cfg.give_up_ns);
     break;
   case CORE_SUSPENDED:
     if (c->cfg.give_up_ns)
@@ -323,10 +343,25 @@ uint64_t core_next_deadline(const struct core_session *c) {
   return d;
 }
 
+/* Schedules the next redial: exponential backoff with jitter in [b/2, b],
+ * capped; the first retry is immediate. */
+static unsigned redial(struct core_session *c, uint64_t now, uint32_t rnd) {
+  uint64_t b = c->backoff_ns ? c->backoff_ns * 2 : FIRST_BACKOFF_NS;
+  b = min64(b, c->cfg.reconnect_max_ns);
+  c->backoff_ns = b;
+  c->next_redial_ns = now + b / 2 + (b / 2 ? rnd % (b / 2 + 1) : 0);
+  return CORE_ACT_REDIAL;
+}
+
 unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
   unsigned act = 0;
   switch (c->state) {
   case CORE_CONNECTED:
+    if (c->rd_closed && now >= c->closed_at_ns + c->cfg.give_up_ns) {
+      /* Closed by the application and still not finished: stop trying. */
+      core_fail(c, TETHER_EGIVEUP);
+      return CORE_ACT_FAILED;
+    }
     if (c->udp_seen && now >= c->last_rx_ns + c->cfg.suspend_ns)
       return CORE_ACT_SUSPEND;
     /* fall through */
@@ -337,7 +372,14 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       c->fin_sent = true;
       act |= CORE_ACT_FIN;
     }
-    if (c->state == CORE_CLOSED && c->rd_closed)
+    if (c->state == CORE_CLOSED && c->final_redial) {
+      if (now >= c->finished_at_ns + CORE_LINGER_MAX_NS)
+        c->final_redial = false; /* bounded, like everything after close */
+      else if (now >= c->next_redial_ns)
+        act |= redial(c, now, rnd);
+    }
+    if (c->state == CORE_CLOSED && c->rd_closed && !c->final_redial &&
+        now >= c->finished_at_ns + CORE_TIME_WAIT_NS(c))
       act |= CORE_ACT_DONE;
     break;
   case CORE_SUSPENDED:
@@ -347,14 +389,8 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       act |= CORE_ACT_FAILED;
       break;
     }
-    if (c->role == CORE_CLIENT && now >= c->next_redial_ns) {
-      act |= CORE_ACT_REDIAL;
-      /* Exponential backoff with jitter in [b/2, b], capped. */
-      uint64_t b = c->backoff_ns ? c->backoff_ns * 2 : FIRST_BACKOFF_NS;
-      b = min64(b, c->cfg.reconnect_max_ns);
-      c->backoff_ns = b;
-      c->next_redial_ns = now + b / 2 + (b / 2 ? rnd % (b / 2 + 1) : 0);
-    }
+    if (c->role == CORE_CLIENT && now >= c->next_redial_ns)
+      act |= redial(c, now, rnd);
     break;
   case CORE_FAILED:
     break;

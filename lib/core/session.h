@@ -102,7 +102,10 @@ struct core_session {
   bool peer_wr_closed;  /* the peer shut down writing at peer_wr_end */
   uint64_t peer_wr_end;
   bool peer_rd_closed;  /* the peer's application closed */
-  uint64_t closed_at_ns;
+  uint64_t closed_at_ns;   /* when our application shut down writing */
+  uint64_t finished_at_ns; /* when the session became CLOSED */
+  bool final_redial;       /* client, CLOSED: transport lost before the
+                              server surely saw our final state: redial */
 
   /* side channel */
   uint64_t tx_seq;
@@ -179,13 +182,20 @@ void core_shutdown(struct core_session *c, uint64_t now);
  * delivering its last bytes across outages, but gives up after at most
  * CORE_LINGER_MAX_NS of suspension: nobody is left to report a failure to. */
 #define CORE_LINGER_MAX_NS ((uint64_t)120 * 1000000000)
+/* After both directions are done, a closed session stays this long (like
+ * TCP's TIME_WAIT) so that a lost final acknowledgement can be repeated and
+ * a peer that missed it can still resume and learn the outcome: long enough
+ * for the peer to notice a lost transport and redial once. */
+#define CORE_TIME_WAIT_NS(c) (2 * (c)->cfg.suspend_ns + (c)->cfg.reconnect_max_ns)
 void core_close(struct core_session *c, uint64_t now);
 /* The transport failed or was retired.  No-op unless CONNECTED. */
 void core_on_transport_lost(struct core_session *c, uint64_t now);
 void core_resume_state(const struct core_session *c, struct core_resume_state *out);
 /* A resume handshake succeeded with `peer` as the peer's state.  Returns 0
  * (the caller flushes core_pending() first) or TETHER_EWINDOW / -EPROTO
- * when the peer's state cannot be reconciled (the session has failed). */
+ * when the peer's state cannot be reconciled (the session has failed).
+ * A CLOSED session may also resume: it only learns the peer's state (a peer
+ * that missed our final acknowledgement finishes that way). */
 int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer);
 void core_fail(struct core_session *c, int err);

@@ -82,6 +82,20 @@ struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SE
   return NULL;
 }
 
+/* Whether a session the application closed has not finished yet. */
+static bool closing_sessions(struct tether_ctx *ctx) {
+  bool any = false;
+  pthread_mutex_lock(&ctx->lock);
+  for (int i = 0; i < SESSION_BUCKETS && !any; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next) {
+      int st = __atomic_load_n(&s->core.state, __ATOMIC_RELAXED);
+      any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) &&
+            (st == CORE_CONNECTED || st == CORE_SUSPENDED);
+    }
+  pthread_mutex_unlock(&ctx->lock);
+  return any;
+}
+
 static void *engine_main(void *arg) {
   struct tether_ctx *ctx = arg;
   sigset_t all;
@@ -150,11 +164,11 @@ fail:
 void tether_ctx_free(tether_ctx *ctx) {
   if (!ctx)
     return;
-  /* Sessions the application closed are still delivering their last bytes
-   * and close notices: give them a moment, or their peers would see a
-   * failure (and wait give_up_s) instead of a clean close. */
+  /* Sessions the application closed may still be delivering their last
+   * bytes and close notices: give them a moment, or their peers would see
+   * a failure (and wait give_up_s) instead of a clean close. */
   for (int waited = 0; ctx->thread_started && waited < CTX_FREE_LINGER_MS; waited += 5) {
-    if (__atomic_load_n(&ctx->n_lingering, __ATOMIC_RELAXED) == 0)
+    if (!closing_sessions(ctx))
       break;
     struct timespec ts = {0, 5 * 1000000};
     nanosleep(&ts, NULL);

@@ -70,7 +70,6 @@ struct tether_ctx {
   unsigned n_handshakes;
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
-  int n_lingering; /* closed by the application, still finishing (atomic) */
 
   /* Ephemeral X25519 keys made ahead of time by the engine, so that key
    * generation is off every handshake's critical path. */
@@ -109,6 +108,7 @@ struct tether_session {
   int hold_w; /* the WAIT pipe's write end while app_fd is its read end */
   bool nonblocking;
   bool app_closed; /* the application let go: the engine owns it */
+  bool done;       /* closed, finished and past TIME_WAIT: free it */
   /* Sockets taken out of service (shut down) but not yet closed: only the
    * engine closes them, after removing its events. */
   int retired[4];

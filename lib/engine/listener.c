@@ -88,7 +88,7 @@ int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *o
   struct tether_session *s = h->session;
   int rc = 0;
   session_lock(s);
-  if (s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED) {
+  if (s->core.state == CORE_FAILED) {
     rc = TETHER_ESESSIONGONE;
   } else {
     if (s->core.state == CORE_CONNECTED)

@@ -294,11 +294,7 @@ static void settle(struct tether_session *s, bool *destroy) {
   flush_pending_locked(s);
   close_retired(s);
   update_sock_ev(s);
-  *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED);
-  if (*destroy && s->core.state == CORE_CLOSED)
-    /* The peer may still wait for our final ack (delivered, read_closed):
-     * tell it before the session disappears. */
-    udp_send_ctl(s, now_ns());
+  *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->done);
   if (!*destroy)
     arm_timer(s);
 }
@@ -349,7 +345,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     shutdown(s->sock, SHUT_WR);
   }
   if (act & CORE_ACT_DONE)
-    s->app_closed = true; /* only set for sessions already let go */
+    s->done = true; /* TIME_WAIT over for a session the application closed */
   settle(s, &destroy);
   session_unlock(s);
   report_state(s);
@@ -381,11 +377,9 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
   session_lock(s);
   uint64_t outage = now - s->core.suspended_at_ns;
   int rc = 0;
-  if (s->core.state != CORE_SUSPENDED)
-    /* Finished (or failed) while suspended: the new connection is not needed. */
-    LOG_DEBUG(s->ctx, "session %s: %s; resume not needed", session_tag(s->id, tag),
-              tether_state_name((tether_state)s->core.state));
-  else
+  if (s->core.state == CORE_FAILED)
+    LOG_DEBUG(s->ctx, "session %s: failed meanwhile; resume not needed", session_tag(s->id, tag));
+  else /* a CLOSED session only exchanges its final state */
     rc = core_on_resumed(&s->core, now, &h->peer_state);
   if (rc < 0 || s->core.state != CORE_CONNECTED) {
     if (rc < 0)
@@ -442,8 +436,6 @@ void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
 void session_destroy(struct tether_session *s) {
   if (!s)
     return;
-  if (s->app_closed)
-    __atomic_sub_fetch(&s->ctx->n_lingering, 1, __ATOMIC_RELAXED);
   registry_remove(s->ctx, s);
   for (int i = 0; i < 2; i++)
     if (s->redials[i])
@@ -641,7 +633,6 @@ int tether_close(tether_session *s) {
   session_lock(s);
   core_close(&s->core, now_ns());
   s->app_closed = true;
-  __atomic_add_fetch(&s->ctx->n_lingering, 1, __ATOMIC_RELAXED);
   if (s->app_fd >= 0)
     close(s->app_fd);
   s->app_fd = -1;

@@ -13,7 +13,6 @@ require_tools TETHER_ECHO
 
 export TETHER_GIVE_UP_S=2
 export TETHER_RECONNECT_MAX_MS=500
-unset TETHER_SUSPEND_MS TETHER_HEARTBEAT_MS
 
 # start_pair NAME: server + streaming client; sets server, client, port.
 start_pair() {

@@ -15,7 +15,6 @@ source "$(dirname "$0")/lib.sh"
 require_tools TETHER_ECHO
 
 export TETHER_RECONNECT_MAX_MS=300
-unset TETHER_GIVE_UP_S
 WINDOW_MS=5000
 
 # echo_is_prefix FILE: FILE holds "line 1".."line N" (N >= 0), complete lines.

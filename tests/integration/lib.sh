@@ -18,6 +18,9 @@
 
 set -Eeuo pipefail
 export LC_ALL=C
+# Tests start from the library's defaults; each sets what it needs.
+unset TETHER_HEARTBEAT_MS TETHER_SUSPEND_MS TETHER_RECONNECT_MAX_MS \
+  TETHER_GIVE_UP_S TETHER_LOG
 
 IT_NAME=$(basename "$0" .sh)
 IT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -189,10 +192,17 @@ stop_all() {
 }
 
 cleanup() {
-  local rc=$? i ns pid
+  local rc=$? i ns pid p
   trap - ERR
+  disown -a 2>/dev/null || true # no "Killed" job notices
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
     kill -KILL "${PIDS[i]}" 2>/dev/null || true
+  done
+  for ((i = 0; i < 50; i++)); do
+    pid=
+    for p in "${PIDS[@]}"; do alive "$p" && pid=$p; done
+    [ -z "$pid" ] && break
+    sleep 0.02
   done
   for ns in "${NETNS[@]}"; do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do
@@ -200,7 +210,6 @@ cleanup() {
     done
     ip netns del "$ns" 2>/dev/null || true
   done
-  wait 2>/dev/null || true
   if [ "${TETHER_IT_KEEP:-0}" = 1 ]; then
     echo "$IT_NAME: files kept in $TMP"
   else

@@ -21,7 +21,6 @@ PORT=7411
 PARTITION_S=5
 DETECT_MAX_US=$((4000000 + 250000)) # suspend 3000 + heartbeat 1000 (+250 ms of slack)
 FLOW_MAX_US=$((2000000 + 500000))   # ~1 s + reconnect cap 1000 ms (+500 ms of slack)
-unset TETHER_HEARTBEAT_MS TETHER_SUSPEND_MS TETHER_RECONNECT_MAX_MS TETHER_GIVE_UP_S
 
 netns_pair
 random_file "$TMP/in" "$SIZE"
