@@ -523,8 +523,21 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
     return -ENOMEM;
   pthread_mutex_lock(&ctx->lock);
   if (ctx->n_handshakes >= MAX_PENDING_HANDSHAKES) {
+    /* Full: evict the oldest connection that has not even sent its first
+     * frame (real peers send it at once), so that a flood of idle
+     * connections cannot lock out new sessions and resumes. */
+    struct hs_conn *victim = NULL;
+    for (struct hs_conn *o = ctx->handshakes; o; o = o->next) /* newest first */
+      if (o->kind == HS_SERVER && o->step == S_AWAIT_FIRST)
+        victim = o;
     pthread_mutex_unlock(&ctx->lock);
-    return -EAGAIN;
+    if (!victim)
+      return -EAGAIN;
+    LOG_INFO(ctx, "handshake table full: dropped the oldest idle connection");
+    event_del(victim->ev);
+    event_del(victim->timeout);
+    hs_conn_abort(victim);
+    pthread_mutex_lock(&ctx->lock);
   }
   h->next = ctx->handshakes;
   ctx->handshakes = h;
