@@ -83,7 +83,10 @@ for stage in $stages; do
     say "build/ (RelWithDebInfo, -Werror): every test"
     if configure_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTETHER_WERROR=ON; then
       run_ctest build -j "$jobs" -LE '^(integration|bench|known-issue)$'
-      run_ctest build -L '^(integration|bench)$'
+      # Integration tests assert real timing bounds on a shared 2-core
+      # machine: one retry per test, and every failed try still prints its
+      # logs (--output-on-failure), so a flaky test stays visible.
+      run_ctest build -L '^(integration|bench)$' --repeat until-pass:2
     fi
     ;;
   asan)
@@ -93,7 +96,7 @@ for stage in $stages; do
     if configure_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTETHER_WERROR=ON \
         -DTETHER_ASAN=ON; then
       run_ctest build-asan -j "$jobs" -L '^(unit|sim)$'
-      run_ctest build-asan -L '^integration$'
+      run_ctest build-asan -L '^integration$' --repeat until-pass:2
     fi
     ;;
   fuzz)

@@ -89,8 +89,9 @@ static bool closing_sessions(struct tether_ctx *ctx) {
   for (int i = 0; i < SESSION_BUCKETS && !any; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next) {
       int st = __atomic_load_n(&s->core.state, __ATOMIC_RELAXED);
-      any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) &&
-            (st == CORE_CONNECTED || st == CORE_SUSPENDED);
+      /* A suspended session cannot progress without a reconnect: only
+       * connected ones are worth waiting for. */
+      any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) && st == CORE_CONNECTED;
     }
   pthread_mutex_unlock(&ctx->lock);
   return any;
@@ -177,6 +178,12 @@ void tether_ctx_free(tether_ctx *ctx) {
     event_active(ctx->stop_ev, EV_READ, 0);
     pthread_join(ctx->thread, NULL);
   }
+  /* Finished sessions still in TIME_WAIT: repeat their final state once, so
+   * a peer that missed it need not wait for a resume. */
+  for (int i = 0; i < SESSION_BUCKETS; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
+      if (s->core.state == CORE_CLOSED)
+        udp_send_ctl(s, now_ns());
   /* The engine is stopped: everything below runs single-threaded. */
   while (ctx->handshakes) {
     struct hs_conn *h = ctx->handshakes;

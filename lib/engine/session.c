@@ -632,6 +632,9 @@ int tether_close(tether_session *s) {
     return -EBADF;
   session_lock(s);
   core_close(&s->core, now_ns());
+  /* Our final state (delivered, closed) goes out now, not at the engine's
+   * next turn: the process may be about to exit. */
+  udp_send_ctl(s, now_ns());
   s->app_closed = true;
   if (s->app_fd >= 0)
     close(s->app_fd);
