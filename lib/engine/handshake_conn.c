@@ -534,9 +534,7 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
     if (!victim)
       return -EAGAIN;
     LOG_INFO(ctx, "handshake table full: dropped the oldest idle connection");
-    event_del(victim->ev);
-    event_del(victim->timeout);
-    hs_conn_abort(victim);
+    hs_conn_abort(victim); /* frees its events too */
     pthread_mutex_lock(&ctx->lock);
   }
   h->next = ctx->handshakes;
