@@ -25,34 +25,65 @@ uint32_t random_u32(void) {
   return r;
 }
 
-/* Engine thread: tops the key pool up, one key per pass so that a burst of
- * handshakes is never stuck behind the refill. */
+/* Engine thread: makes the successor of the current key. */
 static void on_refill(evutil_socket_t fd, short what, void *arg) {
   struct tether_ctx *ctx = arg;
   struct x25519_key *k = x25519_new();
-  if (!k)
-    return;
   pthread_mutex_lock(&ctx->lock);
-  bool more = false;
-  if (ctx->n_keys < KEY_POOL_SIZE) {
-    ctx->key_pool[ctx->n_keys++] = k;
+  if (!ctx->next_key) {
+    ctx->next_key = k;
     k = NULL;
-    more = ctx->n_keys < KEY_POOL_SIZE;
   }
+  ctx->refill_pending = false;
   pthread_mutex_unlock(&ctx->lock);
   x25519_free(k);
-  if (more)
-    event_active(ctx->refill_ev, EV_READ, 0);
 }
 
+/* Key generation costs a scalar multiplication, as much as the key agreement
+ * itself, so an ephemeral key serves up to KEY_REUSE_MAX handshakes within
+ * KEY_REUSE_NS.  Session keys stay unique: both sides' fresh nonces enter
+ * the HKDF.  What reuse costs is forward secrecy within that window: whoever
+ * reads the private key from this process's memory before it expires can
+ * derive the keys of the sessions made with it -- keys the process holds in
+ * memory anyway for as long as those sessions live. */
 struct x25519_key *ctx_take_key(struct tether_ctx *ctx) {
-  struct x25519_key *k = NULL;
+  struct x25519_key *k = NULL, *old = NULL;
+  bool refill = false;
+  uint64_t now = now_ns();
   pthread_mutex_lock(&ctx->lock);
-  if (ctx->n_keys > 0)
-    k = ctx->key_pool[--ctx->n_keys];
+  if (ctx->key && (ctx->key_uses >= KEY_REUSE_MAX || now - ctx->key_born_ns >= KEY_REUSE_NS)) {
+    old = ctx->key;
+    ctx->key = NULL;
+  }
+  if (!ctx->key && ctx->next_key) {
+    ctx->key = ctx->next_key;
+    ctx->next_key = NULL;
+    ctx->key_uses = 0;
+    ctx->key_born_ns = now;
+  }
+  if (ctx->key) {
+    ctx->key_uses++;
+    k = x25519_ref(ctx->key);
+  }
+  if (!ctx->next_key && !ctx->refill_pending)
+    refill = ctx->refill_pending = true;
   pthread_mutex_unlock(&ctx->lock);
-  event_active(ctx->refill_ev, EV_READ, 0);
-  return k ? k : x25519_new();
+  x25519_free(old);
+  if (refill)
+    event_active(ctx->refill_ev, EV_READ, 0);
+  if (k)
+    return k;
+  /* None ready (a fresh context): make one now and share it from now on. */
+  if (!(k = x25519_new()))
+    return NULL;
+  pthread_mutex_lock(&ctx->lock);
+  if (!ctx->key) {
+    ctx->key = x25519_ref(k);
+    ctx->key_uses = 1;
+    ctx->key_born_ns = now;
+  }
+  pthread_mutex_unlock(&ctx->lock);
+  return k;
 }
 
 static unsigned bucket(const uint8_t id[SESSION_ID_LEN]) { return id[0]; }
@@ -147,6 +178,7 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   if ((rc = -pthread_create(&ctx->thread, NULL, engine_main, ctx)) < 0)
     goto fail;
   ctx->thread_started = true;
+  ctx->refill_pending = true;
   event_active(ctx->refill_ev, EV_READ, 0);
   *out = ctx;
   return 0;
@@ -203,8 +235,8 @@ void tether_ctx_free(tether_ctx *ctx) {
   }
   udp_close(ctx->udp4);
   udp_close(ctx->udp6);
-  while (ctx->n_keys > 0)
-    x25519_free(ctx->key_pool[--ctx->n_keys]);
+  x25519_free(ctx->key);
+  x25519_free(ctx->next_key);
   event_free(ctx->refill_ev);
   event_free(ctx->stop_ev);
   event_base_free(ctx->base);

@@ -50,7 +50,10 @@ struct udp_chan {
 };
 
 #define SESSION_BUCKETS 256
-#define KEY_POOL_SIZE 8
+/* An ephemeral key serves at most this many handshakes, for at most this
+ * long (see ctx_take_key). */
+#define KEY_REUSE_MAX 64
+#define KEY_REUSE_NS (10 * 1000000000ull)
 /* How long tether_ctx_free lets closed sessions deliver their last bytes
  * and close notices before it drops them. */
 #define CTX_FREE_LINGER_MS 2000
@@ -71,10 +74,12 @@ struct tether_ctx {
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
 
-  /* Ephemeral X25519 keys made ahead of time by the engine, so that key
-   * generation is off every handshake's critical path. */
-  struct x25519_key *key_pool[KEY_POOL_SIZE];
-  int n_keys;
+  /* The ephemeral X25519 key new handshakes use, and its successor, made
+   * ahead of time by the engine so key generation is off the critical path. */
+  struct x25519_key *key, *next_key;
+  unsigned key_uses;
+  uint64_t key_born_ns;
+  bool refill_pending;
   struct event *refill_ev;
 };
 
@@ -224,8 +229,8 @@ void listener_free(struct tether_listener *l);
 /* ---- context (ctx.c) ---- */
 
 uint64_t now_ns(void);
-/* An ephemeral key from the pool (or made now if it is empty); NULL on
- * failure.  The engine refills the pool in the background. */
+/* A reference to the current ephemeral key (made now if there is none);
+ * NULL on failure. */
 struct x25519_key *ctx_take_key(struct tether_ctx *ctx);
 uint32_t random_u32(void);
 void registry_add(struct tether_ctx *ctx, struct tether_session *s);

@@ -155,7 +155,7 @@ static int derive(struct hs_conn *h, const uint8_t peer_pub[KEY_LEN], uint8_t th
   if (rc == 0)
     rc = keys_derive(shared, h->ctx->cfg.psk, h->ctx->cfg.psk_len, th, &h->keys);
   wipe(shared, sizeof(shared));
-  x25519_free(h->key); /* ephemeral: used exactly once */
+  x25519_free(h->key); /* this handshake's reference */
   h->key = NULL;
   return rc;
 }
@@ -167,21 +167,28 @@ static int on_server_hello(struct hs_conn *h, const Tether__Wire__ServerHello *s
   memcpy(h->t.session_id, sh->session_id.data, SESSION_ID_LEN);
   h->t.server_rcvbuf = sh->rcvbuf_max;
   h->t.server_udp = sh->udp_port;
+  h->peer_rcvbuf = sh->rcvbuf_max;
+  h->peer_udp_port = sh->udp_port;
+  bool confirmed = sh->confirm.len > 0;
+  if (!confirmed && h->ctx->cfg.psk_len > 0) {
+    h->why = "server did not authenticate with the pre-shared key (none configured there?)";
+    return TETHER_EAUTH;
+  }
   if (derive(h, h->t.server_pub, th) < 0) {
     h->why = "key agreement failed (bad server key)";
     return TETHER_EPROTO;
   }
   struct buf_part p = {th, sizeof(th)};
-  if (hmac_parts(h->keys.confirm_s, &p, 1, mac) < 0)
-    return -EIO;
-  if (!mac_equal(mac, sh->confirm.data)) {
-    h->why = "server failed key confirmation (pre-shared key mismatch?)";
-    return TETHER_EAUTH;
+  if (confirmed) {
+    if (hmac_parts(h->keys.confirm_s, &p, 1, mac) < 0)
+      return -EIO;
+    if (!mac_equal(mac, sh->confirm.data)) {
+      h->why = "server failed key confirmation (pre-shared key mismatch?)";
+      return TETHER_EAUTH;
+    }
   }
   if (hmac_parts(h->keys.confirm_c, &p, 1, mac) < 0)
     return -EIO;
-  h->peer_rcvbuf = sh->rcvbuf_max;
-  h->peer_udp_port = sh->udp_port;
 
   Tether__Wire__ClientFinish cf = TETHER__WIRE__CLIENT_FINISH__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
@@ -261,14 +268,24 @@ static int on_accept(struct hs_conn *h, const Tether__Wire__ResumeAccept *ra) {
 
 /* ---- server ---- */
 
+/* The server proves its keys in the ServerHello only with a pre-shared key
+ * (without one an active attacker could complete the exchange anyway).
+ * Otherwise it answers at once and agrees on keys while its ServerHello
+ * travels, so the two sides' X25519 operations overlap.  The client always
+ * proves its keys in ClientFinish: nothing of a session exists here before
+ * a client completed the handshake. */
 static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *ch) {
   uint8_t th[32], mac[MAC_LEN];
+  bool confirm = h->ctx->cfg.psk_len > 0;
+  int rc;
   if (h->listener && h->listener->closed)
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "listener closed", -ECONNREFUSED);
   memcpy(h->t.client_pub, ch->x25519_pub.data, KEY_LEN);
   memcpy(h->t.client_nonce, ch->nonce.data, NONCE_LEN);
   h->t.client_rcvbuf = ch->rcvbuf_max;
   h->t.client_udp = ch->udp_port;
+  h->peer_rcvbuf = ch->rcvbuf_max;
+  h->peer_udp_port = ch->udp_port;
   h->key = ctx_take_key(h->ctx);
   if (!h->key || crypto_random(h->nonce_s, NONCE_LEN) < 0 ||
       crypto_random(h->t.session_id, SESSION_ID_LEN) < 0)
@@ -277,13 +294,13 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   memcpy(h->t.server_nonce, h->nonce_s, NONCE_LEN);
   h->t.server_rcvbuf = sock_rcvbuf_max(h->fd);
   h->t.server_udp = local_udp_port(h);
-  if (derive(h, h->t.client_pub, th) < 0)
-    return reject(h, TETHER__WIRE__REJECT__CODE__MALFORMED, "bad client key", TETHER_EPROTO);
-  struct buf_part p = {th, sizeof(th)};
-  if (hmac_parts(h->keys.confirm_s, &p, 1, mac) < 0)
-    return -EIO;
-  h->peer_rcvbuf = ch->rcvbuf_max;
-  h->peer_udp_port = ch->udp_port;
+  if (confirm) {
+    if (derive(h, h->t.client_pub, th) < 0)
+      return reject(h, TETHER__WIRE__REJECT__CODE__MALFORMED, "bad client key", TETHER_EPROTO);
+    struct buf_part p = {th, sizeof(th)};
+    if (hmac_parts(h->keys.confirm_s, &p, 1, mac) < 0)
+      return -EIO;
+  }
 
   Tether__Wire__ServerHello sh = TETHER__WIRE__SERVER_HELLO__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
@@ -292,11 +309,20 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   sh.session_id = (ProtobufCBinaryData){SESSION_ID_LEN, h->t.session_id};
   sh.rcvbuf_max = h->t.server_rcvbuf;
   sh.udp_port = h->t.server_udp;
-  sh.confirm = (ProtobufCBinaryData){MAC_LEN, mac};
+  if (confirm)
+    sh.confirm = (ProtobufCBinaryData){MAC_LEN, mac};
   m.msg_case = TETHER__WIRE__HANDSHAKE__MSG_SERVER_HELLO;
   m.server_hello = &sh;
   h->step = S_AWAIT_CLIENT_FINISH;
-  return queue(h, &m, true);
+  if ((rc = queue(h, &m, true)) < 0 || confirm)
+    return rc;
+  if ((rc = flush(h)) < 0) /* on its way now; a remainder goes out later */
+    return rc;
+  if (derive(h, h->t.client_pub, th) < 0) {
+    h->why = "bad client key"; /* too late for a Reject: the connection just closes */
+    return TETHER_EPROTO;
+  }
+  return 0;
 }
 
 static int on_client_finish(struct hs_conn *h, const Tether__Wire__ClientFinish *cf) {

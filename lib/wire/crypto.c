@@ -20,6 +20,7 @@ void wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
 struct x25519_key {
   EVP_PKEY *pkey;
   uint8_t pub[KEY_LEN];
+  unsigned refs;
 };
 
 struct x25519_key *x25519_new(void) {
@@ -27,6 +28,7 @@ struct x25519_key *x25519_new(void) {
   size_t len = KEY_LEN;
   if (!k)
     return NULL;
+  k->refs = 1;
   k->pkey = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
   if (!k->pkey || EVP_PKEY_get_raw_public_key(k->pkey, k->pub, &len) != 1 || len != KEY_LEN) {
     x25519_free(k);
@@ -35,8 +37,13 @@ struct x25519_key *x25519_new(void) {
   return k;
 }
 
+struct x25519_key *x25519_ref(struct x25519_key *k) {
+  __atomic_add_fetch(&k->refs, 1, __ATOMIC_RELAXED);
+  return k;
+}
+
 void x25519_free(struct x25519_key *k) {
-  if (!k)
+  if (!k || __atomic_sub_fetch(&k->refs, 1, __ATOMIC_ACQ_REL) > 0)
     return;
   EVP_PKEY_free(k->pkey); /* OpenSSL clears private key material */
   free(k);
@@ -83,23 +90,26 @@ out:
   return rc;
 }
 
-/* EVP_MAC_fetch is costly; the algorithm object is immutable and shared. */
-static EVP_MAC *hmac_alg(void) {
-  static EVP_MAC *alg;
-  EVP_MAC *a = __atomic_load_n(&alg, __ATOMIC_ACQUIRE);
-  if (a)
-    return a;
-  a = EVP_MAC_fetch(NULL, "HMAC", NULL);
-  if (!a)
-    return NULL;
-  EVP_MAC *expected = NULL;
-  if (!__atomic_compare_exchange_n(&alg, &expected, a, false, __ATOMIC_ACQ_REL,
-                                   __ATOMIC_ACQUIRE)) {
-    EVP_MAC_free(a);
-    a = expected;
-  }
-  return a;
-}
+/* Fetching an algorithm is costly (a provider lookup, several µs); the
+ * fetched objects are immutable and shared by all threads for the life of
+ * the process.  A lost race frees the duplicate. */
+#define FETCH_ONCE(type, fetch, release, name)                                                 \
+  static type *alg;                                                                            \
+  type *a = __atomic_load_n(&alg, __ATOMIC_ACQUIRE);                                           \
+  if (a)                                                                                       \
+    return a;                                                                                  \
+  if (!(a = fetch(NULL, name, NULL)))                                                          \
+    return NULL;                                                                               \
+  type *expected = NULL;                                                                       \
+  if (!__atomic_compare_exchange_n(&alg, &expected, a, false, __ATOMIC_ACQ_REL,                \
+                                   __ATOMIC_ACQUIRE)) {                                        \
+    release(a);                                                                                \
+    a = expected;                                                                              \
+  }                                                                                            \
+  return a
+
+static EVP_MAC *hmac_alg(void) { FETCH_ONCE(EVP_MAC, EVP_MAC_fetch, EVP_MAC_free, "HMAC"); }
+static EVP_KDF *hkdf_alg(void) { FETCH_ONCE(EVP_KDF, EVP_KDF_fetch, EVP_KDF_free, "HKDF"); }
 
 int hmac_parts(const uint8_t key[KEY_LEN], const struct buf_part *parts, size_t n,
                uint8_t out[MAC_LEN]) {
@@ -132,7 +142,7 @@ int keys_derive(const uint8_t shared[KEY_LEN], const uint8_t *psk, size_t psk_le
   int rc = -EIO;
   uint8_t salt[8 + PSK_MAX];
   static const char label[8] = "tether/1";
-  EVP_KDF *kdf = NULL;
+  EVP_KDF *kdf = hkdf_alg();
   EVP_KDF_CTX *kctx = NULL;
   if (psk_len > PSK_MAX)
     return -EINVAL;
@@ -146,12 +156,10 @@ int keys_derive(const uint8_t shared[KEY_LEN], const uint8_t *psk, size_t psk_le
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)th, 32),
       OSSL_PARAM_construct_end(),
   };
-  kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
   kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
   if (kctx && EVP_KDF_derive(kctx, (unsigned char *)out, sizeof(*out), params) == 1)
     rc = 0;
   EVP_KDF_CTX_free(kctx);
-  EVP_KDF_free(kdf);
   wipe(salt, sizeof(salt));
   return rc;
 }

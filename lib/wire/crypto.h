@@ -31,12 +31,16 @@ struct buf_part {
 
 /* An ephemeral X25519 key pair, kept as OpenSSL's own object: rebuilding it
  * from raw bytes would recompute the public key (a second scalar
- * multiplication) on every handshake. */
+ * multiplication) on every handshake.  Reference-counted, so that several
+ * handshakes may share one key (see ctx_take_key). */
 struct x25519_key;
 
 int crypto_random(void *out, size_t n) __attribute__((warn_unused_result));
-/* NULL on failure.  Free with x25519_free (wipes the private key). */
+/* NULL on failure.  Holds one reference. */
 struct x25519_key *x25519_new(void);
+/* Takes another reference; returns k. */
+struct x25519_key *x25519_ref(struct x25519_key *k);
+/* Drops a reference; the last one frees the key (OpenSSL wipes it). */
 void x25519_free(struct x25519_key *k);
 const uint8_t *x25519_pub(const struct x25519_key *k);
 /* Fails (-EPROTO) on a low-order peer key (all-zero shared secret). */

@@ -40,7 +40,7 @@ static const char *validate(const hs_msg *m) {
     if (!len_is(&m->server_hello->x25519_pub, KEY_LEN) ||
         !len_is(&m->server_hello->nonce, NONCE_LEN) ||
         !len_is(&m->server_hello->session_id, SESSION_ID_LEN) ||
-        !len_is(&m->server_hello->confirm, MAC_LEN))
+        (m->server_hello->confirm.len != 0 && !len_is(&m->server_hello->confirm, MAC_LEN)))
       return "ServerHello: bad field length";
     if (m->server_hello->udp_port > 65535)
       return "ServerHello: bad UDP port";

@@ -121,6 +121,10 @@ static void test_hs_server_hello(void **state) {
   sh.session_id = bin(id, SESSION_ID_LEN);
   sh.confirm = bin(mac, MAC_LEN - 1);
   expect_rejected(&m);
+  sh.confirm = bin(NULL, 0); /* no pre-shared key: the server proves nothing */
+  d = round_trip(&m);
+  assert_int_equal(d->server_hello->confirm.len, 0);
+  hs_free(d);
   sh.confirm = bin(mac, MAC_LEN);
   sh.x25519_pub = bin(pub, 1);
   expect_rejected(&m);
