@@ -210,6 +210,37 @@ typedef struct tether_stats {
 TETHER_API int tether_session_stats(const tether_session *s,
                                     tether_stats *out);
 
+/* ---- Snapshots --------------------------------------------------------- */
+
+/* The complete state of the context -- every listener's address, every
+ * session's id, keys, counters and retained bytes -- as one self-checking
+ * blob (magic, format version, SHA-256) in *blob (release with free(3)).
+ * It holds session keys: store it where only this user can read it. */
+TETHER_API int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len);
+/* tether_snapshot written atomically to path: a temporary file in the same
+ * directory, fsync, rename, fsync of the directory; mode 0600.  After a
+ * crash at any point, path holds either the previous snapshot or this one. */
+TETHER_API int tether_snapshot_save(tether_ctx *ctx, const char *path);
+/* A new context (configured by cfg, as tether_ctx_new) with the snapshot's
+ * listeners bound again to their addresses and its sessions back, suspended:
+ * the connecting side redials, the accepting side waits for it.  A damaged,
+ * truncated or foreign blob fails with TETHER_EPROTO, another format version
+ * with TETHER_EVERSION. */
+TETHER_API int tether_restore(const tether_config *cfg, const void *blob,
+                              size_t len, tether_ctx **out);
+TETHER_API int tether_restore_file(const tether_config *cfg, const char *path,
+                                   tether_ctx **out);
+/* The context's sessions that the application holds (connected or accepted,
+ * not closed), up to cap of them in out; returns how many there are.  After
+ * a restore, this is how the application gets its sessions back. */
+TETHER_API size_t tether_ctx_sessions(tether_ctx *ctx, tether_session **out,
+                                      size_t cap);
+/* Likewise for the context's open listeners. */
+TETHER_API size_t tether_ctx_listeners(tether_ctx *ctx, tether_listener **out,
+                                       size_t cap);
+/* The session's 16-byte id, the same on both sides and across restores. */
+TETHER_API int tether_session_id(const tether_session *s, uint8_t id[16]);
+
 #ifdef __cplusplus
 }
 #endif

@@ -248,15 +248,12 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   }
   if (c->state != CORE_SUSPENDED)
     return -EINVAL;
-  if (peer->delivered > c->sent || peer->sent < c->delivered) {
-    /* The peer claims bytes we never sent, or has "unsent" bytes we
-     * delivered: the streams cannot be reconciled. */
-    core_fail(c, TETHER_EPROTO);
-    return TETHER_EPROTO;
-  }
-  if (peer->delivered < c->ret.base) {
-    core_fail(c, TETHER_EWINDOW);
-    return TETHER_EWINDOW;
+  struct core_resume_state ours;
+  core_resume_state(c, &ours);
+  int rc = core_resume_check(&ours, peer);
+  if (rc < 0) {
+    core_fail(c, rc);
+    return rc;
   }
   if (peer->delivered > c->peer_acked)
     c->peer_acked = peer->delivered;

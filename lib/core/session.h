@@ -107,6 +107,8 @@ struct core_session {
   bool final_redial;       /* client, CLOSED: transport lost before the
                               server surely saw our final state: redial */
 
+  uint32_t epoch; /* restores from snapshots so far */
+
   /* side channel */
   uint64_t tx_seq;
   uint64_t rx_seq;
@@ -191,6 +193,11 @@ void core_close(struct core_session *c, uint64_t now);
 /* The transport failed or was retired.  No-op unless CONNECTED. */
 void core_on_transport_lost(struct core_session *c, uint64_t now);
 void core_resume_state(const struct core_session *c, struct core_resume_state *out);
+/* Whether two sides' resume states can be reconciled: 0, or TETHER_EWINDOW
+ * when bytes one side lacks are no longer retained by the other, or when one
+ * side was restored from a snapshot older than what its peer delivered.
+ * Symmetric, so both sides of a resume reach the same verdict. */
+int core_resume_check(const struct core_resume_state *ours, const struct core_resume_state *peer);
 /* A resume handshake succeeded with `peer` as the peer's state.  Returns 0
  * (the caller flushes core_pending() first) or TETHER_EWINDOW / -EPROTO
  * when the peer's state cannot be reconciled (the session has failed).

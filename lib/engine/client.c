@@ -11,9 +11,10 @@
 #include "engine.h"
 
 /* The side channel for sessions this side connects, one per address family. */
-static int ensure_udp(struct tether_ctx *ctx, int family) {
+/* The context's side-channel socket for sessions it connects, opened on
+ * first use; NULL if that fails. */
+struct udp_chan *client_udp(struct tether_ctx *ctx, int family) {
   struct udp_chan **slot = family == AF_INET6 ? &ctx->udp6 : &ctx->udp4;
-  int rc = 0;
   pthread_mutex_lock(&ctx->lock);
   if (!*slot) {
     struct sockaddr_storage any;
@@ -21,11 +22,10 @@ static int ensure_udp(struct tether_ctx *ctx, int family) {
     any.ss_family = (sa_family_t)family;
     *slot = udp_open(ctx, family, (struct sockaddr *)&any,
                      family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
-    if (!*slot)
-      rc = -EIO;
   }
+  struct udp_chan *u = *slot;
   pthread_mutex_unlock(&ctx->lock);
-  return rc;
+  return u;
 }
 
 static int open_connecting(const struct sockaddr *sa, socklen_t len, bool *connecting) {
@@ -84,7 +84,7 @@ int tether_connect(tether_ctx *ctx, const char *host, const char *port, tether_s
   rc = -ECONNREFUSED;
   for (struct addrinfo *a = ai; a; a = a->ai_next) {
     bool connecting;
-    if ((rc = ensure_udp(ctx, a->ai_family)) < 0)
+    if (!client_udp(ctx, a->ai_family))
       LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
     int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting);
     if (fd < 0) {
@@ -192,13 +192,10 @@ void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc) {
     hs_conn_free(h);
     return;
   }
-  if (rc == TETHER_ESESSIONGONE || rc == TETHER_EVERSION) {
+  if (rc == TETHER_ESESSIONGONE || rc == TETHER_EVERSION || rc == TETHER_EWINDOW) {
     LOG_WARN(s->ctx, "session %s: server refused to resume: %s", session_tag(s->id, tag),
              tether_strerror(rc));
-    session_lock(s);
-    core_fail(&s->core, rc);
-    session_unlock(s);
-    session_kick(s);
+    session_fail(s, rc);
   } else if (rc == TETHER_EAUTH) {
     LOG_WARN(s->ctx, "session %s: redial reached a server that cannot prove the session key; "
              "retrying", session_tag(s->id, tag));

@@ -195,6 +195,12 @@ void hs_conn_abort(struct hs_conn *h);
 
 struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
                                    bool is_client);
+/* A suspended session rebuilt from its snapshot (see snapshot.c); l is its
+ * listener (server side).  NULL with *err on failure. */
+struct Tether__Snap__Session;
+struct tether_session *session_restore(struct tether_ctx *ctx,
+                                       const struct Tether__Snap__Session *m,
+                                       struct tether_listener *l, int *err);
 /* Registers the session's events with the engine and starts its timer. */
 int session_start(struct tether_session *s);
 /* Both locks held: the transport failed; install the placeholder and let the
@@ -206,6 +212,8 @@ void session_attach(struct tether_session *s, struct hs_conn *h);
  * thread); the engine closes it later. */
 void session_retire_locked(struct tether_session *s);
 void session_kick(struct tether_session *s);
+/* Fails the session with a TETHER_E* error; the engine settles it. */
+void session_fail(struct tether_session *s, int err);
 void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
                     const struct sockaddr *from, socklen_t fromlen);
 void session_destroy(struct tether_session *s);
@@ -225,6 +233,12 @@ void listener_handshake_done(struct hs_conn *h, int rc);
 int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *ours);
 /* Context teardown (engine stopped). */
 void listener_free(struct tether_listener *l);
+
+/* ---- client (client.c) ---- */
+
+/* The context's side channel for sessions it connects (opened on first
+ * use); NULL if it cannot be opened. */
+struct udp_chan *client_udp(struct tether_ctx *ctx, int family);
 
 /* ---- context (ctx.c) ---- */
 

@@ -109,6 +109,7 @@ static int reject_code_to_err(Tether__Wire__Reject__Code c) {
   case TETHER__WIRE__REJECT__CODE__UNKNOWN_SESSION: return TETHER_ESESSIONGONE;
   case TETHER__WIRE__REJECT__CODE__AUTH: return TETHER_EAUTH;
   case TETHER__WIRE__REJECT__CODE__BUSY: return -EAGAIN;
+  case TETHER__WIRE__REJECT__CODE__WINDOW: return TETHER_EWINDOW;
   default: return TETHER_EPROTO;
   }
 }
@@ -396,6 +397,13 @@ static int on_resume_finish(struct hs_conn *h, const Tether__Wire__ResumeFinish 
   int rc = listener_resume_authenticated(h, &ours);
   if (rc < 0)
     return reject(h, TETHER__WIRE__REJECT__CODE__UNKNOWN_SESSION, "session cannot resume", rc);
+  if ((rc = core_resume_check(&ours, &h->peer_state)) < 0) {
+    /* Both sides fail with the same error: the client learns it here. */
+    session_fail(s, rc);
+    LOG_WARN(h->ctx, "session %s: the two sides' streams cannot be reconciled: failed",
+             session_tag(s->id, tag));
+    return reject(h, TETHER__WIRE__REJECT__CODE__WINDOW, "streams cannot be reconciled", rc);
+  }
   ours.rcvbuf_max = sock_rcvbuf_max(h->fd);
   if (hs_resume_mac(s->keys.resume_s, "accept", s->id, h->nonce_c, h->nonce_s, &ours, mac) < 0)
     return -EIO;

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 
 #include "engine.h"
+#include "wire/snapshot.h"
 
 void session_lock(struct tether_session *s) {
   pthread_mutex_lock(&s->rx_lock);
@@ -82,6 +83,94 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   return s;
 }
 
+/* A session from a snapshot, suspended: the client redials at its first
+ * timer, the server waits for that.  Its epoch goes up by one, and its
+ * control sequence numbers continue above every number the earlier epochs
+ * could have used, so the peer's replay window accepts them and no number
+ * is ever used twice.  NULL with *err on failure. */
+struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Snap__Session *m,
+                                       struct tether_listener *l, int *err) {
+  struct tether_session *s = calloc(1, sizeof(*s));
+  int p[2] = {-1, -1};
+  *err = -ENOMEM;
+  if (!s || pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+    if (s)
+      *err = -errno;
+    free(s);
+    return NULL;
+  }
+  s->ctx = ctx;
+  pthread_mutex_init(&s->rx_lock, NULL);
+  pthread_mutex_init(&s->tx_lock, NULL);
+  memcpy(s->id, m->id.data, SESSION_ID_LEN);
+  memcpy(s->keys.ctl_c2s, m->k_ctl_c2s.data, KEY_LEN);
+  memcpy(s->keys.ctl_s2c, m->k_ctl_s2c.data, KEY_LEN);
+  memcpy(s->keys.resume_c, m->k_resume_c.data, KEY_LEN);
+  memcpy(s->keys.resume_s, m->k_resume_s.data, KEY_LEN);
+  s->is_client = m->is_client;
+  s->sock = -1;
+  s->app_fd = p[0]; /* suspended: never ready until resumed */
+  s->app_kind = APP_FD_WAIT;
+  s->hold_w = p[1];
+  s->app_closed = m->app_closed;
+  if (s->app_closed) {
+    close(p[0]);
+    close(p[1]);
+    s->app_fd = s->hold_w = -1;
+  }
+
+  uint64_t now = now_ns();
+  struct tether_config opts = ctx->cfg;
+  opts.heartbeat_ms = m->heartbeat_ms;
+  opts.suspend_ms = m->suspend_ms;
+  opts.reconnect_max_ms = m->reconnect_max_ms;
+  opts.give_up_s = m->give_up_s;
+  struct core_config cc = core_cfg(&opts);
+  struct core_session *c = &s->core;
+  core_init(c, &cc, s->is_client ? CORE_CLIENT : CORE_SERVER, now, m->local_sndbuf_max,
+            m->peer_rcvbuf_max);
+  retention_init(&c->ret, c->ret.max, m->retained_from);
+  if (m->retained.len > c->ret.max)
+    retention_set_max(&c->ret, m->retained.len);
+  if (retention_append(&c->ret, m->retained.data, m->retained.len) < 0) {
+    session_destroy(s);
+    return NULL;
+  }
+  c->sent = c->tx_pos = m->sent;
+  c->peer_acked = m->peer_acked;
+  c->delivered = c->acked_delivered = m->delivered;
+  c->wr_closed = m->wr_closed;
+  c->rd_closed = m->rd_closed;
+  c->peer_wr_closed = m->peer_wr_closed;
+  c->peer_wr_end = m->peer_wr_end;
+  c->peer_rd_closed = m->peer_rd_closed;
+  if (c->wr_closed)
+    c->closed_at_ns = now;
+  c->epoch = m->epoch + 1;
+  c->tx_seq = (uint64_t)c->epoch << SNAP_EPOCH_SHIFT;
+  if (m->tx_seq > c->tx_seq) /* cannot happen within SNAP_EPOCH_SHIFT bits */
+    c->tx_seq = m->tx_seq;
+  c->rx_seq = m->rx_seq;
+  c->resent = m->resent;
+  c->reconnects = m->reconnects;
+  core_on_transport_lost(c, now); /* CONNECTED -> SUSPENDED, redial at once */
+
+  if (s->is_client) {
+    memcpy(&s->dial_addr, m->dial->sockaddr.data, m->dial->sockaddr.len);
+    s->dial_len = (socklen_t)m->dial->sockaddr.len;
+    s->udp = client_udp(ctx, s->dial_addr.ss_family);
+  } else {
+    s->udp = l ? l->udp : NULL;
+  }
+  if (m->udp_peer) {
+    memcpy(&s->udp_peer, m->udp_peer->sockaddr.data, m->udp_peer->sockaddr.len);
+    s->udp_peer_len = (socklen_t)m->udp_peer->sockaddr.len;
+  }
+  s->reported = TETHER_STATE_SUSPENDED;
+  *err = 0;
+  return s;
+}
+
 /* ---- the application's fd ---------------------------------------------- */
 
 /* Both locks held.  Points app_fd at `fd` (consumed) of the given kind, and
@@ -144,6 +233,13 @@ static void app_fd_fixup(struct tether_session *s) {
 }
 
 void session_kick(struct tether_session *s) { event_active(s->kick, EV_READ, 0); }
+
+void session_fail(struct tether_session *s, int err) {
+  session_lock(s);
+  core_fail(&s->core, err);
+  session_unlock(s);
+  session_kick(s);
+}
 
 void session_retire_locked(struct tether_session *s) {
   if (s->sock < 0)

@@ -1,0 +1,390 @@
+/* Snapshots of a context and restores from them (see tether(7), SNAPSHOTS).
+ *
+ * A snapshot is taken under ctx->lock and each session's locks in turn, so
+ * every session is captured at one consistent point of its own stream (the
+ * sessions need no common point: each resumes on its own).  Restoring builds
+ * a new context whose sessions start suspended; the ordinary resume protocol
+ * does the rest, and refuses (TETHER_EWINDOW, on both sides) a resume whose
+ * two states cannot be reconciled. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "wire/snapshot.h"
+
+/* Everything a snapshot message points to, freed at once. */
+struct capture {
+  snap_msg msg;
+  Tether__Snap__Listener **listeners, *listener_v;
+  Tether__Snap__Session **sessions, *session_v;
+  Tether__Snap__Address *addr_v; /* three per listener or session, at most */
+  size_t n_addr;
+};
+
+static void capture_free(struct capture *c) {
+  for (size_t i = 0; i < c->msg.n_sessions; i++) {
+    Tether__Snap__Session *s = c->sessions[i];
+    free(s->retained.data);
+    wipe(s->k_ctl_c2s.data, 4 * KEY_LEN); /* all four keys: one allocation */
+    free(s->k_ctl_c2s.data);
+  }
+  free(c->listeners);
+  free(c->listener_v);
+  free(c->sessions);
+  free(c->session_v);
+  free(c->addr_v);
+}
+
+static Tether__Snap__Address *addr_of(struct capture *c, const void *sa, size_t len) {
+  Tether__Snap__Address *a = &c->addr_v[c->n_addr++];
+  tether__snap__address__init(a);
+  a->sockaddr = (ProtobufCBinaryData){len, (uint8_t *)sa};
+  return a;
+}
+
+static bool queued(const struct tether_ctx *ctx, const struct tether_session *s) {
+  for (struct tether_listener *l = ctx->listeners; l; l = l->next)
+    for (struct tether_session *q = l->queue_head; q; q = q->queue_next)
+      if (q == s)
+        return true;
+  return false;
+}
+
+/* Sessions a snapshot keeps: every one not yet finished or failed. */
+static bool worth_keeping(const struct tether_session *s) {
+  return !s->done && s->core.state != CORE_FAILED && s->core.state != CORE_CLOSED;
+}
+
+/* Session locks held. */
+static int capture_session(struct capture *c, const struct tether_ctx *ctx,
+                           const struct tether_session *s, Tether__Snap__Session *m) {
+  const struct core_session *k = &s->core;
+  tether__snap__session__init(m);
+  /* The four session keys in one allocation, so capture_free wipes them. */
+  uint8_t *keys = malloc(4 * KEY_LEN);
+  size_t held = (size_t)(k->sent - k->ret.base);
+  uint8_t *ret = held ? malloc(held) : NULL;
+  if (!keys || (held && !ret)) {
+    free(keys);
+    free(ret);
+    return -ENOMEM;
+  }
+  memcpy(keys, s->keys.ctl_c2s, KEY_LEN);
+  memcpy(keys + KEY_LEN, s->keys.ctl_s2c, KEY_LEN);
+  memcpy(keys + 2 * KEY_LEN, s->keys.resume_c, KEY_LEN);
+  memcpy(keys + 3 * KEY_LEN, s->keys.resume_s, KEY_LEN);
+  m->k_ctl_c2s = (ProtobufCBinaryData){KEY_LEN, keys};
+  m->k_ctl_s2c = (ProtobufCBinaryData){KEY_LEN, keys + KEY_LEN};
+  m->k_resume_c = (ProtobufCBinaryData){KEY_LEN, keys + 2 * KEY_LEN};
+  m->k_resume_s = (ProtobufCBinaryData){KEY_LEN, keys + 3 * KEY_LEN};
+  if (held)
+    retention_copy(&k->ret, k->ret.base, ret, held);
+  m->retained = (ProtobufCBinaryData){held, ret};
+  m->id = (ProtobufCBinaryData){SESSION_ID_LEN, (uint8_t *)s->id};
+  m->is_client = s->is_client;
+  m->epoch = k->epoch;
+  m->listener = -1;
+  if (s->is_client) {
+    m->dial = addr_of(c, &s->dial_addr, s->dial_len);
+  } else {
+    int32_t i = 0;
+    for (struct tether_listener *l = ctx->listeners; l; l = l->next, i++)
+      if (l->udp && l->udp == s->udp)
+        m->listener = i;
+  }
+  if (s->udp_peer_len)
+    m->udp_peer = addr_of(c, &s->udp_peer, s->udp_peer_len);
+  m->sent = k->sent;
+  m->delivered = k->delivered;
+  m->peer_acked = k->peer_acked;
+  m->retained_from = k->ret.base;
+  m->wr_closed = k->wr_closed;
+  m->rd_closed = k->rd_closed;
+  m->peer_wr_closed = k->peer_wr_closed;
+  m->peer_wr_end = k->peer_wr_end;
+  m->peer_rd_closed = k->peer_rd_closed;
+  m->tx_seq = k->tx_seq;
+  m->rx_seq = k->rx_seq;
+  m->local_sndbuf_max = k->local_sndbuf_max;
+  m->peer_rcvbuf_max = k->peer_rcvbuf_max;
+  m->heartbeat_ms = (uint32_t)(k->cfg.heartbeat_ns / 1000000);
+  m->suspend_ms = (uint32_t)(k->cfg.suspend_ns / 1000000);
+  m->reconnect_max_ms = (uint32_t)(k->cfg.reconnect_max_ns / 1000000);
+  m->give_up_s = (uint32_t)(k->cfg.give_up_ns / 1000000000);
+  m->resent = k->resent;
+  m->reconnects = k->reconnects;
+  m->app_closed = s->app_closed;
+  m->queued = !s->is_client && queued(ctx, s);
+  return 0;
+}
+
+int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
+  struct capture c;
+  size_t n_l = 0, n_s = 0;
+  int rc = -ENOMEM;
+  if (!ctx || !blob || !len)
+    return -EINVAL;
+  memset(&c, 0, sizeof(c));
+  tether__snap__snapshot__init(&c.msg);
+  pthread_mutex_lock(&ctx->lock);
+  for (struct tether_listener *l = ctx->listeners; l; l = l->next)
+    n_l++;
+  for (int i = 0; i < SESSION_BUCKETS; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
+      n_s++;
+  struct sockaddr_storage *bound = calloc(n_l ? n_l : 1, sizeof(*bound));
+  c.listeners = calloc(n_l ? n_l : 1, sizeof(*c.listeners));
+  c.listener_v = calloc(n_l ? n_l : 1, sizeof(*c.listener_v));
+  c.sessions = calloc(n_s ? n_s : 1, sizeof(*c.sessions));
+  c.session_v = calloc(n_s ? n_s : 1, sizeof(*c.session_v));
+  c.addr_v = calloc(n_l + 2 * n_s + 1, sizeof(*c.addr_v));
+  if (!bound || !c.listeners || !c.listener_v || !c.sessions || !c.session_v || !c.addr_v)
+    goto out;
+  size_t i = 0;
+  for (struct tether_listener *l = ctx->listeners; l; l = l->next, i++) {
+    socklen_t blen = sizeof(bound[i]);
+    if (getsockname(l->fd, (struct sockaddr *)&bound[i], &blen) < 0) {
+      rc = -errno;
+      goto out;
+    }
+    tether__snap__listener__init(&c.listener_v[i]);
+    c.listener_v[i].addr = addr_of(&c, &bound[i], blen);
+    c.listeners[i] = &c.listener_v[i];
+  }
+  c.msg.n_listeners = n_l;
+  c.msg.listeners = c.listeners;
+  for (int b = 0; b < SESSION_BUCKETS; b++)
+    for (struct tether_session *s = ctx->buckets[b]; s; s = s->hash_next) {
+      session_lock(s);
+      bool keep = worth_keeping(s);
+      int r = keep ? capture_session(&c, ctx, s, &c.session_v[c.msg.n_sessions]) : 0;
+      session_unlock(s);
+      if (r < 0) {
+        rc = r;
+        goto out;
+      }
+      if (keep) {
+        c.sessions[c.msg.n_sessions] = &c.session_v[c.msg.n_sessions];
+        c.msg.n_sessions++;
+      }
+    }
+  c.msg.sessions = c.sessions;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  c.msg.created_unix_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+  pthread_mutex_unlock(&ctx->lock);
+  uint8_t *out;
+  rc = snap_seal(&c.msg, &out, len);
+  if (rc == 0)
+    *blob = out;
+  pthread_mutex_lock(&ctx->lock);
+out:
+  pthread_mutex_unlock(&ctx->lock);
+  capture_free(&c);
+  free(bound);
+  return rc;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -errno;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+int tether_snapshot_save(tether_ctx *ctx, const char *path) {
+  void *blob;
+  size_t len;
+  char tmp[PATH_MAX], dir[PATH_MAX];
+  if (!ctx || !path)
+    return -EINVAL;
+  if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp) ||
+      snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
+    return -ENAMETOOLONG;
+  int rc = tether_snapshot(ctx, &blob, &len);
+  if (rc < 0)
+    return rc;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    rc = -errno;
+    goto out;
+  }
+  rc = write_all(fd, blob, len);
+  if (rc == 0 && fsync(fd) < 0)
+    rc = -errno;
+  if (close(fd) < 0 && rc == 0)
+    rc = -errno;
+  if (rc == 0 && rename(tmp, path) < 0)
+    rc = -errno;
+  if (rc < 0) {
+    unlink(tmp);
+    goto out;
+  }
+  /* The rename itself must survive a power cut. */
+  int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0 || fsync(dfd) < 0)
+    rc = -errno;
+  if (dfd >= 0)
+    close(dfd);
+out:
+  wipe(blob, len);
+  free(blob);
+  return rc;
+}
+
+static int listen_again(tether_ctx *ctx, const Tether__Snap__Address *a, tether_listener **out) {
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getnameinfo((const struct sockaddr *)a->sockaddr.data, (socklen_t)a->sockaddr.len, host,
+                  sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return -EINVAL;
+  return tether_listen(ctx, host, port, out);
+}
+
+int tether_restore(const tether_config *cfg, const void *blob, size_t len, tether_ctx **out) {
+  int rc;
+  const char *why = NULL;
+  tether_ctx *ctx = NULL;
+  tether_listener **ls = NULL;
+  if (!blob || !out)
+    return -EINVAL;
+  *out = NULL;
+  snap_msg *m = snap_open(blob, len, &rc, &why);
+  if (!m)
+    return rc;
+  if ((rc = tether_ctx_new(cfg, &ctx)) < 0)
+    goto out;
+  ls = calloc(m->n_listeners ? m->n_listeners : 1, sizeof(*ls));
+  if (!ls) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  for (size_t i = 0; i < m->n_listeners; i++)
+    if ((rc = listen_again(ctx, m->listeners[i]->addr, &ls[i])) < 0) {
+      LOG_ERR(ctx, "restore: cannot listen again on a snapshot's address: %s", strerror(-rc));
+      goto out;
+    }
+  for (size_t i = 0; i < m->n_sessions; i++) {
+    const Tether__Snap__Session *sm = m->sessions[i];
+    struct tether_listener *l = sm->listener >= 0 ? ls[sm->listener] : NULL;
+    struct tether_session *s = session_restore(ctx, sm, l, &rc);
+    if (!s)
+      goto out;
+    if ((rc = session_start(s)) < 0) {
+      session_destroy(s);
+      goto out;
+    }
+    char tag[17];
+    LOG_INFO(ctx, "session %s: restored (epoch %u), suspended", session_tag(s->id, tag),
+             s->core.epoch);
+    if (sm->queued && l) { /* back in the accept queue it was in */
+      uint64_t one = 1;
+      pthread_mutex_lock(&ctx->lock);
+      if (l->queue_tail)
+        l->queue_tail->queue_next = s;
+      else
+        l->queue_head = s;
+      l->queue_tail = s;
+      pthread_mutex_unlock(&ctx->lock);
+      (void)!write(l->ready_fd, &one, sizeof(one));
+    }
+  }
+  *out = ctx;
+  ctx = NULL;
+  rc = 0;
+out:
+  if (ctx)
+    tether_ctx_free(ctx);
+  free(ls);
+  snap_free(m);
+  return rc;
+}
+
+int tether_restore_file(const tether_config *cfg, const char *path, tether_ctx **out) {
+  struct stat st;
+  if (!path || !out)
+    return -EINVAL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  int rc = 0;
+  uint8_t *buf = NULL;
+  if (fstat(fd, &st) < 0) {
+    rc = -errno;
+  } else if (!S_ISREG(st.st_mode) ||
+             (uint64_t)st.st_size > SNAP_PAYLOAD_MAX + SNAP_HEADER_LEN + SNAP_TRAILER_LEN) {
+    rc = TETHER_EPROTO;
+  } else if (!(buf = malloc(st.st_size ? (size_t)st.st_size : 1))) {
+    rc = -ENOMEM;
+  } else {
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+      ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+      if (r < 0 && errno == EINTR)
+        continue;
+      if (r <= 0) {
+        rc = r < 0 ? -errno : TETHER_EPROTO; /* shrank under us */
+        break;
+      }
+      got += (size_t)r;
+    }
+    if (rc == 0)
+      rc = tether_restore(cfg, buf, got, out);
+    wipe(buf, (size_t)st.st_size);
+  }
+  free(buf);
+  close(fd);
+  return rc;
+}
+
+size_t tether_ctx_sessions(tether_ctx *ctx, tether_session **out, size_t cap) {
+  size_t n = 0;
+  if (!ctx)
+    return 0;
+  pthread_mutex_lock(&ctx->lock);
+  for (int i = 0; i < SESSION_BUCKETS; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
+      if (!s->app_closed && !queued(ctx, s)) {
+        if (out && n < cap)
+          out[n] = s;
+        n++;
+      }
+  pthread_mutex_unlock(&ctx->lock);
+  return n;
+}
+
+size_t tether_ctx_listeners(tether_ctx *ctx, tether_listener **out, size_t cap) {
+  size_t n = 0;
+  if (!ctx)
+    return 0;
+  pthread_mutex_lock(&ctx->lock);
+  for (struct tether_listener *l = ctx->listeners; l; l = l->next)
+    if (!l->closed) {
+      if (out && n < cap)
+        out[n] = l;
+      n++;
+    }
+  pthread_mutex_unlock(&ctx->lock);
+  return n;
+}
+
+int tether_session_id(const tether_session *s, uint8_t id[16]) {
+  if (!s || !id)
+    return -EINVAL;
+  memcpy(id, s->id, SESSION_ID_LEN);
+  return 0;
+}
