@@ -45,9 +45,16 @@ int snap_seal(const snap_msg *m, uint8_t **out, size_t *out_len) {
   return 0;
 }
 
+/* Fields this format version does not define are refused: a snapshot comes
+ * from this code, and protobuf-c would keep (and write back) even
+ * malformed ones. */
+static bool known(const ProtobufCMessage *m) { return m->n_unknown_fields == 0; }
+
 static bool addr_ok(const Tether__Snap__Address *a, bool optional) {
   if (!a)
     return optional;
+  if (!known(&a->base))
+    return false;
   const ProtobufCBinaryData *s = &a->sockaddr;
   if (s->len == sizeof(struct sockaddr_in))
     return ((const struct sockaddr *)s->data)->sa_family == AF_INET;
@@ -58,6 +65,8 @@ static bool addr_ok(const Tether__Snap__Address *a, bool optional) {
 
 /* Everything the restore relies on; the first defect found, or NULL. */
 static const char *check_session(const Tether__Snap__Session *s, size_t n_listeners) {
+  if (!known(&s->base))
+    return "unknown session field";
   if (s->id.len != SESSION_ID_LEN)
     return "session id length";
   if (s->k_ctl_c2s.len != KEY_LEN || s->k_ctl_s2c.len != KEY_LEN || s->k_resume_c.len != KEY_LEN ||
@@ -124,8 +133,13 @@ snap_msg *snap_open(const uint8_t *buf, size_t len, int *err, const char **why) 
     *why = "undecodable content";
     return NULL;
   }
+  if (!known(&m->base)) {
+    *why = "unknown field";
+    snap_free(m);
+    return NULL;
+  }
   for (size_t i = 0; i < m->n_listeners; i++)
-    if (!addr_ok(m->listeners[i]->addr, false)) {
+    if (!known(&m->listeners[i]->base) || !addr_ok(m->listeners[i]->addr, false)) {
       *why = "listener address";
       snap_free(m);
       return NULL;

@@ -6,6 +6,7 @@
  * from fixed field values, so the corpus is deterministic and follows the
  * wire format as it changes; nothing binary is kept in the repository. */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "fuzz_common.h"
 #include "wire/control.h"
 #include "wire/handshake.h"
+#include "wire/snapshot.h"
 
 static const char *outdir;
 static int failures;
@@ -256,6 +258,71 @@ static void control_seeds(void) {
   put_ctl("seq0", &zero); /* sealed fine, rejected by ctl_open */
 }
 
+/* Snapshot payloads (fuzz_snapshot frames them): a client and a server
+ * session with a listener, and an empty snapshot. */
+static void put_snapshot(const char *name, const snap_msg *m) {
+  size_t n = tether__snap__snapshot__get_packed_size(m);
+  uint8_t *b = malloc(n ? n : 1);
+  if (!b) {
+    failures++;
+    return;
+  }
+  tether__snap__snapshot__pack(m, b);
+  put_file("snapshot", name, b, n);
+  free(b);
+}
+
+static void snapshot_seeds(void) {
+  make_dir("snapshot");
+  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(7000)};
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons(7001)};
+  Tether__Snap__Address a4 = TETHER__SNAP__ADDRESS__INIT, a6 = TETHER__SNAP__ADDRESS__INIT;
+  a4.sockaddr = bin((uint8_t *)&sin, sizeof(sin));
+  a6.sockaddr = bin((uint8_t *)&sin6, sizeof(sin6));
+  Tether__Snap__Listener l = TETHER__SNAP__LISTENER__INIT;
+  l.addr = &a6;
+  Tether__Snap__Listener *ls[] = {&l};
+  static uint8_t retained[100];
+  Tether__Snap__Session c = TETHER__SNAP__SESSION__INIT, sv;
+  c.id = bin(id16, 16);
+  c.is_client = true;
+  c.epoch = 2;
+  c.k_ctl_c2s = c.k_ctl_s2c = c.k_resume_c = c.k_resume_s = bin(k32a, 32);
+  c.dial = &a4;
+  c.udp_peer = &a4;
+  c.listener = -1;
+  c.sent = 1100;
+  c.retained_from = 1000;
+  c.retained = bin(retained, sizeof(retained));
+  c.peer_acked = 1000;
+  c.delivered = 5000;
+  c.tx_seq = ((uint64_t)2 << 40) + 17;
+  c.rx_seq = 99;
+  c.heartbeat_ms = 1000;
+  c.suspend_ms = 3000;
+  c.reconnect_max_ms = 1000;
+  c.give_up_s = 86400;
+  sv = c;
+  sv.is_client = false;
+  sv.dial = NULL;
+  sv.udp_peer = &a6;
+  sv.listener = 0;
+  sv.queued = true;
+  sv.wr_closed = true;
+  sv.peer_wr_closed = true;
+  sv.peer_wr_end = 6000;
+  Tether__Snap__Session *ss[] = {&c, &sv};
+  snap_msg m = TETHER__SNAP__SNAPSHOT__INIT;
+  m.created_unix_ms = 1795000000000;
+  put_snapshot("empty", &m);
+  m.n_listeners = 1;
+  m.listeners = ls;
+  m.n_sessions = 2;
+  m.sessions = ss;
+  put_snapshot("two-sessions", &m);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s DIR\n", argv[0]);
@@ -268,5 +335,6 @@ int main(int argc, char **argv) {
   }
   handshake_seeds();
   control_seeds();
+  snapshot_seeds();
   return failures ? 1 : 0;
 }
