@@ -26,7 +26,8 @@ struct capture {
   snap_msg msg;
   Tether__Snap__Listener **listeners, *listener_v;
   Tether__Snap__Session **sessions, *session_v;
-  Tether__Snap__Address *addr_v; /* three per listener or session, at most */
+  Tether__Snap__Address *addr_v; /* one per listener, two per session at most */
+  struct sockaddr_storage *addr_copy; /* what they point to */
   size_t n_addr;
 };
 
@@ -42,12 +43,16 @@ static void capture_free(struct capture *c) {
   free(c->sessions);
   free(c->session_v);
   free(c->addr_v);
+  free(c->addr_copy);
 }
 
+/* A copy: the session may change its address once its lock is released. */
 static Tether__Snap__Address *addr_of(struct capture *c, const void *sa, size_t len) {
+  struct sockaddr_storage *copy = &c->addr_copy[c->n_addr];
   Tether__Snap__Address *a = &c->addr_v[c->n_addr++];
+  memcpy(copy, sa, len);
   tether__snap__address__init(a);
-  a->sockaddr = (ProtobufCBinaryData){len, (uint8_t *)sa};
+  a->sockaddr = (ProtobufCBinaryData){len, (uint8_t *)copy};
   return a;
 }
 
@@ -147,7 +152,9 @@ int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
   c.sessions = calloc(n_s ? n_s : 1, sizeof(*c.sessions));
   c.session_v = calloc(n_s ? n_s : 1, sizeof(*c.session_v));
   c.addr_v = calloc(n_l + 2 * n_s + 1, sizeof(*c.addr_v));
-  if (!bound || !c.listeners || !c.listener_v || !c.sessions || !c.session_v || !c.addr_v)
+  c.addr_copy = calloc(n_l + 2 * n_s + 1, sizeof(*c.addr_copy));
+  if (!bound || !c.listeners || !c.listener_v || !c.sessions || !c.session_v || !c.addr_v ||
+      !c.addr_copy)
     goto out;
   size_t i = 0;
   for (struct tether_listener *l = ctx->listeners; l; l = l->next, i++) {
@@ -181,12 +188,12 @@ int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   c.msg.created_unix_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-  pthread_mutex_unlock(&ctx->lock);
+  /* Still under ctx->lock: the ids point into sessions, which the engine
+   * frees only after taking it (registry_remove). */
   uint8_t *out;
   rc = snap_seal(&c.msg, &out, len);
   if (rc == 0)
     *blob = out;
-  pthread_mutex_lock(&ctx->lock);
 out:
   pthread_mutex_unlock(&ctx->lock);
   capture_free(&c);
