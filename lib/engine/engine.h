@@ -231,6 +231,8 @@ void listener_handshake_done(struct hs_conn *h, int rc);
 /* Server resume: the client proved the key; retire the old transport and
  * capture our state.  Returns 0 or a negative error. */
 int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *ours);
+/* Appends a new session to l's accept queue and wakes acceptors. */
+void listener_enqueue(struct tether_listener *l, struct tether_session *s);
 /* Context teardown (engine stopped). */
 void listener_free(struct tether_listener *l);
 

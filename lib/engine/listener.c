@@ -74,14 +74,18 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
     return;
   }
   LOG_INFO(ctx, "session %s: accepted from %s", session_tag(s->id, tag), addr);
-  pthread_mutex_lock(&ctx->lock);
+  listener_enqueue(l, s);
+}
+
+void listener_enqueue(struct tether_listener *l, struct tether_session *s) {
+  uint64_t one = 1;
+  pthread_mutex_lock(&l->ctx->lock);
   if (l->queue_tail)
     l->queue_tail->queue_next = s;
   else
     l->queue_head = s;
   l->queue_tail = s;
-  pthread_mutex_unlock(&ctx->lock);
-  uint64_t one = 1;
+  pthread_mutex_unlock(&l->ctx->lock);
   (void)!write(l->ready_fd, &one, sizeof(one));
 }
 

@@ -298,17 +298,8 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
     char tag[17];
     LOG_INFO(ctx, "session %s: restored (epoch %u), suspended", session_tag(s->id, tag),
              s->core.epoch);
-    if (sm->queued && l) { /* back in the accept queue it was in */
-      uint64_t one = 1;
-      pthread_mutex_lock(&ctx->lock);
-      if (l->queue_tail)
-        l->queue_tail->queue_next = s;
-      else
-        l->queue_head = s;
-      l->queue_tail = s;
-      pthread_mutex_unlock(&ctx->lock);
-      (void)!write(l->ready_fd, &one, sizeof(one));
-    }
+    if (sm->queued && l) /* back in the accept queue it was in */
+      listener_enqueue(l, s);
   }
   *out = ctx;
   ctx = NULL;
