@@ -107,8 +107,33 @@ static bool read_done(const struct core_session *c) {
 
 bool core_finished(const struct core_session *c) { return write_done(c) && read_done(c); }
 
+/* We ask for an answer while a close, or a byte written before our write
+ * close, is unacknowledged: so a datagram that announces a close without
+ * asking tells that its sender has every acknowledgement for it. */
 static bool close_unacked(const struct core_session *c) {
-  return (c->wr_closed && !c->peer_knows_wr) || (c->rd_closed && !c->peer_knows_rd);
+  return (c->wr_closed && !(c->peer_knows_wr && c->peer_acked >= c->sent)) ||
+         (c->rd_closed && !c->peer_knows_rd);
+}
+
+/* The peer has all it needs from us to finish (the mirror of write_done()
+ * and read_done() on its side), or we stopped trying to tell it. */
+static bool peer_settled(const struct core_session *c) {
+  return (c->peer_knows_rd || c->peer_wr_done) &&
+         ((c->peer_knows_wr && c->peer_acked >= c->sent) || c->peer_rd_done);
+}
+
+/* Without a side channel the acknowledgements of our closed writing
+ * direction come only in a resume: a client that has sent and read all it
+ * will and still lacks them resumes to ask (see ack_poll_at_ns). */
+static bool acks_by_resume(const struct core_session *c) {
+  return c->role == CORE_CLIENT && c->state == CORE_CONNECTED && !c->udp_seen &&
+         c->wr_closed && c->tx_pos >= c->sent && read_done(c) && !write_done(c);
+}
+
+/* TIME_WAIT runs from the moment the peer is known to be settled. */
+static void note_settled(struct core_session *c, uint64_t now, bool was) {
+  if (c->state == CORE_CLOSED && !was && peer_settled(c))
+    c->settled_at_ns = now;
 }
 
 /* Our close notice must reach the peer quickly: retransmit it on a short,
@@ -124,6 +149,7 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
       c->suspended_total_ns += now - c->suspended_at_ns;
     c->state = CORE_CLOSED;
     c->finished_at_ns = now;
+    c->settled_at_ns = now;
   }
 }
 
@@ -158,8 +184,10 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
   c->rx_seq = ctl->seq;
   c->udp_seen = true;
   c->last_rx_ns = now;
+  c->accept_unheard = false; /* a suspended client sends no datagrams */
   if (c->state == CORE_FAILED)
     return 0;
+  bool settled = peer_settled(c);
 
   /* An authenticated peer never acknowledges bytes we did not send; clamp
    * rather than trust. */
@@ -178,12 +206,17 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     c->peer_knows_wr = true;
   if (ctl->ack_read_closed && c->rd_closed)
     c->peer_knows_rd = true;
+  if (!ctl->want_reply) { /* see close_unacked() */
+    c->peer_wr_done |= ctl->write_closed;
+    c->peer_rd_done |= ctl->read_closed;
+  }
   if (ctl->rcvbuf_max && ctl->rcvbuf_max != c->peer_rcvbuf_max) {
     c->peer_rcvbuf_max = ctl->rcvbuf_max;
     retention_set_max(&c->ret, retention_max(c->local_sndbuf_max, c->peer_rcvbuf_max));
   }
   *reply = ctl->want_reply;
   enter_closed_if_finished(c, now);
+  note_settled(c, now, settled);
   return 0;
 }
 
@@ -204,15 +237,18 @@ void core_close(struct core_session *c, uint64_t now) {
     c->cfg.give_up_ns = CORE_LINGER_MAX_NS;
   if (!c->rd_closed) {
     c->rd_closed = true;
+    c->released_at_ns = now; /* the cap counts from here, not from a shutdown */
     schedule_close_notice(c, now);
   }
   enter_closed_if_finished(c, now);
 }
 
 void core_on_transport_lost(struct core_session *c, uint64_t now) {
-  if (c->state == CORE_CLOSED && c->role == CORE_CLIENT && !c->final_redial) {
-    /* Our last acknowledgement may not have reached the server, which then
-     * waits for us: tell it through one more resume. */
+  enter_closed_if_finished(c, now); /* finished: closes, does not suspend */
+  if (c->state == CORE_CLOSED && c->role == CORE_CLIENT && !c->final_redial &&
+      !peer_settled(c)) {
+    /* The server may still wait for our final state: tell it through one
+     * more resume. */
     c->final_redial = true;
     c->next_redial_ns = now;
     c->backoff_ns = 0;
@@ -220,10 +256,6 @@ void core_on_transport_lost(struct core_session *c, uint64_t now) {
   }
   if (c->state != CORE_CONNECTED)
     return;
-  if (core_finished(c)) {
-    c->state = CORE_CLOSED;
-    return;
-  }
   c->state = CORE_SUSPENDED;
   c->suspended_at_ns = now;
   c->next_redial_ns = now; /* first retry at once */
@@ -242,23 +274,22 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
 
 int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer) {
-  if (c->state == CORE_CLOSED) {
-    c->final_redial = false; /* the handshake told the peer all it needs */
-    return 0;
-  }
-  if (c->state != CORE_SUSPENDED)
+  if (c->state != CORE_SUSPENDED && c->state != CORE_CLOSED)
     return -EINVAL;
-  struct core_resume_state ours;
-  core_resume_state(c, &ours);
-  int rc = core_resume_check(&ours, peer);
-  if (rc < 0) {
-    core_fail(c, rc);
-    return rc;
+  if (c->state == CORE_SUSPENDED) {
+    struct core_resume_state ours;
+    core_resume_state(c, &ours);
+    int rc = core_resume_check(&ours, peer);
+    if (rc < 0) {
+      core_fail(c, rc);
+      return rc;
+    }
   }
-  if (peer->delivered > c->peer_acked)
-    c->peer_acked = peer->delivered;
-  retention_trim(&c->ret, peer->delivered);
-  c->tx_pos = peer->delivered; /* resend exactly what the peer lacks */
+  bool settled = peer_settled(c);
+  uint64_t acked = peer->delivered > c->sent ? c->sent : peer->delivered;
+  if (acked > c->peer_acked)
+    c->peer_acked = acked;
+  retention_trim(&c->ret, acked);
   if (peer->write_closed && !c->peer_wr_closed) {
     c->peer_wr_closed = true;
     c->peer_wr_end = peer->sent;
@@ -267,13 +298,32 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     c->peer_rd_closed = true;
   /* Our state travelled in the authenticated handshake.  (The server's
    * ResumeAccept may yet be lost; then the client resumes again, and a
-   * server session that finished meanwhile answers from TIME_WAIT.) */
+   * server session that finished meanwhile answers while CLOSED.)  The
+   * peer's state says what it still needs from us. */
   c->peer_knows_wr = c->wr_closed;
   c->peer_knows_rd = c->rd_closed;
+  if (peer->write_closed && c->delivered >= peer->sent)
+    c->peer_wr_done = true;
+  if (peer->read_closed)
+    c->peer_rd_done = true;
   if (peer->rcvbuf_max && peer->rcvbuf_max != c->peer_rcvbuf_max) {
     c->peer_rcvbuf_max = peer->rcvbuf_max;
     retention_set_max(&c->ret, retention_max(c->local_sndbuf_max, c->peer_rcvbuf_max));
   }
+  c->accept_unheard = c->role == CORE_SERVER;
+  if (c->state == CORE_CLOSED) {
+    /* Only the final states were exchanged: the peer now has ours. */
+    c->final_redial = false;
+    note_settled(c, now, settled);
+    return 0;
+  }
+  c->tx_pos = peer->delivered; /* resend exactly what the peer lacks */
+  /* The server may still be reading: ask again later, twice as late each
+   * time (up to CORE_LINGER_MAX_NS), so that the polls stay few. */
+  uint64_t wait = c->cfg.suspend_ns;
+  for (unsigned i = 0; i < c->ack_polls && wait < CORE_LINGER_MAX_NS; i++)
+    wait *= 2;
+  c->ack_poll_at_ns = now + wait;
   c->fin_sent = false;
   c->state = CORE_CONNECTED;
   c->reconnects++;
@@ -286,8 +336,13 @@ int core_on_resumed(struct core_session *c, uint64_t now,
 }
 
 void core_fail(struct core_session *c, int err) {
-  c->final_redial = false; /* a closed session's peer is gone: nothing to tell */
-  if (c->state == CORE_FAILED || c->state == CORE_CLOSED)
+  if (c->state == CORE_CLOSED) {
+    /* The peer's session is gone: nothing left to tell it. */
+    c->peer_wr_done = c->peer_rd_done = true;
+    c->final_redial = false;
+    return;
+  }
+  if (c->state == CORE_FAILED)
     return;
   c->state = CORE_FAILED;
   c->error = err;
@@ -311,6 +366,26 @@ static bool fin_due(const struct core_session *c, uint64_t now) {
   return c->peer_knows_wr || now >= fin_deadline(c);
 }
 
+/* A closed client whose server may lack its final state and is silent (or
+ * can never be heard: no side channel) resumes to tell it. */
+static uint64_t final_redial_at(const struct core_session *c) {
+  if (c->role != CORE_CLIENT)
+    return UINT64_MAX;
+  if (c->final_redial)
+    return c->next_redial_ns;
+  return c->udp_seen ? c->last_rx_ns + c->cfg.suspend_ns : 0;
+}
+
+/* When a closed session the application let go is freed.  A server that
+ * does not know whether its ResumeAccept arrived stays for as long as the
+ * client may come back for it. */
+static uint64_t done_at(const struct core_session *c) {
+  uint64_t cap = c->finished_at_ns + CORE_LINGER_MAX_NS;
+  if (!peer_settled(c) || c->accept_unheard)
+    return cap;
+  return min64(c->settled_at_ns + CORE_TIME_WAIT_NS(c), cap);
+}
+
 uint64_t core_next_deadline(const struct core_session *c) {
   uint64_t d = UINT64_MAX;
   switch (c->state) {
@@ -319,14 +394,16 @@ uint64_t core_next_deadline(const struct core_session *c) {
     d = c->next_hb_ns;
     if (c->state == CORE_CONNECTED && c->udp_seen)
       d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
+    if (acks_by_resume(c))
+      d = min64(d, c->ack_poll_at_ns);
     if (c->wr_closed && !c->fin_sent && c->tx_pos >= c->sent)
       d = min64(d, c->peer_knows_wr ? 0 : fin_deadline(c));
-    if (c->state == CORE_CLOSED && c->rd_closed && !c->final_redial)
-      d = min64(d, c->finished_at_ns + CORE_TIME_WAIT_NS(c));
-    if (c->state == CORE_CLOSED && c->final_redial)
-      d = min64(d, min64(c->next_redial_ns, c->finished_at_ns + CORE_LINGER_MAX_NS));
+    if (c->state == CORE_CLOSED && !peer_settled(c))
+      d = min64(d, min64(final_redial_at(c), c->finished_at_ns + CORE_LINGER_MAX_NS));
+    if (c->state == CORE_CLOSED && c->rd_closed)
+      d = min64(d, done_at(c));
     if (c->state == CORE_CONNECTED && c->rd_closed) /* core_close capped give_up_ns */
-      d = min64(d, c->closed_at_ns + c->cfg.give_up_ns);
+      d = min64(d, c->released_at_ns + c->cfg.give_up_ns);
     break;
   case CORE_SUSPENDED:
     if (c->cfg.give_up_ns)
@@ -354,13 +431,17 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
   unsigned act = 0;
   switch (c->state) {
   case CORE_CONNECTED:
-    if (c->rd_closed && now >= c->closed_at_ns + c->cfg.give_up_ns) {
+    if (c->rd_closed && now >= c->released_at_ns + c->cfg.give_up_ns) {
       /* Closed by the application and still not finished: stop trying. */
       core_fail(c, TETHER_EGIVEUP);
       return CORE_ACT_FAILED;
     }
     if (c->udp_seen && now >= c->last_rx_ns + c->cfg.suspend_ns)
       return CORE_ACT_SUSPEND;
+    if (acks_by_resume(c) && now >= c->ack_poll_at_ns) {
+      c->ack_polls++;
+      return CORE_ACT_SUSPEND;
+    }
     /* fall through */
   case CORE_CLOSED:
     if (now >= c->next_hb_ns)
@@ -369,14 +450,19 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       c->fin_sent = true;
       act |= CORE_ACT_FIN;
     }
-    if (c->state == CORE_CLOSED && c->final_redial) {
-      if (now >= c->finished_at_ns + CORE_LINGER_MAX_NS)
-        c->final_redial = false; /* bounded, like everything after close */
-      else if (now >= c->next_redial_ns)
+    if (c->state == CORE_CLOSED && !peer_settled(c)) {
+      if (now >= c->finished_at_ns + CORE_LINGER_MAX_NS) {
+        /* Bounded, like everything after close: stop telling it. */
+        c->peer_wr_done = c->peer_rd_done = true;
+        c->final_redial = false;
+      } else if (now >= final_redial_at(c)) {
+        if (!c->final_redial)
+          c->backoff_ns = 0;
+        c->final_redial = true;
         act |= redial(c, now, rnd);
+      }
     }
-    if (c->state == CORE_CLOSED && c->rd_closed && !c->final_redial &&
-        now >= c->finished_at_ns + CORE_TIME_WAIT_NS(c))
+    if (c->state == CORE_CLOSED && c->rd_closed && now >= done_at(c))
       act |= CORE_ACT_DONE;
     break;
   case CORE_SUSPENDED:

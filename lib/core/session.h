@@ -44,8 +44,9 @@ enum core_state {
 /* What core_on_timer() asks the caller to do, as bits. */
 enum core_action {
   CORE_ACT_HEARTBEAT = 1 << 0, /* send a control datagram (core_build_ctl) */
-  CORE_ACT_SUSPEND = 1 << 1,   /* heartbeat timeout: retire the transport and
-                                  call core_on_transport_lost() */
+  CORE_ACT_SUSPEND = 1 << 1,   /* heartbeat timeout, or only a resume can
+                                  help: retire the transport and call
+                                  core_on_transport_lost() */
   CORE_ACT_REDIAL = 1 << 2,    /* client: start a reconnection attempt */
   CORE_ACT_FAILED = 1 << 3,    /* the session just failed (see ->error) */
   CORE_ACT_FIN = 1 << 4,       /* shut down writing on the transport */
@@ -102,10 +103,20 @@ struct core_session {
   bool peer_wr_closed;  /* the peer shut down writing at peer_wr_end */
   uint64_t peer_wr_end;
   bool peer_rd_closed;  /* the peer's application closed */
+  bool peer_wr_done;    /* the peer has every acknowledgement of its writes */
+  bool peer_rd_done;    /* the peer knows we saw its read close */
   uint64_t closed_at_ns;   /* when our application shut down writing */
+  uint64_t released_at_ns; /* when it closed the session (core_close) */
   uint64_t finished_at_ns; /* when the session became CLOSED */
-  bool final_redial;       /* client, CLOSED: transport lost before the
-                              server surely saw our final state: redial */
+  uint64_t settled_at_ns;  /* CLOSED: when the peer was first known to have
+                              all it needs from us (TIME_WAIT runs from it) */
+  bool final_redial;       /* client, CLOSED: the server may lack our final
+                              state and does not answer: resume to tell it */
+  bool accept_unheard;     /* server: resumed, and no datagram since that
+                              shows the client got our ResumeAccept */
+  uint64_t ack_poll_at_ns; /* client, no side channel: resume then to learn
+                              the acknowledgements of our writes */
+  unsigned ack_polls;      /* such resumes so far (the interval doubles) */
 
   uint32_t epoch; /* restores from snapshots so far */
 
@@ -184,9 +195,12 @@ void core_shutdown(struct core_session *c, uint64_t now);
  * delivering its last bytes across outages, but gives up after at most
  * CORE_LINGER_MAX_NS of suspension: nobody is left to report a failure to. */
 #define CORE_LINGER_MAX_NS ((uint64_t)120 * 1000000000)
-/* After both directions are done, a closed session stays this long (like
- * TCP's TIME_WAIT) so that a lost final acknowledgement can be repeated and
- * a peer that missed it can still resume and learn the outcome: long enough
+/* A closed session lingers until the peer is known to have all it needs
+ * from us (every byte and both closes acknowledged, or shown by a resume),
+ * at most CORE_LINGER_MAX_NS after it finished; a client resumes to tell a
+ * server that does not answer.  Then it stays this long (like TCP's
+ * TIME_WAIT) so that its own last acknowledgement can be repeated and a
+ * peer that missed it can still resume and learn the outcome: long enough
  * for the peer to notice a lost transport and redial once. */
 #define CORE_TIME_WAIT_NS(c) (2 * (c)->cfg.suspend_ns + (c)->cfg.reconnect_max_ns)
 void core_close(struct core_session *c, uint64_t now);
@@ -201,10 +215,12 @@ int core_resume_check(const struct core_resume_state *ours, const struct core_re
 /* A resume handshake succeeded with `peer` as the peer's state.  Returns 0
  * (the caller flushes core_pending() first) or TETHER_EWINDOW / -EPROTO
  * when the peer's state cannot be reconciled (the session has failed).
- * A CLOSED session may also resume: it only learns the peer's state (a peer
+ * A CLOSED session may also resume: it only exchanges final states (a peer
  * that missed our final acknowledgement finishes that way). */
 int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer);
+/* A CLOSED session stays CLOSED: a failure then only means that the peer's
+ * session is gone (it needs nothing more from us). */
 void core_fail(struct core_session *c, int err);
 /* Whether the session needs no transport any more (both directions done). */
 bool core_finished(const struct core_session *c);

@@ -146,6 +146,8 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   c->peer_rd_closed = m->peer_rd_closed;
   if (c->wr_closed)
     c->closed_at_ns = now;
+  if (c->rd_closed) /* closed by the application: its linger cap restarts */
+    c->released_at_ns = now;
   c->epoch = m->epoch + 1;
   c->tx_seq = (uint64_t)c->epoch << SNAP_EPOCH_SHIFT;
   if (m->tx_seq > c->tx_seq) /* cannot happen within SNAP_EPOCH_SHIFT bits */

@@ -894,6 +894,9 @@ static void attempt_step(struct attempt *a) {
         flush(1);
       }
     } else {
+      /* Engine: session_attach() lets a CLOSED session learn the client's
+       * final state; no transport is needed. */
+      core_on_resumed(&sv->c, S.now, &a->cstate);
       vlog("server: %s after retiring; resume not needed", state_name(sv->c.state));
       conn_close_end(a->conn, 1, true);
     }

@@ -621,6 +621,19 @@ static void test_close_caps_give_up(void **state) {
   suspend(&c, T0);
   assert_int_equal(core_next_deadline(&c), T0 + 5 * SEC);
   core_clear(&c);
+  /* Connected, the cap counts from the close, not from an earlier shutdown
+   * (seed 17182: a server that shut down at once and closed after a long
+   * transfer gave up the moment it closed). */
+  cfg.give_up_ns = 0;
+  core_init(&c, &cfg, CORE_SERVER, T0, SNDBUF, RCVBUF);
+  app_write(&c, 10);
+  core_shutdown(&c, T0);
+  uint64_t t = T0 + 200 * SEC;
+  core_close(&c, t);
+  assert_int_equal(core_on_timer(&c, t, 0) & CORE_ACT_FAILED, 0);
+  assert_int_equal(core_on_timer(&c, t + CORE_LINGER_MAX_NS - 1, 0) & CORE_ACT_FAILED, 0);
+  assert_true(core_on_timer(&c, t + CORE_LINGER_MAX_NS, 0) & CORE_ACT_FAILED);
+  core_clear(&c);
 }
 
 /* An explicit ack is due every CORE_ACK_EVERY delivered bytes. */
@@ -762,8 +775,10 @@ static void test_resume_check_symmetric(void **state) {
 /* At a resume each side's state travels in the authenticated handshake, so
  * both treat their own close flags as known to the peer.  The server's
  * ResumeAccept may yet be lost: then the client resumes again, and a server
- * session that finished meanwhile still answers from TIME_WAIT, its state
- * unchanged (tests/sim seeds 2190, 1537 found the case). */
+ * session that finished meanwhile still answers, its state unchanged (tests/sim
+ * seeds 2190, 1537 found the case); it starts TIME_WAIT only once the client
+ * is heard from after the resume (seed 4392: a black hole longer than
+ * TIME_WAIT swallowed the ResumeAccept). */
 static void test_resume_server_close_not_yet_known(void **state) {
   (void)state;
   struct core_session c;
@@ -776,12 +791,21 @@ static void test_resume_server_close_not_yet_known(void **state) {
   assert_true(c.peer_knows_wr);
   assert_true(c.peer_knows_rd);
   assert_int_equal(c.state, CORE_CLOSED);
-  /* A second resume (the client missed ResumeAccept) reaches TIME_WAIT. */
+  /* A second resume (the client missed ResumeAccept) still finds it. */
   assert_int_equal(core_on_timer(&c, T0 + 2 * SEC, 0) & CORE_ACT_DONE, 0);
   assert_int_equal(core_on_resumed(&c, T0 + 3 * SEC, &p), 0);
   assert_int_equal(c.state, CORE_CLOSED);
-  /* DONE only once TIME_WAIT is over. */
-  assert_true(core_on_timer(&c, T0 + 2 * SEC + CORE_TIME_WAIT_NS(&c), 0) & CORE_ACT_DONE);
+  /* Not heard from since: it may have missed ResumeAccept again, so no
+   * TIME_WAIT, only the linger cap. */
+  uint64_t tw = T0 + 2 * SEC + CORE_TIME_WAIT_NS(&c);
+  assert_int_equal(core_on_timer(&c, tw, 0) & CORE_ACT_DONE, 0);
+  struct core_session copy = c;
+  assert_true(core_on_timer(&copy, T0 + 2 * SEC + CORE_LINGER_MAX_NS, 0) & CORE_ACT_DONE);
+  /* A datagram shows it resumed: TIME_WAIT ran from the first resume. */
+  struct core_ctl k = peer_ctl(&c);
+  k.write_closed = true;
+  assert_int_equal(on_ctl(&c, tw, &k), 0);
+  assert_true(core_on_timer(&c, tw, 0) & CORE_ACT_DONE);
   core_clear(&c);
 }
 
@@ -989,12 +1013,18 @@ static void test_finished_closed_done(void **state) {
   assert_false(reply);
   assert_true(core_finished(&b));
   assert_int_equal(b.state, CORE_CLOSED);
+  /* b -> a: a heartbeat that asks nothing: b has every acknowledgement. */
+  core_build_ctl(&b, t, &k);
+  assert_false(k.want_reply);
+  assert_int_equal(core_on_ctl(&a, t, &k, &reply), 0);
+  assert_true(a.peer_wr_done);
   /* Closed sessions keep their heartbeat but never suspend, and DONE
    * comes only after core_close. */
   assert_int_equal(run_until(&a, t + 100 * SEC) & (CORE_ACT_DONE | CORE_ACT_SUSPEND), 0);
   assert_int_equal(a.state, CORE_CLOSED);
   core_close(&a, t + 100 * SEC);
-  /* Finished at t, so TIME_WAIT is long over: DONE is due now. */
+  /* b was known to have all it needs at t, so TIME_WAIT is long over: DONE
+   * is due now. */
   assert_true(core_next_deadline(&a) <= t + 100 * SEC);
   assert_true(core_on_timer(&a, t + 100 * SEC, 0) & CORE_ACT_DONE);
   core_clear(&a);
@@ -1021,6 +1051,7 @@ static void test_transport_lost_when_finished(void **state) {
   assert_true(core_finished(&c));
   core_on_transport_lost(&c, T0 + SEC);
   assert_int_equal(c.state, CORE_CLOSED);
+  assert_int_equal(c.finished_at_ns, T0 + SEC); /* lingers from now, not from 0 */
   assert_int_equal(core_next_deadline(&c) == UINT64_MAX, false);
   core_clear(&c);
 }
@@ -1064,6 +1095,167 @@ static void test_peer_read_closed_finishes_writes(void **state) {
   assert_true(core_at_eof(&c));
   assert_true(core_finished(&c));
   assert_int_equal(c.state, CORE_CLOSED);
+  core_clear(&c);
+}
+
+/* Our writes count as acknowledged only with every byte: until then the
+ * close notice keeps asking for an answer. */
+static void test_close_notice_waits_for_bytes(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  core_shutdown(&c, T0);
+  struct core_ctl k = peer_ctl(&c), out;
+  k.delivered = 50;
+  k.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, T0 + MS, &k), 0);
+  core_build_ctl(&c, T0 + MS, &out);
+  assert_true(out.want_reply);
+  k = peer_ctl(&c);
+  k.delivered = 100;
+  k.ack_write_closed = true;
+  assert_int_equal(on_ctl(&c, T0 + 2 * MS, &k), 0);
+  core_build_ctl(&c, T0 + 2 * MS, &out);
+  assert_false(out.want_reply);
+  core_clear(&c);
+}
+
+/* A closed session stays until the peer is known to have all it needs, at
+ * most CORE_LINGER_MAX_NS (seed 713: the server left after TIME_WAIT before
+ * the client, cut off for longer, had its acknowledgements; the client got
+ * "session gone"). */
+static void test_closed_lingers_until_peer_settled(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_SERVER);
+  core_close(&c, T0);
+  struct core_ctl k = peer_ctl(&c);
+  k.write_closed = true;
+  k.read_closed = true;
+  k.want_reply = true;
+  assert_int_equal(on_ctl(&c, T0 + MS, &k), 0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  /* Our close is not acknowledged: no TIME_WAIT. */
+  uint64_t tw = T0 + MS + CORE_TIME_WAIT_NS(&c);
+  assert_int_equal(run_until(&c, tw) & CORE_ACT_DONE, 0);
+  struct core_session copy = c;
+  assert_true(run_until(&copy, T0 + MS + CORE_LINGER_MAX_NS) & CORE_ACT_DONE);
+  /* Acknowledged, and the client asks nothing more: TIME_WAIT from now. */
+  k = peer_ctl(&c);
+  k.write_closed = true;
+  k.read_closed = true;
+  k.ack_write_closed = true;
+  k.ack_read_closed = true;
+  assert_int_equal(on_ctl(&c, tw, &k), 0);
+  assert_true(c.peer_wr_done && c.peer_rd_done);
+  assert_int_equal(run_until(&c, tw + CORE_TIME_WAIT_NS(&c) - 1) & CORE_ACT_DONE, 0);
+  assert_true(run_until(&c, tw + CORE_TIME_WAIT_NS(&c)) & CORE_ACT_DONE);
+  core_clear(&c);
+}
+
+/* A closed client whose server may still wait for its final state and falls
+ * silent resumes to tell it (seed 258: the client left after TIME_WAIT, and
+ * the server, which had missed the client's last datagrams in a black hole,
+ * gave up). */
+static void test_final_redial_when_silent(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  core_close(&c, T0);
+  struct core_ctl k = peer_ctl(&c);
+  k.write_closed = true;
+  k.read_closed = true;
+  k.want_reply = true;
+  assert_int_equal(on_ctl(&c, T0 + MS, &k), 0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  /* Nothing more arrives. */
+  uint64_t quiet = T0 + MS + c.cfg.suspend_ns;
+  assert_int_equal(run_until(&c, quiet - 1) & CORE_ACT_REDIAL, 0);
+  assert_true(run_until(&c, quiet) & CORE_ACT_REDIAL);
+  assert_true(c.final_redial);
+  /* The server's session is gone: nothing left to tell it. */
+  struct core_session copy = c;
+  core_fail(&copy, TETHER_ESESSIONGONE);
+  assert_int_equal(copy.state, CORE_CLOSED);
+  assert_true(run_until(&copy, T0 + MS + CORE_TIME_WAIT_NS(&c)) & CORE_ACT_DONE);
+  /* Or the resume exchanges the final states: TIME_WAIT, then DONE. */
+  struct core_resume_state p = peer_state(0, 0);
+  p.write_closed = true;
+  p.read_closed = true;
+  uint64_t t = T0 + 5 * SEC;
+  assert_int_equal(core_on_resumed(&c, t, &p), 0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  assert_false(c.final_redial);
+  uint64_t tw = t + CORE_TIME_WAIT_NS(&c);
+  assert_int_equal(run_until(&c, tw - 1) & (CORE_ACT_DONE | CORE_ACT_REDIAL), 0);
+  assert_true(run_until(&c, tw) & CORE_ACT_DONE);
+  core_clear(&c);
+}
+
+/* Without a side channel a closed client that read the server's last bytes
+ * after the last resume tells it through one more resume, at once (seeds
+ * 665, 1337). */
+static void test_final_redial_without_udp(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  core_shutdown(&c, T0);
+  suspend(&c, T0);
+  struct core_resume_state p = peer_state(0, 10);
+  p.write_closed = true;
+  assert_int_equal(core_on_resumed(&c, T0 + SEC, &p), 0);
+  assert_int_equal(c.state, CORE_CONNECTED);
+  assert_int_equal(run_until(&c, T0 + 2 * SEC) & CORE_ACT_REDIAL, 0);
+  core_on_delivered(&c, 10);
+  core_close(&c, T0 + 2 * SEC);
+  assert_int_equal(c.state, CORE_CLOSED);
+  assert_int_equal(core_next_deadline(&c), 0);
+  assert_true(core_on_timer(&c, T0 + 2 * SEC, 0) & CORE_ACT_REDIAL);
+  core_clear(&c);
+}
+
+/* Without a side channel the acknowledgements of our writes come only in a
+ * resume: a client that has sent and read everything asks for them by
+ * resuming, at doubling intervals (seed 1252: the server read the client's
+ * last bytes long after the last resume; the client never learnt it). */
+static void test_acks_by_resume_without_udp(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  core_shutdown(&c, T0);
+  suspend(&c, T0);
+  struct core_resume_state p = peer_state(40, 0);
+  p.write_closed = true;
+  uint64_t t = T0 + SEC;
+  assert_int_equal(core_on_resumed(&c, t, &p), 0);
+  assert_int_equal(flush_all(&c), 60);
+  uint64_t sus = c.cfg.suspend_ns;
+  assert_int_equal(run_until(&c, t + sus - 1) & CORE_ACT_SUSPEND, 0);
+  assert_true(run_until(&c, t + sus) & CORE_ACT_SUSPEND);
+  core_on_transport_lost(&c, t + sus);
+  /* The server had read 30 more by then: ask again, twice as late. */
+  p.delivered = 70;
+  t += sus + SEC;
+  assert_int_equal(core_on_resumed(&c, t, &p), 0);
+  assert_int_equal(flush_all(&c), 30);
+  assert_int_equal(run_until(&c, t + 2 * sus - 1) & CORE_ACT_SUSPEND, 0);
+  assert_true(run_until(&c, t + 2 * sus) & CORE_ACT_SUSPEND);
+  core_on_transport_lost(&c, t + 2 * sus);
+  p.delivered = 100;
+  assert_int_equal(core_on_resumed(&c, t + 3 * sus, &p), 0);
+  assert_int_equal(c.state, CORE_CLOSED);
+  core_clear(&c);
+  /* With a side channel the acknowledgements come by datagram. */
+  init(&c, CORE_CLIENT);
+  app_write(&c, 100);
+  core_shutdown(&c, T0);
+  struct core_ctl k = peer_ctl(&c);
+  k.write_closed = true;
+  k.delivered = 40;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(run_until(&c, T0 + sus - 1) & CORE_ACT_SUSPEND, 0);
   core_clear(&c);
 }
 
@@ -1263,6 +1455,11 @@ int main(void) {
       cmocka_unit_test(test_transport_lost_when_finished),
       cmocka_unit_test(test_close_before_finished),
       cmocka_unit_test(test_peer_read_closed_finishes_writes),
+      cmocka_unit_test(test_close_notice_waits_for_bytes),
+      cmocka_unit_test(test_closed_lingers_until_peer_settled),
+      cmocka_unit_test(test_final_redial_when_silent),
+      cmocka_unit_test(test_final_redial_without_udp),
+      cmocka_unit_test(test_acks_by_resume_without_udp),
       cmocka_unit_test(test_done_does_not_strand_peer),
       cmocka_unit_test(test_close_lingers_at_most_give_up),
   };
