@@ -20,6 +20,8 @@ static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
   struct core_ctl ctl;
   char tag[17];
   if (ctl_peek(dg, len, &id) < 0) {
+    if (u->on_other && u->on_other(u, dg, len, from, fromlen))
+      return;
     LOG_DEBUG(ctx, "dropped a datagram that is not tether's (%zu bytes)", len);
     return;
   }
