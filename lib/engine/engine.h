@@ -252,6 +252,8 @@ struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SE
 struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
                           socklen_t len);
 void udp_close(struct udp_chan *u);
+/* Handles the datagrams already queued (engine thread). */
+void udp_drain(struct udp_chan *u);
 /* Sends a control datagram for s (both locks held). */
 void udp_send_ctl(struct tether_session *s, uint64_t now);
 

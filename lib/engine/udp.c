@@ -58,6 +58,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
   }
 }
 
+void udp_drain(struct udp_chan *u) { on_readable(u->fd, EV_READ, u); }
+
 struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
                           socklen_t len) {
   struct udp_chan *u = calloc(1, sizeof(*u));

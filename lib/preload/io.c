@@ -200,6 +200,9 @@ static ssize_t ps_send(struct psock *ps, int fd, const void *buf, size_t len, in
       return done ? (ssize_t)done : -1;
   }
 epipe:
+  LOG_DEBUG(s->ctx, "write on fd %d: EPIPE (%s; state %d wr_closed %d peer_rd_closed %d)", fd,
+            ps->wr_shut ? "shut down" : "session", s->core.state, s->core.wr_closed,
+            s->core.peer_rd_closed);
   if (!(flags & MSG_NOSIGNAL))
     raise(SIGPIPE); /* as the kernel would: to this thread */
   errno = EPIPE;

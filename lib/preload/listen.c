@@ -1,16 +1,19 @@
 /* The accepting side.  listen() on a TCP socket makes a listener: the real
- * listening socket moves to a hidden number, and the program's numbers refer
- * to an epoll instance that polls readable when the kernel has a connection
- * or tether has a session (or a plain connection) ready, so that the
- * program's poll/select/epoll on its listening fd stay truthful while
- * handshakes run in tether's engine thread, never in the program's.
+ * listening socket moves to a hidden number that tether's engine accepts
+ * from, and the program's numbers refer to an epoll instance that polls
+ * readable when a plain connection or a session is ready for accept(), so
+ * that the program's poll/select/epoll on its listening fd stay truthful
+ * while handshakes run in the engine thread, never in the program's.
  *
- * accept() takes, in this order: a plain connection that waited for its
- * first bytes, a session whose handshake finished, or a new connection from
- * the kernel.  A new connection is plain unless a probe announced it (or its
- * first bytes are already tether's preface); an announced one waits in the
- * engine for its first bytes (a client that gave up on tether sends plain
- * bytes, or a cancel datagram) and becomes a session or a plain connection.
+ * The engine accepts every connection itself (resumes must get through even
+ * when the program no longer calls accept(), or closed its listener).  A
+ * connection is plain unless a probe announced it (or its first bytes are
+ * already tether's preface); an announced one waits for its first bytes (a
+ * client that gave up on tether sends plain bytes, or a cancel datagram)
+ * and becomes a session or a plain connection.  After the program closes
+ * its listener the hidden socket stays open for resumes only (new
+ * connections are reset) until the program binds its port again.
+ *
  * A listener's UDP port (the same number) answers probes and carries the
  * sessions' side channel. */
 #include <errno.h>
@@ -32,6 +35,7 @@ struct plisten {
   int *plainq;
   int nq, capq;
   bool closed;
+  struct event *ev; /* the engine's accept event on l.fd */
   struct plisten *next;
 };
 
@@ -57,6 +61,8 @@ static void push_plain(struct plisten *pl, int sock) {
   pthread_mutex_lock(&pl->qlock);
   if (pl->closed) {
     pthread_mutex_unlock(&pl->qlock);
+    struct linger lg = {1, 0}; /* a reset, as from a closed port */
+    (void)real.setsockopt(sock, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     real.close(sock);
     return;
   }
@@ -106,7 +112,7 @@ static void resolve(struct pending *p, bool tether) {
   struct tether_ctx *ctx = p->pl->l.ctx;
   unlink_pending(p);
   event_free(p->ev);
-  if (tether && !p->pl->closed) {
+  if (tether) { /* after the program closed its listener, only resumes pass */
     struct hs_conn *h = hs_conn_new(ctx, HS_SERVER, p->sock);
     if (h) {
       h->listener = &p->pl->l;
@@ -120,9 +126,6 @@ static void resolve(struct pending *p, bool tether) {
       real.close(p->sock);
     }
   } else {
-    int fl = real.fcntl(p->sock, F_GETFL);
-    if (fl >= 0)
-      (void)real.fcntl(p->sock, F_SETFL, fl & ~O_NONBLOCK);
     push_plain(p->pl, p->sock);
   }
   free(p);
@@ -157,9 +160,6 @@ static void start_pending(struct plisten *pl, int sock, const struct sockaddr_st
                           socklen_t plen, const struct ipport *who) {
   struct tether_ctx *ctx = pl->l.ctx;
   struct pending *p = calloc(1, sizeof(*p));
-  int fl = real.fcntl(sock, F_GETFL);
-  (void)real.fcntl(sock, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
-  (void)real.fcntl(sock, F_SETFD, FD_CLOEXEC);
   if (p)
     p->ev = event_new(ctx->base, sock, EV_READ, on_pending, p);
   if (!p || !p->ev) {
@@ -182,6 +182,37 @@ static void start_pending(struct plisten *pl, int sock, const struct sockaddr_st
   event_add(p->ev, &tv);
 }
 
+static bool preface_waiting(int sock) {
+  uint8_t buf[HS_PREFACE_LEN];
+  ssize_t n = real.recv(sock, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+  return n == (ssize_t)sizeof(buf) && hs_check_preface(buf) != -EPROTO;
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg) {
+  struct plisten *pl = arg;
+  /* A probe or announce left before the connection's SYN, but its event
+   * may come after this one: take it first. */
+  if (pl->l.udp)
+    udp_drain(pl->l.udp);
+  for (int i = 0; i < 64; i++) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof(peer);
+    int c = real.accept4(pl->l.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0)
+      return;
+    struct ipport who;
+    char addr[64];
+    bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms());
+    bool preface = !announced && preface_waiting(c);
+    LOG_DEBUG(pl->l.ctx, "connection from %s: %s", sock_addr_str((struct sockaddr *)&peer, addr, sizeof(addr)),
+              announced ? "announced" : preface ? "tether preface" : pl->closed ? "refused (listener closed)" : "plain");
+    if (announced || preface)
+      start_pending(pl, c, &peer, plen, &who);
+    else
+      push_plain(pl, c); /* after the program closed: reset (resumes only) */
+  }
+}
+
 /* ---- the UDP port: probes ---- */
 
 static bool port_listening(int port) {
@@ -200,6 +231,7 @@ static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
   if (probe_decode(dg, len, &p) < 0 || !ipport_from(from, &who))
     return false;
   who.port = p.port;
+  LOG_DEBUG(u->ctx, "probe datagram type %d for port %u", p.type, p.port);
   switch (p.type) {
   case PROBE_ASK:
     if (port_listening(u->port)) {
@@ -210,9 +242,8 @@ static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
       (void)real.sendto(u->fd, out, sizeof(out), MSG_DONTWAIT, from, fromlen);
     }
     break;
-  case PROBE_ANNOUNCE:
-    if (port_listening(u->port))
-      probes_record(&who, tp_now_ms());
+  case PROBE_ANNOUNCE: /* a resume: welcome even after the program closed its listener */
+    probes_record(&who, tp_now_ms());
     break;
   case PROBE_CANCEL: {
     struct pending *found = NULL;
@@ -278,7 +309,7 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   int ep = real.epoll_create1(EPOLL_CLOEXEC);
   bool ok = pl->l.fd >= 0 && pl->l.ready_fd >= 0 && pl->plain_efd >= 0 && ep >= 0;
   int watch[3] = {pl->l.fd, pl->l.ready_fd, pl->plain_efd};
-  for (int i = 0; ok && i < 3; i++) {
+  for (int i = 1; ok && i < 3; i++) {
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = watch[i]};
     ok = real.epoll_ctl(ep, EPOLL_CTL_ADD, watch[i], &ev) == 0;
   }
@@ -295,6 +326,7 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   }
   int fl = real.fcntl(pl->l.fd, F_GETFL);
   (void)real.fcntl(pl->l.fd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+  pl->ev = event_new(ctx->base, pl->l.fd, EV_READ | EV_PERSIST, on_accept, pl);
   pl->l.udp = udp_for(ctx, &bound, blen, pl->l.port);
   if (!pl->l.udp)
     LOG_INFO(ctx, "UDP port %d unavailable: clients will not detect tether on this listener",
@@ -311,6 +343,8 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   pl->next = listeners;
   listeners = pl;
   pthread_mutex_unlock(&pl_lock);
+  if (pl->ev)
+    event_add(pl->ev, NULL);
   TP_LEAVE();
   return 0;
 }
@@ -356,12 +390,6 @@ static void fill_peer(int sock, struct sockaddr *addr, socklen_t *alen) {
     *alen = 0;
 }
 
-static bool preface_waiting(int sock) {
-  uint8_t buf[HS_PREFACE_LEN];
-  ssize_t n = real.recv(sock, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
-  return n == (ssize_t)sizeof(buf) && hs_check_preface(buf) != -EPROTO;
-}
-
 int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
   struct plisten *pl = ps->pl;
   if (ps->kind == PS_ORPHAN) /* inherited through fork: plain accepts only */
@@ -370,8 +398,8 @@ int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, 
     TP_ENTER();
     int c = pop_plain(pl);
     if (c >= 0) {
-      if (flags & SOCK_NONBLOCK)
-        (void)real.fcntl(c, F_SETFL, O_NONBLOCK);
+      if (!(flags & SOCK_NONBLOCK))
+        (void)real.fcntl(c, F_SETFL, 0);
       if (!(flags & SOCK_CLOEXEC))
         (void)real.fcntl(c, F_SETFD, 0);
       fill_peer(c, addr, alen);
@@ -388,32 +416,7 @@ int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, 
       }
       return c;
     }
-    struct sockaddr_storage peer;
-    socklen_t plen = sizeof(peer);
-    c = real.accept4(pl->l.fd, (struct sockaddr *)&peer, &plen,
-                     flags & (SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (c >= 0) {
-      struct ipport who;
-      if (ipport_from((struct sockaddr *)&peer, &who) &&
-          (probes_take(&who, tp_now_ms()) || preface_waiting(c))) {
-        start_pending(pl, c, &peer, plen, &who);
-        TP_LEAVE();
-        continue;
-      }
-      TP_LEAVE();
-      if (addr && alen) {
-        socklen_t n = *alen < plen ? *alen : plen;
-        memcpy(addr, &peer, n);
-        *alen = plen;
-      }
-      return c;
-    }
-    int err = errno;
     TP_LEAVE();
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      errno = err;
-      return -1;
-    }
     if (ps->nonblock) {
       errno = EAGAIN;
       return -1;
@@ -436,11 +439,32 @@ void pl_close(struct plisten *pl) {
   pl->plain_efd = -1;
   pthread_mutex_unlock(&pl->qlock);
   /* Sessions nobody accepted end.  The struct, its ready_fd (the engine may
-   * still signal it) and the UDP channel (sessions use it) stay. */
+   * still signal it), the UDP channel and the listening socket (sessions
+   * resume through them) stay. */
   tether_listener_close(&pl->l);
-  real.close(pl->l.fd);
-  pl->l.fd = -1;
   TP_LEAVE();
+}
+
+bool pl_release_port(const struct sockaddr *sa) {
+  struct ipport want;
+  bool any = false;
+  if (!ipport_from(sa, &want))
+    return false;
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten *pl = listeners; pl; pl = pl->next)
+    if (pl->closed && pl->l.fd >= 0 && pl->l.port == want.port) {
+      TP_ENTER();
+      if (pl->ev) {
+        event_free(pl->ev); /* waits for a running callback */
+        pl->ev = NULL;
+      }
+      real.close(pl->l.fd);
+      pl->l.fd = -1;
+      TP_LEAVE();
+      any = true;
+    }
+  pthread_mutex_unlock(&pl_lock);
+  return any;
 }
 
 /* Engine thread, before a redial connects: bind, and announce the source

@@ -30,6 +30,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -73,6 +74,8 @@ struct real_fns {
   int (*getsockname)(int, struct sockaddr *, socklen_t *);
   int (*poll)(struct pollfd *, nfds_t, int);
   int (*ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+  int (*select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+  int (*pselect)(int, fd_set *, fd_set *, fd_set *, const struct timespec *, const sigset_t *);
   int (*epoll_create)(int);
   int (*epoll_create1)(int);
   int (*epoll_ctl)(int, int, int, struct epoll_event *);
@@ -235,6 +238,9 @@ int pc_wait_connected(struct psock *ps, int fd, bool nonblock);
 int pl_listen(struct psock *ps, int fd, int backlog);
 int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags);
 void pl_close(struct plisten *pl);
+/* bind() met EADDRINUSE: closes the hidden sockets of closed listeners on
+ * that port (kept for resumes).  True if there was one. */
+bool pl_release_port(const struct sockaddr *sa);
 /* The engine's handler for probe datagrams on a listener's UDP port. */
 void pl_install_udp_handler(void *udp_chan);
 /* The redial hook: announces the redial's source port to the server. */

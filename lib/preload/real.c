@@ -27,7 +27,7 @@ void real_init(void) {
   R(read); R(write); R(readv); R(writev); R(recv); R(send); R(recvfrom); R(sendto);
   R(recvmsg); R(sendmsg); R(sendfile); R(close); R(shutdown); R(dup); R(dup2); R(dup3);
   R(fcntl); R(ioctl); R(getsockopt); R(setsockopt); R(getpeername); R(getsockname);
-  R(poll); R(ppoll); R(epoll_create); R(epoll_create1); R(epoll_ctl);
+  R(poll); R(ppoll); R(select); R(pselect); R(epoll_create); R(epoll_create1); R(epoll_ctl);
 #undef R
   /* Newer than some libcs: optional. */
   *(void **)&real.close_range = dlsym(RTLD_NEXT, "close_range");

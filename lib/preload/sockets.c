@@ -74,6 +74,8 @@ EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len) {
     return -1;
   }
   int rc = real.bind(fd, sa, len);
+  if (rc < 0 && errno == EADDRINUSE && ps->kind == PS_TCP && sa && pl_release_port(sa))
+    rc = real.bind(fd, sa, len);
   if (rc == 0 && ps->kind == PS_TCP)
     ps->bound = true;
   return rc;
@@ -663,58 +665,4 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     ps_reg_update(ps, epfd, op, fd, ev);
   pthread_mutex_unlock(&ps->lock);
   return rc;
-}
-
-/* ---- poll ---- */
-
-/* A session's transport failing shows as POLLERR/POLLHUP on the socket
- * until tether notices: to the program it is only a reason to call it. */
-static void fix_revents(struct pollfd *fds, nfds_t n, int rc) {
-  if (rc <= 0)
-    return;
-  for (nfds_t i = 0; i < n; i++) {
-    short bad = POLLERR | POLLHUP | POLLRDHUP;
-    if (!(fds[i].revents & bad))
-      continue;
-    struct psock *ps = fdt_get(fds[i].fd);
-    if (!ps || ps->kind != PS_SESSION)
-      continue;
-    short want = fds[i].events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
-    if (want)
-      fds[i].revents = (short)((fds[i].revents & ~bad) | want);
-  }
-}
-
-EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout) {
-  READY();
-  int rc = real.poll(fds, n, timeout);
-  if (!tp_inside)
-    fix_revents(fds, n, rc);
-  return rc;
-}
-
-EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask) {
-  READY();
-  int rc = real.ppoll(fds, n, ts, mask);
-  if (!tp_inside)
-    fix_revents(fds, n, rc);
-  return rc;
-}
-
-extern void __chk_fail(void) __attribute__((noreturn));
-int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen);
-int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask,
-                size_t fdslen);
-
-EXPORT int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen) {
-  if (fdslen / sizeof(*fds) < n)
-    __chk_fail();
-  return poll(fds, n, timeout);
-}
-
-EXPORT int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
-                       const sigset_t *mask, size_t fdslen) {
-  if (fdslen / sizeof(*fds) < n)
-    __chk_fail();
-  return ppoll(fds, n, ts, mask);
 }
