@@ -87,17 +87,24 @@ void probes_record(const struct ipport *who, uint64_t now_ms) {
   pthread_mutex_unlock(&records_lock);
 }
 
-bool probes_take(const struct ipport *who, uint64_t now_ms) {
-  bool found = false;
+bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port) {
+  int found = -1;
   pthread_mutex_lock(&records_lock);
-  for (int i = 0; i < RECORDS; i++)
-    if (records[i].expires > now_ms && ipport_eq(&records[i].who, who)) {
-      records[i].expires = 0;
-      found = true;
-      break;
-    }
+  for (int i = 0; i < RECORDS && found < 0; i++)
+    if (records[i].expires > now_ms && ipport_eq(&records[i].who, who))
+      found = i;
+  if (found >= 0) {
+    records[found].expires = 0;
+  } else if (any_port) {
+    /* A NAT may give the connection another source port than the probe's:
+     * a record of the same address makes it wait for its first bytes too.
+     * Not taken: it may still be its own connection's. */
+    for (int i = 0; i < RECORDS && found < 0; i++)
+      if (records[i].expires > now_ms && memcmp(records[i].who.ip, who->ip, 16) == 0)
+        found = i;
+  }
   pthread_mutex_unlock(&records_lock);
-  return found;
+  return found >= 0;
 }
 
 /* ---- TETHER_EXCLUDE ---- */
@@ -193,8 +200,10 @@ int exclude_parse(const char *spec) {
     return 0;
   snprintf(buf, sizeof(buf), "%s", spec);
   for (char *save = NULL, *it = strtok_r(buf, ", \t", &save); it; it = strtok_r(NULL, ", \t", &save)) {
-    if (nrules == EXCLUDE_MAX || parse_item(it, &rules[nrules]) < 0)
+    if (nrules == EXCLUDE_MAX || parse_item(it, &rules[nrules]) < 0) {
+      nrules = 0; /* all or nothing */
       return -EINVAL;
+    }
     nrules++;
   }
   return 0;

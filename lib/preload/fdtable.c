@@ -208,7 +208,6 @@ void fdt_after_fork_child(void) {
     pthread_mutex_init(&ps->lock, NULL);
     if (ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN)
       ps->kind = PS_ORPHAN;
-    ps->s = NULL;
-    ps->pl = NULL;
+    ps->s = NULL; /* the parent's; a listener keeps pl for plain accepts */
   }
 }

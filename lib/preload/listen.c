@@ -202,8 +202,10 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
       return;
     struct ipport who;
     char addr[64];
-    bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms());
+    bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms(), false);
     bool preface = !announced && preface_waiting(c);
+    if (!announced && !preface) /* behind a NAT that changed the port? */
+      announced = probes_take(&who, tp_now_ms(), true);
     LOG_DEBUG(pl->l.ctx, "connection from %s: %s", sock_addr_str((struct sockaddr *)&peer, addr, sizeof(addr)),
               announced ? "announced" : preface ? "tether preface" : pl->closed ? "refused (listener closed)" : "plain");
     if (announced || preface)
@@ -247,7 +249,7 @@ static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
     break;
   case PROBE_CANCEL: {
     struct pending *found = NULL;
-    (void)probes_take(&who, tp_now_ms());
+    (void)probes_take(&who, tp_now_ms(), false);
     pthread_mutex_lock(&pl_lock);
     for (struct pending *q = pendings; q && !found; q = q->next)
       if (ipport_eq(&q->who, &who))
@@ -392,8 +394,17 @@ static void fill_peer(int sock, struct sockaddr *addr, socklen_t *alen) {
 
 int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
   struct plisten *pl = ps->pl;
-  if (ps->kind == PS_ORPHAN) /* inherited through fork: plain accepts only */
-    return real.accept4(pl->l.fd, addr, alen, flags);
+  if (ps->kind == PS_ORPHAN) { /* inherited through fork: plain accepts only */
+    for (;;) {
+      int c = real.accept4(pl->l.fd, addr, alen, flags);
+      if (c >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || ps->nonblock)
+        return c;
+      if (tp_wait(pl->l.fd, POLLIN, -1) == -EINTR && !tp_restart_after_eintr()) {
+        errno = EINTR;
+        return -1;
+      }
+    }
+  }
   for (;;) {
     TP_ENTER();
     int c = pop_plain(pl);

@@ -201,8 +201,9 @@ bool ipport_eq(const struct ipport *a, const struct ipport *b);
 
 /* Server: connections announced by a probe, expiring after a while. */
 void probes_record(const struct ipport *who, uint64_t now_ms);
-/* Takes the record for `who` (true if there was one). */
-bool probes_take(const struct ipport *who, uint64_t now_ms);
+/* Takes the record for `who` (true if there was one); with any_port, a
+ * record of the same address with another port will do. */
+bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
 
 /* TETHER_EXCLUDE: parse once; true if the endpoint must stay plain. */
 int exclude_parse(const char *spec);

@@ -74,10 +74,13 @@ static short recheck(int fd, struct tether_session *s, short events) {
   return p.revents;
 }
 
+/* Never an error or a hang-up for a session: at most the readiness the
+ * program asked for (a poll with no events must stay silent, or a program
+ * such as nc would drop the fd). */
 static short sanitize(short revents, short events) {
   short bad = POLLERR | POLLHUP | POLLRDHUP;
   short want = events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
-  if ((revents & bad) && want)
+  if (revents & bad)
     revents = (short)((revents & ~bad) | want);
   return revents;
 }

@@ -102,6 +102,18 @@ nc_case late-probe-answer-s2c s2c "${RUN[@]}" :: "$TETHER_RUN" --log info --prob
 nc_case late-probe-answer-c2s c2s "${RUN[@]}" :: "$TETHER_RUN" --log info --probe-ms 0 --
 nc_case both-preloaded-s2c s2c "${RUN[@]}" :: "${RUN[@]}"
 grep -qi "accepted" "$TMP/both-preloaded-s2c.srv.log" || fail "two preloaded nc did not make a session"
+# TETHER_EXCLUDE on the client (the destination), then on the server (its
+# bound address): plain TCP between two preloaded programs.  A malformed
+# list is reported and ignored.
+nc_case excluded-client s2c "${RUN[@]}" :: "$TETHER_RUN" --log info --exclude 127.0.0.0/8 --
+nc_case excluded-server c2s "$TETHER_RUN" --log info --exclude "[::1],127.0.0.1" -- :: "${RUN[@]}"
+nc_case exclude-malformed s2c "${RUN[@]}" :: "$TETHER_RUN" --log info --exclude "no/such" --
+for c in excluded-client excluded-server; do
+  ! grep -qi "session" "$TMP/$c.srv.log" "$TMP/$c.cli.log" || fail "$c: a session despite TETHER_EXCLUDE"
+done
+grep -qi "TETHER_EXCLUDE is malformed" "$TMP/exclude-malformed.cli.log" ||
+  fail "a malformed TETHER_EXCLUDE was not reported"
+grep -qi "accepted" "$TMP/exclude-malformed.srv.log" || fail "exclude-malformed: no session"
 for f in "$TMP"/plain-*.srv.log "$TMP"/preloaded-*.srv.log; do
   ! grep -qi "session" "$f" || fail "$(basename "$f"): a session against a plain peer?"
 done
