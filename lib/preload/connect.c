@@ -203,10 +203,11 @@ static void run(struct cjob *j) {
     j->err = handshake(j);
 }
 
-/* Installs the outcome on the program's numbers. */
+/* Installs the outcome on the program's numbers.  A session is started
+ * before the program can see it (the engine's first transition may come at
+ * once: its hook takes ps->lock, so the start happens without it). */
 static void finish(struct cjob *j) {
   struct psock *ps = j->ps;
-  struct tether_session *start = NULL;
   pthread_mutex_lock(&ps->lock);
   if (ps->closed) { /* the program closed it meanwhile */
     if (j->s)
@@ -230,8 +231,24 @@ static void finish(struct cjob *j) {
     ps->s = s;
     ps->local_len = sizeof(ps->local);
     (void)real.getsockname(s->sock, (struct sockaddr *)&ps->local, &ps->local_len);
+    pthread_mutex_unlock(&ps->lock); /* still PS_CONNECTING for the program */
+    if (session_start(s) < 0)
+      LOG_ERR(s->ctx, "cannot start a session");
+    pthread_mutex_lock(&ps->lock);
+    if (ps->closed) { /* every number closed while it started */
+      if (ps->placeholder_w >= 0)
+        real.close(ps->placeholder_w);
+      pthread_mutex_unlock(&ps->lock);
+      session_lock(s);
+      s->app_fd = -1;
+      s->app_fd_hook = NULL;
+      session_unlock(s);
+      tether_close(s);
+      ps_free(ps);
+      free(j);
+      return;
+    }
     ps->kind = PS_SESSION;
-    start = s;
   } else {
     int sock = j->sock;
     if (sock < 0) /* the handshake consumed it: stand in an unconnected socket */
@@ -257,8 +274,6 @@ static void finish(struct cjob *j) {
     ps->placeholder_w = -1;
   }
   pthread_mutex_unlock(&ps->lock);
-  if (start && session_start(start) < 0)
-    LOG_ERR(start->ctx, "cannot start a session");
   free(j);
 }
 
