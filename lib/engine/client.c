@@ -28,12 +28,15 @@ struct udp_chan *client_udp(struct tether_ctx *ctx, int family) {
   return u;
 }
 
-static int open_connecting(const struct sockaddr *sa, socklen_t len, bool *connecting) {
+static int open_connecting(const struct sockaddr *sa, socklen_t len, bool *connecting,
+                           struct tether_session *redial) {
   int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
   if (fd < 0)
     return -errno;
   int one = 1;
   (void)setsockopt(fd, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof(one));
+  if (redial && redial->ctx->redial_hook)
+    redial->ctx->redial_hook(redial, fd);
   *connecting = false;
   if (connect(fd, sa, len) < 0) {
     if (errno != EINPROGRESS) {
@@ -86,7 +89,7 @@ int tether_connect(tether_ctx *ctx, const char *host, const char *port, tether_s
     bool connecting;
     if (!client_udp(ctx, a->ai_family))
       LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
-    int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting);
+    int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting, NULL);
     if (fd < 0) {
       rc = fd;
       continue;
@@ -156,7 +159,7 @@ void client_redial(struct tether_session *s) {
     drop_redial(s, old);
     hs_conn_abort(old);
   }
-  int fd = open_connecting((struct sockaddr *)&s->dial_addr, s->dial_len, &connecting);
+  int fd = open_connecting((struct sockaddr *)&s->dial_addr, s->dial_len, &connecting, s);
   if (fd < 0) {
     LOG_DEBUG(ctx, "redial: %s", strerror(-fd));
     return;

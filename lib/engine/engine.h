@@ -47,6 +47,10 @@ struct udp_chan {
   int family;
   uint16_t port;
   struct event *ev;
+  /* Front ends (the preload) may claim datagrams that are not control
+   * datagrams: returns true when it took the datagram. Engine thread. */
+  bool (*on_other)(struct udp_chan *u, const uint8_t *dg, size_t len,
+                   const struct sockaddr *from, socklen_t fromlen);
 };
 
 #define SESSION_BUCKETS 256
@@ -81,6 +85,10 @@ struct tether_ctx {
   uint64_t key_born_ns;
   bool refill_pending;
   struct event *refill_ev;
+
+  /* Front ends (the preload): called on the engine thread with a redial's
+   * socket before it connects. */
+  void (*redial_hook)(struct tether_session *s, int fd);
 };
 
 struct tether_listener {
@@ -133,6 +141,12 @@ struct tether_session {
   struct hs_conn *redials[2];
   struct hs_conn *finishing; /* the redial that sent ResumeFinish */
   tether_state reported;
+
+  /* Front ends (the preload) that give app_fd numbers of their own: when
+   * set, called with both locks held instead of dup3(fd, app_fd) whenever
+   * app_fd must point at a new file of kind `kind` (an APP_FD_* value). */
+  void (*app_fd_hook)(struct tether_session *s, int fd, int kind);
+  void *hook_arg;
 };
 
 /* What the application's fd refers to.  poll() attaches to the files it
@@ -259,6 +273,8 @@ struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SE
 struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
                           socklen_t len);
 void udp_close(struct udp_chan *u);
+/* Handles the datagrams already queued (engine thread). */
+void udp_drain(struct udp_chan *u);
 /* Sends a control datagram for s (both locks held). */
 void udp_send_ctl(struct tether_session *s, uint64_t now);
 

@@ -178,7 +178,9 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
 /* Both locks held.  Points app_fd at `fd` (consumed) of the given kind, and
  * wakes pollers of a WAIT pipe by closing its write end. */
 static void app_fd_install(struct tether_session *s, int fd, int kind) {
-  if (s->app_fd >= 0 && dup3(fd, s->app_fd, O_CLOEXEC) < 0)
+  if (s->app_fd >= 0 && s->app_fd_hook)
+    s->app_fd_hook(s, fd, kind);
+  else if (s->app_fd >= 0 && dup3(fd, s->app_fd, O_CLOEXEC) < 0)
     LOG_ERR(s->ctx, "dup3 onto the session descriptor failed: %s", strerror(errno));
   if (fd != s->sock)
     close(fd);

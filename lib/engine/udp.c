@@ -20,6 +20,8 @@ static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
   struct core_ctl ctl;
   char tag[17];
   if (ctl_peek(dg, len, &id) < 0) {
+    if (u->on_other && u->on_other(u, dg, len, from, fromlen))
+      return;
     LOG_DEBUG(ctx, "dropped a datagram that is not tether's (%zu bytes)", len);
     return;
   }
@@ -55,6 +57,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
     on_datagram(u, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
   }
 }
+
+void udp_drain(struct udp_chan *u) { on_readable(u->fd, EV_READ, u); }
 
 struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
                           socklen_t len) {

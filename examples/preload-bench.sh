@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# preload-bench.sh: iperf3 and redis-benchmark, plain and under tether-run
+# (both ends), side by side in one run: rounds alternate plain / tether,
+# and the report gives the medians and their ratio (tether / plain; the
+# issue's target is >= 0.90 for both).  A benchmark, not a test: it asserts
+# nothing and should run on an otherwise idle machine.
+#
+#   bash examples/preload-bench.sh [--rounds N] [--iperf-seconds S | --iperf-bytes SIZE]
+#                                  [--redis-requests N] [--redis-clients N]
+#                                  [--tether-run PATH] [--quick]
+#
+# --quick: one round, 20 MB of iperf3 and 2000 redis requests (checks that
+# the script works; the figures mean nothing).  Loopback only.
+set -euo pipefail
+export LC_ALL=C
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+rounds=5
+iperf_len=(-t 5)
+redis_n=200000
+redis_c=50
+tether_run=
+while [ $# -gt 0 ]; do
+  case $1 in
+  --rounds) rounds=$2; shift 2 ;;
+  --iperf-seconds) iperf_len=(-t "$2"); shift 2 ;;
+  --iperf-bytes) iperf_len=(-n "$2"); shift 2 ;;
+  --redis-requests) redis_n=$2; shift 2 ;;
+  --redis-clients) redis_c=$2; shift 2 ;;
+  --tether-run) tether_run=$2; shift 2 ;;
+  --quick) rounds=1; iperf_len=(-n 20M); redis_n=2000; shift ;;
+  -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+  *) echo "preload-bench: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$tether_run" ]; then
+  for d in build build-preload; do
+    [ -x "$here/$d/lib/preload/tether-run" ] && tether_run=$here/$d/lib/preload/tether-run && break
+  done
+fi
+[ -x "${tether_run:-}" ] || { echo "preload-bench: tether-run not found (--tether-run PATH)" >&2; exit 2; }
+for t in iperf3 redis-server redis-benchmark python3; do
+  command -v "$t" >/dev/null || { echo "preload-bench: $t missing (.ci/install-deps)" >&2; exit 2; }
+done
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000))
+    [ -z "$(ss -Htuan "sport = :$p")" ] && echo "$p" && return
+  done
+}
+
+wait_listen() {
+  local i
+  for ((i = 0; i < 250; i++)); do
+    [ -n "$(ss -Htln "sport = :$1")" ] && return 0
+    sleep 0.02
+  done
+  echo "preload-bench: nothing listens on $1" >&2
+  exit 1
+}
+
+# One server of each kind per mode, for the whole run.
+declare -A iperf_port redis_port
+for mode in plain tether; do
+  prefix=()
+  [ "$mode" = tether ] && prefix=("$tether_run" --log info --)
+  iperf_port[$mode]=$(free_port)
+  "${prefix[@]}" iperf3 -s -p "${iperf_port[$mode]}" >"$tmp/iperf-$mode.log" 2>&1 &
+  pids+=($!)
+  redis_port[$mode]=$(free_port)
+  "${prefix[@]}" redis-server --port "${redis_port[$mode]}" --bind 127.0.0.1 --save '' \
+    --appendonly no --daemonize no >"$tmp/redis-$mode.log" 2>&1 &
+  pids+=($!)
+  wait_listen "${iperf_port[$mode]}"
+  wait_listen "${redis_port[$mode]}"
+done
+
+for ((r = 1; r <= rounds; r++)); do
+  for mode in plain tether; do
+    prefix=()
+    [ "$mode" = tether ] && prefix=("$tether_run" --)
+    "${prefix[@]}" iperf3 -c 127.0.0.1 -p "${iperf_port[$mode]}" "${iperf_len[@]}" -J \
+      >"$tmp/iperf-$mode-$r.json"
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9)' \
+      "$tmp/iperf-$mode-$r.json" >>"$tmp/iperf-$mode.gbit"
+    "${prefix[@]}" redis-benchmark -p "${redis_port[$mode]}" -t set,get -n "$redis_n" \
+      -c "$redis_c" -q --csv >"$tmp/redis-$mode-$r.csv"
+    for op in SET GET; do
+      grep "^\"$op\"" "$tmp/redis-$mode-$r.csv" | cut -d, -f2 | tr -d '"' >>"$tmp/redis-$mode.$op"
+    done
+    echo "round $r/$rounds $mode: iperf3 $(tail -n 1 "$tmp/iperf-$mode.gbit") Gbit/s," \
+      "SET $(tail -n 1 "$tmp/redis-$mode.SET")/s, GET $(tail -n 1 "$tmp/redis-$mode.GET")/s" >&2
+  done
+done
+
+python3 - "$tmp" "$rounds" <<'PYEOF'
+import json, statistics, sys
+tmp, rounds = sys.argv[1], int(sys.argv[2])
+def med(name):
+    return statistics.median(float(x) for x in open(f"{tmp}/{name}").read().split())
+rows = [("iperf3 (Gbit/s)", "iperf-%s.gbit"), ("redis SET (req/s)", "redis-%s.SET"),
+        ("redis GET (req/s)", "redis-%s.GET")]
+out = {"rounds": rounds}
+print(f"{'workload':<20} {'plain':>12} {'tether-run':>12} {'ratio':>7}  (medians of {rounds})")
+for label, pat in rows:
+    p, t = med(pat % "plain"), med(pat % "tether")
+    ratio = t / p if p else 0.0
+    print(f"{label:<20} {p:>12.2f} {t:>12.2f} {ratio:>7.3f}")
+    out[pat.split("-")[0] + "_" + pat.rsplit(".", 1)[1].lower()] = {"plain": p, "tether": t, "ratio": ratio}
+print(json.dumps(out))
+PYEOF
+# Evidence that the tether rounds used sessions (not a plain fallback).
+echo "tether sessions accepted: iperf3 $(grep -c accepted "$tmp/iperf-tether.log" || true)," \
+  "redis $(grep -c accepted "$tmp/redis-tether.log" || true)" >&2

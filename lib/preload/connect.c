@@ -1,0 +1,356 @@
+/* The connecting side: connect() on a TCP socket.  Detection runs in
+ * parallel with the TCP connect: a probe datagram to the server's port
+ * number (see detect.c), then either the tether handshake (the server
+ * answered) or plain TCP (a refusal, or no answer within one connect time
+ * plus TETHER_PROBE_MS).  A blocking connect runs it all in the caller's
+ * thread; a non-blocking one returns EINPROGRESS at once and runs it in a
+ * helper thread while the program's number holds a placeholder that polls
+ * ready only when the outcome is installed. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "preload.h"
+
+struct cjob {
+  struct psock *ps;
+  int sock; /* the TCP socket being connected (a dup of the program's) */
+  struct sockaddr_storage dst;
+  socklen_t dstlen;
+  bool async;
+  int err; /* positive errno, 0 = success */
+  struct tether_session *s; /* tether: the session, not started */
+};
+
+static socklen_t family_len(int family) {
+  return family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+/* The side channel for sessions this process connects (as client.c). */
+static int ensure_udp(struct tether_ctx *ctx, int family) {
+  struct udp_chan **slot = family == AF_INET6 ? &ctx->udp6 : &ctx->udp4;
+  int rc = 0;
+  pthread_mutex_lock(&ctx->lock);
+  if (!*slot) {
+    struct sockaddr_storage any;
+    memset(&any, 0, sizeof(any));
+    any.ss_family = (sa_family_t)family;
+    *slot = udp_open(ctx, family, (struct sockaddr *)&any, family_len(family));
+    if (!*slot)
+      rc = -EIO;
+  }
+  pthread_mutex_unlock(&ctx->lock);
+  return rc;
+}
+
+static void send_probe(int u, uint8_t type, uint16_t port, const uint8_t nonce[8]) {
+  struct probe p = {.type = type, .port = port};
+  uint8_t dg[PROBE_LEN];
+  memcpy(p.nonce, nonce, 8);
+  probe_encode(&p, dg);
+  (void)real.send(u, dg, sizeof(dg), MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+/* Connects j->sock, and finds out whether a tether server is there.
+ * Returns 0 (*tether set) or a positive errno. */
+static int probe_and_connect(struct cjob *j, bool *tether) {
+  struct psock *ps = j->ps;
+  struct sockaddr_storage local;
+  socklen_t llen = sizeof(local);
+  uint8_t nonce[8];
+  enum { P_NONE, P_WAIT, P_YES } probe = P_NONE;
+  int u = -1, err = 0;
+  *tether = false;
+
+  int fl = real.fcntl(j->sock, F_GETFL);
+  (void)real.fcntl(j->sock, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+  if (!ps->bound) { /* the probe must name our source port: bind first */
+    struct sockaddr_storage any;
+    memset(&any, 0, sizeof(any));
+    any.ss_family = (sa_family_t)ps->family;
+    (void)real.bind(j->sock, (struct sockaddr *)&any, family_len(ps->family));
+  }
+  if (real.getsockname(j->sock, (struct sockaddr *)&local, &llen) == 0 &&
+      crypto_random(nonce, sizeof(nonce)) == 0) {
+    struct ipport lp;
+    u = real.socket(j->dst.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (u >= 0 && ipport_from((struct sockaddr *)&local, &lp) && lp.port != 0) {
+      if (ps->bound) { /* same source address as the TCP connection */
+        struct sockaddr_storage a = local;
+        if (a.ss_family == AF_INET)
+          ((struct sockaddr_in *)&a)->sin_port = 0;
+        else
+          ((struct sockaddr_in6 *)&a)->sin6_port = 0;
+        (void)real.bind(u, (struct sockaddr *)&a, llen);
+      }
+      if (real.connect(u, (struct sockaddr *)&j->dst, j->dstlen) == 0) {
+        send_probe(u, PROBE_ASK, lp.port, nonce);
+        probe = P_WAIT;
+      }
+    }
+  }
+
+  uint64_t t0 = now_ns(), deadline = 0;
+  bool done = false;
+  if (real.connect(j->sock, (struct sockaddr *)&j->dst, j->dstlen) == 0) {
+    done = true;
+  } else if (errno != EINPROGRESS) {
+    err = errno;
+    goto out;
+  }
+  if (done)
+    deadline = now_ns() + (uint64_t)tp_probe_ms * 1000000;
+  while (!done || probe == P_WAIT) {
+    struct pollfd p[2] = {{.fd = done ? -1 : j->sock, .events = POLLOUT},
+                          {.fd = probe == P_WAIT ? u : -1, .events = POLLIN}};
+    int timeout = -1;
+    if (done) {
+      uint64_t now = now_ns();
+      if (now >= deadline)
+        break; /* no answer: plain */
+      timeout = (int)((deadline - now) / 1000000) + 1;
+    }
+    if (real.poll(p, 2, timeout) < 0 && errno != EINTR) {
+      err = errno;
+      goto out;
+    }
+    if (p[0].revents) {
+      socklen_t len = sizeof(err);
+      if (real.getsockopt(j->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+      if (err)
+        goto out;
+      done = true;
+      /* One more connect time for the answer (it left before our SYN), and
+       * at least TETHER_PROBE_MS. */
+      uint64_t now = now_ns(), rtt = now - t0, min = (uint64_t)tp_probe_ms * 1000000;
+      deadline = now + (rtt > min ? rtt : min);
+    }
+    if (p[1].revents) {
+      uint8_t dg[64];
+      struct probe pr;
+      ssize_t n = real.recv(u, dg, sizeof(dg), MSG_DONTWAIT);
+      if (n < 0 && errno != EAGAIN && errno != EINTR)
+        probe = P_NONE; /* ECONNREFUSED: nothing on that UDP port */
+      else if (n > 0 && probe_decode(dg, (size_t)n, &pr) == 0 && pr.type == PROBE_YES &&
+               memcmp(pr.nonce, nonce, 8) == 0)
+        probe = P_YES;
+    }
+  }
+out:
+  if (probe == P_WAIT || (err && probe == P_YES)) {
+    struct ipport lp;
+    if (ipport_from((struct sockaddr *)&local, &lp))
+      send_probe(u, PROBE_CANCEL, lp.port, nonce); /* the server need not wait for us */
+  }
+  if (u >= 0)
+    real.close(u);
+  *tether = !err && probe == P_YES;
+  return err;
+}
+
+/* Runs the new-session handshake on j->sock (consumed). */
+static int handshake(struct cjob *j) {
+  struct tether_ctx *ctx = tp_ctx();
+  int rc;
+  if (!ctx)
+    return ECONNREFUSED;
+  if (ensure_udp(ctx, j->dst.ss_family) < 0)
+    LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
+  struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_NEW, j->sock);
+  if (!h)
+    return ENOMEM;
+  j->sock = -1;
+  memcpy(&h->peer, &j->dst, j->dstlen);
+  h->peer_len = j->dstlen;
+  uint64_t deadline = now_ns() + (uint64_t)ctx->cfg.connect_timeout_ms * 1000000;
+  for (;;) {
+    rc = hs_conn_advance(h);
+    if (rc == HS_DONE || rc < 0)
+      break;
+    uint64_t now = now_ns();
+    if (now >= deadline) {
+      rc = -ETIMEDOUT;
+      break;
+    }
+    struct pollfd p = {.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT};
+    (void)real.poll(&p, 1, (int)((deadline - now) / 1000000) + 1);
+  }
+  if (rc == HS_DONE) {
+    j->s = session_new(ctx, h, true);
+    if (j->s)
+      h->fd = -1; /* the session owns the socket */
+    rc = j->s ? 0 : -ENOMEM;
+  } else {
+    char addr[64];
+    LOG_WARN(ctx, "tether handshake with %s failed: %s (%s)",
+             sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), tether_strerror(rc),
+             h->why ? h->why : "");
+  }
+  hs_conn_free(h);
+  if (rc == 0)
+    return 0;
+  return rc == -ETIMEDOUT ? ETIMEDOUT : ECONNRESET;
+}
+
+static void run(struct cjob *j) {
+  bool tether;
+  j->err = probe_and_connect(j, &tether);
+  if (!j->err && tether)
+    j->err = handshake(j);
+}
+
+/* Installs the outcome on the program's numbers.  A session is started
+ * before the program can see it (the engine's first transition may come at
+ * once: its hook takes ps->lock, so the start happens without it). */
+static void finish(struct cjob *j) {
+  struct psock *ps = j->ps;
+  pthread_mutex_lock(&ps->lock);
+  if (ps->closed) { /* the program closed it meanwhile */
+    if (j->s)
+      session_destroy(j->s);
+    if (j->sock >= 0)
+      real.close(j->sock);
+    if (ps->placeholder_w >= 0)
+      real.close(ps->placeholder_w);
+    pthread_mutex_unlock(&ps->lock);
+    ps_free(ps);
+    free(j);
+    return;
+  }
+  if (j->s) {
+    struct tether_session *s = j->s;
+    int q = s->app_fd;
+    tp_session_attach_hooks(ps, s);
+    ps_swap(ps, s->sock);
+    real.close(q);
+    s->app_fd = ps->naliases ? ps->aliases[0] : -1;
+    ps->s = s;
+    ps->local_len = sizeof(ps->local);
+    (void)real.getsockname(s->sock, (struct sockaddr *)&ps->local, &ps->local_len);
+    pthread_mutex_unlock(&ps->lock); /* still PS_CONNECTING for the program */
+    if (session_start(s) < 0)
+      LOG_ERR(s->ctx, "cannot start a session");
+    pthread_mutex_lock(&ps->lock);
+    if (ps->closed) { /* every number closed while it started */
+      if (ps->placeholder_w >= 0)
+        real.close(ps->placeholder_w);
+      pthread_mutex_unlock(&ps->lock);
+      session_lock(s);
+      s->app_fd = -1;
+      s->app_fd_hook = NULL;
+      session_unlock(s);
+      tether_close(s);
+      ps_free(ps);
+      free(j);
+      return;
+    }
+    ps->kind = PS_SESSION;
+  } else {
+    int sock = j->sock;
+    if (sock < 0) /* the handshake consumed it: stand in an unconnected socket */
+      sock = real.socket(ps->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock >= 0) {
+      int fl = real.fcntl(sock, F_GETFL);
+      if (fl >= 0)
+        (void)real.fcntl(sock, F_SETFL, ps->nonblock ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
+      if (j->async || j->sock < 0)
+        ps_swap(ps, sock);
+      real.close(sock);
+    }
+    j->sock = -1;
+    if (j->err) {
+      ps->kind = PS_FAILED;
+      ps->conn_err = j->err;
+    } else {
+      ps->kind = PS_PLAIN;
+    }
+  }
+  if (ps->placeholder_w >= 0) { /* wakes pollers of the placeholder */
+    real.close(ps->placeholder_w);
+    ps->placeholder_w = -1;
+  }
+  pthread_mutex_unlock(&ps->lock);
+  free(j);
+}
+
+static void *runner(void *arg) {
+  struct cjob *j = arg;
+  run(j);
+  finish(j);
+  return NULL;
+}
+
+int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t len) {
+  struct tether_ctx *ctx = NULL;
+  if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || len > sizeof(struct sockaddr_storage) ||
+      excluded(sa) || !(ctx = tp_ctx())) {
+    ps->kind = PS_PLAIN;
+    return real.connect(fd, sa, len);
+  }
+  struct cjob *j = calloc(1, sizeof(*j));
+  if (!j) {
+    errno = ENOMEM;
+    return -1;
+  }
+  j->ps = ps;
+  memcpy(&j->dst, sa, len);
+  j->dstlen = len;
+  j->sock = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (j->sock < 0) {
+    free(j);
+    return -1;
+  }
+  pthread_mutex_lock(&ps->lock);
+  memcpy(&ps->peer, sa, len);
+  ps->peer_len = len;
+  ps->kind = PS_CONNECTING;
+  if (ps->nonblock) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+      ps_swap(ps, p[0]);
+      real.close(p[0]);
+      ps->placeholder_w = p[1];
+      j->async = true;
+    }
+  }
+  pthread_mutex_unlock(&ps->lock);
+  if (j->async) {
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    TP_ENTER();
+    int rc = pthread_create(&th, &attr, runner, j); /* ours: the thread runs inside tether */
+    TP_LEAVE();
+    pthread_attr_destroy(&attr);
+    if (rc == 0) {
+      errno = EINPROGRESS;
+      return -1;
+    }
+  }
+  TP_ENTER();
+  run(j);
+  int err = j->err;
+  finish(j);
+  TP_LEAVE();
+  if (err) {
+    errno = err;
+    return -1;
+  }
+  return 0;
+}
+
+int pc_wait_connected(struct psock *ps, int fd, bool nonblock) {
+  while (__atomic_load_n(&ps->kind, __ATOMIC_ACQUIRE) == PS_CONNECTING) {
+    if (nonblock)
+      return -EAGAIN;
+    int rc = tp_wait(fd, POLLIN | POLLOUT, 50);
+    if (rc == -EINTR && !tp_restart_after_eintr())
+      return -EINTR;
+  }
+  return 0;
+}

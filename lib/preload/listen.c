@@ -1,0 +1,505 @@
+/* The accepting side.  listen() on a TCP socket makes a listener: the real
+ * listening socket moves to a hidden number that tether's engine accepts
+ * from, and the program's numbers refer to an epoll instance that polls
+ * readable when a plain connection or a session is ready for accept(), so
+ * that the program's poll/select/epoll on its listening fd stay truthful
+ * while handshakes run in the engine thread, never in the program's.
+ *
+ * The engine accepts every connection itself (resumes must get through even
+ * when the program no longer calls accept(), or closed its listener).  A
+ * connection is plain unless a probe announced it (or its first bytes are
+ * already tether's preface); an announced one waits for its first bytes (a
+ * client that gave up on tether sends plain bytes, or a cancel datagram)
+ * and becomes a session or a plain connection.  After the program closes
+ * its listener the hidden socket stays open for resumes only (new
+ * connections are reset) until the program binds its port again.
+ *
+ * A listener's UDP port (the same number) answers probes and carries the
+ * sessions' side channel. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "engine.h"
+#include "preload.h"
+
+struct plisten {
+  struct tether_listener l; /* the library's: ctx, fd (real socket), udp, ready_fd, queue */
+  int plain_efd;            /* semaphore: one count per queued plain connection */
+  pthread_mutex_t qlock;
+  int *plainq;
+  int nq, capq;
+  bool closed;
+  struct event *ev; /* the engine's accept event on l.fd */
+  struct plisten *next;
+};
+
+/* An announced connection waiting for its first bytes (engine thread). */
+struct pending {
+  struct plisten *pl;
+  int sock;
+  struct sockaddr_storage peer;
+  socklen_t peer_len;
+  struct ipport who;
+  struct event *ev;
+  uint64_t deadline_ms;
+  struct pending *next;
+};
+
+static pthread_mutex_t pl_lock = PTHREAD_MUTEX_INITIALIZER; /* listeners, pendings */
+static struct plisten *listeners;
+static struct pending *pendings;
+
+int pl_socket(struct plisten *pl) { return pl->l.fd; }
+
+static void push_plain(struct plisten *pl, int sock) {
+  pthread_mutex_lock(&pl->qlock);
+  if (pl->closed) {
+    pthread_mutex_unlock(&pl->qlock);
+    struct linger lg = {1, 0}; /* a reset, as from a closed port */
+    (void)real.setsockopt(sock, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    real.close(sock);
+    return;
+  }
+  if (pl->nq == pl->capq) {
+    int cap = pl->capq ? pl->capq * 2 : 8;
+    int *q = realloc(pl->plainq, (size_t)cap * sizeof(*q));
+    if (!q) {
+      pthread_mutex_unlock(&pl->qlock);
+      real.close(sock);
+      return;
+    }
+    pl->plainq = q;
+    pl->capq = cap;
+  }
+  pl->plainq[pl->nq++] = sock;
+  uint64_t one = 1;
+  (void)!real.write(pl->plain_efd, &one, sizeof(one));
+  pthread_mutex_unlock(&pl->qlock);
+}
+
+static int pop_plain(struct plisten *pl) {
+  uint64_t v;
+  int sock = -1;
+  pthread_mutex_lock(&pl->qlock);
+  if (pl->nq > 0 && real.read(pl->plain_efd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
+    sock = pl->plainq[0];
+    memmove(pl->plainq, pl->plainq + 1, (size_t)(pl->nq - 1) * sizeof(*pl->plainq));
+    pl->nq--;
+  }
+  pthread_mutex_unlock(&pl->qlock);
+  return sock;
+}
+
+/* ---- announced connections (engine thread) ---- */
+
+static void unlink_pending(struct pending *p) {
+  pthread_mutex_lock(&pl_lock);
+  for (struct pending **pp = &pendings; *pp; pp = &(*pp)->next)
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  pthread_mutex_unlock(&pl_lock);
+}
+
+static void resolve(struct pending *p, bool tether) {
+  struct tether_ctx *ctx = p->pl->l.ctx;
+  unlink_pending(p);
+  event_free(p->ev);
+  if (tether) { /* after the program closed its listener, only resumes pass */
+    struct hs_conn *h = hs_conn_new(ctx, HS_SERVER, p->sock);
+    if (h) {
+      h->listener = &p->pl->l;
+      memcpy(&h->peer, &p->peer, p->peer_len);
+      h->peer_len = p->peer_len;
+      if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0) {
+        LOG_WARN(ctx, "too many handshakes in progress; connection dropped");
+        hs_conn_free(h);
+      }
+    } else {
+      real.close(p->sock);
+    }
+  } else {
+    push_plain(p->pl, p->sock);
+  }
+  free(p);
+}
+
+static void on_pending(evutil_socket_t fd, short what, void *arg) {
+  struct pending *p = arg;
+  uint8_t buf[HS_PREFACE_LEN];
+  if (what & EV_TIMEOUT) {
+    resolve(p, false);
+    return;
+  }
+  ssize_t n = real.recv(p->sock, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    n = -2;
+  if (n > 0 && memcmp(buf, HS_MAGIC, (size_t)n < 4 ? (size_t)n : 4) != 0) {
+    resolve(p, false); /* plain bytes: the client gave up on tether */
+    return;
+  }
+  if (n == (ssize_t)sizeof(buf) || n == 0 || n == -1) {
+    resolve(p, n == (ssize_t)sizeof(buf)); /* EOF or an error: the program sees it */
+    return;
+  }
+  /* Part of the preface, or nothing yet: wait for the rest. */
+  uint64_t now = tp_now_ms();
+  uint64_t left = p->deadline_ms > now ? p->deadline_ms - now : 0;
+  struct timeval tv = {.tv_sec = (time_t)(left / 1000), .tv_usec = (suseconds_t)(left % 1000) * 1000};
+  event_add(p->ev, &tv);
+}
+
+static void start_pending(struct plisten *pl, int sock, const struct sockaddr_storage *peer,
+                          socklen_t plen, const struct ipport *who) {
+  struct tether_ctx *ctx = pl->l.ctx;
+  struct pending *p = calloc(1, sizeof(*p));
+  if (p)
+    p->ev = event_new(ctx->base, sock, EV_READ, on_pending, p);
+  if (!p || !p->ev) {
+    free(p);
+    push_plain(pl, sock);
+    return;
+  }
+  p->pl = pl;
+  p->sock = sock;
+  memcpy(&p->peer, peer, plen);
+  p->peer_len = plen;
+  p->who = *who;
+  p->deadline_ms = tp_now_ms() + (uint64_t)tp_accept_wait_ms;
+  pthread_mutex_lock(&pl_lock);
+  p->next = pendings;
+  pendings = p;
+  pthread_mutex_unlock(&pl_lock);
+  struct timeval tv = {.tv_sec = tp_accept_wait_ms / 1000,
+                       .tv_usec = (suseconds_t)(tp_accept_wait_ms % 1000) * 1000};
+  event_add(p->ev, &tv);
+}
+
+static bool preface_waiting(int sock) {
+  uint8_t buf[HS_PREFACE_LEN];
+  ssize_t n = real.recv(sock, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+  return n == (ssize_t)sizeof(buf) && hs_check_preface(buf) != -EPROTO;
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg) {
+  struct plisten *pl = arg;
+  /* A probe or announce left before the connection's SYN, but its event
+   * may come after this one: take it first. */
+  if (pl->l.udp)
+    udp_drain(pl->l.udp);
+  for (int i = 0; i < 64; i++) {
+    struct sockaddr_storage peer;
+    socklen_t plen = sizeof(peer);
+    int c = real.accept4(pl->l.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0)
+      return;
+    struct ipport who;
+    char addr[64];
+    bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms(), false);
+    bool preface = !announced && preface_waiting(c);
+    if (!announced && !preface) /* behind a NAT that changed the port? */
+      announced = probes_take(&who, tp_now_ms(), true);
+    LOG_DEBUG(pl->l.ctx, "connection from %s: %s", sock_addr_str((struct sockaddr *)&peer, addr, sizeof(addr)),
+              announced ? "announced" : preface ? "tether preface" : pl->closed ? "refused (listener closed)" : "plain");
+    if (announced || preface)
+      start_pending(pl, c, &peer, plen, &who);
+    else
+      push_plain(pl, c); /* after the program closed: reset (resumes only) */
+  }
+}
+
+/* ---- the UDP port: probes ---- */
+
+static bool port_listening(int port) {
+  bool yes = false;
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten *pl = listeners; pl && !yes; pl = pl->next)
+    yes = !pl->closed && pl->l.port == port;
+  pthread_mutex_unlock(&pl_lock);
+  return yes;
+}
+
+static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
+                     const struct sockaddr *from, socklen_t fromlen) {
+  struct probe p;
+  struct ipport who;
+  if (probe_decode(dg, len, &p) < 0 || !ipport_from(from, &who))
+    return false;
+  who.port = p.port;
+  LOG_DEBUG(u->ctx, "probe datagram type %d for port %u", p.type, p.port);
+  switch (p.type) {
+  case PROBE_ASK:
+    if (port_listening(u->port)) {
+      uint8_t out[PROBE_LEN];
+      probes_record(&who, tp_now_ms());
+      p.type = PROBE_YES;
+      probe_encode(&p, out);
+      (void)real.sendto(u->fd, out, sizeof(out), MSG_DONTWAIT, from, fromlen);
+    }
+    break;
+  case PROBE_ANNOUNCE: /* a resume: welcome even after the program closed its listener */
+    probes_record(&who, tp_now_ms());
+    break;
+  case PROBE_CANCEL: {
+    struct pending *found = NULL;
+    (void)probes_take(&who, tp_now_ms(), false);
+    pthread_mutex_lock(&pl_lock);
+    for (struct pending *q = pendings; q && !found; q = q->next)
+      if (ipport_eq(&q->who, &who))
+        found = q;
+    pthread_mutex_unlock(&pl_lock);
+    if (found) /* pendings are resolved on this thread only: still valid */
+      resolve(found, false);
+    break;
+  }
+  default:
+    break;
+  }
+  return true;
+}
+
+/* The UDP channel for a listener on port: shared by listeners of the same
+ * port number (an IPv6 dual-stack one takes IPv4 probes too). */
+static struct udp_chan *udp_for(struct tether_ctx *ctx, const struct sockaddr_storage *bound,
+                                socklen_t blen, int port) {
+  struct udp_chan *u = NULL;
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten *pl = listeners; pl && !u; pl = pl->next)
+    if (pl->l.port == port && pl->l.udp)
+      u = pl->l.udp;
+  pthread_mutex_unlock(&pl_lock);
+  if (u)
+    return u;
+  u = udp_open(ctx, bound->ss_family, (const struct sockaddr *)bound, blen);
+  if (u)
+    __atomic_store_n(&u->on_other, on_probe, __ATOMIC_RELEASE);
+  return u;
+}
+
+int pl_listen(struct psock *ps, int fd, int backlog) {
+  struct sockaddr_storage bound;
+  socklen_t blen = sizeof(bound);
+  struct tether_ctx *ctx;
+  if (real.listen(fd, backlog) < 0)
+    return -1;
+  if (real.getsockname(fd, (struct sockaddr *)&bound, &blen) < 0 ||
+      excluded((struct sockaddr *)&bound) || !(ctx = tp_ctx())) {
+    ps->kind = PS_PLAIN;
+    return 0;
+  }
+  struct plisten *pl = calloc(1, sizeof(*pl));
+  if (!pl) {
+    ps->kind = PS_PLAIN;
+    return 0;
+  }
+  TP_ENTER();
+  pthread_mutex_init(&pl->qlock, NULL);
+  pl->l.ctx = ctx;
+  pl->l.nonblocking = true;
+  pl->l.port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
+                                                : ((struct sockaddr_in6 *)&bound)->sin6_port);
+  pl->l.fd = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  pl->l.ready_fd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
+  pl->plain_efd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
+  int ep = real.epoll_create1(EPOLL_CLOEXEC);
+  bool ok = pl->l.fd >= 0 && pl->l.ready_fd >= 0 && pl->plain_efd >= 0 && ep >= 0;
+  int watch[3] = {pl->l.fd, pl->l.ready_fd, pl->plain_efd};
+  for (int i = 1; ok && i < 3; i++) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = watch[i]};
+    ok = real.epoll_ctl(ep, EPOLL_CTL_ADD, watch[i], &ev) == 0;
+  }
+  if (!ok) {
+    for (int i = 0; i < 3; i++)
+      if (watch[i] >= 0)
+        real.close(watch[i]);
+    if (ep >= 0)
+      real.close(ep);
+    free(pl);
+    ps->kind = PS_PLAIN;
+    TP_LEAVE();
+    return 0;
+  }
+  int fl = real.fcntl(pl->l.fd, F_GETFL);
+  (void)real.fcntl(pl->l.fd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+  pl->ev = event_new(ctx->base, pl->l.fd, EV_READ | EV_PERSIST, on_accept, pl);
+  pl->l.udp = udp_for(ctx, &bound, blen, pl->l.port);
+  if (!pl->l.udp)
+    LOG_INFO(ctx, "UDP port %d unavailable: clients will not detect tether on this listener",
+             pl->l.port);
+  pthread_mutex_lock(&ps->lock);
+  ps_swap(ps, ep);
+  real.close(ep);
+  ps->pl = pl;
+  memcpy(&ps->local, &bound, blen);
+  ps->local_len = blen;
+  ps->kind = PS_LISTEN;
+  pthread_mutex_unlock(&ps->lock);
+  pthread_mutex_lock(&pl_lock);
+  pl->next = listeners;
+  listeners = pl;
+  pthread_mutex_unlock(&pl_lock);
+  if (pl->ev)
+    event_add(pl->ev, NULL);
+  TP_LEAVE();
+  return 0;
+}
+
+/* A session from the listener's queue becomes the program's. */
+static int adopt(struct tether_session *s, int flags, struct sockaddr *addr, socklen_t *alen) {
+  struct psock *ps = ps_new(PS_SESSION, AF_INET6);
+  if (!ps) {
+    tether_close(s);
+    return -ENOMEM;
+  }
+  session_lock(s);
+  int fd = s->app_fd;
+  pthread_mutex_lock(&ps->lock);
+  struct psock *stale = fdt_get(fd);
+  if (stale && stale != ps) /* the number was closed behind our back */
+    fdt_set(fd, NULL);
+  ps_add_alias(ps, fd, (flags & SOCK_CLOEXEC) != 0);
+  if (!(flags & SOCK_CLOEXEC))
+    (void)real.fcntl(fd, F_SETFD, 0);
+  ps->nonblock = (flags & SOCK_NONBLOCK) != 0;
+  ps->s = s;
+  tp_session_attach_hooks(ps, s);
+  if (s->sock >= 0) {
+    ps->peer_len = sizeof(ps->peer);
+    ps->local_len = sizeof(ps->local);
+    (void)real.getpeername(s->sock, (struct sockaddr *)&ps->peer, &ps->peer_len);
+    (void)real.getsockname(s->sock, (struct sockaddr *)&ps->local, &ps->local_len);
+    ps->family = ps->local.ss_family;
+  }
+  pthread_mutex_unlock(&ps->lock);
+  session_unlock(s);
+  if (addr && alen) {
+    socklen_t n = *alen < ps->peer_len ? *alen : ps->peer_len;
+    memcpy(addr, &ps->peer, n);
+    *alen = ps->peer_len;
+  }
+  return fd;
+}
+
+static void fill_peer(int sock, struct sockaddr *addr, socklen_t *alen) {
+  if (addr && alen && real.getpeername(sock, addr, alen) < 0)
+    *alen = 0;
+}
+
+int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
+  struct plisten *pl = ps->pl;
+  if (ps->kind == PS_ORPHAN) { /* inherited through fork: plain accepts only */
+    for (;;) {
+      int c = real.accept4(pl->l.fd, addr, alen, flags);
+      if (c >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || ps->nonblock)
+        return c;
+      if (tp_wait(pl->l.fd, POLLIN, -1) == -EINTR && !tp_restart_after_eintr()) {
+        errno = EINTR;
+        return -1;
+      }
+    }
+  }
+  for (;;) {
+    TP_ENTER();
+    int c = pop_plain(pl);
+    if (c >= 0) {
+      if (!(flags & SOCK_NONBLOCK))
+        (void)real.fcntl(c, F_SETFL, 0);
+      if (!(flags & SOCK_CLOEXEC))
+        (void)real.fcntl(c, F_SETFD, 0);
+      fill_peer(c, addr, alen);
+      TP_LEAVE();
+      return c;
+    }
+    struct tether_session *s;
+    if (tether_accept(&pl->l, &s) == 0) {
+      c = adopt(s, flags, addr, alen);
+      TP_LEAVE();
+      if (c < 0) {
+        errno = -c;
+        return -1;
+      }
+      return c;
+    }
+    TP_LEAVE();
+    if (ps->nonblock) {
+      errno = EAGAIN;
+      return -1;
+    }
+    if (tp_wait(fd, POLLIN, -1) == -EINTR && !tp_restart_after_eintr()) {
+      errno = EINTR;
+      return -1;
+    }
+  }
+}
+
+void pl_close(struct plisten *pl) {
+  TP_ENTER();
+  pthread_mutex_lock(&pl->qlock);
+  pl->closed = true;
+  for (int i = 0; i < pl->nq; i++)
+    real.close(pl->plainq[i]);
+  pl->nq = 0;
+  real.close(pl->plain_efd);
+  pl->plain_efd = -1;
+  pthread_mutex_unlock(&pl->qlock);
+  /* Sessions nobody accepted end.  The struct, its ready_fd (the engine may
+   * still signal it), the UDP channel and the listening socket (sessions
+   * resume through them) stay. */
+  tether_listener_close(&pl->l);
+  TP_LEAVE();
+}
+
+bool pl_release_port(const struct sockaddr *sa) {
+  struct ipport want;
+  bool any = false;
+  if (!ipport_from(sa, &want))
+    return false;
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten *pl = listeners; pl; pl = pl->next)
+    if (pl->closed && pl->l.fd >= 0 && pl->l.port == want.port) {
+      TP_ENTER();
+      if (pl->ev) {
+        event_free(pl->ev); /* waits for a running callback */
+        pl->ev = NULL;
+      }
+      real.close(pl->l.fd);
+      pl->l.fd = -1;
+      TP_LEAVE();
+      any = true;
+    }
+  pthread_mutex_unlock(&pl_lock);
+  return any;
+}
+
+/* Engine thread, before a redial connects: bind, and announce the source
+ * port to the server so that it treats the connection as tether's. */
+void pl_redial_hook(struct tether_session *s, int fd) {
+  struct sockaddr_storage a;
+  socklen_t len = s->dial_addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                      : sizeof(struct sockaddr_in);
+  memset(&a, 0, sizeof(a));
+  a.ss_family = s->dial_addr.ss_family;
+  if (real.bind(fd, (struct sockaddr *)&a, len) < 0)
+    return;
+  len = sizeof(a);
+  struct ipport me;
+  if (real.getsockname(fd, (struct sockaddr *)&a, &len) < 0 || !ipport_from((struct sockaddr *)&a, &me))
+    return;
+  if (!s->udp || !s->udp_peer_len)
+    return;
+  struct probe p = {.type = PROBE_ANNOUNCE, .port = me.port};
+  uint8_t dg[PROBE_LEN];
+  if (crypto_random(p.nonce, sizeof(p.nonce)) < 0)
+    memset(p.nonce, 0, sizeof(p.nonce)); /* the nonce only pairs answers to asks */
+  probe_encode(&p, dg);
+  for (int i = 0; i < 2; i++) /* twice: a lost datagram costs a failed redial */
+    (void)real.sendto(s->udp->fd, dg, sizeof(dg), MSG_DONTWAIT, (struct sockaddr *)&s->udp_peer,
+                      s->udp_peer_len);
+}

@@ -1,0 +1,246 @@
+/* The interposer's process-wide state: start-up (setuid check, settings,
+ * the fd table), the context made on first use, threads, fork and exit, and
+ * the hook through which a session's app fd follows the program's numbers. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <openssl/crypto.h>
+
+#include "engine.h"
+#include "preload.h"
+
+bool tp_disabled;
+int tp_probe_ms = 20;
+int tp_accept_wait_ms = 1000;
+
+static struct tether_ctx *g_ctx;
+static bool g_ctx_failed;
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+
+uint64_t tp_now_ms(void) { return now_ns() / 1000000; }
+
+static void warn(const char *msg) {
+  char line[256];
+  int n = snprintf(line, sizeof(line), "tether[%d] warn: %s\n", (int)getpid(), msg);
+  if (n > 0)
+    (void)!real.write(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static int env_int(const char *name, int def, int lo, int hi) {
+  const char *v = getenv(name);
+  if (!v || !*v)
+    return def;
+  char *end;
+  long x = strtol(v, &end, 10);
+  if (*end || x < lo || x > hi) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s=%s is invalid; using %d", name, v, def);
+    warn(msg);
+    return def;
+  }
+  return (int)x;
+}
+
+struct tether_ctx *tp_ctx(void) {
+  struct tether_ctx *c = __atomic_load_n(&g_ctx, __ATOMIC_ACQUIRE);
+  if (c || tp_disabled)
+    return c;
+  pthread_mutex_lock(&ctx_lock);
+  if (!g_ctx && !g_ctx_failed) {
+    TP_ENTER();
+    int rc = tether_ctx_new(NULL, &c);
+    if (rc < 0) {
+      g_ctx_failed = true;
+      warn("cannot start tether (bad TETHER_* setting?): connections stay plain TCP");
+    } else {
+      c->redial_hook = pl_redial_hook;
+      __atomic_store_n(&g_ctx, c, __ATOMIC_RELEASE);
+    }
+    TP_LEAVE();
+  }
+  c = g_ctx;
+  pthread_mutex_unlock(&ctx_lock);
+  return c;
+}
+
+/* ---- threads ---- */
+
+struct tstart {
+  void *(*fn)(void *);
+  void *arg;
+};
+
+static void *inside_start(void *p) {
+  struct tstart t = *(struct tstart *)p;
+  free(p);
+  tp_inside = 1; /* a thread tether started: tether's own, for good */
+  return t.fn(t.arg);
+}
+
+__attribute__((visibility("default"))) int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
+  real_init();
+  if (!tp_inside)
+    return real.pthread_create(th, attr, fn, arg);
+  struct tstart *t = malloc(sizeof(*t));
+  if (!t)
+    return EAGAIN;
+  t->fn = fn;
+  t->arg = arg;
+  int rc = real.pthread_create(th, attr, inside_start, t);
+  if (rc != 0)
+    free(t);
+  return rc;
+}
+
+/* ---- sessions' app fds ---- */
+
+static void apply_opts(struct psock *ps, int sock) {
+  for (int i = 0; i < ps->nopts; i++)
+    (void)real.setsockopt(sock, ps->opts[i].level, ps->opts[i].name, ps->opts[i].val,
+                          ps->opts[i].len);
+  ps->opts_sock = sock;
+}
+
+/* Both session locks held (engine.h: app_fd_hook). */
+static void on_install(struct tether_session *s, int fd, int kind) {
+  struct psock *ps = s->hook_arg;
+  pthread_mutex_lock(&ps->lock);
+  ps_swap(ps, fd);
+  if (kind == APP_FD_SOCK && fd != ps->opts_sock)
+    apply_opts(ps, fd);
+  pthread_mutex_unlock(&ps->lock);
+}
+
+void tp_session_attach_hooks(struct psock *ps, struct tether_session *s) {
+  s->hook_arg = ps;
+  s->app_fd_hook = on_install;
+  s->nonblocking = true; /* the interposer waits itself: EINTR, timeouts */
+  if (s->sock >= 0)
+    apply_opts(ps, s->sock);
+}
+
+/* ---- waiting ---- */
+
+int tp_wait(int fd, short events, int timeout_ms) {
+  struct pollfd p = {.fd = fd, .events = events};
+  int n = real.poll(&p, 1, timeout_ms);
+  if (n < 0)
+    return errno == EINTR ? -EINTR : 0;
+  return n == 0 ? -EAGAIN : 0;
+}
+
+bool tp_restart_after_eintr(void) {
+  for (int sig = 1; sig < NSIG; sig++) {
+    struct sigaction sa;
+    if (sigaction(sig, NULL, &sa) < 0)
+      continue;
+    if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN && !(sa.sa_flags & SA_RESTART))
+      return false;
+  }
+  return true;
+}
+
+/* ---- fork and exit ---- */
+
+static void after_fork_child(void) {
+  pthread_mutex_init(&ctx_lock, NULL);
+  g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
+  g_ctx_failed = false;
+  fdt_after_fork_child();
+}
+
+struct owned {
+  struct tether_session **s;
+  int n, cap;
+};
+
+static void collect(struct psock *ps, void *arg) {
+  struct owned *o = arg;
+  pthread_mutex_lock(&ps->lock);
+  if (ps->kind == PS_SESSION && ps->s && o->n < o->cap) {
+    o->s[o->n++] = ps->s;
+    ps->kind = PS_PLAIN;
+    ps->s = NULL;
+  }
+  pthread_mutex_unlock(&ps->lock);
+}
+
+static bool closing_sessions(struct tether_ctx *ctx) {
+  bool any = false;
+  pthread_mutex_lock(&ctx->lock);
+  for (int i = 0; i < SESSION_BUCKETS && !any; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next)
+      any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) &&
+            __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED;
+  pthread_mutex_unlock(&ctx->lock);
+  return any;
+}
+
+/* At exit the kernel would close every socket with a FIN: close the
+ * sessions the same way, and give them a moment to deliver what is still
+ * queued and their close notices (as tether_ctx_free does). */
+__attribute__((destructor)) static void tp_fini(void) {
+  struct tether_ctx *ctx = __atomic_load_n(&g_ctx, __ATOMIC_ACQUIRE);
+  if (!ctx || tp_inside)
+    return;
+  TP_ENTER();
+  struct owned o = {.cap = 4096};
+  o.s = calloc((size_t)o.cap, sizeof(*o.s));
+  if (o.s) {
+    fdt_each(collect, &o);
+    for (int i = 0; i < o.n; i++) {
+      session_lock(o.s[i]);
+      o.s[i]->app_fd = -1; /* the program's numbers die with the process */
+      o.s[i]->app_fd_hook = NULL;
+      session_unlock(o.s[i]);
+      tether_close(o.s[i]);
+    }
+    free(o.s);
+  }
+  for (int waited = 0; waited < CTX_FREE_LINGER_MS && closing_sessions(ctx); waited += 5) {
+    struct timespec ts = {0, 5 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  /* The engine stops here: nothing of tether runs while the process's
+   * libraries tear down. */
+  if (ctx->thread_started && !pthread_equal(pthread_self(), ctx->thread)) {
+    event_active(ctx->stop_ev, EV_READ, 0);
+    pthread_join(ctx->thread, NULL);
+    ctx->thread_started = false;
+  }
+  TP_LEAVE();
+}
+
+__attribute__((constructor)) static void tp_init(void) {
+  real_init();
+  /* OpenSSL's own atexit cleanup would pull the rug from under the engine
+   * thread, which runs until tp_fini. */
+  (void)OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
+  /* Never inside setuid/setgid programs (the loader also ignores
+   * LD_PRELOAD there, except from system directories). */
+  if (getauxval(AT_SECURE)) {
+    tp_disabled = true;
+    return;
+  }
+  const char *off = getenv("TETHER_DISABLE");
+  if (off && *off && strcmp(off, "0") != 0) {
+    tp_disabled = true;
+    return;
+  }
+  if (fdt_init() < 0) {
+    tp_disabled = true;
+    return;
+  }
+  if (exclude_parse(getenv("TETHER_EXCLUDE")) < 0)
+    warn("TETHER_EXCLUDE is malformed: ignored");
+  tp_probe_ms = env_int("TETHER_PROBE_MS", tp_probe_ms, 0, 60000);
+  tp_accept_wait_ms = env_int("TETHER_ACCEPT_WAIT_MS", tp_accept_wait_ms, 1, 60000);
+  pthread_atfork(NULL, NULL, after_fork_child);
+}

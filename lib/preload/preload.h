@@ -1,0 +1,252 @@
+/* The LD_PRELOAD interposer (libtether-preload.so): shared declarations.
+ * Internal; never installed.
+ *
+ * Model.  Every TCP socket the program creates gets a `psock` that follows
+ * it through its life: a fresh socket (PS_TCP), a connect in progress
+ * (PS_CONNECTING), a tether session (PS_SESSION), a listener (PS_LISTEN), or
+ * a connection that turned out plain (PS_PLAIN: every call passes straight
+ * through).  A psock is reached through the fd table by any of its fd
+ * numbers (the program's dup()s are aliases of one psock, as they are of one
+ * open file in the kernel).
+ *
+ * fd stability.  The program's numbers never change: whenever the file
+ * behind a psock changes (a placeholder while a connect or a resume is in
+ * progress, the new socket after it), ps_swap() dup3()s the new file onto
+ * every alias and moves the program's epoll registrations with it: they
+ * belong to the open file, so each is deleted before and added again after.
+ *
+ * Threads.  `tp_inside` is set while tether's own code runs (permanently on
+ * its engine thread): every wrapper then passes straight to libc, so the
+ * library's own read/write/poll/epoll calls are never interposed.
+ *
+ * Locks, in this order: g_lock (the list of all psocks), a session's locks
+ * (engine.h), psock.lock. */
+#ifndef TETHER_PRELOAD_H
+#define TETHER_PRELOAD_H
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct tether_session;
+struct tether_ctx;
+struct plisten;
+
+/* ---- libc's own functions (real.c) ---- */
+
+struct real_fns {
+  int (*socket)(int, int, int);
+  int (*bind)(int, const struct sockaddr *, socklen_t);
+  int (*listen)(int, int);
+  int (*connect)(int, const struct sockaddr *, socklen_t);
+  int (*accept)(int, struct sockaddr *, socklen_t *);
+  int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+  ssize_t (*read)(int, void *, size_t);
+  ssize_t (*write)(int, const void *, size_t);
+  ssize_t (*readv)(int, const struct iovec *, int);
+  ssize_t (*writev)(int, const struct iovec *, int);
+  ssize_t (*recv)(int, void *, size_t, int);
+  ssize_t (*send)(int, const void *, size_t, int);
+  ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+  ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+  ssize_t (*recvmsg)(int, struct msghdr *, int);
+  ssize_t (*sendmsg)(int, const struct msghdr *, int);
+  ssize_t (*sendfile)(int, int, off_t *, size_t);
+  int (*close)(int);
+  int (*close_range)(unsigned, unsigned, int);
+  int (*shutdown)(int, int);
+  int (*dup)(int);
+  int (*dup2)(int, int);
+  int (*dup3)(int, int, int);
+  int (*fcntl)(int, int, ...);
+  int (*fcntl64)(int, int, ...);
+  int (*ioctl)(int, unsigned long, ...);
+  int (*getsockopt)(int, int, int, void *, socklen_t *);
+  int (*setsockopt)(int, int, int, const void *, socklen_t);
+  int (*getpeername)(int, struct sockaddr *, socklen_t *);
+  int (*getsockname)(int, struct sockaddr *, socklen_t *);
+  int (*poll)(struct pollfd *, nfds_t, int);
+  int (*ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+  int (*select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+  int (*pselect)(int, fd_set *, fd_set *, fd_set *, const struct timespec *, const sigset_t *);
+  int (*epoll_create)(int);
+  int (*epoll_create1)(int);
+  int (*epoll_ctl)(int, int, int, struct epoll_event *);
+  int (*pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+};
+extern struct real_fns real;
+/* Resolves every pointer (idempotent; also run by the constructor). */
+void real_init(void);
+
+/* Set while tether's own code runs on this thread. */
+extern __thread int tp_inside __attribute__((tls_model("initial-exec")));
+#define TP_ENTER() int tp_saved_ = tp_inside; tp_inside = 1
+#define TP_LEAVE() (tp_inside = tp_saved_)
+
+/* ---- psocks and the fd table (fdtable.c) ---- */
+
+enum ps_kind {
+  PS_TCP = 1,    /* a TCP socket not yet connected or listening */
+  PS_CONNECTING, /* connect() in progress: detection and handshake */
+  PS_SESSION,    /* a tether session */
+  PS_LISTEN,     /* a listener accepting tether sessions and plain connections */
+  PS_FAILED,     /* a connect that failed: conn_err until SO_ERROR reads it */
+  PS_PLAIN,      /* plain TCP (or excluded): pass through */
+  PS_ORPHAN,     /* inherited through fork: owned by the parent */
+  PS_EPOLL,      /* an epoll instance of the program (its registrations are tracked) */
+};
+
+/* One epoll registration of one of the psock's fd numbers. */
+struct ereg {
+  int fd;
+  int epfd;
+  struct epoll_event ev;
+};
+
+struct sopt {
+  int level, name;
+  socklen_t len;
+  uint8_t val[32];
+};
+
+#define PS_MAX_OPTS 24
+
+struct psock {
+  pthread_mutex_t lock; /* everything below */
+  int kind;
+  int family;
+  bool nonblock; /* the program's O_NONBLOCK (per open file, like the kernel's) */
+  bool bound;
+  bool rd_shut, wr_shut;
+  bool closed; /* every alias closed while a connect was in progress */
+  int conn_err; /* pending SO_ERROR (positive errno) */
+  int *aliases; /* the program's fd numbers for this psock */
+  bool *alias_cloexec;
+  int naliases, cap_aliases;
+  struct ereg *regs;
+  int nregs, cap_regs;
+  struct tether_session *s;
+  struct plisten *pl;
+  int placeholder_w; /* connecting: the WAIT pipe's write end, or -1 */
+  struct sockaddr_storage local, peer; /* the endpoints the program sees */
+  socklen_t local_len, peer_len;
+  struct sopt opts[PS_MAX_OPTS]; /* options to carry to replacement sockets */
+  int nopts;
+  int opts_sock; /* the socket the options were last applied to */
+  int rcvtimeo_ms, sndtimeo_ms; /* SO_RCVTIMEO/SO_SNDTIMEO, 0 = none */
+  struct psock *all_next, *all_prev; /* g_all */
+};
+
+extern pthread_mutex_t g_lock;
+
+/* Sizes the table from RLIMIT_NOFILE.  0 or -ENOMEM. */
+int fdt_init(void);
+/* The psock behind fd, or NULL (lock-free). */
+struct psock *fdt_get(int fd);
+void fdt_set(int fd, struct psock *ps);
+
+struct psock *ps_new(int kind, int family);
+/* Frees a psock with no aliases left. */
+void ps_free(struct psock *ps);
+
+/* ps->lock held.  Adds/removes one of the program's numbers (and its table
+ * entry).  remove returns how many aliases remain. */
+int ps_add_alias(struct psock *ps, int fd, bool cloexec);
+int ps_remove_alias(struct psock *ps, int fd);
+bool ps_has_alias(const struct psock *ps, int fd);
+void ps_set_cloexec(struct psock *ps, int fd, bool cloexec);
+/* ps->lock held.  Records the effect of a successful epoll_ctl(epfd, op,
+ * fd, ev) on one of the aliases. */
+void ps_reg_update(struct psock *ps, int epfd, int op, int fd, const struct epoll_event *ev);
+/* ps->lock held.  Points every alias at `file` (not consumed), keeping each
+ * alias's close-on-exec flag and epoll registrations. */
+void ps_swap(struct psock *ps, int file);
+/* An epoll instance is being closed: forget registrations in it. */
+void fdt_forget_epfd(int epfd);
+/* Calls fn for every psock (g_lock held: fn must not take it). */
+void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg);
+/* After fork, in the child: fresh locks; sessions, connects and listeners
+ * become orphans (owned by the parent). */
+void fdt_after_fork_child(void);
+
+/* ---- detection of tether on the other side (detect.c) ---- */
+
+#define PROBE_MAGIC "TTP1"
+#define PROBE_LEN 16
+enum { PROBE_ASK = 1, PROBE_YES = 2, PROBE_ANNOUNCE = 3, PROBE_CANCEL = 4 };
+
+struct probe {
+  uint8_t type;
+  uint16_t port; /* the TCP source port the datagram speaks for */
+  uint8_t nonce[8];
+};
+void probe_encode(const struct probe *p, uint8_t out[PROBE_LEN]);
+/* 0, or -1 when dg is not a probe datagram. */
+int probe_decode(const uint8_t *dg, size_t len, struct probe *p);
+
+/* An address as 16 bytes (IPv4 as v4-mapped IPv6) and a port. */
+struct ipport {
+  uint8_t ip[16];
+  uint16_t port;
+};
+bool ipport_from(const struct sockaddr *sa, struct ipport *out);
+bool ipport_eq(const struct ipport *a, const struct ipport *b);
+
+/* Server: connections announced by a probe, expiring after a while. */
+void probes_record(const struct ipport *who, uint64_t now_ms);
+/* Takes the record for `who` (true if there was one); with any_port, a
+ * record of the same address with another port will do. */
+bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
+
+/* TETHER_EXCLUDE: parse once; true if the endpoint must stay plain. */
+int exclude_parse(const char *spec);
+bool excluded(const struct sockaddr *sa);
+
+/* ---- the rest (preload.c, connect.c, listen.c, io.c) ---- */
+
+extern bool tp_disabled;
+/* The process's context, made on first use; NULL if tether cannot run. */
+struct tether_ctx *tp_ctx(void);
+uint64_t tp_now_ms(void);
+/* TETHER_PROBE_MS: how long a client waits for a probe's answer beyond the
+ * TCP connect's own duration. */
+extern int tp_probe_ms;
+/* How long a server waits for the first bytes of a probed connection before
+ * deciding it is plain. */
+extern int tp_accept_wait_ms;
+
+/* Makes an existing (not yet started) session the psock's: hooks, aliases. */
+void tp_session_attach_hooks(struct psock *ps, struct tether_session *s);
+/* After EINTR: whether the interrupted call should be restarted (every
+ * installed handler has SA_RESTART). */
+bool tp_restart_after_eintr(void);
+/* Waits for fd to poll `events`, up to timeout_ms (-1 = forever).  0 ready,
+ * -EAGAIN timed out, -EINTR interrupted. */
+int tp_wait(int fd, short events, int timeout_ms);
+
+int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t len);
+/* Blocks (if the program's socket is blocking) until a connect in progress
+ * ends.  0 when the psock is no longer connecting, -EAGAIN, or -EINTR. */
+int pc_wait_connected(struct psock *ps, int fd, bool nonblock);
+
+int pl_listen(struct psock *ps, int fd, int backlog);
+int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags);
+void pl_close(struct plisten *pl);
+/* bind() met EADDRINUSE: closes the hidden sockets of closed listeners on
+ * that port (kept for resumes).  True if there was one. */
+bool pl_release_port(const struct sockaddr *sa);
+/* The engine's handler for probe datagrams on a listener's UDP port. */
+void pl_install_udp_handler(void *udp_chan);
+/* The redial hook: announces the redial's source port to the server. */
+void pl_redial_hook(struct tether_session *s, int fd);
+/* The listener's real socket (for getsockname & co). */
+int pl_socket(struct plisten *pl);
+
+#endif

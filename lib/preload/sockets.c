@@ -1,0 +1,668 @@
+/* The interposed libc entry points that create, move, close or inspect a
+ * socket (the data path is in io.c).  Every wrapper starts with the same
+ * test: inside tether, or an fd the table does not know, goes straight to
+ * libc. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "preload.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define READY() \
+  do { \
+    if (__builtin_expect(!real.pthread_create, 0)) \
+      real_init(); \
+  } while (0)
+
+static struct psock *tracked(int fd) {
+  if (tp_inside)
+    return NULL;
+  return fdt_get(fd);
+}
+
+/* A number the kernel handed out again was closed behind our back (a raw
+ * syscall, fclose() of an fdopen()ed socket): forget what it was. */
+static void forget_number(int fd) {
+  struct psock *ps = fdt_get(fd);
+  if (!ps)
+    return;
+  pthread_mutex_lock(&ps->lock);
+  int left = ps_remove_alias(ps, fd);
+  pthread_mutex_unlock(&ps->lock);
+  (void)left; /* a psock left without numbers is leaked, not reused */
+}
+
+static void track_new(int fd, int kind, int family, bool nonblock, bool cloexec) {
+  forget_number(fd);
+  struct psock *ps = ps_new(kind, family);
+  if (!ps)
+    return;
+  ps->nonblock = nonblock;
+  pthread_mutex_lock(&ps->lock);
+  ps_add_alias(ps, fd, cloexec);
+  pthread_mutex_unlock(&ps->lock);
+}
+
+EXPORT int socket(int domain, int type, int protocol) {
+  READY();
+  int fd = real.socket(domain, type, protocol);
+  if (fd < 0 || tp_inside || tp_disabled)
+    return fd;
+  if ((domain == AF_INET || domain == AF_INET6) && (type & 0xff) == SOCK_STREAM &&
+      (protocol == 0 || protocol == IPPROTO_TCP))
+    track_new(fd, PS_TCP, domain, (type & SOCK_NONBLOCK) != 0, (type & SOCK_CLOEXEC) != 0);
+  else
+    forget_number(fd);
+  return fd;
+}
+
+EXPORT int bind(int fd, const struct sockaddr *sa, socklen_t len) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps)
+    return real.bind(fd, sa, len);
+  if (ps->kind == PS_LISTEN || ps->kind == PS_ORPHAN) {
+    errno = EINVAL;
+    return -1;
+  }
+  int rc = real.bind(fd, sa, len);
+  if (rc < 0 && errno == EADDRINUSE && ps->kind == PS_TCP && sa && pl_release_port(sa))
+    rc = real.bind(fd, sa, len);
+  if (rc == 0 && ps->kind == PS_TCP)
+    ps->bound = true;
+  return rc;
+}
+
+EXPORT int listen(int fd, int backlog) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps)
+    return real.listen(fd, backlog);
+  if (ps->kind == PS_TCP)
+    return pl_listen(ps, fd, backlog);
+  if (ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))
+    return real.listen(pl_socket(ps->pl), backlog);
+  return real.listen(fd, backlog);
+}
+
+EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !sa)
+    return real.connect(fd, sa, len);
+  switch (ps->kind) {
+  case PS_FAILED:
+    ps->kind = PS_TCP; /* Linux lets a failed socket connect again */
+    ps->conn_err = 0;
+    /* fall through */
+  case PS_TCP:
+    return pc_connect(ps, fd, sa, len);
+  case PS_CONNECTING: {
+    int rc = pc_wait_connected(ps, fd, ps->nonblock);
+    if (rc < 0) {
+      errno = rc == -EAGAIN ? EALREADY : -rc;
+      return -1;
+    }
+    if (ps->kind == PS_FAILED) {
+      errno = ps->conn_err ? ps->conn_err : ECONNREFUSED;
+      ps->conn_err = 0;
+      return -1;
+    }
+    errno = EISCONN;
+    return -1;
+  }
+  case PS_SESSION:
+    errno = EISCONN;
+    return -1;
+  case PS_LISTEN:
+    errno = EINVAL;
+    return -1;
+  default:
+    return real.connect(fd, sa, len);
+  }
+}
+
+EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !(ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))) {
+    int c = real.accept4(fd, addr, alen, flags);
+    if (c >= 0 && !tp_inside)
+      forget_number(c);
+    return c;
+  }
+  int c = pl_accept(ps, fd, addr, alen, flags);
+  if (c >= 0 && fdt_get(c) && fdt_get(c)->kind != PS_SESSION)
+    forget_number(c);
+  return c;
+}
+
+EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *alen) { return accept4(fd, addr, alen, 0); }
+
+/* ---- closing ---- */
+
+static int close_tracked(struct psock *ps, int fd) {
+  int rc, left;
+  switch (ps->kind) {
+  case PS_SESSION: {
+    struct tether_session *s = ps->s;
+    TP_ENTER();
+    session_lock(s);
+    pthread_mutex_lock(&ps->lock);
+    left = ps_remove_alias(ps, fd);
+    if (s->app_fd == fd)
+      s->app_fd = left ? ps->aliases[0] : -1;
+    if (!left) {
+      s->app_fd_hook = NULL;
+      ps->s = NULL;
+    }
+    rc = real.close(fd);
+    pthread_mutex_unlock(&ps->lock);
+    session_unlock(s);
+    if (!left) {
+      tether_close(s);
+      ps_free(ps);
+    }
+    TP_LEAVE();
+    return rc;
+  }
+  case PS_CONNECTING:
+    pthread_mutex_lock(&ps->lock);
+    left = ps_remove_alias(ps, fd);
+    rc = real.close(fd);
+    if (!left && ps->kind == PS_CONNECTING) {
+      ps->closed = true; /* the connect's thread frees it */
+      pthread_mutex_unlock(&ps->lock);
+      return rc;
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (!left)
+      ps_free(ps);
+    return rc;
+  case PS_LISTEN: {
+    pthread_mutex_lock(&ps->lock);
+    left = ps_remove_alias(ps, fd);
+    rc = real.close(fd);
+    struct plisten *pl = ps->pl;
+    pthread_mutex_unlock(&ps->lock);
+    if (!left) {
+      pl_close(pl);
+      ps_free(ps);
+    }
+    return rc;
+  }
+  default: {
+    bool epoll = ps->kind == PS_EPOLL;
+    pthread_mutex_lock(&ps->lock);
+    left = ps_remove_alias(ps, fd);
+    rc = real.close(fd);
+    pthread_mutex_unlock(&ps->lock);
+    if (!left) {
+      if (epoll)
+        fdt_forget_epfd(fd);
+      ps_free(ps);
+    }
+    return rc;
+  }
+  }
+}
+
+EXPORT int close(int fd) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps)
+    return real.close(fd);
+  return close_tracked(ps, fd);
+}
+
+EXPORT int close_range(unsigned first, unsigned last, int flags) {
+  READY();
+  if (!tp_inside) {
+    /* Only numbers the table knows: tether's own descriptors are closed by
+     * the raw call below only if the range covers them, as with any
+     * library's. */
+    unsigned hi = last;
+    if (hi > (1u << 20))
+      hi = 1u << 20;
+    for (unsigned fd = first; fd <= hi && fd >= first; fd++) {
+      struct psock *ps = fdt_get((int)fd);
+      if (!ps)
+        continue;
+      if (flags & CLOSE_RANGE_CLOEXEC) {
+        pthread_mutex_lock(&ps->lock);
+        ps_set_cloexec(ps, (int)fd, true);
+        pthread_mutex_unlock(&ps->lock);
+      } else {
+        close_tracked(ps, (int)fd);
+      }
+    }
+  }
+  if (!real.close_range) {
+    errno = ENOSYS;
+    return -1;
+  }
+  return real.close_range(first, last, flags);
+}
+
+/* ---- duplicating ---- */
+
+static int dup_tracked(struct psock *ps, int fd, int min, bool cloexec, int exact, int flags3) {
+  pthread_mutex_lock(&ps->lock);
+  int n;
+  if (exact >= 0)
+    n = real.dup3(fd, exact, flags3);
+  else
+    n = real.fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, min);
+  if (n >= 0) {
+    struct psock *stale = fdt_get(n);
+    if (stale && stale != ps)
+      fdt_set(n, NULL);
+    ps_add_alias(ps, n, cloexec);
+  }
+  pthread_mutex_unlock(&ps->lock);
+  return n;
+}
+
+static bool aliasable(const struct psock *ps) { return ps->kind != PS_PLAIN && ps->kind != PS_ORPHAN; }
+
+EXPORT int dup(int fd) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !aliasable(ps)) {
+    int n = real.dup(fd);
+    if (n >= 0 && !tp_inside)
+      forget_number(n);
+    return n;
+  }
+  return dup_tracked(ps, fd, 0, false, -1, 0);
+}
+
+static int dup3_common(int oldfd, int newfd, int flags, bool is_dup2) {
+  READY();
+  if (tp_inside || oldfd == newfd)
+    return is_dup2 ? real.dup2(oldfd, newfd) : real.dup3(oldfd, newfd, flags);
+  struct psock *old = fdt_get(oldfd);
+  if (is_dup2 && real.fcntl(oldfd, F_GETFD) < 0)
+    return -1; /* EBADF, and newfd stays open */
+  struct psock *victim = fdt_get(newfd);
+  if (victim)
+    close_tracked(victim, newfd); /* dup2 closes newfd first */
+  if (!old || !aliasable(old))
+    return is_dup2 ? real.dup2(oldfd, newfd) : real.dup3(oldfd, newfd, flags);
+  return dup_tracked(old, oldfd, 0, (flags & O_CLOEXEC) != 0, newfd, flags);
+}
+
+EXPORT int dup2(int oldfd, int newfd) { return dup3_common(oldfd, newfd, 0, true); }
+EXPORT int dup3(int oldfd, int newfd, int flags) { return dup3_common(oldfd, newfd, flags, false); }
+
+/* ---- fcntl and ioctl ---- */
+
+static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !aliasable(ps))
+    return fn(fd, cmd, arg);
+  long v = (long)(intptr_t)arg;
+  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  switch (cmd) {
+  case F_DUPFD:
+  case F_DUPFD_CLOEXEC:
+    return dup_tracked(ps, fd, (int)v, cmd == F_DUPFD_CLOEXEC, -1, 0);
+  case F_GETFL: {
+    int r = fn(fd, cmd, arg);
+    if (r >= 0 && emulated)
+      r = (r & ~O_NONBLOCK) | (ps->nonblock ? O_NONBLOCK : 0);
+    if (r >= 0 && !emulated)
+      ps->nonblock = (r & O_NONBLOCK) != 0;
+    return r;
+  }
+  case F_SETFL:
+    ps->nonblock = (v & O_NONBLOCK) != 0;
+    if (emulated)
+      return 0;
+    return fn(fd, cmd, arg);
+  case F_SETFD: {
+    int r = fn(fd, cmd, arg);
+    if (r == 0) {
+      pthread_mutex_lock(&ps->lock);
+      ps_set_cloexec(ps, fd, (v & FD_CLOEXEC) != 0);
+      pthread_mutex_unlock(&ps->lock);
+    }
+    return r;
+  }
+  default:
+    return fn(fd, cmd, arg);
+  }
+}
+
+EXPORT int fcntl(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
+  READY();
+  return do_fcntl(real.fcntl, fd, cmd, arg);
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
+  READY();
+  return do_fcntl(real.fcntl64, fd, cmd, arg);
+}
+
+EXPORT int ioctl(int fd, unsigned long req, ...) {
+  va_list ap;
+  va_start(ap, req);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !aliasable(ps))
+    return real.ioctl(fd, req, arg);
+  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  if (req == FIONBIO && arg) {
+    ps->nonblock = *(int *)arg != 0;
+    return emulated ? 0 : real.ioctl(fd, req, arg);
+  }
+  if (req == FIONREAD && arg && (ps->kind == PS_SESSION || ps->kind == PS_CONNECTING)) {
+    int n = 0;
+    struct tether_session *s = ps->s;
+    if (ps->kind == PS_SESSION && s && !ps->rd_shut) {
+      pthread_mutex_lock(&s->rx_lock);
+      if (s->sock >= 0 && (s->core.state == CORE_CONNECTED || s->core.state == CORE_CLOSED))
+        (void)real.ioctl(s->sock, FIONREAD, &n);
+      pthread_mutex_unlock(&s->rx_lock);
+    }
+    *(int *)arg = n;
+    return 0;
+  }
+  if (ps->kind == PS_LISTEN)
+    return real.ioctl(pl_socket(ps->pl), req, arg);
+  return real.ioctl(fd, req, arg);
+}
+
+/* ---- socket options and names ---- */
+
+/* Options tether itself needs on a session's socket: recorded, reported
+ * back, but not applied there. */
+static bool protected_opt(int level, int name) {
+  if (level == SOL_SOCKET)
+    return name == SO_LINGER || name == SO_KEEPALIVE || name == SO_RCVTIMEO ||
+           name == SO_SNDTIMEO;
+  if (level == IPPROTO_TCP)
+    return name == TCP_USER_TIMEOUT || name == TCP_KEEPIDLE || name == TCP_KEEPINTVL ||
+           name == TCP_KEEPCNT;
+  return false;
+}
+
+static void record_opt(struct psock *ps, int level, int name, const void *val, socklen_t len) {
+  int i;
+  if (len > sizeof(ps->opts[0].val))
+    return;
+  for (i = 0; i < ps->nopts; i++)
+    if (ps->opts[i].level == level && ps->opts[i].name == name)
+      break;
+  if (i == ps->nopts) {
+    if (ps->nopts == PS_MAX_OPTS)
+      return;
+    ps->nopts++;
+  }
+  ps->opts[i].level = level;
+  ps->opts[i].name = name;
+  ps->opts[i].len = len;
+  memcpy(ps->opts[i].val, val, len);
+}
+
+static const struct sopt *find_opt(const struct psock *ps, int level, int name) {
+  for (int i = 0; i < ps->nopts; i++)
+    if (ps->opts[i].level == level && ps->opts[i].name == name)
+      return &ps->opts[i];
+  return NULL;
+}
+
+static int timeo_ms(const void *val, socklen_t len) {
+  if (len < sizeof(struct timeval))
+    return 0;
+  const struct timeval *tv = val;
+  long ms = (long)tv->tv_sec * 1000 + tv->tv_usec / 1000;
+  if (ms == 0 && tv->tv_usec > 0)
+    ms = 1;
+  return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+}
+
+EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !aliasable(ps) || ps->kind == PS_EPOLL)
+    return real.setsockopt(fd, level, name, val, len);
+  if (ps->kind == PS_LISTEN)
+    return real.setsockopt(pl_socket(ps->pl), level, name, val, len);
+  if (level == SOL_SOCKET && (name == SO_RCVTIMEO || name == SO_SNDTIMEO)) {
+    int ms = timeo_ms(val, len);
+    if (name == SO_RCVTIMEO)
+      ps->rcvtimeo_ms = ms;
+    else
+      ps->sndtimeo_ms = ms;
+  }
+  if (ps->kind != PS_SESSION) {
+    int rc = real.setsockopt(fd, level, name, val, len);
+    if (rc == 0) {
+      pthread_mutex_lock(&ps->lock);
+      if (!protected_opt(level, name) || ps->kind == PS_TCP)
+        record_opt(ps, level, name, val, len);
+      pthread_mutex_unlock(&ps->lock);
+    }
+    return rc;
+  }
+  struct tether_session *s = ps->s;
+  int rc = 0;
+  TP_ENTER();
+  session_lock(s);
+  pthread_mutex_lock(&ps->lock);
+  uint8_t v[32];
+  if (len <= sizeof(v)) {
+    memcpy(v, val, len);
+    /* A receive buffer larger than the peer was told would let it drop
+     * bytes still in ours (the in-flight bound): clamp. */
+    if (level == SOL_SOCKET && (name == SO_RCVBUF || name == SO_RCVBUFFORCE) &&
+        len >= sizeof(int) && s->sock >= 0) {
+      int cap = (int)(sock_rcvbuf_max(s->sock) / 2);
+      if (*(int *)v > cap)
+        memcpy(v, &cap, sizeof(cap));
+    }
+    record_opt(ps, level, name, v, len);
+    if (!protected_opt(level, name) && s->sock >= 0)
+      rc = real.setsockopt(s->sock, level, name, v, len);
+  } else if (!protected_opt(level, name) && s->sock >= 0) {
+    rc = real.setsockopt(s->sock, level, name, val, len);
+  }
+  pthread_mutex_unlock(&ps->lock);
+  session_unlock(s);
+  TP_LEAVE();
+  return rc;
+}
+
+EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !aliasable(ps) || ps->kind == PS_EPOLL || ps->kind == PS_TCP || !val || !len)
+    return real.getsockopt(fd, level, name, val, len);
+  if (level == SOL_SOCKET && name == SO_ERROR && *len >= sizeof(int)) {
+    int e = 0;
+    if (ps->kind == PS_FAILED) {
+      e = ps->conn_err;
+      ps->conn_err = 0;
+    } else if (ps->kind != PS_SESSION && ps->kind != PS_CONNECTING) {
+      return real.getsockopt(fd, level, name, val, len);
+    }
+    *(int *)val = e;
+    *len = sizeof(int);
+    return 0;
+  }
+  if (ps->kind == PS_LISTEN)
+    return real.getsockopt(pl_socket(ps->pl), level, name, val, len);
+  if (ps->kind != PS_SESSION)
+    return real.getsockopt(fd, level, name, val, len);
+  const struct sopt *o = NULL;
+  pthread_mutex_lock(&ps->lock);
+  if (protected_opt(level, name) && (o = find_opt(ps, level, name))) {
+    socklen_t n = *len < o->len ? *len : o->len;
+    memcpy(val, o->val, n);
+    *len = n;
+  }
+  pthread_mutex_unlock(&ps->lock);
+  if (o)
+    return 0;
+  if (protected_opt(level, name)) { /* never set by the program: the defaults */
+    memset(val, 0, *len);
+    return 0;
+  }
+  struct tether_session *s = ps->s;
+  int rc = -1;
+  bool done = false;
+  pthread_mutex_lock(&s->rx_lock);
+  if (s->sock >= 0) {
+    rc = real.getsockopt(s->sock, level, name, val, len);
+    done = true;
+  }
+  pthread_mutex_unlock(&s->rx_lock);
+  if (done)
+    return rc;
+  /* Suspended: no socket to ask. */
+  int iv = 0;
+  if (level == SOL_SOCKET && name == SO_TYPE)
+    iv = SOCK_STREAM;
+  else if (level == SOL_SOCKET && name == SO_DOMAIN)
+    iv = ps->family;
+  else if (level == SOL_SOCKET && name == SO_PROTOCOL)
+    iv = IPPROTO_TCP;
+  else if ((o = find_opt(ps, level, name)) != NULL) {
+    socklen_t n = *len < o->len ? *len : o->len;
+    memcpy(val, o->val, n);
+    *len = n;
+    return 0;
+  }
+  memset(val, 0, *len);
+  if (*len >= sizeof(int)) {
+    memcpy(val, &iv, sizeof(iv));
+    *len = *len > sizeof(int) && level == IPPROTO_TCP && name == TCP_INFO ? *len : sizeof(int);
+  }
+  return 0;
+}
+
+static int copy_name(const struct sockaddr_storage *ss, socklen_t have, struct sockaddr *sa,
+                     socklen_t *len) {
+  if (!sa || !len) {
+    errno = EFAULT;
+    return -1;
+  }
+  socklen_t n = *len < have ? *len : have;
+  memcpy(sa, ss, n);
+  *len = have;
+  return 0;
+}
+
+EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps)
+    return real.getpeername(fd, sa, len);
+  if (ps->kind == PS_SESSION && ps->peer_len)
+    return copy_name(&ps->peer, ps->peer_len, sa, len);
+  if (ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  return real.getpeername(fd, sa, len);
+}
+
+EXPORT int getsockname(int fd, struct sockaddr *sa, socklen_t *len) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps)
+    return real.getsockname(fd, sa, len);
+  if (ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))
+    return real.getsockname(pl_socket(ps->pl), sa, len);
+  if (ps->kind == PS_SESSION && ps->local_len)
+    return copy_name(&ps->local, ps->local_len, sa, len);
+  if (ps->kind == PS_CONNECTING) {
+    struct sockaddr_storage any;
+    memset(&any, 0, sizeof(any));
+    any.ss_family = (sa_family_t)ps->family;
+    return copy_name(&any, ps->family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                  : sizeof(struct sockaddr_in), sa, len);
+  }
+  return real.getsockname(fd, sa, len);
+}
+
+EXPORT int shutdown(int fd, int how) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps)
+    return real.shutdown(fd, how);
+  if (ps->kind == PS_CONNECTING) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  if (ps->kind == PS_LISTEN)
+    return real.shutdown(pl_socket(ps->pl), how);
+  if (ps->kind != PS_SESSION)
+    return real.shutdown(fd, how);
+  if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
+    errno = EINVAL;
+    return -1;
+  }
+  if (how != SHUT_WR)
+    ps->rd_shut = true;
+  if (how != SHUT_RD && !ps->wr_shut) {
+    ps->wr_shut = true;
+    TP_ENTER();
+    int rc = tether_shutdown(ps->s);
+    TP_LEAVE();
+    (void)rc; /* a failed session reports its error on the next read */
+  }
+  return 0;
+}
+
+/* ---- epoll ---- */
+
+static int track_epoll(int ep) {
+  if (ep >= 0 && !tp_inside && !tp_disabled)
+    track_new(ep, PS_EPOLL, 0, false, false);
+  return ep;
+}
+
+EXPORT int epoll_create(int size) {
+  READY();
+  return track_epoll(real.epoll_create(size));
+}
+
+EXPORT int epoll_create1(int flags) {
+  READY();
+  return track_epoll(real.epoll_create1(flags));
+}
+
+EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+  READY();
+  struct psock *ps = tracked(fd);
+  if (!ps || !(ps->kind == PS_TCP || ps->kind == PS_CONNECTING || ps->kind == PS_SESSION ||
+               ps->kind == PS_LISTEN))
+    return real.epoll_ctl(epfd, op, fd, ev);
+  pthread_mutex_lock(&ps->lock);
+  int rc = real.epoll_ctl(epfd, op, fd, ev);
+  if (rc == 0)
+    ps_reg_update(ps, epfd, op, fd, ev);
+  pthread_mutex_unlock(&ps->lock);
+  return rc;
+}

@@ -1,0 +1,302 @@
+/* Readiness: poll, ppoll, select, pselect (and their fortified variants).
+ *
+ * A session's fd is the live socket, a WAIT placeholder (never ready) while
+ * suspended, or a READY placeholder (always ready) during a transition, so
+ * that a sleeping poller wakes and looks again (engine.h, APP_FD_*).  A
+ * blocking program that polls before it reads must never be told "ready"
+ * for nothing: its read would then block.  So before a poll the session
+ * installs the file its state calls for, and after one, a session reported
+ * ready through anything but its live socket is checked again (and dropped
+ * from the result if it is not ready).  Transport errors (POLLERR, POLLHUP)
+ * of the live socket are only a reason to call read or write: they are
+ * reported as the readiness the program asked for. */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/select.h>
+#include <time.h>
+
+#include "engine.h"
+#include "preload.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define READY() \
+  do { \
+    if (__builtin_expect(!real.pthread_create, 0)) \
+      real_init(); \
+  } while (0)
+
+static struct tether_session *session_of(int fd) {
+  struct psock *ps = fdt_get(fd);
+  return ps && ps->kind == PS_SESSION ? ps->s : NULL;
+}
+
+/* Installs the file the session's state calls for. */
+static void sync_session(struct tether_session *s) {
+  TP_ENTER();
+  (void)tether_read(s, NULL, 0);
+  TP_LEAVE();
+}
+
+/* Whether the fd's revents may be taken as they are. */
+static bool live(const struct tether_session *s) {
+  return __atomic_load_n(&s->app_kind, __ATOMIC_ACQUIRE) == APP_FD_SOCK &&
+         __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED;
+}
+
+/* The live socket reported an error, a hang-up or a FIN: let the session
+ * look at it now (and suspend if the transport is gone), so that a blocking
+ * program is not sent into a read or write that would wait for a resume. */
+static void poke(struct tether_session *s) {
+  uint8_t b;
+  TP_ENTER();
+  pthread_mutex_lock(&s->rx_lock);
+  if (s->sock >= 0 && s->core.state == CORE_CONNECTED) {
+    ssize_t n = recv(s->sock, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    int err = n < 0 ? errno : 0;
+    if ((n == 0 && !core_eof_confirmed(&s->core)) ||
+        (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR)) {
+      pthread_mutex_lock(&s->tx_lock);
+      session_suspend_locked(s, now_ns(), n == 0 ? "EOF without a close" : strerror(err));
+      pthread_mutex_unlock(&s->tx_lock);
+    }
+  }
+  pthread_mutex_unlock(&s->rx_lock);
+  TP_LEAVE();
+}
+
+/* The readiness of one session fd now. */
+static short recheck(int fd, struct tether_session *s, short events) {
+  sync_session(s);
+  struct pollfd p = {.fd = fd, .events = events};
+  if (real.poll(&p, 1, 0) <= 0)
+    return 0;
+  return p.revents;
+}
+
+/* Never an error or a hang-up for a session: at most the readiness the
+ * program asked for (a poll with no events must stay silent, or a program
+ * such as nc would drop the fd). */
+static short sanitize(short revents, short events) {
+  short bad = POLLERR | POLLHUP | POLLRDHUP;
+  short want = events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
+  if (revents & bad)
+    revents = (short)((revents & ~bad) | want);
+  return revents;
+}
+
+/* Marks POLLRDHUP added by us (events is a short: a bit poll ignores). */
+#define POLL_ADDED_RDHUP ((short)0x4000)
+
+static void restore_events(struct pollfd *fds, nfds_t n) {
+  for (nfds_t i = 0; i < n; i++)
+    if (fds[i].events & POLL_ADDED_RDHUP) {
+      fds[i].events &= (short)~(POLLRDHUP | POLL_ADDED_RDHUP);
+      fds[i].revents &= (short)~POLLRDHUP;
+    }
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Runs `call` (a poll or ppoll with the given timeout in ms, -1 = none)
+ * until it has a truthful answer or times out. */
+static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
+                     int (*call)(struct pollfd *, nfds_t, int64_t, void *), void *arg) {
+  bool any = false;
+  for (nfds_t i = 0; i < n; i++) {
+    struct tether_session *s = session_of(fds[i].fd);
+    if (s) {
+      any = true;
+      if (!live(s))
+        sync_session(s);
+      if (!(fds[i].events & POLLRDHUP)) /* a FIN must be looked at: see poke */
+        fds[i].events |= POLLRDHUP | POLL_ADDED_RDHUP;
+    }
+  }
+  if (!any)
+    return call(fds, n, timeout_ms, arg);
+  uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
+  for (;;) {
+    int rc = call(fds, n, timeout_ms, arg);
+    if (rc <= 0) {
+      restore_events(fds, n);
+      return rc;
+    }
+    for (nfds_t i = 0; i < n; i++) {
+      if (!fds[i].revents)
+        continue;
+      struct tether_session *s = session_of(fds[i].fd);
+      if (!s)
+        continue;
+      short r = fds[i].revents;
+      if (!live(s) || (r & (POLLERR | POLLHUP | POLLRDHUP))) {
+        if (live(s))
+          poke(s);
+        r = recheck(fds[i].fd, s, fds[i].events & ~POLL_ADDED_RDHUP);
+      }
+      fds[i].revents = sanitize(r, fds[i].events & ~POLL_ADDED_RDHUP);
+      if (!fds[i].revents)
+        rc--;
+    }
+    if (rc > 0 || timeout_ms == 0) {
+      restore_events(fds, n);
+      return rc;
+    }
+    if (timeout_ms > 0) {
+      uint64_t now = mono_ms();
+      if (now >= deadline) {
+        restore_events(fds, n);
+        return 0;
+      }
+      timeout_ms = (int64_t)(deadline - now);
+    }
+  }
+}
+
+static int call_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ms, void *arg) {
+  return real.poll(fds, n, timeout_ms > 0x7fffffff ? 0x7fffffff : (int)timeout_ms);
+}
+
+struct ppoll_arg {
+  const sigset_t *mask;
+};
+
+static int call_ppoll(struct pollfd *fds, nfds_t n, int64_t timeout_ms, void *arg) {
+  struct ppoll_arg *a = arg;
+  struct timespec ts = {.tv_sec = (time_t)(timeout_ms / 1000), .tv_nsec = (long)(timeout_ms % 1000) * 1000000};
+  return real.ppoll(fds, n, timeout_ms < 0 ? NULL : &ts, a->mask);
+}
+
+EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout) {
+  READY();
+  if (tp_inside)
+    return real.poll(fds, n, timeout);
+  return poll_loop(fds, n, timeout < 0 ? -1 : timeout, call_poll, NULL);
+}
+
+static int64_t ts_ms(const struct timespec *ts) {
+  if (!ts)
+    return -1;
+  int64_t ms = (int64_t)ts->tv_sec * 1000 + ts->tv_nsec / 1000000;
+  if (ms == 0 && ts->tv_nsec > 0)
+    ms = 1;
+  return ms;
+}
+
+EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask) {
+  READY();
+  if (tp_inside)
+    return real.ppoll(fds, n, ts, mask);
+  struct ppoll_arg a = {mask};
+  return poll_loop(fds, n, ts_ms(ts), call_ppoll, &a);
+}
+
+/* select and pselect go through ppoll: the same rules, one code path.  The
+ * timeout is left as it was (Linux's select would lower it; portable
+ * programs do not rely on either). */
+static int select_common(int nfds, fd_set *r, fd_set *w, fd_set *e, int64_t timeout_ms,
+                         const sigset_t *mask, bool is_pselect) {
+  if (nfds < 0 || nfds > FD_SETSIZE) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct pollfd fds[FD_SETSIZE];
+  nfds_t n = 0;
+  for (int fd = 0; fd < nfds; fd++) {
+    short ev = 0;
+    if (r && FD_ISSET(fd, r))
+      ev |= POLLIN;
+    if (w && FD_ISSET(fd, w))
+      ev |= POLLOUT;
+    if (e && FD_ISSET(fd, e))
+      ev |= POLLPRI;
+    if (ev) {
+      fds[n].fd = fd;
+      fds[n].events = ev;
+      fds[n].revents = 0;
+      n++;
+    }
+  }
+  struct ppoll_arg a = {mask};
+  int rc = poll_loop(fds, n, timeout_ms, is_pselect ? call_ppoll : call_poll, &a);
+  if (rc < 0)
+    return rc;
+  if (r)
+    FD_ZERO(r);
+  if (w)
+    FD_ZERO(w);
+  if (e)
+    FD_ZERO(e);
+  int count = 0;
+  for (nfds_t i = 0; i < n; i++) {
+    short re = fds[i].revents;
+    if (re & POLLNVAL) {
+      errno = EBADF;
+      return -1;
+    }
+    /* select counts a readable fd for errors and hang-ups too. */
+    if (r && (fds[i].events & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) {
+      FD_SET(fds[i].fd, r);
+      count++;
+    }
+    if (w && (fds[i].events & POLLOUT) && (re & (POLLOUT | POLLERR))) {
+      FD_SET(fds[i].fd, w);
+      count++;
+    }
+    if (e && (fds[i].events & POLLPRI) && (re & POLLPRI)) {
+      FD_SET(fds[i].fd, e);
+      count++;
+    }
+  }
+  return count;
+}
+
+static bool any_session(int nfds, fd_set *r, fd_set *w) {
+  for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++)
+    if (((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w))) && session_of(fd))
+      return true;
+  return false;
+}
+
+EXPORT int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
+  READY();
+  if (tp_inside || !any_session(nfds, r, w))
+    return real.select(nfds, r, w, e, tv);
+  int64_t ms = -1;
+  if (tv) {
+    ms = (int64_t)tv->tv_sec * 1000 + tv->tv_usec / 1000;
+    if (ms == 0 && tv->tv_usec > 0)
+      ms = 1;
+  }
+  return select_common(nfds, r, w, e, ms, NULL, false);
+}
+
+EXPORT int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts,
+                   const sigset_t *mask) {
+  READY();
+  if (tp_inside || !any_session(nfds, r, w))
+    return real.pselect(nfds, r, w, e, ts, mask);
+  return select_common(nfds, r, w, e, ts_ms(ts), mask, true);
+}
+
+extern void __chk_fail(void) __attribute__((noreturn));
+int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen);
+int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask,
+                size_t fdslen);
+
+EXPORT int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen) {
+  if (fdslen / sizeof(*fds) < n)
+    __chk_fail();
+  return poll(fds, n, timeout);
+}
+
+EXPORT int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+                       const sigset_t *mask, size_t fdslen) {
+  if (fdslen / sizeof(*fds) < n)
+    __chk_fail();
+  return ppoll(fds, n, ts, mask);
+}
