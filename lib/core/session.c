@@ -261,7 +261,12 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
       c->peer_durable_delivered = min64(ctl->durable_delivered, c->peer_acked);
     if (ctl->durable_sent > c->peer_durable_sent) {
       c->peer_durable_sent = min64(ctl->durable_sent, c->delivered);
-      trim_replay_log(c);
+      /* Not while suspended: the peer may already have resumed and moved
+       * its durable point past where the replay that our own resume will
+       * check begins (its state in the handshake is older than this
+       * datagram); core_on_resumed() trims once that replay is known. */
+      if (c->state != CORE_SUSPENDED)
+        trim_replay_log(c);
     }
   }
   trim(c, c->peer_acked);
