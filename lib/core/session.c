@@ -31,6 +31,13 @@ uint64_t core_trim_floor(const struct core_session *c) {
   return floor;
 }
 
+/* What we tell the peer we delivered: while a replay is being checked, only
+ * how far the check got, so that a resume interrupting it resends (and we
+ * check) the rest instead of skipping it. */
+static uint64_t reported_delivered(const struct core_session *c) {
+  return core_replay_pending(c) ? c->rx_pos : c->delivered;
+}
+
 static void trim(struct core_session *c, uint64_t upto) {
   retention_trim(&c->ret, min64(upto, core_trim_floor(c)));
 }
@@ -203,7 +210,7 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
 void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) {
   memset(out, 0, sizeof(*out));
   out->seq = ++c->tx_seq;
-  out->delivered = c->delivered;
+  out->delivered = reported_delivered(c);
   out->sent = c->sent;
   out->write_closed = c->wr_closed;
   out->read_closed = c->rd_closed;
@@ -261,7 +268,12 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
       c->peer_durable_delivered = min64(ctl->durable_delivered, c->peer_acked);
     if (ctl->durable_sent > c->peer_durable_sent) {
       c->peer_durable_sent = min64(ctl->durable_sent, c->delivered);
-      trim_replay_log(c);
+      /* Not while suspended: the peer may already have resumed and moved
+       * its durable point past where the replay that our own resume will
+       * check begins (its state in the handshake is older than this
+       * datagram); core_on_resumed() trims once that replay is known. */
+      if (c->state != CORE_SUSPENDED)
+        trim_replay_log(c);
     }
   }
   trim(c, c->peer_acked);
@@ -334,7 +346,7 @@ void core_on_transport_lost(struct core_session *c, uint64_t now) {
 
 void core_resume_state(const struct core_session *c, struct core_resume_state *out) {
   memset(out, 0, sizeof(*out));
-  out->delivered = c->delivered;
+  out->delivered = reported_delivered(c);
   out->sent = c->sent;
   out->retained_from = c->ret.base;
   out->write_closed = c->wr_closed;
@@ -360,8 +372,11 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     }
   }
   bool settled = peer_settled(c);
-  /* Lower than before only if the peer rolled back to a snapshot. */
-  c->peer_acked = peer->delivered > c->sent ? c->sent : peer->delivered;
+  /* Lower than before only if the peer rolled back to a snapshot.  After our
+   * own rollback, only up to where the peer's check of our replay starts:
+   * bytes it has yet to check must stay for a resume that interrupts it. */
+  uint64_t resend = core_resume_from(&ours, peer);
+  c->peer_acked = resend > c->sent ? c->sent : resend;
   c->peer_delivered = peer->delivered;
   if (c->peer_durable) {
     c->peer_durable_delivered = min64(peer->durable_delivered, c->peer_acked);
@@ -395,10 +410,11 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     note_settled(c, now, settled);
     return 0;
   }
-  c->tx_pos = core_resume_from(&ours, peer);
-  c->rx_pos = core_resume_from(peer, &ours);
-  if (c->rx_pos < c->delivered)
-    replay_check_init(&c->rcheck, c->rx_pos, c->delivered);
+  c->tx_pos = resend;
+  uint64_t rx_from = core_resume_from(peer, &ours);
+  if (rx_from < c->delivered && !(core_replay_pending(c) && rx_from == c->rx_pos))
+    replay_check_init(&c->rcheck, rx_from, c->delivered); /* else: continue the check */
+  c->rx_pos = rx_from;
   if (c->peer_durable)
     trim_replay_log(c);
   /* The server may still be reading: ask again later, twice as late each
