@@ -435,7 +435,8 @@ out:
 
 /* Restores the context from the state file, if there is one.  Returns 1
  * when there is none (a new transfer), 0 when x->ctx, x->s and x->st come
- * from it, or -1 (reported; the state file is left alone). */
+ * from it, or -1 (reported; the state file is left alone).  The sender has
+ * filled x->st with its input's size and mtime. */
 static int restore(struct xfer *x, const tether_config *cfg) {
   const char *role = x->o->is_send ? "send" : "recv", *why;
   uint8_t *buf = NULL;
@@ -460,6 +461,14 @@ static int restore(struct xfer *x, const tether_config *cfg) {
         "remove the file to start over",
         x->store.path, st.role == CP_ROLE_SEND ? "send" : "recv", st.path,
         st.peer);
+    goto out;
+  }
+  /* send: x->st describes the input as it is now. */
+  if (x->o->is_send &&
+      (st.size != x->st.size || st.mtime_ns != x->st.mtime_ns)) {
+    say("%s changed since the transfer began (size or modification time); "
+        "remove %s to start over",
+        x->o->file, x->store.path);
     goto out;
   }
   r = tether_restore(cfg, st.blob, st.blob_len, &x->ctx);
@@ -548,7 +557,7 @@ static ssize_t session_read(struct xfer *x, void *buf, size_t len,
     if (n >= 0)
       return n;
     if (!cli_err_is_retry((int)n))
-      return report("session failed", (int)n);
+      return report("session", (int)n);
     r = poll(&p, 1, IDLE_CHECKPOINT_MS);
     if (r < 0 && errno != EINTR)
       return report("poll", -errno);
@@ -599,7 +608,7 @@ static int write_all(struct xfer *x, const void *buf, size_t len) {
         x->o->is_send ? "receiver" : "sender");
     return -1;
   }
-  return r < 0 ? report("session failed", r) : 0;
+  return r < 0 ? report("session", r) : 0;
 }
 
 /* Gives the session up to LINGER_MS to reach CLOSED, so that our last
@@ -750,23 +759,14 @@ static int open_input(struct xfer *x) {
 static int run_send(const struct opts *o) {
   static struct xfer x;
   tether_config *cfg = NULL;
-  uint64_t size, mtime;
   uint8_t v[CP_VERDICT_LEN];
   int rc = CLI_EXIT_FAIL, r;
 
   if (xfer_init(&x, o) < 0 || open_input(&x) < 0 || new_config(o, &cfg) < 0)
     goto out;
-  size = x.st.size;
-  mtime = x.st.mtime_ns;
   r = x.has_store ? restore(&x, cfg) : 1;
   if (r < 0)
     goto out;
-  if (r == 0 && (x.st.size != size || x.st.mtime_ns != mtime)) {
-    say("%s changed since the transfer began (size or modification time); "
-        "remove %s to start over",
-        o->file, x.store.path);
-    goto out;
-  }
   if (r == 1) {
     r = tether_ctx_new(cfg, &x.ctx);
     if (r < 0) {
@@ -806,7 +806,7 @@ static int run_send(const struct opts *o) {
   crash_point("verdict");
   r = tether_shutdown(x.s);
   if (r < 0) {
-    report("session failed", r);
+    report("session", r);
     goto abandon;
   }
   if (read_eof(&x) < 0)
@@ -1057,10 +1057,11 @@ static int run_recv(const struct opts *o) {
     x.st.phase = CP_PHASE_ACKED;
     if (checkpoint(&x) < 0)
       goto abandon;
+    crash_point("acked");
   }
   r = tether_shutdown(x.s);
   if (r < 0) {
-    report("session failed", r);
+    report("session", r);
     goto abandon;
   }
   linger(x.s);

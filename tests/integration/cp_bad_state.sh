@@ -21,9 +21,7 @@ cp_setup $((16 * 1024 * 1024)) --snapshot-every 1M -- --snapshot-every 1M --limi
 start_recv
 start_send
 wait_size "$CP_OUT.part" $((3 * 1024 * 1024)) 30000 "$RECV"
-kill -KILL "$RECV" "$SEND" 2>/dev/null || true
-kill9 "$RECV"
-kill9 "$SEND"
+kill9_both "$RECV" "$SEND"
 RSTATE=$CP_RSTATE/recv.state
 SSTATE=$CP_SSTATE/send.state
 [ -s "$RSTATE" ] && [ -s "$SSTATE" ] || fail "no state files after the kills"
@@ -40,7 +38,9 @@ damage() {
   flip)
     cp "$2" "$3"
     printf '\x5a' | dd of="$3" bs=1 seek=$((size / 2)) conv=notrunc status=none
-    cmp -s "$2" "$3" && printf '\xa5' | dd of="$3" bs=1 seek=$((size / 2)) conv=notrunc status=none
+    if cmp -s "$2" "$3"; then
+      printf '\xa5' | dd of="$3" bs=1 seek=$((size / 2)) conv=notrunc status=none
+    fi
     ;;
   half) head -c $((size / 2)) "$2" >"$3" ;;
   empty) : >"$3" ;;

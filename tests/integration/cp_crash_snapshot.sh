@@ -12,7 +12,8 @@
 #                needed;
 #   verified     recv: digest checked and recorded, FILE.part not renamed;
 #   verdict      recv: verdict written, the sender's end of stream not read;
-#                send: verdict read and recorded, end of stream not sent.
+#                send: verdict read and recorded, end of stream not sent;
+#   acked        recv: the sender's end of stream recorded, ours not sent.
 # The killed side is started again (plain $TETHER_CP, same arguments); the
 # other side runs throughout.  Every case ends byte-exact with both sides
 # exiting 0 and no state left.
@@ -68,4 +69,5 @@ crash_case send state-saved:7
 crash_case recv verified:1
 crash_case recv verdict:1
 crash_case send verdict:1
+crash_case recv acked:1
 pass

@@ -52,11 +52,7 @@ for ((k = 0; k < ${#targets[@]}; k++)); do
   case $target in
   recv) kill9 "$RECV" ;;
   send) kill9 "$SEND" ;;
-  both)
-    kill -KILL "$RECV" "$SEND" 2>/dev/null || true
-    kill9 "$RECV"
-    kill9 "$SEND"
-    ;;
+  both) kill9_both "$RECV" "$SEND" ;;
   esac
   gap=$(pause)
   log "kill $((k + 1))/${#targets[@]}: $target at out.part = $have bytes ($((have * 100 / SIZE))%), restart after ${gap} s"

@@ -48,15 +48,20 @@ send_args() {
     "${CP_SEND_OPTS[@]}")
 }
 
-# start_recv [BINARY]: sets RECV (pid) and RECV_LOG; waits for the listener.
+# start_recv [BINARY]: sets RECV (pid) and RECV_LOG; waits for the listener,
+# or for the process to exit (a receiver restarted at the very end may be
+# done at once; cp_finish checks how it exited).
 start_recv() {
-  local bin=${1:-$TETHER_CP}
+  local bin=${1:-$TETHER_CP} deadline=$(($(now_us) + 20000000))
   recv_args
   CP_RECV_N=$((CP_RECV_N + 1))
   RECV_LOG=$TMP/recv.$CP_RECV_N.log
   spawn - /dev/null "$RECV_LOG" "$bin" "${RECV_ARGS[@]}"
   RECV=$BG_PID
-  wait_listen "$RECV" "$CP_PORT" "" 20000
+  while [ -z "$(ss -Htln "sport = :$CP_PORT" 2>/dev/null)" ] && alive "$RECV"; do
+    [ "$(now_us)" -lt "$deadline" ] || fail "nothing listens on port $CP_PORT 20 s after starting the receiver"
+    sleep 0.02
+  done
 }
 
 # start_send [BINARY]: sets SEND (pid) and SEND_LOG.
@@ -67,6 +72,12 @@ start_send() {
   SEND_LOG=$TMP/send.$CP_SEND_N.log
   spawn - /dev/null "$SEND_LOG" "$bin" "${SEND_ARGS[@]}"
   SEND=$BG_PID
+}
+
+# kill9_both PID PID: SIGKILL to both at once, then reap them (quietly).
+kill9_both() {
+  kill -KILL "$1" "$2" 2>/dev/null || true
+  { wait "$1" || true; wait "$2" || true; } 2>/dev/null
 }
 
 # assert_resumed LOG: the process of LOG resumed from its state file.
