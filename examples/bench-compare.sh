@@ -4,33 +4,46 @@
 # Runs every test in both modes alternately (raw, tether, raw, tether, ...)
 # so that drifting machine load hits both alike, takes the median of each
 # mode and prints the ratio tether/raw.  Both ends run over 127.0.0.1.
+# Then (test "snapshot", tether only) runs tether-snapbench once: snapshot
+# sizes, and the median time of tether_snapshot and tether_restore with
+# many idle sessions.
 set -euo pipefail
 
 prog=${0##*/}
 bench=${TETHER_BENCH:-tether-bench}
+snapbench=${TETHER_SNAPBENCH:-}
+snap_sessions=1000
 rounds=5
 bytes=1G
 latency_count=20000
 setup_count=1000
 run_timeout=600
-tests=(throughput latency setup)
+tests=(throughput latency setup snapshot)
+tests_given=0
 
 usage() {
   cat <<EOF
-usage: $prog [--bench PATH] [--rounds N] [--bytes N] [--latency-count N]
-       [--setup-count N] [--tests "throughput latency setup"] [--timeout S]
+usage: $prog [--bench PATH] [--snapbench PATH] [--rounds N] [--bytes N]
+       [--latency-count N] [--setup-count N] [--snap-sessions N]
+       [--tests "throughput latency setup snapshot"] [--timeout S]
 
 Runs tether-bench in raw and tether mode alternately, N rounds each
 (default $rounds), and prints the medians and the ratios tether/raw.
   --bench PATH         tether-bench to run (default \$TETHER_BENCH or
                        tether-bench from PATH)
+  --snapbench PATH     tether-snapbench to run (default \$TETHER_SNAPBENCH,
+                       else the one next to tether-bench, else from PATH)
   --bytes N            throughput volume per round (default $bytes)
   --latency-count N    round trips per latency round (default $latency_count)
   --setup-count N      connections per setup round (default $setup_count)
-  --tests LIST         which tests, space separated (default all three)
+  --snap-sessions N    idle sessions for the snapshot timings (default
+                       $snap_sessions); the snapshot test runs --rounds times
+  --tests LIST         which tests, space separated (default all four; the
+                       snapshot test is skipped when tether-snapbench is
+                       not found, unless asked for)
   --timeout S          fail a run that takes longer (default $run_timeout s)
 Throughput: a ratio above 1 means tether is faster.  Latency and setup:
-a ratio above 1 means tether is slower.
+a ratio above 1 means tether is slower.  Snapshot: tether only, no ratio.
 EOF
 }
 
@@ -46,7 +59,8 @@ usage_error() {
 
 while [ $# -gt 0 ]; do
   case $1 in
-  --bench | --rounds | --bytes | --latency-count | --setup-count | --tests | --timeout)
+  --bench | --snapbench | --rounds | --bytes | --latency-count | --setup-count | \
+    --snap-sessions | --tests | --timeout)
     [ $# -ge 2 ] || usage_error "$1 needs a value"
     case $1 in
     --bench) bench=$2 ;;
@@ -54,7 +68,9 @@ while [ $# -gt 0 ]; do
     --bytes) bytes=$2 ;;
     --latency-count) latency_count=$2 ;;
     --setup-count) setup_count=$2 ;;
-    --tests) read -r -a tests <<<"$2" ;;
+    --snapbench) snapbench=$2 ;;
+    --snap-sessions) snap_sessions=$2 ;;
+    --tests) read -r -a tests <<<"$2"; tests_given=1 ;;
     --timeout) run_timeout=$2 ;;
     esac
     shift 2
@@ -72,13 +88,30 @@ esac
 case $run_timeout in
 '' | *[!0-9]* | 0) usage_error "bad --timeout '$run_timeout'" ;;
 esac
+case $snap_sessions in
+'' | *[!0-9]* | 0 | 1) usage_error "bad --snap-sessions '$snap_sessions' (2 or more)" ;;
+esac
+run_snapshot=0
+pair_tests=()
 for test in "${tests[@]}"; do
   case $test in
-  throughput | latency | setup) ;;
+  throughput | latency | setup) pair_tests+=("$test") ;;
+  snapshot) run_snapshot=1 ;;
   *) usage_error "unknown test '$test'" ;;
   esac
 done
 command -v "$bench" >/dev/null 2>&1 || die "cannot run '$bench' (use --bench PATH)"
+if [ "$run_snapshot" = 1 ]; then
+  if [ -z "$snapbench" ]; then
+    snapbench=$(dirname "$(command -v "$bench")")/tether-snapbench
+    [ -x "$snapbench" ] || snapbench=tether-snapbench
+  fi
+  if ! command -v "$snapbench" >/dev/null 2>&1; then
+    [ "$tests_given" = 1 ] && die "cannot run '$snapbench' (use --snapbench PATH)"
+    printf '%s: no tether-snapbench (use --snapbench PATH): snapshot test skipped\n' "$prog" >&2
+    run_snapshot=0
+  fi
+fi
 
 # json_get JSON KEY: prints the value of a top-level key.
 if command -v jq >/dev/null 2>&1; then
@@ -119,7 +152,7 @@ declare -A label=(
   [setup]="setup us, median"
 )
 rows=()
-for test in "${tests[@]}"; do
+for test in "${pair_tests[@]}"; do
   raw_vals=() tether_vals=()
   for ((i = 1; i <= rounds; i++)); do
     printf '%s: %s round %d/%d\n' "$prog" "$test" "$i" "$rounds" >&2
@@ -134,6 +167,34 @@ for test in "${tests[@]}"; do
     "$test" "${label[$test]}" "$raw_med" "$tether_med" "$ratio")")
 done
 
-printf 'medians of %d rounds per mode (%s)\n' "$rounds" "$("$bench" --version)"
-printf '%-11s %-17s %12s %12s %11s\n' test metric raw tether tether/raw
-printf '%s\n' "${rows[@]}"
+if [ "${#pair_tests[@]}" -gt 0 ]; then
+  printf 'medians of %d rounds per mode (%s)\n' "$rounds" "$("$bench" --version)"
+  printf '%-11s %-17s %12s %12s %11s\n' test metric raw tether tether/raw
+  printf '%s\n' "${rows[@]}"
+fi
+
+# The snapshot figures: one tether-snapbench run, its own medians.
+if [ "$run_snapshot" = 1 ]; then
+  printf '%s: snapshot, %d sessions, %d runs\n' "$prog" "$snap_sessions" "$rounds" >&2
+  out=$(timeout "$run_timeout" "$snapbench" --sessions "$snap_sessions" --runs "$rounds") ||
+    die "'$snapbench --sessions $snap_sessions --runs $rounds' failed or timed out"
+  # snap_row LABEL FORMAT CLIENT-KEY SERVER-KEY TARGET
+  snap_row() {
+    local c s
+    c=$(json_get "$out" "$3") || die "no $3 in: $out"
+    s=$(json_get "$out" "$4") || die "no $4 in: $out"
+    printf "%-38s $2 $2 %9s\n" "$1" "$c" "$s" "$5"
+  }
+  [ "${#pair_tests[@]}" -gt 0 ] && echo
+  printf 'snapshot, tether only: %d idle sessions, medians of %d runs (%s)\n' \
+    "$snap_sessions" "$rounds" "$("$snapbench" --version)"
+  printf '%-38s %10s %10s %9s\n' figure client server target
+  snap_row "size with 1 idle session (bytes)" %10.0f \
+    bytes_1_session_client bytes_1_session_server "<= 4096"
+  snap_row "increment per idle session (bytes)" %10.1f \
+    bytes_per_session_client bytes_per_session_server -
+  snap_row "tether_snapshot, $snap_sessions sessions (ms)" %10.2f \
+    snapshot_ms_client_median snapshot_ms_server_median "<= 100"
+  snap_row "tether_restore, $snap_sessions sessions (ms)" %10.2f \
+    restore_ms_client_median restore_ms_server_median "<= 100"
+fi

@@ -96,7 +96,16 @@ typedef enum tether_option {
   TETHER_OPT_GIVE_UP_S,            /* default 86400, 0 = never; env TETHER_GIVE_UP_S */
   TETHER_OPT_CONNECT_TIMEOUT_MS,   /* first connect + handshake; default 10000 */
   TETHER_OPT_LOG_LEVEL,            /* a tether_log_level; env TETHER_LOG */
+  TETHER_OPT_DURABLE,              /* 1: this side may restart from snapshots:
+                                      its peers keep what its committed
+                                      snapshots lack; default 0; env
+                                      TETHER_DURABLE */
+  TETHER_OPT_RETAIN_MAX_BYTES,     /* most bytes a session holds for a durable
+                                      peer (writers wait beyond it); default
+                                      64 MiB; env TETHER_RETAIN_MAX_BYTES */
 } tether_option;
+
+#define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)
 
 typedef enum tether_log_level {
   TETHER_LOG_NONE = 0,
@@ -219,8 +228,17 @@ TETHER_API int tether_session_stats(const tether_session *s,
 TETHER_API int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len);
 /* tether_snapshot written atomically to path: a temporary file in the same
  * directory, fsync, rename, fsync of the directory; mode 0600.  After a
- * crash at any point, path holds either the previous snapshot or this one. */
+ * crash at any point, path holds either the previous snapshot or this one.
+ * Once the file is durable the snapshot is committed (tether_snapshot_commit).
+ */
 TETHER_API int tether_snapshot_save(tether_ctx *ctx, const char *path);
+/* The blob from tether_snapshot is durable now (the application stored it,
+ * say inside its own state file, and synced it): the counters it captured
+ * are reported to each session's peer, which may then drop what it covers.
+ * Call it only for the latest blob, after it is safely stored.  Returns 0,
+ * or TETHER_EPROTO for a blob that is not a snapshot of this context. */
+TETHER_API int tether_snapshot_commit(tether_ctx *ctx, const void *blob,
+                                      size_t len);
 /* A new context (configured by cfg, as tether_ctx_new) with the snapshot's
  * listeners bound again to their addresses and its sessions back, suspended:
  * the connecting side redials, the accepting side waits for it.  A damaged,
@@ -238,6 +256,13 @@ TETHER_API size_t tether_ctx_sessions(tether_ctx *ctx, tether_session **out,
 /* Likewise for the context's open listeners. */
 TETHER_API size_t tether_ctx_listeners(tether_ctx *ctx, tether_listener **out,
                                        size_t cap);
+/* How many bytes of this session's stream its peer had received, as of the
+ * last resume or acknowledgement.  After a restore it tells the application
+ * where its peer is: bytes written again below it are checked and dropped
+ * (never delivered twice; different bytes fail both sides with
+ * TETHER_EDIVERGED).  -EAGAIN while a restored session has not resumed. */
+TETHER_API int tether_session_peer_received(const tether_session *s,
+                                            uint64_t *out);
 /* The session's 16-byte id, the same on both sides and across restores. */
 TETHER_API int tether_session_id(const tether_session *s, uint8_t id[16]);
 

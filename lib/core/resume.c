@@ -1,18 +1,28 @@
-/* The resume verdict, shared by both sides of a resume handshake. */
+/* The resume verdict and arithmetic, shared by both sides of a resume
+ * handshake: each side computes them from the same two states. */
 #include "session.h"
 
 #include "tether/tether.h"
 
-/* Each side resends [peer's delivered, its sent) from retention, so the
- * peer's delivered count must lie within what this side still holds -- and
- * the same the other way round.  A side restored from a snapshot may have
- * forgotten bytes its peer already delivered (peer delivered > our sent);
- * replaying them is not supported yet, so that is refused as well rather
- * than delivered twice. */
-int core_resume_check(const struct core_resume_state *ours, const struct core_resume_state *peer) {
-  if (peer->delivered < ours->retained_from || peer->delivered > ours->sent)
-    return TETHER_EWINDOW;
-  if (ours->delivered < peer->retained_from || ours->delivered > peer->sent)
-    return TETHER_EWINDOW;
+/* Normally the sender resends exactly what the receiver lacks.  A sender
+ * that rolled back to a snapshot has forgotten bytes the receiver already
+ * delivered: it resends from the chunk boundary below its write position,
+ * and the receiver checks those bytes, and the ones the application writes
+ * again, against its replay log instead of delivering them. */
+uint64_t core_resume_from(const struct core_resume_state *tx, const struct core_resume_state *rx) {
+  return rx->delivered <= tx->sent ? rx->delivered : replay_align(tx->sent);
+}
+
+static int direction_check(const struct core_resume_state *tx, const struct core_resume_state *rx) {
+  uint64_t from = core_resume_from(tx, rx);
+  if (from < tx->retained_from)
+    return TETHER_EWINDOW; /* the sender no longer holds what is needed */
+  if (from < rx->delivered && from < rx->verify_from)
+    return TETHER_EWINDOW; /* a replay the receiver cannot check */
   return 0;
+}
+
+int core_resume_check(const struct core_resume_state *ours, const struct core_resume_state *peer) {
+  int rc = direction_check(ours, peer);
+  return rc < 0 ? rc : direction_check(peer, ours);
 }

@@ -12,9 +12,36 @@
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
-static size_t retention_max(uint64_t sndbuf, uint64_t rcvbuf) {
-  uint64_t m = sndbuf + rcvbuf;
+/* Local send buffer plus the peer's receive buffer: a writer never blocks
+ * earlier than with TCP.  A durable peer's rollback needs more: up to
+ * retain_max, after which writers wait for its next durable ack. */
+static size_t retention_cap(const struct core_session *c) {
+  uint64_t m = c->local_sndbuf_max + c->peer_rcvbuf_max;
+  if (c->peer_durable && c->cfg.retain_max > m)
+    m = c->cfg.retain_max;
   return m > SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)m;
+}
+
+uint64_t core_trim_floor(const struct core_session *c) {
+  uint64_t floor = UINT64_MAX;
+  if (c->peer_durable)
+    floor = c->peer_durable_delivered;
+  if (c->cfg.durable)
+    floor = min64(floor, replay_align(c->sent));
+  return floor;
+}
+
+static void trim(struct core_session *c, uint64_t upto) {
+  retention_trim(&c->ret, min64(upto, core_trim_floor(c)));
+}
+
+/* The peer's durable point moved: forget the hashes it no longer needs, but
+ * none that a replay in progress has yet to be checked against. */
+static void trim_replay_log(struct core_session *c) {
+  uint64_t upto = c->peer_durable_sent;
+  if (core_replay_pending(c))
+    upto = min64(upto, c->rx_pos);
+  replay_log_trim(&c->rlog, upto);
 }
 
 void core_init(struct core_session *c, const struct core_config *cfg,
@@ -26,12 +53,15 @@ void core_init(struct core_session *c, const struct core_config *cfg,
   c->state = CORE_CONNECTED;
   c->local_sndbuf_max = local_sndbuf_max;
   c->peer_rcvbuf_max = peer_rcvbuf_max;
-  retention_init(&c->ret, retention_max(local_sndbuf_max, peer_rcvbuf_max), 0);
+  retention_init(&c->ret, retention_cap(c), 0);
   c->last_rx_ns = now;
   c->next_hb_ns = now; /* at once: proves the side channel early */
 }
 
-void core_clear(struct core_session *c) { retention_clear(&c->ret); }
+void core_clear(struct core_session *c) {
+  retention_clear(&c->ret);
+  replay_log_clear(&c->rlog);
+}
 
 /* ---- transmit side ------------------------------------------------------ */
 
@@ -76,13 +106,28 @@ void core_trim_inflight(struct core_session *c, uint64_t outq) {
    * reached the peer's application.  (An unknown outq, UINT64_MAX, trims
    * nothing; the comparison avoids overflowing the sum.) */
   if (outq < c->tx_pos && c->tx_pos - outq > c->peer_rcvbuf_max)
-    retention_trim(&c->ret, c->tx_pos - outq - c->peer_rcvbuf_max);
-  retention_trim(&c->ret, c->peer_acked);
+    trim(c, c->tx_pos - outq - c->peer_rcvbuf_max);
+  trim(c, c->peer_acked);
 }
 
 /* ---- receive side ------------------------------------------------------- */
 
-void core_on_delivered(struct core_session *c, size_t n) { c->delivered += n; }
+void core_on_delivered(struct core_session *c, const void *data, size_t n) {
+  c->delivered += n;
+  c->rx_pos += n;
+  if (c->peer_durable)
+    (void)replay_log_append(&c->rlog, data, n); /* -ENOMEM: a shorter log */
+}
+
+int core_on_replayed(struct core_session *c, const void *data, size_t n) {
+  assert(n <= core_replay_pending(c));
+  c->rx_pos += n;
+  if (replay_check_feed(&c->rcheck, &c->rlog, data, n) < 0) {
+    core_fail(c, TETHER_EDIVERGED);
+    return TETHER_EDIVERGED;
+  }
+  return 0;
+}
 
 bool core_ack_due(const struct core_session *c) {
   return c->delivered - c->acked_delivered >= CORE_ACK_EVERY;
@@ -166,6 +211,12 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   out->ack_read_closed = c->peer_rd_closed;
   out->want_reply = close_unacked(c);
   out->rcvbuf_max = 0; /* only the handshake reports it for now */
+  if (c->cfg.durable) {
+    out->durable_sent = c->durable_sent;
+    out->durable_delivered = c->durable_delivered;
+  }
+  if (c->state == CORE_FAILED)
+    out->failed = (uint32_t)-c->error;
   c->acked_delivered = c->delivered;
   if (out->want_reply) {
     c->next_hb_ns = now + min64(c->close_retry_ns ? c->close_retry_ns : FIRST_CLOSE_RETRY_NS,
@@ -185,17 +236,35 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
   c->udp_seen = true;
   c->last_rx_ns = now;
   c->accept_unheard = false; /* a suspended client sends no datagrams */
-  if (c->state == CORE_FAILED)
+  if (c->state == CORE_FAILED) {
+    /* A peer that still talks missed our verdict: repeat it (not to a
+     * verdict, or two failed sides would answer each other forever). */
+    *reply = !ctl->failed && (c->error == TETHER_EDIVERGED || c->error == TETHER_EWINDOW);
     return 0;
+  }
+  if (ctl->failed == (uint32_t)-TETHER_EDIVERGED || ctl->failed == (uint32_t)-TETHER_EWINDOW) {
+    /* The peer found the two streams irreconcilable: so are we. */
+    core_fail(c, -(int)ctl->failed);
+    return 0;
+  }
   bool settled = peer_settled(c);
 
   /* An authenticated peer never acknowledges bytes we did not send; clamp
    * rather than trust. */
   uint64_t acked = ctl->delivered > c->sent ? c->sent : ctl->delivered;
-  if (acked > c->peer_acked) {
+  if (acked > c->peer_acked)
     c->peer_acked = acked;
-    retention_trim(&c->ret, acked);
+  if (ctl->delivered > c->peer_delivered)
+    c->peer_delivered = ctl->delivered;
+  if (c->peer_durable) {
+    if (ctl->durable_delivered > c->peer_durable_delivered)
+      c->peer_durable_delivered = min64(ctl->durable_delivered, c->peer_acked);
+    if (ctl->durable_sent > c->peer_durable_sent) {
+      c->peer_durable_sent = min64(ctl->durable_sent, c->delivered);
+      trim_replay_log(c);
+    }
   }
+  trim(c, c->peer_acked);
   if (ctl->write_closed && !c->peer_wr_closed) {
     c->peer_wr_closed = true;
     c->peer_wr_end = ctl->sent;
@@ -212,7 +281,7 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
   }
   if (ctl->rcvbuf_max && ctl->rcvbuf_max != c->peer_rcvbuf_max) {
     c->peer_rcvbuf_max = ctl->rcvbuf_max;
-    retention_set_max(&c->ret, retention_max(c->local_sndbuf_max, c->peer_rcvbuf_max));
+    retention_set_max(&c->ret, retention_cap(c));
   }
   *reply = ctl->want_reply;
   enter_closed_if_finished(c, now);
@@ -270,15 +339,20 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
   out->retained_from = c->ret.base;
   out->write_closed = c->wr_closed;
   out->read_closed = c->rd_closed;
+  out->verify_from = c->peer_durable ? min64(replay_log_start(&c->rlog), c->delivered) : c->delivered;
+  if (c->cfg.durable) {
+    out->durable_sent = c->durable_sent;
+    out->durable_delivered = c->durable_delivered;
+  }
 }
 
 int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer) {
   if (c->state != CORE_SUSPENDED && c->state != CORE_CLOSED)
     return -EINVAL;
+  struct core_resume_state ours;
+  core_resume_state(c, &ours);
   if (c->state == CORE_SUSPENDED) {
-    struct core_resume_state ours;
-    core_resume_state(c, &ours);
     int rc = core_resume_check(&ours, peer);
     if (rc < 0) {
       core_fail(c, rc);
@@ -286,10 +360,14 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     }
   }
   bool settled = peer_settled(c);
-  uint64_t acked = peer->delivered > c->sent ? c->sent : peer->delivered;
-  if (acked > c->peer_acked)
-    c->peer_acked = acked;
-  retention_trim(&c->ret, acked);
+  /* Lower than before only if the peer rolled back to a snapshot. */
+  c->peer_acked = peer->delivered > c->sent ? c->sent : peer->delivered;
+  c->peer_delivered = peer->delivered;
+  if (c->peer_durable) {
+    c->peer_durable_delivered = min64(peer->durable_delivered, c->peer_acked);
+    c->peer_durable_sent = min64(peer->durable_sent, c->delivered);
+  }
+  trim(c, c->peer_acked);
   if (peer->write_closed && !c->peer_wr_closed) {
     c->peer_wr_closed = true;
     c->peer_wr_end = peer->sent;
@@ -308,7 +386,7 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     c->peer_rd_done = true;
   if (peer->rcvbuf_max && peer->rcvbuf_max != c->peer_rcvbuf_max) {
     c->peer_rcvbuf_max = peer->rcvbuf_max;
-    retention_set_max(&c->ret, retention_max(c->local_sndbuf_max, c->peer_rcvbuf_max));
+    retention_set_max(&c->ret, retention_cap(c));
   }
   c->accept_unheard = c->role == CORE_SERVER;
   if (c->state == CORE_CLOSED) {
@@ -317,7 +395,12 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     note_settled(c, now, settled);
     return 0;
   }
-  c->tx_pos = peer->delivered; /* resend exactly what the peer lacks */
+  c->tx_pos = core_resume_from(&ours, peer);
+  c->rx_pos = core_resume_from(peer, &ours);
+  if (c->rx_pos < c->delivered)
+    replay_check_init(&c->rcheck, c->rx_pos, c->delivered);
+  if (c->peer_durable)
+    trim_replay_log(c);
   /* The server may still be reading: ask again later, twice as late each
    * time (up to CORE_LINGER_MAX_NS), so that the polls stay few. */
   uint64_t wait = c->cfg.suspend_ns;
@@ -333,6 +416,23 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   c->backoff_ns = 0;
   enter_closed_if_finished(c, now);
   return 0;
+}
+
+void core_set_peer_durable(struct core_session *c) {
+  c->peer_durable = true;
+  c->peer_durable_delivered = c->peer_acked;
+  c->peer_durable_sent = c->delivered;
+  replay_log_init(&c->rlog, c->delivered, (size_t)(c->cfg.retain_max / REPLAY_CHUNK));
+  retention_set_max(&c->ret, retention_cap(c));
+}
+
+void core_durable_commit(struct core_session *c, uint64_t now, uint64_t sent, uint64_t delivered) {
+  if (sent <= c->durable_sent && delivered <= c->durable_delivered)
+    return;
+  c->durable_sent = sent;
+  c->durable_delivered = delivered;
+  if (c->state == CORE_CONNECTED)
+    c->next_hb_ns = now; /* report it at once: the peer's retention waits */
 }
 
 void core_fail(struct core_session *c, int err) {

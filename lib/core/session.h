@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "replay.h"
 #include "retention.h"
 
 struct core_config {
@@ -29,6 +30,9 @@ struct core_config {
   uint64_t suspend_ns;
   uint64_t reconnect_max_ns;
   uint64_t give_up_ns; /* 0 = never */
+  bool durable;        /* we may restart from snapshots: keep the tail our
+                          peer needs to check a replay (core_trim_floor) */
+  uint64_t retain_max; /* retention cap while the peer is durable */
 };
 
 enum core_role { CORE_CLIENT, CORE_SERVER };
@@ -64,6 +68,9 @@ struct core_ctl {
   bool ack_read_closed;
   bool want_reply;
   uint64_t rcvbuf_max;
+  uint64_t durable_sent;      /* sender is durable: counters of its last */
+  uint64_t durable_delivered; /* committed snapshot */
+  uint32_t failed;            /* sender's session failed: -TETHER_E* code */
 };
 
 /* What each side says about itself when a session resumes. */
@@ -74,6 +81,11 @@ struct core_resume_state {
   bool write_closed;
   bool read_closed;
   uint64_t rcvbuf_max;
+  uint64_t verify_from;       /* oldest offset of the peer's stream a replay of
+                                 which this side can check (= delivered when
+                                 it keeps no replay log) */
+  uint64_t durable_sent;      /* this side is durable: its last committed */
+  uint64_t durable_delivered; /* snapshot's counters (else 0) */
 };
 
 struct core_session {
@@ -86,6 +98,8 @@ struct core_session {
   uint64_t sent;
   uint64_t tx_pos;
   uint64_t peer_acked;
+  uint64_t peer_delivered; /* as the peer last reported it: unlike peer_acked
+                              it may exceed sent, after our own rollback */
   uint64_t local_sndbuf_max;
   uint64_t peer_rcvbuf_max;
   struct retention ret;
@@ -119,6 +133,17 @@ struct core_session {
   unsigned ack_polls;      /* such resumes so far (the interval doubles) */
 
   uint32_t epoch; /* restores from snapshots so far */
+
+  /* durable acknowledgements (see replay.h and tether(7), SNAPSHOTS) */
+  bool peer_durable;               /* the peer may roll back to a snapshot */
+  uint64_t peer_durable_sent;      /* its last committed snapshot's counters */
+  uint64_t peer_durable_delivered;
+  uint64_t durable_sent;           /* ours (cfg.durable) */
+  uint64_t durable_delivered;
+  struct replay_log rlog;          /* peer_durable: hashes of what we delivered */
+  uint64_t rx_pos;                 /* offset of the next byte the transport
+                                      brings; < delivered during a replay */
+  struct replay_check rcheck;      /* checks [rx_pos, delivered) */
 
   /* side channel */
   uint64_t tx_seq;
@@ -162,12 +187,28 @@ size_t core_pending(const struct core_session *c, const uint8_t **p);
 /* Records n pending bytes pushed into the transport. */
 void core_on_flushed(struct core_session *c, size_t n);
 /* The in-flight rule: drop bytes the peer must have consumed, given the
- * local kernel send queue length. */
+ * local kernel send queue length -- but never below core_trim_floor(). */
 void core_trim_inflight(struct core_session *c, uint64_t outq);
+/* The oldest byte retention must keep whatever the peer consumed: what the
+ * durable peer's last snapshot does not cover, and, when we are durable,
+ * the start of the chunk holding our write position (a replay after our own
+ * rollback resends from there; see replay.h). */
+uint64_t core_trim_floor(const struct core_session *c);
 
 /* ---- receive side ---- */
 
-void core_on_delivered(struct core_session *c, size_t n);
+/* n bytes at data were read from the transport and handed to the
+ * application (logged for replay checks while the peer is durable). */
+void core_on_delivered(struct core_session *c, const void *data, size_t n);
+/* Bytes the transport brings next that the application already has (a
+ * replay after the peer's rollback): read them with core_on_replayed()
+ * instead of delivering them. */
+static inline uint64_t core_replay_pending(const struct core_session *c) {
+  return c->state == CORE_FAILED ? 0 : c->delivered - c->rx_pos;
+}
+/* Checks n <= core_replay_pending() replayed bytes: 0, or TETHER_EDIVERGED
+ * when they differ from what was delivered (the session has failed). */
+int core_on_replayed(struct core_session *c, const void *data, size_t n);
 /* Bytes delivered since the last acknowledgement after which an explicit
  * ack is due, so the peer's retention shrinks to about the bytes really in
  * flight instead of the peer's whole receive buffer. */
@@ -187,6 +228,15 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out);
  * replay (ignore it).  Sets *reply when the peer expects an answer now. */
 int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
                 bool *reply);
+
+/* ---- durable acknowledgements ---- */
+
+/* The peer may roll back to snapshots (it said so in the handshake): keep
+ * what its snapshots do not cover and log what we deliver (replay.h). */
+void core_set_peer_durable(struct core_session *c);
+/* A snapshot holding our counters sent/delivered is durable now: report them
+ * to the peer at once. */
+void core_durable_commit(struct core_session *c, uint64_t now, uint64_t sent, uint64_t delivered);
 
 /* ---- lifecycle ---- */
 
@@ -209,9 +259,13 @@ void core_on_transport_lost(struct core_session *c, uint64_t now);
 void core_resume_state(const struct core_session *c, struct core_resume_state *out);
 /* Whether two sides' resume states can be reconciled: 0, or TETHER_EWINDOW
  * when bytes one side lacks are no longer retained by the other, or when one
- * side was restored from a snapshot older than what its peer delivered.
+ * side rolled back behind what its peer delivered and the peer cannot check
+ * the replay (it keeps no replay log that far back).
  * Symmetric, so both sides of a resume reach the same verdict. */
 int core_resume_check(const struct core_resume_state *ours, const struct core_resume_state *peer);
+/* Where tx's resend starts (see resume.c): rx's delivered count, or, after
+ * tx rolled back behind it, the chunk boundary below tx's write position. */
+uint64_t core_resume_from(const struct core_resume_state *tx, const struct core_resume_state *rx);
 /* A resume handshake succeeded with `peer` as the peer's state.  Returns 0
  * (the caller flushes core_pending() first) or TETHER_EWINDOW / -EPROTO
  * when the peer's state cannot be reconciled (the session has failed).

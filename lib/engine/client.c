@@ -195,7 +195,8 @@ void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc) {
     hs_conn_free(h);
     return;
   }
-  if (rc == TETHER_ESESSIONGONE || rc == TETHER_EVERSION || rc == TETHER_EWINDOW) {
+  if (rc == TETHER_ESESSIONGONE || rc == TETHER_EVERSION || rc == TETHER_EWINDOW ||
+      rc == TETHER_EDIVERGED) {
     LOG_WARN(s->ctx, "session %s: server refused to resume: %s", session_tag(s->id, tag),
              tether_strerror(rc));
     session_fail(s, rc);

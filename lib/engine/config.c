@@ -14,6 +14,7 @@ void config_defaults(struct tether_config *cfg) {
   cfg->give_up_s = 86400;
   cfg->connect_timeout_ms = 10000;
   cfg->log_level = TETHER_LOG_WARN;
+  cfg->retain_max = TETHER_RETAIN_MAX_DEFAULT;
 }
 
 tether_config *tether_config_new(void) {
@@ -47,6 +48,12 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_LOG_LEVEL:
     *lo = TETHER_LOG_NONE, *hi = TETHER_LOG_DEBUG;
     return 0;
+  case TETHER_OPT_DURABLE:
+    *lo = 0, *hi = 1;
+    return 0;
+  case TETHER_OPT_RETAIN_MAX_BYTES:
+    *lo = 64 * 1024, *hi = (int64_t)1 << 40;
+    return 0;
   }
   return -EINVAL;
 }
@@ -62,6 +69,8 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_GIVE_UP_S: cfg->give_up_s = (uint32_t)value; break;
   case TETHER_OPT_CONNECT_TIMEOUT_MS: cfg->connect_timeout_ms = (uint32_t)value; break;
   case TETHER_OPT_LOG_LEVEL: cfg->log_level = (int)value; break;
+  case TETHER_OPT_DURABLE: cfg->durable = value != 0; break;
+  case TETHER_OPT_RETAIN_MAX_BYTES: cfg->retain_max = (uint64_t)value; break;
   }
   return 0;
 }
@@ -76,6 +85,8 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_GIVE_UP_S: *value = cfg->give_up_s; return 0;
   case TETHER_OPT_CONNECT_TIMEOUT_MS: *value = cfg->connect_timeout_ms; return 0;
   case TETHER_OPT_LOG_LEVEL: *value = cfg->log_level; return 0;
+  case TETHER_OPT_DURABLE: *value = cfg->durable; return 0;
+  case TETHER_OPT_RETAIN_MAX_BYTES: *value = (int64_t)cfg->retain_max; return 0;
   }
   return -EINVAL;
 }
@@ -111,6 +122,8 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_GIVE_UP_S", TETHER_OPT_GIVE_UP_S},
       {"TETHER_CONNECT_TIMEOUT_MS", TETHER_OPT_CONNECT_TIMEOUT_MS},
       {"TETHER_LOG", TETHER_OPT_LOG_LEVEL},
+      {"TETHER_DURABLE", TETHER_OPT_DURABLE},
+      {"TETHER_RETAIN_MAX_BYTES", TETHER_OPT_RETAIN_MAX_BYTES},
   };
   tether_config tmp;
   if (!cfg)

@@ -34,6 +34,8 @@ struct tether_config {
   uint32_t give_up_s;
   uint32_t connect_timeout_ms;
   int log_level;
+  bool durable;        /* this side may restart from snapshots */
+  uint64_t retain_max; /* retention cap for a durable peer */
   uint8_t psk[PSK_MAX];
   size_t psk_len;
   tether_state_cb state_cb;
@@ -77,6 +79,7 @@ struct tether_ctx {
   unsigned n_handshakes;
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
+  uint32_t captures; /* snapshots taken (numbers them; under lock) */
 
   /* The ephemeral X25519 key new handshakes use, and its successor, made
    * ahead of time by the engine so key generation is off the critical path. */
@@ -147,6 +150,15 @@ struct tether_session {
    * app_fd must point at a new file of kind `kind` (an APP_FD_* value). */
   void (*app_fd_hook)(struct tether_session *s, int fd, int kind);
   void *hook_arg;
+
+  /* The counters the latest snapshots captured, until one is committed
+   * (tether_snapshot_commit).  Both locks. */
+  struct {
+    uint32_t capture; /* 0: unused */
+    uint64_t sent, delivered;
+  } captured[4];
+  unsigned next_captured;
+  bool restored_unresumed; /* restored, not yet resumed: peer position unknown */
 };
 
 /* What the application's fd refers to.  poll() attaches to the files it
@@ -183,6 +195,7 @@ struct hs_conn {
   struct session_keys keys;
   uint64_t peer_rcvbuf;
   uint32_t peer_udp_port;
+  bool peer_durable; /* the peer may restart from snapshots */
   struct tether_session *session; /* resume: the session concerned */
   struct core_resume_state peer_state;
   struct tether_listener *listener;

@@ -110,6 +110,7 @@ static int reject_code_to_err(Tether__Wire__Reject__Code c) {
   case TETHER__WIRE__REJECT__CODE__AUTH: return TETHER_EAUTH;
   case TETHER__WIRE__REJECT__CODE__BUSY: return -EAGAIN;
   case TETHER__WIRE__REJECT__CODE__WINDOW: return TETHER_EWINDOW;
+  case TETHER__WIRE__REJECT__CODE__DIVERGED: return TETHER_EDIVERGED;
   default: return TETHER_EPROTO;
   }
 }
@@ -137,6 +138,8 @@ static int client_hello(struct hs_conn *h) {
   memcpy(h->t.client_nonce, h->nonce_c, NONCE_LEN);
   h->t.client_rcvbuf = sock_rcvbuf_max(h->fd);
   h->t.client_udp = local_udp_port(h);
+  h->t.client_flags = h->ctx->cfg.durable ? HELLO_DURABLE : 0;
+  ch.flags = h->t.client_flags;
   ch.x25519_pub = (ProtobufCBinaryData){KEY_LEN, h->t.client_pub};
   ch.nonce = (ProtobufCBinaryData){NONCE_LEN, h->nonce_c};
   ch.rcvbuf_max = h->t.client_rcvbuf;
@@ -168,6 +171,8 @@ static int on_server_hello(struct hs_conn *h, const Tether__Wire__ServerHello *s
   memcpy(h->t.session_id, sh->session_id.data, SESSION_ID_LEN);
   h->t.server_rcvbuf = sh->rcvbuf_max;
   h->t.server_udp = sh->udp_port;
+  h->t.server_flags = sh->flags;
+  h->peer_durable = sh->flags & HELLO_DURABLE;
   h->peer_rcvbuf = sh->rcvbuf_max;
   h->peer_udp_port = sh->udp_port;
   bool confirmed = sh->confirm.len > 0;
@@ -285,6 +290,8 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   memcpy(h->t.client_nonce, ch->nonce.data, NONCE_LEN);
   h->t.client_rcvbuf = ch->rcvbuf_max;
   h->t.client_udp = ch->udp_port;
+  h->t.client_flags = ch->flags;
+  h->peer_durable = ch->flags & HELLO_DURABLE;
   h->peer_rcvbuf = ch->rcvbuf_max;
   h->peer_udp_port = ch->udp_port;
   h->key = ctx_take_key(h->ctx);
@@ -295,6 +302,7 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   memcpy(h->t.server_nonce, h->nonce_s, NONCE_LEN);
   h->t.server_rcvbuf = sock_rcvbuf_max(h->fd);
   h->t.server_udp = local_udp_port(h);
+  h->t.server_flags = h->ctx->cfg.durable ? HELLO_DURABLE : 0;
   if (confirm) {
     if (derive(h, h->t.client_pub, th) < 0)
       return reject(h, TETHER__WIRE__REJECT__CODE__MALFORMED, "bad client key", TETHER_EPROTO);
@@ -310,6 +318,7 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   sh.session_id = (ProtobufCBinaryData){SESSION_ID_LEN, h->t.session_id};
   sh.rcvbuf_max = h->t.server_rcvbuf;
   sh.udp_port = h->t.server_udp;
+  sh.flags = h->t.server_flags;
   if (confirm)
     sh.confirm = (ProtobufCBinaryData){MAC_LEN, mac};
   m.msg_case = TETHER__WIRE__HANDSHAKE__MSG_SERVER_HELLO;
@@ -395,6 +404,10 @@ static int on_resume_finish(struct hs_conn *h, const Tether__Wire__ResumeFinish 
   /* Authenticated: only now may the live session be touched. */
   h->session = s;
   int rc = listener_resume_authenticated(h, &ours);
+  if (rc == TETHER_EDIVERGED)
+    return reject(h, TETHER__WIRE__REJECT__CODE__DIVERGED, "divergent replay", rc);
+  if (rc == TETHER_EWINDOW)
+    return reject(h, TETHER__WIRE__REJECT__CODE__WINDOW, "streams cannot be reconciled", rc);
   if (rc < 0)
     return reject(h, TETHER__WIRE__REJECT__CODE__UNKNOWN_SESSION, "session cannot resume", rc);
   if ((rc = core_resume_check(&ours, &h->peer_state)) < 0) {

@@ -94,7 +94,10 @@ int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *o
   int rc = 0;
   session_lock(s);
   if (s->core.state == CORE_FAILED) {
-    rc = TETHER_ESESSIONGONE;
+    /* Irreconcilable streams are told as such; other failures as gone. */
+    rc = s->core.error == TETHER_EDIVERGED || s->core.error == TETHER_EWINDOW
+             ? s->core.error
+             : TETHER_ESESSIONGONE;
   } else {
     if (s->core.state == CORE_CONNECTED)
       session_suspend_locked(s, now_ns(), "peer reconnected");

@@ -32,6 +32,8 @@ static struct core_config core_cfg(const struct tether_config *cfg) {
       .suspend_ns = (uint64_t)cfg->suspend_ms * 1000000,
       .reconnect_max_ns = (uint64_t)cfg->reconnect_max_ms * 1000000,
       .give_up_ns = (uint64_t)cfg->give_up_s * 1000000000,
+      .durable = cfg->durable,
+      .retain_max = cfg->retain_max,
   };
   return c;
 }
@@ -71,6 +73,8 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   struct core_config cc = core_cfg(&ctx->cfg);
   core_init(&s->core, &cc, is_client ? CORE_CLIENT : CORE_SERVER, now_ns(),
             sock_sndbuf_max(s->sock), h->peer_rcvbuf);
+  if (h->peer_durable)
+    core_set_peer_durable(&s->core);
   set_udp_peer(s, &h->peer, h->peer_len, h->peer_udp_port);
   if (is_client) {
     memcpy(&s->dial_addr, &h->peer, h->peer_len);
@@ -125,6 +129,8 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   opts.suspend_ms = m->suspend_ms;
   opts.reconnect_max_ms = m->reconnect_max_ms;
   opts.give_up_s = m->give_up_s;
+  opts.durable = m->durable;
+  opts.retain_max = m->retain_max;
   struct core_config cc = core_cfg(&opts);
   struct core_session *c = &s->core;
   core_init(c, &cc, s->is_client ? CORE_CLIENT : CORE_SERVER, now, m->local_sndbuf_max,
@@ -155,6 +161,31 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   c->rx_seq = m->rx_seq;
   c->resent = m->resent;
   c->reconnects = m->reconnects;
+  c->rx_pos = c->delivered;
+  if (c->cfg.durable) { /* this very snapshot is durable */
+    c->durable_sent = c->sent;
+    c->durable_delivered = c->delivered;
+  }
+  if (m->peer_durable) {
+    const Tether__Snap__ReplayLog *pl = m->replay_log;
+    core_set_peer_durable(c);
+    c->peer_durable_sent = m->peer_durable_sent;
+    c->peer_durable_delivered = m->peer_durable_delivered;
+    struct replay_log *rl = &c->rlog;
+    if (pl->n_hash && !(rl->hash = malloc(pl->n_hash * sizeof(*rl->hash)))) {
+      session_destroy(s);
+      return NULL;
+    }
+    if (pl->n_hash)
+      memcpy(rl->hash, pl->hash, pl->n_hash * sizeof(*rl->hash));
+    rl->n = rl->cap = pl->n_hash;
+    rl->from = pl->from;
+    rl->cur.h = pl->cur_h;
+    rl->cur.tail = pl->cur_tail;
+    rl->cur.len = pl->cur_len;
+    rl->skip_first = pl->skip_first;
+  }
+  s->restored_unresumed = true;
   core_on_transport_lost(c, now); /* CONNECTED -> SUSPENDED, redial at once */
 
   if (s->is_client) {
@@ -356,12 +387,42 @@ static void update_sock_ev(struct tether_session *s) {
 
 /* After the application closed: read and drop what still arrives, so the
  * peer's writes drain and its EOF is seen. */
+/* rx_lock held.  Reads bytes the application already has (the peer's
+ * replay after it rolled back) and checks them instead of delivering them.
+ * Returns recv's result; on a difference the session has failed, and the
+ * peer is told at once so that it fails with the same error. */
+static ssize_t take_replay_locked(struct tether_session *s) {
+  uint8_t scratch[16384];
+  uint64_t want = core_replay_pending(&s->core);
+  ssize_t n = recv(s->sock, scratch, want < sizeof(scratch) ? (size_t)want : sizeof(scratch),
+                   MSG_DONTWAIT);
+  if (n > 0 && core_on_replayed(&s->core, scratch, (size_t)n) < 0) {
+    char tag[17];
+    LOG_WARN(s->ctx, "session %s: the peer's replay differs from what was delivered: failed",
+             session_tag(s->id, tag));
+    pthread_mutex_lock(&s->tx_lock);
+    udp_send_ctl(s, now_ns());
+    pthread_mutex_unlock(&s->tx_lock);
+    session_kick(s);
+  }
+  return n;
+}
+
 static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
-  for (int i = 0; i < 64 && s->sock >= 0; i++) {
+  for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
+    if (core_replay_pending(&s->core)) {
+      ssize_t n = take_replay_locked(s);
+      if (n > 0)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+      session_suspend_locked(s, now_ns(), n == 0 ? "EOF during a replay" : strerror(errno));
+      return;
+    }
     ssize_t n = recv(s->sock, buf, sizeof(buf), MSG_DONTWAIT);
     if (n > 0) {
-      core_on_delivered(&s->core, (size_t)n);
+      core_on_delivered(&s->core, buf, (size_t)n);
       continue;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -486,6 +547,7 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
       LOG_WARN(s->ctx, "session %s: cannot resume: %s", session_tag(s->id, tag),
                tether_strerror(rc));
   } else {
+    s->restored_unresumed = false;
     s->sock = h->fd;
     h->fd = -1;
     sock_setup_session(s->sock, &s->ctx->cfg);
@@ -603,9 +665,12 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
       return 0;
     }
     if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
-      ssize_t n = recv(s->sock, buf, len, MSG_DONTWAIT);
-      if (n > 0) {
-        core_on_delivered(c, (size_t)n);
+      ssize_t n;
+      if (core_replay_pending(c)) {
+        if ((n = take_replay_locked(s)) > 0)
+          continue;
+      } else if ((n = recv(s->sock, buf, len, MSG_DONTWAIT)) > 0) {
+        core_on_delivered(c, buf, (size_t)n);
         if (core_ack_due(c)) {
           /* Acknowledge progress now, from this thread: a datagram per
            * CORE_ACK_EVERY bytes keeps the sender's retention small. */
@@ -791,4 +856,19 @@ int tether_session_stats(const tether_session *s, tether_stats *out) {
     out->suspended_ns += now_ns() - c->suspended_at_ns;
   session_unlock(m);
   return 0;
+}
+
+int tether_session_peer_received(const tether_session *s, uint64_t *out) {
+  if (!s || !out)
+    return -EINVAL;
+  struct tether_session *m = (struct tether_session *)s;
+  int rc = 0;
+  session_lock(m);
+  if (m->restored_unresumed)
+    rc = -EAGAIN; /* the peer's position is learnt when it resumes */
+  else
+    *out = s->core.peer_delivered > s->core.peer_acked ? s->core.peer_delivered
+                                                       : s->core.peer_acked;
+  session_unlock(m);
+  return rc;
 }

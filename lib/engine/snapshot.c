@@ -26,6 +26,7 @@ struct capture {
   snap_msg msg;
   Tether__Snap__Listener **listeners, *listener_v;
   Tether__Snap__Session **sessions, *session_v;
+  Tether__Snap__ReplayLog *log_v; /* one per session at most */
   Tether__Snap__Address *addr_v; /* one per listener, two per session at most */
   struct sockaddr_storage *addr_copy; /* what they point to */
   size_t n_addr;
@@ -35,6 +36,8 @@ static void capture_free(struct capture *c) {
   for (size_t i = 0; i < c->msg.n_sessions; i++) {
     Tether__Snap__Session *s = c->sessions[i];
     free(s->retained.data);
+    if (s->replay_log)
+      free(s->replay_log->hash);
     wipe(s->k_ctl_c2s.data, 4 * KEY_LEN); /* all four keys: one allocation */
     free(s->k_ctl_c2s.data);
   }
@@ -42,6 +45,7 @@ static void capture_free(struct capture *c) {
   free(c->listener_v);
   free(c->sessions);
   free(c->session_v);
+  free(c->log_v);
   free(c->addr_v);
   free(c->addr_copy);
 }
@@ -69,9 +73,35 @@ static bool worth_keeping(const struct tether_session *s) {
   return !s->done && s->core.state != CORE_FAILED && s->core.state != CORE_CLOSED;
 }
 
+/* The replay log as the snapshot keeps it (a copy: the session goes on). */
+static int capture_log(struct capture *c, const struct replay_log *l, Tether__Snap__Session *m) {
+  Tether__Snap__ReplayLog *pl = &c->log_v[c->msg.n_sessions];
+  tether__snap__replay_log__init(pl);
+  if (l->n && !(pl->hash = malloc(l->n * sizeof(*pl->hash))))
+    return -ENOMEM;
+  if (l->n)
+    memcpy(pl->hash, l->hash, l->n * sizeof(*pl->hash));
+  pl->n_hash = l->n;
+  pl->from = l->from;
+  pl->cur_h = l->cur.h;
+  pl->cur_tail = l->cur.tail;
+  pl->cur_len = l->cur.len;
+  pl->skip_first = l->skip_first;
+  m->replay_log = pl;
+  return 0;
+}
+
+/* Remembers what capture `id` holds of s, for tether_snapshot_commit. */
+static void note_capture(struct tether_session *s, uint32_t id) {
+  unsigned i = s->next_captured++ % (sizeof(s->captured) / sizeof(s->captured[0]));
+  s->captured[i].capture = id;
+  s->captured[i].sent = s->core.sent;
+  s->captured[i].delivered = s->core.delivered;
+}
+
 /* Session locks held. */
 static int capture_session(struct capture *c, const struct tether_ctx *ctx,
-                           const struct tether_session *s, Tether__Snap__Session *m) {
+                           struct tether_session *s, Tether__Snap__Session *m) {
   const struct core_session *k = &s->core;
   tether__snap__session__init(m);
   /* The four session keys in one allocation, so capture_free wipes them. */
@@ -79,6 +109,11 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   size_t held = (size_t)(k->sent - k->ret.base);
   uint8_t *ret = held ? malloc(held) : NULL;
   if (!keys || (held && !ret)) {
+    free(keys);
+    free(ret);
+    return -ENOMEM;
+  }
+  if (k->peer_durable && capture_log(c, &k->rlog, m) < 0) {
     free(keys);
     free(ret);
     return -ENOMEM;
@@ -129,6 +164,11 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   m->reconnects = k->reconnects;
   m->app_closed = s->app_closed;
   m->queued = !s->is_client && queued(ctx, s);
+  m->durable = k->cfg.durable;
+  m->peer_durable = k->peer_durable;
+  m->peer_durable_sent = k->peer_durable_sent;
+  m->peer_durable_delivered = k->peer_durable_delivered;
+  m->retain_max = k->cfg.retain_max;
   return 0;
 }
 
@@ -151,11 +191,13 @@ int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
   c.listener_v = calloc(n_l ? n_l : 1, sizeof(*c.listener_v));
   c.sessions = calloc(n_s ? n_s : 1, sizeof(*c.sessions));
   c.session_v = calloc(n_s ? n_s : 1, sizeof(*c.session_v));
+  c.log_v = calloc(n_s ? n_s : 1, sizeof(*c.log_v));
   c.addr_v = calloc(n_l + 2 * n_s + 1, sizeof(*c.addr_v));
   c.addr_copy = calloc(n_l + 2 * n_s + 1, sizeof(*c.addr_copy));
-  if (!bound || !c.listeners || !c.listener_v || !c.sessions || !c.session_v || !c.addr_v ||
-      !c.addr_copy)
+  if (!bound || !c.listeners || !c.listener_v || !c.sessions || !c.session_v || !c.log_v ||
+      !c.addr_v || !c.addr_copy)
     goto out;
+  uint32_t id = ++ctx->captures ? ctx->captures : ++ctx->captures; /* never 0 */
   size_t i = 0;
   for (struct tether_listener *l = ctx->listeners; l; l = l->next, i++) {
     socklen_t blen = sizeof(bound[i]);
@@ -174,6 +216,8 @@ int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
       session_lock(s);
       bool keep = worth_keeping(s);
       int r = keep ? capture_session(&c, ctx, s, &c.session_v[c.msg.n_sessions]) : 0;
+      if (keep && r == 0)
+        note_capture(s, id);
       session_unlock(s);
       if (r < 0) {
         rc = r;
@@ -191,7 +235,7 @@ int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
   /* Still under ctx->lock: the ids point into sessions, which the engine
    * frees only after taking it (registry_remove). */
   uint8_t *out;
-  rc = snap_seal(&c.msg, &out, len);
+  rc = snap_seal(&c.msg, id, &out, len);
   if (rc == 0)
     *blob = out;
 out:
@@ -248,10 +292,35 @@ int tether_snapshot_save(tether_ctx *ctx, const char *path) {
     rc = -errno;
   if (dfd >= 0)
     close(dfd);
+  if (rc == 0)
+    rc = tether_snapshot_commit(ctx, blob, len);
 out:
   wipe(blob, len);
   free(blob);
   return rc;
+}
+
+int tether_snapshot_commit(tether_ctx *ctx, const void *blob, size_t len) {
+  uint32_t id;
+  if (!ctx || !blob)
+    return -EINVAL;
+  int rc = snap_capture_id(blob, len, &id);
+  if (rc < 0 || id == 0)
+    return TETHER_EPROTO;
+  uint64_t now = now_ns();
+  pthread_mutex_lock(&ctx->lock);
+  for (int b = 0; b < SESSION_BUCKETS; b++)
+    for (struct tether_session *s = ctx->buckets[b]; s; s = s->hash_next) {
+      session_lock(s);
+      for (size_t i = 0; i < sizeof(s->captured) / sizeof(s->captured[0]); i++)
+        if (s->captured[i].capture == id) {
+          core_durable_commit(&s->core, now, s->captured[i].sent, s->captured[i].delivered);
+          session_kick(s); /* the engine reports it */
+        }
+      session_unlock(s);
+    }
+  pthread_mutex_unlock(&ctx->lock);
+  return 0;
 }
 
 static int listen_again(tether_ctx *ctx, const Tether__Snap__Address *a, tether_listener **out) {

@@ -17,6 +17,9 @@ ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
   m.ack_read_closed = ctl->ack_read_closed;
   m.want_reply = ctl->want_reply;
   m.rcvbuf_max = ctl->rcvbuf_max;
+  m.durable_sent = ctl->durable_sent;
+  m.durable_delivered = ctl->durable_delivered;
+  m.failed = ctl->failed;
   size_t body = tether__wire__control__get_packed_size(&m);
   size_t total = CTL_HDR_LEN + body + MAC_LEN;
   if (total > cap || total > CTL_MAX)
@@ -53,6 +56,9 @@ int ctl_decode_body(const uint8_t *body, size_t len, struct core_ctl *out) {
   out->ack_read_closed = m->ack_read_closed;
   out->want_reply = m->want_reply;
   out->rcvbuf_max = m->rcvbuf_max;
+  out->durable_sent = m->durable_sent;
+  out->durable_delivered = m->durable_delivered;
+  out->failed = m->failed;
   tether__wire__control__free_unpacked(m, NULL);
   return out->seq ? 0 : -EPROTO; /* seq 0 is never sent */
 }

@@ -157,10 +157,11 @@ static void put64(uint8_t *p, uint64_t v) {
 }
 
 int hs_transcript_hash(const struct hs_transcript *t, uint8_t th[32]) {
-  uint8_t nums[24];
+  uint8_t nums[32];
   put64(nums, t->client_rcvbuf);
   put64(nums + 8, t->server_rcvbuf);
   put64(nums + 16, (uint64_t)t->client_udp << 32 | t->server_udp);
+  put64(nums + 24, (uint64_t)t->client_flags << 32 | t->server_flags);
   struct buf_part parts[] = {
       {"tether/1 handshake", 18},
       {t->client_pub, KEY_LEN},
@@ -177,7 +178,7 @@ int hs_resume_mac(const uint8_t key[KEY_LEN], const char *label,
                   const uint8_t id[SESSION_ID_LEN], const uint8_t nonce_c[NONCE_LEN],
                   const uint8_t nonce_s[NONCE_LEN], const struct core_resume_state *st,
                   uint8_t out[MAC_LEN]) {
-  uint8_t s[8 * 5];
+  uint8_t s[8 * 8];
   size_t n = 0;
   if (st) {
     put64(s, st->delivered);
@@ -185,6 +186,9 @@ int hs_resume_mac(const uint8_t key[KEY_LEN], const char *label,
     put64(s + 16, st->retained_from);
     put64(s + 24, (uint64_t)st->write_closed << 1 | (uint64_t)st->read_closed);
     put64(s + 32, st->rcvbuf_max);
+    put64(s + 40, st->verify_from);
+    put64(s + 48, st->durable_sent);
+    put64(s + 56, st->durable_delivered);
     n = sizeof(s);
   }
   struct buf_part parts[] = {
@@ -205,6 +209,9 @@ void hs_state_to_pb(const struct core_resume_state *st, Tether__Wire__ResumeStat
   pb->write_closed = st->write_closed;
   pb->read_closed = st->read_closed;
   pb->rcvbuf_max = st->rcvbuf_max;
+  pb->verify_from = st->verify_from;
+  pb->durable_sent = st->durable_sent;
+  pb->durable_delivered = st->durable_delivered;
 }
 
 void hs_state_from_pb(const Tether__Wire__ResumeState *pb, struct core_resume_state *st) {
@@ -215,4 +222,7 @@ void hs_state_from_pb(const Tether__Wire__ResumeState *pb, struct core_resume_st
   st->write_closed = pb->write_closed;
   st->read_closed = pb->read_closed;
   st->rcvbuf_max = pb->rcvbuf_max;
+  st->verify_from = pb->verify_from;
+  st->durable_sent = pb->durable_sent;
+  st->durable_delivered = pb->durable_delivered;
 }

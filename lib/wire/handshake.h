@@ -21,6 +21,10 @@
 
 typedef Tether__Wire__Handshake hs_msg;
 
+/* Hello flags. */
+#define HELLO_DURABLE 1u /* this side may restart from snapshots */
+#define HELLO_KNOWN HELLO_DURABLE
+
 /* Writes [preface] + 4-byte length + packed message into out.  Returns the
  * length, or -EMSGSIZE. */
 ssize_t hs_encode(const hs_msg *m, bool preface, uint8_t *out, size_t cap);
@@ -53,6 +57,7 @@ struct hs_transcript {
   uint8_t session_id[SESSION_ID_LEN];
   uint64_t client_rcvbuf, server_rcvbuf;
   uint32_t client_udp, server_udp;
+  uint32_t client_flags, server_flags; /* HELLO_* */
 };
 int hs_transcript_hash(const struct hs_transcript *t, uint8_t th[32])
     __attribute__((warn_unused_result));

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "core/replay.h"
 #include "crypto.h"
 #include <stdbool.h>
 #include "tether/tether.h"
@@ -22,7 +23,7 @@ static uint64_t get_be(const uint8_t *p, int n) {
   return v;
 }
 
-int snap_seal(const snap_msg *m, uint8_t **out, size_t *out_len) {
+int snap_seal(const snap_msg *m, uint32_t capture, uint8_t **out, size_t *out_len) {
   size_t n = tether__snap__snapshot__get_packed_size(m);
   if (n > SNAP_PAYLOAD_MAX)
     return -EMSGSIZE;
@@ -32,7 +33,7 @@ int snap_seal(const snap_msg *m, uint8_t **out, size_t *out_len) {
     return -ENOMEM;
   memcpy(b, SNAP_MAGIC, 8);
   put_be(b + 8, SNAP_FORMAT_VERSION, 4);
-  put_be(b + 12, 0, 4);
+  put_be(b + 12, capture, 4);
   put_be(b + 16, n, 8);
   tether__snap__snapshot__pack(m, b + SNAP_HEADER_LEN);
   struct buf_part part = {b, SNAP_HEADER_LEN + n};
@@ -90,7 +91,28 @@ static const char *check_session(const Tether__Snap__Session *s, size_t n_listen
     return "sequence number out of range";
   if (!s->heartbeat_ms || !s->suspend_ms || !s->reconnect_max_ms)
     return "timing options";
+  if (s->peer_durable_sent > s->delivered || s->peer_durable_delivered > s->peer_acked)
+    return "durable counters beyond the stream";
+  if (s->peer_durable != (s->replay_log != NULL))
+    return "replay log";
+  if (s->replay_log) {
+    const Tether__Snap__ReplayLog *l = s->replay_log;
+    if (!known(&l->base) || l->from % REPLAY_CHUNK || l->cur_len >= REPLAY_CHUNK ||
+        l->from > s->delivered ||
+        (s->delivered - l->from - l->cur_len) / REPLAY_CHUNK != l->n_hash ||
+        (s->delivered - l->from - l->cur_len) % REPLAY_CHUNK ||
+        (l->skip_first && l->n_hash) || l->n_hash > s->retain_max / REPLAY_CHUNK + 1)
+      return "replay log does not match the counters";
+  }
   return NULL;
+}
+
+int snap_capture_id(const uint8_t *buf, size_t len, uint32_t *capture) {
+  if (len < SNAP_HEADER_LEN || memcmp(buf, SNAP_MAGIC, 8) != 0 ||
+      get_be(buf + 8, 4) != SNAP_FORMAT_VERSION)
+    return TETHER_EPROTO;
+  *capture = (uint32_t)get_be(buf + 12, 4);
+  return 0;
 }
 
 snap_msg *snap_open(const uint8_t *buf, size_t len, int *err, const char **why) {
@@ -110,7 +132,7 @@ snap_msg *snap_open(const uint8_t *buf, size_t len, int *err, const char **why) 
     return NULL;
   }
   uint64_t n = get_be(buf + 16, 8);
-  if (get_be(buf + 12, 4) != 0 || n > SNAP_PAYLOAD_MAX) {
+  if (n > SNAP_PAYLOAD_MAX) {
     *why = "bad header";
     return NULL;
   }

@@ -1,10 +1,11 @@
 /* The snapshot container: a protobuf-c tether.snap.Snapshot inside a frame
  * that says what it is and proves it is whole.
  *
- *   magic "TTHRSNAP" | u32 format version | u32 0 | u64 payload length
+ *   magic "TTHRSNAP" | u32 format version | u32 capture | u64 payload length
  *   | payload | SHA-256 of everything before it
  *
- * All integers big-endian.  snap_open trusts nothing: it checks the frame,
+ * `capture` numbers the context's snapshots, so that a commit can name the
+ * one that became durable without decoding it.  All integers big-endian.  snap_open trusts nothing: it checks the frame,
  * then every field the restore will use. */
 #ifndef TETHER_WIRE_SNAPSHOT_H
 #define TETHER_WIRE_SNAPSHOT_H
@@ -28,12 +29,15 @@
 typedef Tether__Snap__Snapshot snap_msg;
 
 /* Encodes and frames m into a malloc'd buffer.  0, -ENOMEM or -EMSGSIZE. */
-int snap_seal(const snap_msg *m, uint8_t **out, size_t *out_len)
+int snap_seal(const snap_msg *m, uint32_t capture, uint8_t **out, size_t *out_len)
     __attribute__((warn_unused_result));
 /* Checks and decodes a container.  NULL on any defect, with *err set to
  * TETHER_EVERSION (another format version) or TETHER_EPROTO (not a
  * snapshot, truncated, corrupt or inconsistent) and *why to a sentence. */
 snap_msg *snap_open(const uint8_t *buf, size_t len, int *err, const char **why);
 void snap_free(snap_msg *m);
+/* The capture number in a container's header (nothing else is checked):
+ * 0, or TETHER_EPROTO when it is not a snapshot header. */
+int snap_capture_id(const uint8_t *buf, size_t len, uint32_t *capture);
 
 #endif

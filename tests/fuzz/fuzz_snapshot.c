@@ -25,7 +25,7 @@ static void check(const uint8_t *buf, size_t len) {
   }
   uint8_t *again;
   size_t again_len;
-  FUZZ_CHECK(snap_seal(m, &again, &again_len) == 0);
+  FUZZ_CHECK(snap_seal(m, 0, &again, &again_len) == 0);
   snap_msg *m2 = snap_open(again, again_len, &err, &why);
   FUZZ_CHECK(m2 != NULL);
   size_t n1 = tether__snap__snapshot__get_packed_size(m);

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,9 +22,16 @@
 
 #define WAIT_MS 10000
 
+static bool durable; /* pair_open makes both sides durable */
+
 static tether_ctx *new_ctx(void) {
   tether_ctx *ctx;
-  assert_int_equal(tether_ctx_new(NULL, &ctx), 0);
+  tether_config *cfg = tether_config_new();
+  assert_non_null(cfg);
+  assert_int_equal(tether_config_load_env(cfg), 0);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_DURABLE, durable), 0);
+  assert_int_equal(tether_ctx_new(cfg, &ctx), 0);
+  tether_config_free(cfg);
   return ctx;
 }
 
@@ -152,8 +160,9 @@ static void test_server_restore(void **state) {
   tether_ctx_free(p.sctx);
 }
 
-/* A snapshot older than what the peer received cannot resume yet: both
- * sides fail with TETHER_EWINDOW instead of delivering bytes twice. */
+/* Without durable acknowledgements, a snapshot older than what the peer
+ * received cannot resume: both sides fail with TETHER_EWINDOW instead of
+ * delivering bytes twice. */
 static void test_stale_snapshot_refused(void **state) {
   (void)state;
   struct pair p;
@@ -223,8 +232,158 @@ static void test_file_store(void **state) {
   tether_ctx_free(p.sctx);
 }
 
+/* ---- durable acknowledgements: restores from older snapshots ------------ */
+
+static int durable_on(void **state) {
+  (void)state;
+  durable = true;
+  return 0;
+}
+
+static int durable_off(void **state) {
+  (void)state;
+  durable = false;
+  return 0;
+}
+
+/* Takes a snapshot of ctx and commits it, as an application that stored it
+ * would. */
+static void snapshot_committed(tether_ctx *ctx, void **blob, size_t *len) {
+  assert_int_equal(tether_snapshot(ctx, blob, len), 0);
+  assert_int_equal(tether_snapshot_commit(ctx, *blob, *len), 0);
+}
+
+/* Waits until s is connected again (a restored session resumes). */
+static void wait_connected(tether_session *s) {
+  for (int i = 0; i < WAIT_MS / 10 && tether_session_state(s) != TETHER_STATE_CONNECTED; i++)
+    usleep(10000);
+  assert_int_equal(tether_session_state(s), TETHER_STATE_CONNECTED);
+}
+
+/* The client restarts from a snapshot older than what both sides exchanged
+ * since: the server resends what the client forgot it received, and the
+ * bytes the client's application writes again are checked and dropped. */
+static void test_durable_client_rollback(void **state) {
+  (void)state;
+  struct pair p;
+  void *blob;
+  size_t len;
+  uint64_t got;
+  pair_open(&p);
+  snapshot_committed(p.cctx, &blob, &len);
+  send_str(p.cli, "after-1");
+  assert_int_equal(expect_str(p.srv, "after-1"), 0);
+  send_str(p.srv, "reply-1");
+  assert_int_equal(expect_str(p.cli, "reply-1"), 0);
+  tether_ctx_free(p.cctx);
+  p.cctx = restore(blob, len);
+  p.cli = only_session(p.cctx);
+  assert_int_equal(tether_session_peer_received(p.cli, &got), -EAGAIN);
+  send_str(p.cli, "after-1"); /* the restored application's replay */
+  send_str(p.cli, "new");
+  assert_int_equal(expect_str(p.srv, "new"), 0); /* not "after-1" again */
+  assert_int_equal(expect_str(p.cli, "reply-1"), 0); /* received again */
+  assert_int_equal(tether_session_peer_received(p.cli, &got), 0);
+  assert_true(got >= strlen("hello") + strlen("after-1"));
+  send_str(p.srv, "more");
+  assert_int_equal(expect_str(p.cli, "more"), 0);
+  free(blob);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+}
+
+/* A replay that differs from what the peer delivered fails both sides. */
+static void test_durable_divergent_replay(void **state) {
+  (void)state;
+  struct pair p;
+  void *blob;
+  size_t len;
+  pair_open(&p);
+  snapshot_committed(p.cctx, &blob, &len);
+  send_str(p.cli, "after-1");
+  assert_int_equal(expect_str(p.srv, "after-1"), 0);
+  tether_ctx_free(p.cctx);
+  p.cctx = restore(blob, len);
+  p.cli = only_session(p.cctx);
+  send_str(p.cli, "AFTER-1");
+  assert_int_equal(expect_str(p.srv, "x"), TETHER_EDIVERGED);
+  assert_int_equal(expect_str(p.cli, "x"), TETHER_EDIVERGED);
+  free(blob);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+}
+
+/* The server restarts from an older snapshot; its listener comes back and
+ * the client, which never restarted, carries on. */
+static void test_durable_server_rollback(void **state) {
+  (void)state;
+  struct pair p;
+  void *blob;
+  size_t len;
+  pair_open(&p);
+  snapshot_committed(p.sctx, &blob, &len);
+  send_str(p.srv, "s-after");
+  assert_int_equal(expect_str(p.cli, "s-after"), 0);
+  send_str(p.cli, "c-after");
+  assert_int_equal(expect_str(p.srv, "c-after"), 0);
+  tether_ctx_free(p.sctx);
+  p.sctx = restore(blob, len);
+  p.srv = only_session(p.sctx);
+  send_str(p.srv, "s-after");
+  send_str(p.srv, "s-new");
+  assert_int_equal(expect_str(p.cli, "s-new"), 0);
+  assert_int_equal(expect_str(p.srv, "c-after"), 0);
+  wait_connected(p.srv);
+  free(blob);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+}
+
+/* Both sides restart, each from its own snapshot, taken at different
+ * points; each replays what the other already had. */
+static void test_durable_both_rollback(void **state) {
+  (void)state;
+  struct pair p;
+  void *cblob, *sblob;
+  size_t clen, slen;
+  pair_open(&p);
+  snapshot_committed(p.cctx, &cblob, &clen);
+  send_str(p.cli, "c1");
+  assert_int_equal(expect_str(p.srv, "c1"), 0);
+  send_str(p.srv, "s1");
+  assert_int_equal(expect_str(p.cli, "s1"), 0);
+  snapshot_committed(p.sctx, &sblob, &slen);
+  send_str(p.cli, "c2");
+  assert_int_equal(expect_str(p.srv, "c2"), 0);
+  send_str(p.srv, "s2");
+  assert_int_equal(expect_str(p.cli, "s2"), 0);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+  p.sctx = restore(sblob, slen);
+  p.cctx = restore(cblob, clen);
+  p.srv = only_session(p.sctx);
+  p.cli = only_session(p.cctx);
+  /* Each application continues from its own snapshot. */
+  send_str(p.cli, "c1");
+  send_str(p.cli, "c2");
+  send_str(p.srv, "s2");
+  assert_int_equal(expect_str(p.srv, "c2"), 0);
+  assert_int_equal(expect_str(p.cli, "s1"), 0);
+  assert_int_equal(expect_str(p.cli, "s2"), 0);
+  send_str(p.cli, "c3");
+  assert_int_equal(expect_str(p.srv, "c3"), 0);
+  free(cblob);
+  free(sblob);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_durable_client_rollback, durable_on, durable_off),
+      cmocka_unit_test_setup_teardown(test_durable_divergent_replay, durable_on, durable_off),
+      cmocka_unit_test_setup_teardown(test_durable_server_rollback, durable_on, durable_off),
+      cmocka_unit_test_setup_teardown(test_durable_both_rollback, durable_on, durable_off),
       cmocka_unit_test(test_client_restore),
       cmocka_unit_test(test_server_restore),
       cmocka_unit_test(test_stale_snapshot_refused),

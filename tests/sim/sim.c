@@ -786,7 +786,7 @@ static bool app_read(int i) {
       sim_fail("%s: delivering past the peer's end %" PRIu64, sd->name, c->peer_wr_end);
       return false;
     }
-    core_on_delivered(c, n);
+    core_on_delivered(c, S.scratch, n);
     if (core_ack_due(c))
       udp_send(i);
     sd->rd_next = S.now + (sd->rd_think ? rbelow(&S.r, sd->rd_think) : 0);

@@ -72,6 +72,7 @@ static struct core_resume_state peer_state(uint64_t delivered, uint64_t sent) {
   memset(&p, 0, sizeof(p));
   p.delivered = delivered;
   p.sent = sent;
+  p.verify_from = delivered; /* a peer that keeps no replay log */
   return p;
 }
 
@@ -396,7 +397,7 @@ static void test_build_ctl(void **state) {
   struct core_session c;
   init(&c, CORE_CLIENT);
   app_write(&c, 321);
-  core_on_delivered(&c, 77);
+  core_on_delivered(&c, NULL, 77);
   struct core_ctl a, b;
   core_build_ctl(&c, T0, &a);
   core_build_ctl(&c, T0, &b);
@@ -642,15 +643,15 @@ static void test_ack_due(void **state) {
   struct core_session c;
   init(&c, CORE_SERVER);
   assert_false(core_ack_due(&c));
-  core_on_delivered(&c, CORE_ACK_EVERY - 1);
+  core_on_delivered(&c, NULL, CORE_ACK_EVERY - 1);
   assert_false(core_ack_due(&c));
-  core_on_delivered(&c, 1);
+  core_on_delivered(&c, NULL, 1);
   assert_true(core_ack_due(&c));
   struct core_ctl k;
   core_build_ctl(&c, T0, &k);
   assert_int_equal(k.delivered, CORE_ACK_EVERY);
   assert_false(core_ack_due(&c));
-  core_on_delivered(&c, 3 * CORE_ACK_EVERY);
+  core_on_delivered(&c, NULL, 3 * CORE_ACK_EVERY);
   assert_true(core_ack_due(&c));
   core_clear(&c);
 }
@@ -662,7 +663,7 @@ static void test_resume_arithmetic(void **state) {
   struct core_session c;
   init(&c, CORE_CLIENT);
   app_write(&c, 1000);
-  core_on_delivered(&c, 250);
+  core_on_delivered(&c, NULL, 250);
   struct core_resume_state mine;
   suspend(&c, T0 + SEC);
   core_resume_state(&c, &mine);
@@ -746,7 +747,7 @@ static void test_resume_rollback(void **state) {
   assert_int_equal(c.error, TETHER_EWINDOW);
   core_clear(&c);
   init(&c, CORE_CLIENT);
-  core_on_delivered(&c, 50);
+  core_on_delivered(&c, NULL, 50);
   suspend(&c, T0);
   p = peer_state(0, 49);
   assert_int_equal(core_on_resumed(&c, T0, &p), TETHER_EWINDOW);
@@ -754,18 +755,26 @@ static void test_resume_rollback(void **state) {
   core_clear(&c);
 }
 
+#define ST(d, s, r, v) {.delivered = d, .sent = s, .retained_from = r, .verify_from = v}
+
 /* Both sides of a resume evaluate the same conditions, so they agree. */
 static void test_resume_check_symmetric(void **state) {
   (void)state;
   const struct core_resume_state cases[][2] = {
-      /* {delivered, sent, retained_from} of each side */
-      {{.delivered = 10, .sent = 20, .retained_from = 5}, {.delivered = 15, .sent = 10}},
-      {{.delivered = 10, .sent = 20, .retained_from = 16}, {.delivered = 15, .sent = 10}},
-      {{.delivered = 10, .sent = 20, .retained_from = 5}, {.delivered = 21, .sent = 10}},
-      {{.delivered = 11, .sent = 20, .retained_from = 5}, {.delivered = 15, .sent = 10}},
-      {{.delivered = 10, .sent = 20}, {.delivered = 15, .sent = 10, .retained_from = 11}},
+      /* {delivered, sent, retained_from, verify_from} of each side */
+      {ST(10, 20, 5, 10), ST(15, 10, 0, 15)},
+      {ST(10, 20, 16, 10), ST(15, 10, 0, 15)},
+      {ST(10, 20, 5, 10), ST(21, 10, 0, 21)},
+      {ST(11, 20, 5, 11), ST(15, 10, 0, 15)},
+      {ST(10, 20, 0, 10), ST(15, 10, 11, 15)},
+      /* the second side rolled back to sent 2000 behind delivered 2100: it
+       * replays from 1024, which the first side can check from 1024 on */
+      {ST(2100, 900, 0, 1024), ST(900, 2000, 1024, 900)},
+      {ST(2100, 900, 0, 1025), ST(900, 2000, 1024, 900)}, /* log starts too late */
+      {ST(2100, 900, 0, 1024), ST(900, 2000, 1025, 900)}, /* bytes not kept */
   };
-  const int want[] = {0, TETHER_EWINDOW, TETHER_EWINDOW, TETHER_EWINDOW, TETHER_EWINDOW};
+  const int want[] = {0, TETHER_EWINDOW, TETHER_EWINDOW, TETHER_EWINDOW, TETHER_EWINDOW,
+                      0, TETHER_EWINDOW, TETHER_EWINDOW};
   for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
     assert_int_equal(core_resume_check(&cases[i][0], &cases[i][1]), want[i]);
     assert_int_equal(core_resume_check(&cases[i][1], &cases[i][0]), want[i]);
@@ -813,7 +822,7 @@ static void test_resume_close_flags(void **state) {
   (void)state;
   struct core_session c;
   init(&c, CORE_SERVER);
-  core_on_delivered(&c, 300);
+  core_on_delivered(&c, NULL, 300);
   core_shutdown(&c, T0);
   suspend(&c, T0 + SEC);
   struct core_resume_state mine;
@@ -830,7 +839,7 @@ static void test_resume_close_flags(void **state) {
   assert_int_equal(c.peer_rcvbuf_max, 4000);
   assert_int_equal(c.ret.max, SNDBUF + 4000);
   assert_false(core_at_eof(&c));
-  core_on_delivered(&c, 200);
+  core_on_delivered(&c, NULL, 200);
   assert_true(core_at_eof(&c));
   core_clear(&c);
 }
@@ -957,7 +966,7 @@ static void test_eof_confirmed(void **state) {
   (void)state;
   struct core_session c;
   init(&c, CORE_SERVER);
-  core_on_delivered(&c, 100);
+  core_on_delivered(&c, NULL, 100);
   /* A transport EOF without a known close is not an EOF. */
   assert_false(core_eof_confirmed(&c));
   assert_false(core_at_eof(&c));
@@ -967,9 +976,9 @@ static void test_eof_confirmed(void **state) {
   assert_int_equal(on_ctl(&c, T0, &k), 0);
   /* The close is known, but 50 bytes are missing: still a failure. */
   assert_false(core_eof_confirmed(&c));
-  core_on_delivered(&c, 49);
+  core_on_delivered(&c, NULL, 49);
   assert_false(core_eof_confirmed(&c));
-  core_on_delivered(&c, 1);
+  core_on_delivered(&c, NULL, 1);
   assert_true(core_eof_confirmed(&c));
   assert_true(core_at_eof(&c));
   core_clear(&c);
@@ -986,8 +995,8 @@ static void test_finished_closed_done(void **state) {
   struct core_ctl k;
   app_write(&a, 300);
   app_write(&b, 200);
-  core_on_delivered(&b, 300);
-  core_on_delivered(&a, 200);
+  core_on_delivered(&b, NULL, 300);
+  core_on_delivered(&a, NULL, 200);
   core_shutdown(&a, t);
   core_shutdown(&b, t);
   assert_false(core_finished(&a));
@@ -1047,7 +1056,7 @@ static void test_transport_lost_when_finished(void **state) {
   k.ack_write_closed = true;
   assert_int_equal(on_ctl(&c, T0, &k), 0);
   assert_int_equal(c.state, CORE_CONNECTED);
-  core_on_delivered(&c, 300);
+  core_on_delivered(&c, NULL, 300);
   assert_true(core_finished(&c));
   core_on_transport_lost(&c, T0 + SEC);
   assert_int_equal(c.state, CORE_CLOSED);
@@ -1207,7 +1216,7 @@ static void test_final_redial_without_udp(void **state) {
   assert_int_equal(core_on_resumed(&c, T0 + SEC, &p), 0);
   assert_int_equal(c.state, CORE_CONNECTED);
   assert_int_equal(run_until(&c, T0 + 2 * SEC) & CORE_ACT_REDIAL, 0);
-  core_on_delivered(&c, 10);
+  core_on_delivered(&c, NULL, 10);
   core_close(&c, T0 + 2 * SEC);
   assert_int_equal(c.state, CORE_CLOSED);
   assert_int_equal(core_next_deadline(&c), 0);
@@ -1369,7 +1378,7 @@ static void test_done_does_not_strand_peer(void **state) {
   assert_true(b->peer_knows_wr);
   assert_int_equal(b->peer_acked, 0); /* a has not read yet */
   /* a's application reads the 100 bytes, sees EOF and closes at once. */
-  core_on_delivered(a, 100);
+  core_on_delivered(a, NULL, 100);
   assert_true(core_at_eof(a));
   core_close(a, t);
   pair_run(&pr, t, t + 600 * SEC);
