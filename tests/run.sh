@@ -94,7 +94,7 @@ for stage in $stages; do
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:detect_stack_use_after_return=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
     if configure_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTETHER_WERROR=ON \
-        -DTETHER_ASAN=ON -DTETHER_SIM_SEEDS=500; then
+        -DTETHER_ASAN=ON -DTETHER_SIM_SEEDS=300; then
       run_ctest build-asan -j "$jobs" -L '^(unit|sim)$'
       run_ctest build-asan -L '^integration$' --repeat until-pass:2
     fi
