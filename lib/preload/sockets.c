@@ -40,15 +40,20 @@ static void forget_number(int fd) {
   (void)left; /* a psock left without numbers is leaked, not reused */
 }
 
-static void track_new(int fd, int kind, int family, bool nonblock, bool cloexec) {
+struct psock *tp_track_new(int fd, int kind, int family, bool nonblock, bool cloexec) {
   forget_number(fd);
   struct psock *ps = ps_new(kind, family);
   if (!ps)
-    return;
+    return NULL;
   ps->nonblock = nonblock;
   pthread_mutex_lock(&ps->lock);
-  ps_add_alias(ps, fd, cloexec);
+  int rc = ps_add_alias(ps, fd, cloexec);
   pthread_mutex_unlock(&ps->lock);
+  if (rc < 0) {
+    ps_free(ps);
+    return NULL;
+  }
+  return ps;
 }
 
 EXPORT int socket(int domain, int type, int protocol) {
@@ -58,7 +63,7 @@ EXPORT int socket(int domain, int type, int protocol) {
     return fd;
   if ((domain == AF_INET || domain == AF_INET6) && (type & 0xff) == SOCK_STREAM &&
       (protocol == 0 || protocol == IPPROTO_TCP))
-    track_new(fd, PS_TCP, domain, (type & SOCK_NONBLOCK) != 0, (type & SOCK_CLOEXEC) != 0);
+    (void)tp_track_new(fd, PS_TCP, domain, (type & SOCK_NONBLOCK) != 0, (type & SOCK_CLOEXEC) != 0);
   else
     forget_number(fd);
   return fd;
@@ -157,6 +162,7 @@ static int close_tracked(struct psock *ps, int fd) {
     TP_ENTER();
     session_lock(s);
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     if (s->app_fd == fd)
       s->app_fd = left ? ps->aliases[0] : -1;
@@ -176,6 +182,7 @@ static int close_tracked(struct psock *ps, int fd) {
   }
   case PS_CONNECTING:
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     if (!left && ps->kind == PS_CONNECTING) {
@@ -189,6 +196,7 @@ static int close_tracked(struct psock *ps, int fd) {
     return rc;
   case PS_LISTEN: {
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     struct plisten *pl = ps->pl;
@@ -199,19 +207,15 @@ static int close_tracked(struct psock *ps, int fd) {
     }
     return rc;
   }
-  default: {
-    bool epoll = ps->kind == PS_EPOLL;
+  default:
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     pthread_mutex_unlock(&ps->lock);
-    if (!left) {
-      if (epoll)
-        fdt_forget_epfd(fd);
-      ps_free(ps);
-    }
+    if (!left)
+      ps_free(ps); /* an epoll instance's registrations are forgotten there */
     return rc;
-  }
   }
 }
 
@@ -223,33 +227,47 @@ EXPORT int close(int fd) {
   return close_tracked(ps, fd);
 }
 
-EXPORT int close_range(unsigned first, unsigned last, int flags) {
-  READY();
-  if (!tp_inside) {
-    /* Only numbers the table knows: tether's own descriptors are closed by
-     * the raw call below only if the range covers them, as with any
-     * library's. */
-    unsigned hi = last;
-    if (hi > (1u << 20))
-      hi = 1u << 20;
-    for (unsigned fd = first; fd <= hi && fd >= first; fd++) {
-      struct psock *ps = fdt_get((int)fd);
-      if (!ps)
-        continue;
-      if (flags & CLOSE_RANGE_CLOEXEC) {
-        pthread_mutex_lock(&ps->lock);
-        ps_set_cloexec(ps, (int)fd, true);
-        pthread_mutex_unlock(&ps->lock);
-      } else {
-        close_tracked(ps, (int)fd);
-      }
+/* The tracked numbers in [first, last] are closed (or marked
+ * close-on-exec) the way close() and fcntl() would. */
+static void close_tracked_range(unsigned first, unsigned last, int flags) {
+  unsigned hi = last < (unsigned)fdt_limit() ? last : (unsigned)fdt_limit();
+  for (unsigned fd = first; fd <= hi && fd >= first; fd++) {
+    struct psock *ps = fdt_get((int)fd);
+    if (!ps)
+      continue;
+    if (flags & CLOSE_RANGE_CLOEXEC) {
+      pthread_mutex_lock(&ps->lock);
+      ps_set_cloexec(ps, (int)fd, true);
+      pthread_mutex_unlock(&ps->lock);
+    } else {
+      close_tracked(ps, (int)fd);
     }
   }
+}
+
+/* tether's own descriptors are closed by the raw call if the range covers
+ * them, as any library's would be: see tether-run(1), LIMITS. */
+EXPORT int close_range(unsigned first, unsigned last, int flags) {
+  READY();
   if (!real.close_range) {
     errno = ENOSYS;
     return -1;
   }
+  if (first > last || (flags & ~(CLOSE_RANGE_CLOEXEC | CLOSE_RANGE_UNSHARE)))
+    return real.close_range(first, last, flags); /* EINVAL, closing nothing */
+  if (!tp_inside)
+    close_tracked_range(first, last, flags);
   return real.close_range(first, last, flags);
+}
+
+EXPORT void closefrom(int lowfd) {
+  READY();
+  if (lowfd < 0)
+    lowfd = 0;
+  if (!tp_inside)
+    close_tracked_range((unsigned)lowfd, ~0u, 0);
+  if (real.closefrom)
+    real.closefrom(lowfd);
 }
 
 /* ---- duplicating ---- */
@@ -444,7 +462,7 @@ static int timeo_ms(const void *val, socklen_t len) {
 EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
   READY();
   struct psock *ps = tracked(fd);
-  if (!ps || !aliasable(ps) || ps->kind == PS_EPOLL)
+  if (!ps || !aliasable(ps) || ps->kind == PS_EPOLL || ps->kind == PS_OTHER)
     return real.setsockopt(fd, level, name, val, len);
   if (ps->kind == PS_LISTEN)
     return real.setsockopt(pl_socket(ps->pl), level, name, val, len);
@@ -635,34 +653,19 @@ EXPORT int shutdown(int fd, int how) {
   return 0;
 }
 
-/* ---- epoll ---- */
-
-static int track_epoll(int ep) {
-  if (ep >= 0 && !tp_inside && !tp_disabled)
-    track_new(ep, PS_EPOLL, 0, false, false);
-  return ep;
-}
-
-EXPORT int epoll_create(int size) {
+/* glibc's old public names for the same functions. */
+int __close(int fd);
+int __connect(int fd, const struct sockaddr *sa, socklen_t len);
+int __dup2(int oldfd, int newfd);
+int __fcntl(int fd, int cmd, ...);
+EXPORT int __close(int fd) { return close(fd); }
+EXPORT int __connect(int fd, const struct sockaddr *sa, socklen_t len) { return connect(fd, sa, len); }
+EXPORT int __dup2(int oldfd, int newfd) { return dup2(oldfd, newfd); }
+EXPORT int __fcntl(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
   READY();
-  return track_epoll(real.epoll_create(size));
-}
-
-EXPORT int epoll_create1(int flags) {
-  READY();
-  return track_epoll(real.epoll_create1(flags));
-}
-
-EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
-  READY();
-  struct psock *ps = tracked(fd);
-  if (!ps || !(ps->kind == PS_TCP || ps->kind == PS_CONNECTING || ps->kind == PS_SESSION ||
-               ps->kind == PS_LISTEN))
-    return real.epoll_ctl(epfd, op, fd, ev);
-  pthread_mutex_lock(&ps->lock);
-  int rc = real.epoll_ctl(epfd, op, fd, ev);
-  if (rc == 0)
-    ps_reg_update(ps, epfd, op, fd, ev);
-  pthread_mutex_unlock(&ps->lock);
-  return rc;
+  return do_fcntl(real.fcntl, fd, cmd, arg);
 }
