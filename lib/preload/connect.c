@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -21,6 +22,7 @@ struct cjob {
   struct sockaddr_storage dst;
   socklen_t dstlen;
   bool async;
+  int abort_fd; /* async: readable once the program closed its numbers, else -1 */
   int err; /* positive errno, 0 = success */
   struct tether_session *s; /* tether: the session, not started */
 };
@@ -104,8 +106,9 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
   if (done)
     deadline = now_ns() + (uint64_t)tp_probe_ms * 1000000;
   while (!done || probe == P_WAIT) {
-    struct pollfd p[2] = {{.fd = done ? -1 : j->sock, .events = POLLOUT},
-                          {.fd = probe == P_WAIT ? u : -1, .events = POLLIN}};
+    struct pollfd p[3] = {{.fd = done ? -1 : j->sock, .events = POLLOUT},
+                          {.fd = probe == P_WAIT ? u : -1, .events = POLLIN},
+                          {.fd = j->abort_fd, .events = POLLIN}};
     int timeout = -1;
     if (done) {
       uint64_t now = now_ns();
@@ -113,8 +116,12 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
         break; /* no answer: plain */
       timeout = (int)((deadline - now) / 1000000) + 1;
     }
-    if (real.poll(p, 2, timeout) < 0 && errno != EINTR) {
+    if (real.poll(p, 3, timeout) < 0 && errno != EINTR) {
       err = errno;
+      goto out;
+    }
+    if (p[2].revents) {
+      err = ECANCELED; /* the program closed it */
       goto out;
     }
     if (p[0].revents) {
@@ -176,8 +183,14 @@ static int handshake(struct cjob *j) {
       rc = -ETIMEDOUT;
       break;
     }
-    struct pollfd p = {.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT};
-    (void)real.poll(&p, 1, (int)((deadline - now) / 1000000) + 1);
+    struct pollfd p[2] = {{.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT},
+                          {.fd = j->abort_fd, .events = POLLIN}};
+    (void)real.poll(p, 2, (int)((deadline - now) / 1000000) + 1);
+    if (p[1].revents) {
+      rc = -ECANCELED;
+      h->why = "closed by the program";
+      break;
+    }
   }
   if (rc == HS_DONE) {
     j->s = session_new(ctx, h, true);
@@ -193,7 +206,7 @@ static int handshake(struct cjob *j) {
   hs_conn_free(h);
   if (rc == 0)
     return 0;
-  return rc == -ETIMEDOUT ? ETIMEDOUT : ECONNRESET;
+  return rc == -ETIMEDOUT ? ETIMEDOUT : rc == -ECANCELED ? ECANCELED : ECONNRESET;
 }
 
 static void run(struct cjob *j) {
@@ -209,6 +222,10 @@ static void run(struct cjob *j) {
 static void finish(struct cjob *j) {
   struct psock *ps = j->ps;
   pthread_mutex_lock(&ps->lock);
+  if (j->abort_fd >= 0) {
+    real.close(j->abort_fd);
+    ps->abort_efd = j->abort_fd = -1;
+  }
   if (ps->closed) { /* the program closed it meanwhile */
     if (j->s)
       session_destroy(j->s);
@@ -250,6 +267,14 @@ static void finish(struct cjob *j) {
     }
     ps->kind = PS_SESSION;
   } else {
+    /* The kind first: the program's own close-on-exec flags come back with
+     * the swap (ps_exec_hidden). */
+    if (j->err) {
+      ps->conn_err = j->err;
+      ps->kind = PS_FAILED;
+    } else {
+      ps->kind = PS_PLAIN;
+    }
     int sock = j->sock;
     if (sock < 0) /* the handshake consumed it: stand in an unconnected socket */
       sock = real.socket(ps->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -262,12 +287,6 @@ static void finish(struct cjob *j) {
       real.close(sock);
     }
     j->sock = -1;
-    if (j->err) {
-      ps->kind = PS_FAILED;
-      ps->conn_err = j->err;
-    } else {
-      ps->kind = PS_PLAIN;
-    }
   }
   if (ps->placeholder_w >= 0) { /* wakes pollers of the placeholder */
     real.close(ps->placeholder_w);
@@ -287,7 +306,7 @@ static void *runner(void *arg) {
 int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t len) {
   struct tether_ctx *ctx = NULL;
   if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || len > sizeof(struct sockaddr_storage) ||
-      excluded(sa) || !(ctx = tp_ctx())) {
+      excluded(sa) || pl_own_listener(sa) || !(ctx = tp_ctx())) {
     ps->kind = PS_PLAIN;
     return real.connect(fd, sa, len);
   }
@@ -297,6 +316,7 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
     return -1;
   }
   j->ps = ps;
+  j->abort_fd = -1;
   memcpy(&j->dst, sa, len);
   j->dstlen = len;
   j->sock = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -310,11 +330,15 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
   ps->kind = PS_CONNECTING;
   if (ps->nonblock) {
     int p[2];
-    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd >= 0 && pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
       ps_swap(ps, p[0]);
       real.close(p[0]);
       ps->placeholder_w = p[1];
+      ps->abort_efd = j->abort_fd = efd;
       j->async = true;
+    } else if (efd >= 0) {
+      real.close(efd);
     }
   }
   pthread_mutex_unlock(&ps->lock);
@@ -323,6 +347,7 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024); /* a connect and a handshake */
     TP_ENTER();
     int rc = pthread_create(&th, &attr, runner, j); /* ours: the thread runs inside tether */
     TP_LEAVE();

@@ -58,6 +58,7 @@ struct psock *ps_new(int kind, int family) {
   ps->kind = kind;
   ps->family = family;
   ps->placeholder_w = -1;
+  ps->abort_efd = -1;
   ps->opts_sock = -1;
   pthread_mutex_lock(&g_lock);
   ps->all_next = g_all;
@@ -97,6 +98,15 @@ static int alias_index(const struct psock *ps, int fd) {
 }
 
 bool ps_has_alias(const struct psock *ps, int fd) { return alias_index(ps, fd) >= 0; }
+
+bool ps_exec_hidden(const struct psock *ps) {
+  return ps->kind == PS_SESSION || ps->kind == PS_CONNECTING;
+}
+
+bool ps_get_cloexec(const struct psock *ps, int fd) {
+  int i = alias_index(ps, fd);
+  return i >= 0 && ps->alias_cloexec[i];
+}
 
 int ps_add_alias(struct psock *ps, int fd, bool cloexec) {
   int i = alias_index(ps, fd);
@@ -383,9 +393,10 @@ void ps_swap(struct psock *ps, int file) {
     (void)real.epoll_ctl(t->epfd, EPOLL_CTL_DEL, r->fd, &dummy);
     pthread_mutex_unlock(&t->lock);
   }
+  bool hide = ps_exec_hidden(ps);
   for (int i = 0; i < ps->naliases; i++)
     if (ps->aliases[i] != file)
-      (void)real.dup3(file, ps->aliases[i], ps->alias_cloexec[i] ? O_CLOEXEC : 0);
+      (void)real.dup3(file, ps->aliases[i], hide || ps->alias_cloexec[i] ? O_CLOEXEC : 0);
   for (struct ereg *r = ps->regs; r; r = r->next) {
     struct eptab *t = r->ep->tab;
     pthread_mutex_lock(&t->lock);

@@ -6,6 +6,7 @@
  * session can progress. */
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -68,9 +69,17 @@ static int settle(struct psock *ps, int fd, bool nonblock) {
       return -1;
     }
     return 0;
-  case PS_ORPHAN:
+  case PS_ORPHAN: {
+    static bool said;
+    if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) {
+      char msg[200];
+      snprintf(msg, sizeof(msg), "fd %d is a session inherited through fork: it belongs to the "
+               "parent, and returns EBADF here (tether-run(1), FORK)", fd);
+      tp_warn(msg);
+    }
     errno = EBADF; /* a session belongs to the process that made it */
     return -1;
+  }
   default: return 0;
   }
 }

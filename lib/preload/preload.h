@@ -182,6 +182,7 @@ struct psock {
   struct tether_session *s;
   struct plisten *pl;
   int placeholder_w; /* connecting: the WAIT pipe's write end, or -1 */
+  int abort_efd;     /* connecting in a helper thread: wakes it when the program closes */
   struct sockaddr_storage local, peer; /* the endpoints the program sees */
   socklen_t local_len, peer_len;
   struct sopt opts[PS_MAX_OPTS]; /* options to carry to replacement sockets */
@@ -213,6 +214,12 @@ int ps_add_alias(struct psock *ps, int fd, bool cloexec);
 int ps_remove_alias(struct psock *ps, int fd);
 bool ps_has_alias(const struct psock *ps, int fd);
 void ps_set_cloexec(struct psock *ps, int fd, bool cloexec);
+bool ps_get_cloexec(const struct psock *ps, int fd);
+/* A session's (or a connect's) numbers are close-on-exec in the kernel
+ * whatever the program asked for (it sees its own setting): a session
+ * cannot outlive the process image that runs it, so a new program must not
+ * get its live socket (tether-run(1), EXEC). */
+bool ps_exec_hidden(const struct psock *ps);
 /* ps->lock held.  Points every alias at `file` (not consumed), keeping each
  * alias's close-on-exec flag and epoll registrations. */
 void ps_swap(struct psock *ps, int file);
@@ -291,6 +298,8 @@ bool excluded(const struct sockaddr *sa);
 struct psock *tp_track_new(int fd, int kind, int family, bool nonblock, bool cloexec);
 
 extern bool tp_disabled;
+/* "tether[PID] warn: MSG" on stderr. */
+void tp_warn(const char *msg);
 /* The process's context, made on first use; NULL if tether cannot run. */
 struct tether_ctx *tp_ctx(void);
 uint64_t tp_now_ms(void);
@@ -333,6 +342,11 @@ bool pl_release_port(const struct sockaddr *sa);
 void pl_install_udp_handler(void *udp_chan);
 /* The redial hook: announces the redial's source port to the server. */
 void pl_redial_hook(struct tether_session *s, int fd);
+/* Whether dst is one of this process's own listeners: a connection to
+ * oneself stays plain (both ends would be one session in one context). */
+bool pl_own_listener(const struct sockaddr *dst);
+/* In a child after fork: the parent's listeners are not this process's. */
+void pl_after_fork_child(void);
 /* The listener's real socket (for getsockname & co). */
 int pl_socket(struct plisten *pl);
 

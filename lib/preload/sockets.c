@@ -186,7 +186,11 @@ static int close_tracked(struct psock *ps, int fd) {
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     if (!left && ps->kind == PS_CONNECTING) {
-      ps->closed = true; /* the connect's thread frees it */
+      ps->closed = true; /* the connect's thread frees it, soon: */
+      if (ps->abort_efd >= 0) {
+        uint64_t one = 1;
+        (void)!real.write(ps->abort_efd, &one, sizeof(one));
+      }
       pthread_mutex_unlock(&ps->lock);
       return rc;
     }
@@ -275,10 +279,11 @@ EXPORT void closefrom(int lowfd) {
 static int dup_tracked(struct psock *ps, int fd, int min, bool cloexec, int exact, int flags3) {
   pthread_mutex_lock(&ps->lock);
   int n;
+  bool hide = ps_exec_hidden(ps);
   if (exact >= 0)
-    n = real.dup3(fd, exact, flags3);
+    n = real.dup3(fd, exact, hide ? flags3 | O_CLOEXEC : flags3);
   else
-    n = real.fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, min);
+    n = real.fcntl(fd, cloexec || hide ? F_DUPFD_CLOEXEC : F_DUPFD, min);
   if (n >= 0) {
     struct psock *stale = fdt_get(n);
     if (stale && stale != ps)
@@ -347,8 +352,17 @@ static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
     if (emulated)
       return 0;
     return fn(fd, cmd, arg);
-  case F_SETFD: {
+  case F_GETFD: {
     int r = fn(fd, cmd, arg);
+    if (r >= 0 && ps_exec_hidden(ps)) {
+      pthread_mutex_lock(&ps->lock);
+      r = (r & ~FD_CLOEXEC) | (ps_get_cloexec(ps, fd) ? FD_CLOEXEC : 0);
+      pthread_mutex_unlock(&ps->lock);
+    }
+    return r;
+  }
+  case F_SETFD: {
+    int r = ps_exec_hidden(ps) ? fn(fd, cmd, (void *)(intptr_t)(v | FD_CLOEXEC)) : fn(fd, cmd, arg);
     if (r == 0) {
       pthread_mutex_lock(&ps->lock);
       ps_set_cloexec(ps, fd, (v & FD_CLOEXEC) != 0);
@@ -389,6 +403,15 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
   if (!ps || !aliasable(ps))
     return real.ioctl(fd, req, arg);
   bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  if (req == FIOCLEX || req == FIONCLEX) {
+    int r = ps_exec_hidden(ps) ? real.ioctl(fd, FIOCLEX, arg) : real.ioctl(fd, req, arg);
+    if (r == 0) {
+      pthread_mutex_lock(&ps->lock);
+      ps_set_cloexec(ps, fd, req == FIOCLEX);
+      pthread_mutex_unlock(&ps->lock);
+    }
+    return r;
+  }
   if (req == FIONBIO && arg) {
     ps->nonblock = *(int *)arg != 0;
     return emulated ? 0 : real.ioctl(fd, req, arg);

@@ -153,7 +153,7 @@ static void accept_all(void) {
 
 static void *worker(void *arg) {
   int kind = (int)(intptr_t)arg % 3;
-  while (atomic_load(&conns_done) < conns_wanted) {
+  while (conns_wanted == 0 || atomic_load(&conns_done) < conns_wanted) {
     struct epoll_event evs[8];
     int n;
     if (kind == 0) {

@@ -113,10 +113,13 @@ static void test_aliases_and_table(void **state) {
   ps_free(ps);
 }
 
+/* A swap keeps every number and its close-on-exec flag; a session's
+ * numbers are close-on-exec in the kernel whatever the program asked for
+ * (it sees its own setting). */
 static void test_swap_keeps_numbers_and_cloexec(void **state) {
   int p[2];
   assert_int_equal(pipe(p), 0);
-  struct psock *ps = ps_new(PS_SESSION, AF_INET);
+  struct psock *ps = ps_new(PS_TCP, AF_INET);
   int a = fcntl(p[0], F_DUPFD_CLOEXEC, 0), b = dup(p[0]);
   ps_add_alias(ps, a, true);
   ps_add_alias(ps, b, false);
@@ -130,6 +133,20 @@ static void test_swap_keeps_numbers_and_cloexec(void **state) {
   ps_swap(ps, p[0]);
   assert_true(same_file(a, p[0]));
   assert_true(fcntl(b, F_GETFD) & FD_CLOEXEC);
+  ps_set_cloexec(ps, b, false);
+  /* A session: hidden from exec in the kernel, the program's view kept. */
+  ps->kind = PS_SESSION;
+  assert_true(ps_exec_hidden(ps));
+  ps_swap(ps, e);
+  assert_true(fcntl(b, F_GETFD) & FD_CLOEXEC);
+  assert_false(ps_get_cloexec(ps, b));
+  assert_true(ps_get_cloexec(ps, a));
+  /* Plain again (a connect that found no tether): the program's flags. */
+  ps->kind = PS_PLAIN;
+  assert_false(ps_exec_hidden(ps));
+  ps_swap(ps, p[0]);
+  assert_false(fcntl(b, F_GETFD) & FD_CLOEXEC);
+  assert_true(fcntl(a, F_GETFD) & FD_CLOEXEC);
   ps_remove_alias(ps, a);
   ps_remove_alias(ps, b);
   close(a), close(b), close(e), close(p[0]), close(p[1]);
