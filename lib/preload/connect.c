@@ -21,6 +21,7 @@ struct cjob {
   int sock; /* the TCP socket being connected (a dup of the program's) */
   struct sockaddr_storage dst;
   socklen_t dstlen;
+  struct sockaddr_storage local; /* the connection's own address (for a redial) */
   bool async;
   int abort_fd; /* async: readable once the program closed its numbers, else -1 */
   int err; /* positive errno, 0 = success */
@@ -64,7 +65,7 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
   socklen_t llen = sizeof(local);
   uint8_t nonce[8];
   enum { P_NONE, P_WAIT, P_YES } probe = P_NONE;
-  int u = -1, err = 0;
+  int u = -1, err = 0, lost = 0;
   *tether = false;
 
   int fl = real.fcntl(j->sock, F_GETFL);
@@ -75,6 +76,7 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
     any.ss_family = (sa_family_t)ps->family;
     (void)real.bind(j->sock, (struct sockaddr *)&any, family_len(ps->family));
   }
+  memset(&local, 0, sizeof(local));
   if (real.getsockname(j->sock, (struct sockaddr *)&local, &llen) == 0 &&
       crypto_random(nonce, sizeof(nonce)) == 0) {
     struct ipport lp;
@@ -128,8 +130,14 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
       socklen_t len = sizeof(err);
       if (real.getsockopt(j->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
-      if (err)
+      if (err && probe != P_NONE && (err == ECONNRESET || err == ECONNABORTED)) {
+        /* Reset while connecting: if the server is tether's, the handshake
+         * dials again (the program sees nothing); wait for the answer. */
+        lost = err;
+        err = 0;
+      } else if (err) {
         goto out;
+      }
       done = true;
       /* One more connect time for the answer (it left before our SYN), and
        * at least TETHER_PROBE_MS. */
@@ -147,7 +155,10 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
         probe = P_YES;
     }
   }
+  if (lost && probe != P_YES)
+    err = lost; /* plain TCP would have failed: so do we */
 out:
+  j->local = local;
   if (probe == P_WAIT || (err && probe == P_YES)) {
     struct ipport lp;
     if (ipport_from((struct sockaddr *)&local, &lp))
@@ -159,7 +170,57 @@ out:
   return err;
 }
 
-/* Runs the new-session handshake on j->sock (consumed). */
+static bool transport_lost(int rc) {
+  return rc == -ECONNRESET || rc == -ECONNABORTED || rc == -EPIPE || rc == -ENOTCONN ||
+         rc == -EHOSTUNREACH || rc == -ENETUNREACH || rc == -ETIMEDOUT;
+}
+
+/* A new TCP connection to the server for another handshake attempt: from
+ * the first one's local address, announced (as a redial is) so that the
+ * server takes it for tether's.  A connecting socket, or -1. */
+static int redial(struct cjob *j, bool *connecting) {
+  struct sockaddr_storage a = j->local;
+  socklen_t alen = j->dst.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  if (a.ss_family == AF_INET)
+    ((struct sockaddr_in *)&a)->sin_port = 0;
+  else if (a.ss_family == AF_INET6)
+    ((struct sockaddr_in6 *)&a)->sin6_port = 0;
+  else
+    memset(&a, 0, sizeof(a)), a.ss_family = j->dst.ss_family;
+  int fd = real.socket(j->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  struct ipport me;
+  socklen_t len = sizeof(a);
+  if (real.bind(fd, (struct sockaddr *)&a, alen) < 0 ||
+      real.getsockname(fd, (struct sockaddr *)&a, &len) < 0 || !ipport_from((struct sockaddr *)&a, &me)) {
+    real.close(fd);
+    return -1;
+  }
+  int u = real.socket(j->dst.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (u >= 0 && real.connect(u, (struct sockaddr *)&j->dst, j->dstlen) == 0) {
+    uint8_t nonce[8] = {0};
+    if (crypto_random(nonce, sizeof(nonce)) < 0)
+      memset(nonce, 0, sizeof(nonce)); /* the nonce only pairs answers to asks */
+    for (int i = 0; i < 2; i++) /* twice: as a redial does */
+      send_probe(u, PROBE_ANNOUNCE, me.port, nonce);
+  }
+  if (u >= 0)
+    real.close(u);
+  *connecting = false;
+  if (real.connect(fd, (struct sockaddr *)&j->dst, j->dstlen) < 0) {
+    if (errno != EINPROGRESS) {
+      real.close(fd);
+      return -1;
+    }
+    *connecting = true;
+  }
+  return fd;
+}
+
+/* Runs the new-session handshake on j->sock (consumed).  A connection lost
+ * during the handshake (the server had no session yet) is dialled again
+ * until connect_timeout_ms: the program never saw it. */
 static int handshake(struct cjob *j) {
   struct tether_ctx *ctx = tp_ctx();
   int rc;
@@ -174,13 +235,35 @@ static int handshake(struct cjob *j) {
   memcpy(&h->peer, &j->dst, j->dstlen);
   h->peer_len = j->dstlen;
   uint64_t deadline = now_ns() + (uint64_t)ctx->cfg.connect_timeout_ms * 1000000;
+  int attempts = 1;
   for (;;) {
     rc = hs_conn_advance(h);
-    if (rc == HS_DONE || rc < 0)
+    if (rc == HS_DONE)
       break;
     uint64_t now = now_ns();
+    if (rc < 0) {
+      bool again;
+      int fd;
+      if (!transport_lost(rc) || now >= deadline || attempts >= 8 ||
+          (fd = redial(j, &again)) < 0)
+        break;
+      LOG_DEBUG(ctx, "tether handshake: connection lost (%s): dialling again", h->why ? h->why : "");
+      hs_conn_free(h);
+      if (!(h = hs_conn_new(ctx, HS_CLIENT_NEW, fd))) {
+        real.close(fd);
+        return ENOMEM;
+      }
+      h->connecting = again;
+      memcpy(&h->peer, &j->dst, j->dstlen);
+      h->peer_len = j->dstlen;
+      attempts++;
+      rc = again ? HS_WANT_WRITE : HS_WANT_READ;
+      if (!again)
+        continue;
+    }
     if (now >= deadline) {
       rc = -ETIMEDOUT;
+      h->why = "handshake timed out";
       break;
     }
     struct pollfd p[2] = {{.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT},

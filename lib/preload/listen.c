@@ -154,8 +154,18 @@ static void on_pending(evutil_socket_t fd, short what, void *arg) {
     resolve(p, false); /* plain bytes: the client gave up on tether */
     return;
   }
-  if (n == (ssize_t)sizeof(buf) || n == 0 || n == -1) {
-    resolve(p, n == (ssize_t)sizeof(buf)); /* EOF or an error: the program sees it */
+  if (n == -1) {
+    /* Reset before its first byte: a tether client's connection lost
+     * during setup (it dials again); nothing for the program. */
+    LOG_DEBUG(p->pl->l.ctx, "announced connection: %s before its first byte: dropped", strerror(errno));
+    unlink_pending(p);
+    event_free(p->ev);
+    real.close(p->sock);
+    free(p);
+    return;
+  }
+  if (n == (ssize_t)sizeof(buf) || n == 0) {
+    resolve(p, n == (ssize_t)sizeof(buf)); /* EOF: the program sees it, as with TCP */
     return;
   }
   /* Part of the preface, or nothing yet: wait for the rest. */

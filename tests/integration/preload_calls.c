@@ -26,6 +26,8 @@
  *   mmsg      sendmmsg/recvmmsg
  *   connect_close  a non-blocking connect closed before it ends: nothing of it
  *             stays (no thread, no descriptor)
+ *   handshake_kill  new sessions set up while every connection is reset
+ *             every millisecond: none fails
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
@@ -621,6 +623,41 @@ static bool t_listeners(void) {
   return true;
 }
 
+static volatile bool storm_on;
+
+static void *storm(void *arg) {
+  while (storm_on) {
+    kill_conns(port);
+    usleep(1000);
+  }
+  return NULL;
+}
+
+static bool t_handshake_kill(void) {
+  pthread_t th;
+  storm_on = true;
+  pthread_create(&th, NULL, storm, NULL);
+  int n = 0, failed = 0;
+  char first[160] = "";
+  uint64_t t0 = now_ms();
+  while (now_ms() - t0 < 3000) {
+    int c = dial();
+    if (c < 0 || !echo(c, 100, 16)) {
+      if (!failed++)
+        snprintf(first, sizeof(first), "%s: %s", c < 0 ? "connect" : "echo", strerror(errno));
+    }
+    if (c >= 0)
+      close(c);
+    n++;
+  }
+  storm_on = false;
+  pthread_join(th, NULL);
+  fprintf(stderr, "handshake_kill: %d connections, %d failed\n", n, failed);
+  CHECK(failed == 0, "%d of %d connections failed while connections were reset (first: %s)", failed, n,
+        first);
+  return true;
+}
+
 static const struct {
   const char *name;
   bool (*fn)(void);
@@ -629,7 +666,7 @@ static const struct {
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
     {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
-    {"listeners", t_listeners},
+    {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
 };
 
 int main(int argc, char **argv) {
