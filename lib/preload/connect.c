@@ -282,9 +282,13 @@ static int handshake(struct cjob *j) {
     rc = j->s ? 0 : -ENOMEM;
   } else {
     char addr[64];
-    LOG_WARN(ctx, "tether handshake with %s failed: %s (%s)",
-             sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), tether_strerror(rc),
-             h->why ? h->why : "");
+    if (rc == -ECANCELED) /* the program closed it: nothing went wrong */
+      LOG_DEBUG(ctx, "tether handshake with %s: %s",
+                sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), h->why);
+    else
+      LOG_WARN(ctx, "tether handshake with %s failed: %s (%s)",
+               sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), tether_strerror(rc),
+               h->why ? h->why : "");
   }
   hs_conn_free(h);
   if (rc == 0)
