@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # preload-bench.sh: iperf3 and redis-benchmark, plain and under tether-run
-# (both ends), side by side in one run: rounds alternate plain / tether,
-# and the report gives the medians and their ratio (tether / plain; the
-# issue's target is >= 0.90 for both).  A benchmark, not a test: it asserts
-# nothing and should run on an otherwise idle machine.
+# (both ends), side by side in one run: rounds alternate plain / tether
+# (which goes first alternates too), and the report gives the medians and
+# their ratio (tether / plain; the issue's target is >= 0.90 for both),
+# with the noise: each mode's spread ((max - min) / median) and the ratios
+# of the rounds' pairs.  A benchmark, not a test: it asserts nothing and
+# should run on an otherwise idle machine.
 #
 #   bash examples/preload-bench.sh [--rounds N] [--iperf-seconds S | --iperf-bytes SIZE]
 #                                  [--redis-requests N] [--redis-clients N]
@@ -29,12 +31,12 @@ while [ $# -gt 0 ]; do
   --redis-clients) redis_c=$2; shift 2 ;;
   --tether-run) tether_run=$2; shift 2 ;;
   --quick) rounds=1; iperf_len=(-n 20M); redis_n=2000; shift ;;
-  -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
   *) echo "preload-bench: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 if [ -z "$tether_run" ]; then
-  for d in build build-preload; do
+  for d in build build-preload build-h; do
     [ -x "$here/$d/lib/preload/tether-run" ] && tether_run=$here/$d/lib/preload/tether-run && break
   done
 fi
@@ -88,7 +90,9 @@ for mode in plain tether; do
 done
 
 for ((r = 1; r <= rounds; r++)); do
-  for mode in plain tether; do
+  order=(plain tether)
+  [ $((r % 2)) -eq 0 ] && order=(tether plain)
+  for mode in "${order[@]}"; do
     prefix=()
     [ "$mode" = tether ] && prefix=("$tether_run" --)
     "${prefix[@]}" iperf3 -c 127.0.0.1 -p "${iperf_port[$mode]}" "${iperf_len[@]}" -J \
@@ -108,17 +112,26 @@ done
 python3 - "$tmp" "$rounds" <<'PYEOF'
 import json, statistics, sys
 tmp, rounds = sys.argv[1], int(sys.argv[2])
-def med(name):
-    return statistics.median(float(x) for x in open(f"{tmp}/{name}").read().split())
-rows = [("iperf3 (Gbit/s)", "iperf-%s.gbit"), ("redis SET (req/s)", "redis-%s.SET"),
-        ("redis GET (req/s)", "redis-%s.GET")]
+def vals(name):
+    return [float(x) for x in open(f"{tmp}/{name}").read().split()]
+def spread(v):
+    m = statistics.median(v)
+    return (max(v) - min(v)) / m if m else 0.0
+rows = [("iperf3 (Gbit/s)", "iperf-%s.gbit", "iperf3"), ("redis SET (req/s)", "redis-%s.SET", "redis_set"),
+        ("redis GET (req/s)", "redis-%s.GET", "redis_get")]
 out = {"rounds": rounds}
-print(f"{'workload':<20} {'plain':>12} {'tether-run':>12} {'ratio':>7}  (medians of {rounds})")
-for label, pat in rows:
-    p, t = med(pat % "plain"), med(pat % "tether")
-    ratio = t / p if p else 0.0
-    print(f"{label:<20} {p:>12.2f} {t:>12.2f} {ratio:>7.3f}")
-    out[pat.split("-")[0] + "_" + pat.rsplit(".", 1)[1].lower()] = {"plain": p, "tether": t, "ratio": ratio}
+print(f"{'workload':<18} {'plain':>11} {'tether-run':>11} {'ratio':>6}   "
+      f"{'spread plain':>12} {'spread tether':>13}   per-round ratios (min..max)")
+for label, pat, key in rows:
+    p, t = vals(pat % "plain"), vals(pat % "tether")
+    mp, mt = statistics.median(p), statistics.median(t)
+    ratio = mt / mp if mp else 0.0
+    pairs = [b / a for a, b in zip(p, t) if a]
+    print(f"{label:<18} {mp:>11.2f} {mt:>11.2f} {ratio:>6.3f}   {spread(p):>11.1%} {spread(t):>13.1%}"
+          f"   {min(pairs):.3f}..{max(pairs):.3f} (median {statistics.median(pairs):.3f})")
+    out[key] = {"plain": mp, "tether": mt, "ratio": ratio, "plain_all": p, "tether_all": t,
+                "spread_plain": spread(p), "spread_tether": spread(t), "pair_ratios": pairs}
+print(f"(medians of {rounds} rounds; spread = (max - min) / median)")
 print(json.dumps(out))
 PYEOF
 # Evidence that the tether rounds used sessions (not a plain fallback).

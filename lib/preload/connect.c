@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -20,7 +21,9 @@ struct cjob {
   int sock; /* the TCP socket being connected (a dup of the program's) */
   struct sockaddr_storage dst;
   socklen_t dstlen;
+  struct sockaddr_storage local; /* the connection's own address (for a redial) */
   bool async;
+  int abort_fd; /* async: readable once the program closed its numbers, else -1 */
   int err; /* positive errno, 0 = success */
   struct tether_session *s; /* tether: the session, not started */
 };
@@ -62,7 +65,7 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
   socklen_t llen = sizeof(local);
   uint8_t nonce[8];
   enum { P_NONE, P_WAIT, P_YES } probe = P_NONE;
-  int u = -1, err = 0;
+  int u = -1, err = 0, lost = 0;
   *tether = false;
 
   int fl = real.fcntl(j->sock, F_GETFL);
@@ -73,6 +76,7 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
     any.ss_family = (sa_family_t)ps->family;
     (void)real.bind(j->sock, (struct sockaddr *)&any, family_len(ps->family));
   }
+  memset(&local, 0, sizeof(local));
   if (real.getsockname(j->sock, (struct sockaddr *)&local, &llen) == 0 &&
       crypto_random(nonce, sizeof(nonce)) == 0) {
     struct ipport lp;
@@ -104,8 +108,9 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
   if (done)
     deadline = now_ns() + (uint64_t)tp_probe_ms * 1000000;
   while (!done || probe == P_WAIT) {
-    struct pollfd p[2] = {{.fd = done ? -1 : j->sock, .events = POLLOUT},
-                          {.fd = probe == P_WAIT ? u : -1, .events = POLLIN}};
+    struct pollfd p[3] = {{.fd = done ? -1 : j->sock, .events = POLLOUT},
+                          {.fd = probe == P_WAIT ? u : -1, .events = POLLIN},
+                          {.fd = j->abort_fd, .events = POLLIN}};
     int timeout = -1;
     if (done) {
       uint64_t now = now_ns();
@@ -113,16 +118,26 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
         break; /* no answer: plain */
       timeout = (int)((deadline - now) / 1000000) + 1;
     }
-    if (real.poll(p, 2, timeout) < 0 && errno != EINTR) {
+    if (real.poll(p, 3, timeout) < 0 && errno != EINTR) {
       err = errno;
+      goto out;
+    }
+    if (p[2].revents) {
+      err = ECANCELED; /* the program closed it */
       goto out;
     }
     if (p[0].revents) {
       socklen_t len = sizeof(err);
       if (real.getsockopt(j->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
         err = errno;
-      if (err)
+      if (err && probe != P_NONE && (err == ECONNRESET || err == ECONNABORTED)) {
+        /* Reset while connecting: if the server is tether's, the handshake
+         * dials again (the program sees nothing); wait for the answer. */
+        lost = err;
+        err = 0;
+      } else if (err) {
         goto out;
+      }
       done = true;
       /* One more connect time for the answer (it left before our SYN), and
        * at least TETHER_PROBE_MS. */
@@ -140,7 +155,10 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
         probe = P_YES;
     }
   }
+  if (lost && probe != P_YES)
+    err = lost; /* plain TCP would have failed: so do we */
 out:
+  j->local = local;
   if (probe == P_WAIT || (err && probe == P_YES)) {
     struct ipport lp;
     if (ipport_from((struct sockaddr *)&local, &lp))
@@ -152,7 +170,57 @@ out:
   return err;
 }
 
-/* Runs the new-session handshake on j->sock (consumed). */
+static bool transport_lost(int rc) {
+  return rc == -ECONNRESET || rc == -ECONNABORTED || rc == -EPIPE || rc == -ENOTCONN ||
+         rc == -EHOSTUNREACH || rc == -ENETUNREACH || rc == -ETIMEDOUT;
+}
+
+/* A new TCP connection to the server for another handshake attempt: from
+ * the first one's local address, announced (as a redial is) so that the
+ * server takes it for tether's.  A connecting socket, or -1. */
+static int redial(struct cjob *j, bool *connecting) {
+  struct sockaddr_storage a = j->local;
+  socklen_t alen = j->dst.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  if (a.ss_family == AF_INET)
+    ((struct sockaddr_in *)&a)->sin_port = 0;
+  else if (a.ss_family == AF_INET6)
+    ((struct sockaddr_in6 *)&a)->sin6_port = 0;
+  else
+    memset(&a, 0, sizeof(a)), a.ss_family = j->dst.ss_family;
+  int fd = real.socket(j->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  struct ipport me;
+  socklen_t len = sizeof(a);
+  if (real.bind(fd, (struct sockaddr *)&a, alen) < 0 ||
+      real.getsockname(fd, (struct sockaddr *)&a, &len) < 0 || !ipport_from((struct sockaddr *)&a, &me)) {
+    real.close(fd);
+    return -1;
+  }
+  int u = real.socket(j->dst.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (u >= 0 && real.connect(u, (struct sockaddr *)&j->dst, j->dstlen) == 0) {
+    uint8_t nonce[8] = {0};
+    if (crypto_random(nonce, sizeof(nonce)) < 0)
+      memset(nonce, 0, sizeof(nonce)); /* the nonce only pairs answers to asks */
+    for (int i = 0; i < 2; i++) /* twice: as a redial does */
+      send_probe(u, PROBE_ANNOUNCE, me.port, nonce);
+  }
+  if (u >= 0)
+    real.close(u);
+  *connecting = false;
+  if (real.connect(fd, (struct sockaddr *)&j->dst, j->dstlen) < 0) {
+    if (errno != EINPROGRESS) {
+      real.close(fd);
+      return -1;
+    }
+    *connecting = true;
+  }
+  return fd;
+}
+
+/* Runs the new-session handshake on j->sock (consumed).  A connection lost
+ * during the handshake (the server had no session yet) is dialled again
+ * until connect_timeout_ms: the program never saw it. */
 static int handshake(struct cjob *j) {
   struct tether_ctx *ctx = tp_ctx();
   int rc;
@@ -167,17 +235,45 @@ static int handshake(struct cjob *j) {
   memcpy(&h->peer, &j->dst, j->dstlen);
   h->peer_len = j->dstlen;
   uint64_t deadline = now_ns() + (uint64_t)ctx->cfg.connect_timeout_ms * 1000000;
+  int attempts = 1;
   for (;;) {
     rc = hs_conn_advance(h);
-    if (rc == HS_DONE || rc < 0)
+    if (rc == HS_DONE)
       break;
     uint64_t now = now_ns();
+    if (rc < 0) {
+      bool again;
+      int fd;
+      if (!transport_lost(rc) || now >= deadline || attempts >= 8 ||
+          (fd = redial(j, &again)) < 0)
+        break;
+      LOG_DEBUG(ctx, "tether handshake: connection lost (%s): dialling again", h->why ? h->why : "");
+      hs_conn_free(h);
+      if (!(h = hs_conn_new(ctx, HS_CLIENT_NEW, fd))) {
+        real.close(fd);
+        return ENOMEM;
+      }
+      h->connecting = again;
+      memcpy(&h->peer, &j->dst, j->dstlen);
+      h->peer_len = j->dstlen;
+      attempts++;
+      rc = again ? HS_WANT_WRITE : HS_WANT_READ;
+      if (!again)
+        continue;
+    }
     if (now >= deadline) {
       rc = -ETIMEDOUT;
+      h->why = "handshake timed out";
       break;
     }
-    struct pollfd p = {.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT};
-    (void)real.poll(&p, 1, (int)((deadline - now) / 1000000) + 1);
+    struct pollfd p[2] = {{.fd = h->fd, .events = rc == HS_WANT_READ ? POLLIN : POLLOUT},
+                          {.fd = j->abort_fd, .events = POLLIN}};
+    (void)real.poll(p, 2, (int)((deadline - now) / 1000000) + 1);
+    if (p[1].revents) {
+      rc = -ECANCELED;
+      h->why = "closed by the program";
+      break;
+    }
   }
   if (rc == HS_DONE) {
     j->s = session_new(ctx, h, true);
@@ -186,14 +282,18 @@ static int handshake(struct cjob *j) {
     rc = j->s ? 0 : -ENOMEM;
   } else {
     char addr[64];
-    LOG_WARN(ctx, "tether handshake with %s failed: %s (%s)",
-             sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), tether_strerror(rc),
-             h->why ? h->why : "");
+    if (rc == -ECANCELED) /* the program closed it: nothing went wrong */
+      LOG_DEBUG(ctx, "tether handshake with %s: %s",
+                sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), h->why);
+    else
+      LOG_WARN(ctx, "tether handshake with %s failed: %s (%s)",
+               sock_addr_str((struct sockaddr *)&j->dst, addr, sizeof(addr)), tether_strerror(rc),
+               h->why ? h->why : "");
   }
   hs_conn_free(h);
   if (rc == 0)
     return 0;
-  return rc == -ETIMEDOUT ? ETIMEDOUT : ECONNRESET;
+  return rc == -ETIMEDOUT ? ETIMEDOUT : rc == -ECANCELED ? ECANCELED : ECONNRESET;
 }
 
 static void run(struct cjob *j) {
@@ -209,6 +309,10 @@ static void run(struct cjob *j) {
 static void finish(struct cjob *j) {
   struct psock *ps = j->ps;
   pthread_mutex_lock(&ps->lock);
+  if (j->abort_fd >= 0) {
+    real.close(j->abort_fd);
+    ps->abort_efd = j->abort_fd = -1;
+  }
   if (ps->closed) { /* the program closed it meanwhile */
     if (j->s)
       session_destroy(j->s);
@@ -250,6 +354,14 @@ static void finish(struct cjob *j) {
     }
     ps->kind = PS_SESSION;
   } else {
+    /* The kind first: the program's own close-on-exec flags come back with
+     * the swap (ps_exec_hidden). */
+    if (j->err) {
+      ps->conn_err = j->err;
+      ps->kind = PS_FAILED;
+    } else {
+      ps->kind = PS_PLAIN;
+    }
     int sock = j->sock;
     if (sock < 0) /* the handshake consumed it: stand in an unconnected socket */
       sock = real.socket(ps->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -262,12 +374,6 @@ static void finish(struct cjob *j) {
       real.close(sock);
     }
     j->sock = -1;
-    if (j->err) {
-      ps->kind = PS_FAILED;
-      ps->conn_err = j->err;
-    } else {
-      ps->kind = PS_PLAIN;
-    }
   }
   if (ps->placeholder_w >= 0) { /* wakes pollers of the placeholder */
     real.close(ps->placeholder_w);
@@ -287,7 +393,7 @@ static void *runner(void *arg) {
 int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t len) {
   struct tether_ctx *ctx = NULL;
   if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || len > sizeof(struct sockaddr_storage) ||
-      excluded(sa) || !(ctx = tp_ctx())) {
+      excluded(sa) || pl_own_listener(sa) || !(ctx = tp_ctx())) {
     ps->kind = PS_PLAIN;
     return real.connect(fd, sa, len);
   }
@@ -297,6 +403,7 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
     return -1;
   }
   j->ps = ps;
+  j->abort_fd = -1;
   memcpy(&j->dst, sa, len);
   j->dstlen = len;
   j->sock = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -310,11 +417,15 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
   ps->kind = PS_CONNECTING;
   if (ps->nonblock) {
     int p[2];
-    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd >= 0 && pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
       ps_swap(ps, p[0]);
       real.close(p[0]);
       ps->placeholder_w = p[1];
+      ps->abort_efd = j->abort_fd = efd;
       j->async = true;
+    } else if (efd >= 0) {
+      real.close(efd);
     }
   }
   pthread_mutex_unlock(&ps->lock);
@@ -323,6 +434,7 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024); /* a connect and a handshake */
     TP_ENTER();
     int rc = pthread_create(&th, &attr, runner, j); /* ours: the thread runs inside tether */
     TP_LEAVE();

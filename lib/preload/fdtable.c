@@ -1,11 +1,14 @@
 /* The fd table and the bookkeeping of each psock: its fd numbers (aliases),
  * their close-on-exec flags, and the epoll registrations that must follow
- * the psock from file to file (see preload.h). */
+ * the psock from file to file, with the token tables of the program's epoll
+ * instances (see preload.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "preload.h"
 
@@ -32,6 +35,8 @@ int fdt_init(void) {
   return 0;
 }
 
+int fdt_limit(void) { return table_cap; }
+
 struct psock *fdt_get(int fd) {
   if (fd < 0 || fd >= table_cap)
     return NULL;
@@ -43,6 +48,8 @@ void fdt_set(int fd, struct psock *ps) {
     __atomic_store_n(&table[fd], ps, __ATOMIC_RELEASE);
 }
 
+static void reg_unlink(struct psock *ps, struct ereg *r);
+
 struct psock *ps_new(int kind, int family) {
   struct psock *ps = calloc(1, sizeof(*ps));
   if (!ps)
@@ -51,6 +58,7 @@ struct psock *ps_new(int kind, int family) {
   ps->kind = kind;
   ps->family = family;
   ps->placeholder_w = -1;
+  ps->abort_efd = -1;
   ps->opts_sock = -1;
   pthread_mutex_lock(&g_lock);
   ps->all_next = g_all;
@@ -64,6 +72,8 @@ struct psock *ps_new(int kind, int family) {
 void ps_free(struct psock *ps) {
   if (!ps)
     return;
+  if (ps->tab)
+    ep_forget(ps);
   pthread_mutex_lock(&g_lock);
   if (ps->all_prev)
     ps->all_prev->all_next = ps->all_next;
@@ -72,9 +82,10 @@ void ps_free(struct psock *ps) {
   if (ps->all_next)
     ps->all_next->all_prev = ps->all_prev;
   pthread_mutex_unlock(&g_lock);
+  while (ps->regs)
+    reg_unlink(ps, ps->regs);
   free(ps->aliases);
   free(ps->alias_cloexec);
-  free(ps->regs);
   pthread_mutex_destroy(&ps->lock);
   free(ps);
 }
@@ -87,6 +98,15 @@ static int alias_index(const struct psock *ps, int fd) {
 }
 
 bool ps_has_alias(const struct psock *ps, int fd) { return alias_index(ps, fd) >= 0; }
+
+bool ps_exec_hidden(const struct psock *ps) {
+  return ps->kind == PS_SESSION || ps->kind == PS_CONNECTING;
+}
+
+bool ps_get_cloexec(const struct psock *ps, int fd) {
+  int i = alias_index(ps, fd);
+  return i >= 0 && ps->alias_cloexec[i];
+}
 
 int ps_add_alias(struct psock *ps, int fd, bool cloexec) {
   int i = alias_index(ps, fd);
@@ -122,14 +142,17 @@ int ps_remove_alias(struct psock *ps, int fd) {
     if (fdt_get(fd) == ps)
       fdt_set(fd, NULL);
   }
-  /* A closed number's registrations are gone with it (the kernel drops an
-   * epoll item when its fd is closed, if no other number shares the file,
-   * and after a swap it would not). */
-  for (int j = 0; j < ps->nregs;)
-    if (ps->regs[j].fd == fd)
-      ps->regs[j] = ps->regs[--ps->nregs];
-    else
-      j++;
+  for (struct ereg *r = ps->regs, *next; r; r = next) {
+    next = r->next;
+    if (r->fd == fd)
+      reg_unlink(ps, r);
+  }
+  if (ps->tab) { /* an epoll instance: tether's own calls use another number */
+    pthread_mutex_lock(&ps->tab->lock);
+    if (ps->tab->epfd == fd)
+      ps->tab->epfd = ps->naliases ? ps->aliases[0] : -1;
+    pthread_mutex_unlock(&ps->tab->lock);
+  }
   return ps->naliases;
 }
 
@@ -139,60 +162,276 @@ void ps_set_cloexec(struct psock *ps, int fd, bool cloexec) {
     ps->alias_cloexec[i] = cloexec;
 }
 
-void ps_reg_update(struct psock *ps, int epfd, int op, int fd, const struct epoll_event *ev) {
-  int i;
-  for (i = 0; i < ps->nregs; i++)
-    if (ps->regs[i].fd == fd && ps->regs[i].epfd == epfd)
-      break;
-  if (op == EPOLL_CTL_DEL) {
-    if (i < ps->nregs)
-      ps->regs[i] = ps->regs[--ps->nregs];
-    return;
-  }
-  if (!ev)
-    return;
-  if (i == ps->nregs) {
-    if (op != EPOLL_CTL_ADD)
-      return;
-    if (ps->nregs == ps->cap_regs) {
-      int cap = ps->cap_regs ? ps->cap_regs * 2 : 2;
-      struct ereg *r = realloc(ps->regs, (size_t)cap * sizeof(*r));
-      if (!r)
-        return;
-      ps->regs = r;
-      ps->cap_regs = cap;
+/* ---- epoll registrations ---- */
+
+static uint64_t token(const struct ereg *r) { return (uint64_t)r->check << 32 | r->slot; }
+
+/* tab->lock held.  What the kernel is given for r: a disarmed one-shot
+ * registration stays disarmed (only the implied EPOLLERR/EPOLLHUP can fire
+ * it, and ep_translate drops that). */
+static struct epoll_event kernel_event(const struct ereg *r) {
+  struct epoll_event ev = {.events = r->disarmed ? EPOLLONESHOT : r->events, .data.u64 = token(r)};
+  return ev;
+}
+
+int ep_track(struct psock *ep, int epfd) {
+  struct eptab *t = calloc(1, sizeof(*t));
+  if (!t)
+    return -ENOMEM;
+  pthread_mutex_init(&t->lock, NULL);
+  t->epfd = epfd;
+  uint32_t seed = 0;
+  if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
+    seed = (uint32_t)(uintptr_t)t ^ (uint32_t)time(NULL);
+  t->seq = seed;
+  ep->tab = t;
+  return 0;
+}
+
+/* tab->lock held.  A new registration with a slot and a check value. */
+static struct ereg *slot_new(struct eptab *t) {
+  struct ereg *r = calloc(1, sizeof(*r));
+  if (!r)
+    return NULL;
+  if (t->nfree) {
+    r->slot = t->free[--t->nfree];
+  } else {
+    if (t->nslots == t->cap) {
+      uint32_t cap = t->cap ? t->cap * 2 : 16;
+      struct ereg **sl = realloc(t->slots, (size_t)cap * sizeof(*sl));
+      if (!sl) {
+        free(r);
+        return NULL;
+      }
+      t->slots = sl;
+      uint32_t *fr = realloc(t->free, (size_t)cap * sizeof(*fr));
+      if (!fr) {
+        free(r);
+        return NULL;
+      }
+      t->free = fr;
+      t->cap = cap;
     }
-    ps->nregs++;
+    r->slot = t->nslots++;
   }
-  ps->regs[i].fd = fd;
-  ps->regs[i].epfd = epfd;
-  ps->regs[i].ev = *ev;
+  /* Odd multiples of the golden ratio: consecutive values differ in many
+   * bits, and none is 0 (no zeroed or small data looks like a token). */
+  t->seq += 0x9e3779b9u;
+  r->check = t->seq | 1u;
+  t->slots[r->slot] = r;
+  return r;
+}
+
+/* tab->lock held. */
+static void slot_free(struct eptab *t, struct ereg *r) {
+  if (r->slot < t->nslots && t->slots[r->slot] == r) {
+    t->slots[r->slot] = NULL;
+    t->free[t->nfree++] = r->slot;
+  }
+}
+
+/* ps->lock held.  Takes r off ps's list and its instance's table. */
+static void reg_unlink(struct psock *ps, struct ereg *r) {
+  for (struct ereg **pp = &ps->regs; *pp; pp = &(*pp)->next)
+    if (*pp == r) {
+      *pp = r->next;
+      break;
+    }
+  struct eptab *t = r->ep->tab;
+  if (t) {
+    pthread_mutex_lock(&t->lock);
+    slot_free(t, r);
+    pthread_mutex_unlock(&t->lock);
+  }
+  free(r);
+}
+
+static struct ereg *reg_find(const struct psock *ps, const struct psock *ep, int fd) {
+  for (struct ereg *r = ps->regs; r; r = r->next)
+    if (r->ep == ep && r->fd == fd)
+      return r;
+  return NULL;
+}
+
+int ep_ctl(struct psock *ep, struct psock *ps, int epfd, int op, int fd,
+           const struct epoll_event *ev) {
+  struct eptab *t = ep->tab;
+  struct ereg *r = reg_find(ps, ep, fd);
+  int rc = 0;
+  if (op != EPOLL_CTL_DEL && !ev)
+    return -EFAULT;
+  pthread_mutex_lock(&t->lock);
+  switch (op) {
+  case EPOLL_CTL_ADD: {
+    struct ereg *n = slot_new(t);
+    if (!n) {
+      rc = -ENOMEM;
+      break;
+    }
+    n->ep = ep;
+    n->fd = fd;
+    n->events = ev->events;
+    n->data = ev->data;
+    struct epoll_event k = kernel_event(n);
+    if (real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &k) < 0) {
+      rc = -errno;
+      slot_free(t, n);
+      free(n);
+      break;
+    }
+    if (r) { /* an earlier file under this number, closed behind our back */
+      pthread_mutex_unlock(&t->lock);
+      reg_unlink(ps, r);
+      pthread_mutex_lock(&t->lock);
+    }
+    n->next = ps->regs;
+    ps->regs = n;
+    break;
+  }
+  case EPOLL_CTL_MOD: {
+    struct epoll_event k;
+    if (!r) { /* not a registration of ours: the kernel says what it is */
+      k = *ev;
+      rc = real.epoll_ctl(epfd, op, fd, &k) < 0 ? -errno : 0;
+      break;
+    }
+    struct ereg want = *r;
+    want.events = ev->events;
+    want.disarmed = false;
+    k = kernel_event(&want);
+    if (real.epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &k) < 0) {
+      rc = -errno;
+      break;
+    }
+    r->events = ev->events;
+    r->data = ev->data;
+    r->disarmed = false;
+    break;
+  }
+  case EPOLL_CTL_DEL: {
+    struct epoll_event dummy = {0}; /* kernels before 2.6.9 wanted one */
+    rc = real.epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &dummy) < 0 ? -errno : 0;
+    if (r && (rc == 0 || rc == -ENOENT)) {
+      pthread_mutex_unlock(&t->lock);
+      reg_unlink(ps, r);
+      pthread_mutex_lock(&t->lock);
+    }
+    break;
+  }
+  default:
+    rc = -EINVAL;
+  }
+  pthread_mutex_unlock(&t->lock);
+  return rc;
+}
+
+int ep_translate(struct psock *ep, struct epoll_event *evs, int n, struct ep_hit *hits) {
+  struct eptab *t = ep->tab;
+  int out = 0;
+  pthread_mutex_lock(&t->lock);
+  for (int i = 0; i < n; i++) {
+    uint64_t tok = evs[i].data.u64;
+    uint32_t slot = (uint32_t)tok;
+    struct ereg *r = slot < t->nslots ? t->slots[slot] : NULL;
+    if (!r || r->check != (uint32_t)(tok >> 32) || r->disarmed)
+      continue; /* gone meanwhile, or a disarmed one-shot's EPOLLHUP */
+    if (r->events & EPOLLONESHOT)
+      r->disarmed = true;
+    hits[out].fd = r->fd;
+    hits[out].events = r->events;
+    hits[out].slot = r->slot;
+    hits[out].check = r->check;
+    evs[out].events = evs[i].events;
+    evs[out].data = r->data;
+    out++;
+  }
+  pthread_mutex_unlock(&t->lock);
+  return out;
+}
+
+void ep_unfire(struct psock *ep, const struct ep_hit *hit) {
+  struct eptab *t = ep->tab;
+  if (!(hit->events & EPOLLONESHOT))
+    return;
+  pthread_mutex_lock(&t->lock);
+  struct ereg *r = hit->slot < t->nslots ? t->slots[hit->slot] : NULL;
+  if (r && r->check == hit->check && r->disarmed) {
+    r->disarmed = false;
+    struct epoll_event k = kernel_event(r);
+    /* ENOENT: a swap is between its delete and its add, and adds it armed. */
+    (void)real.epoll_ctl(t->epfd, EPOLL_CTL_MOD, r->fd, &k);
+  }
+  pthread_mutex_unlock(&t->lock);
+}
+
+void ps_close_regs(struct psock *ps, int fd) {
+  for (struct ereg *r = ps->regs, *next; r; r = next) {
+    next = r->next;
+    if (r->fd != fd)
+      continue;
+    struct eptab *t = r->ep->tab;
+    pthread_mutex_lock(&t->lock);
+    struct epoll_event dummy = {0};
+    (void)real.epoll_ctl(t->epfd, EPOLL_CTL_DEL, fd, &dummy);
+    pthread_mutex_unlock(&t->lock);
+    reg_unlink(ps, r);
+  }
+}
+
+int ps_nregs(struct psock *ps) {
+  int n = 0;
+  for (struct ereg *r = ps->regs; r; r = r->next)
+    n++;
+  return n;
 }
 
 void ps_swap(struct psock *ps, int file) {
-  for (int i = 0; i < ps->nregs; i++)
-    (void)real.epoll_ctl(ps->regs[i].epfd, EPOLL_CTL_DEL, ps->regs[i].fd, NULL);
+  for (struct ereg *r = ps->regs; r; r = r->next) {
+    struct eptab *t = r->ep->tab;
+    struct epoll_event dummy = {0};
+    pthread_mutex_lock(&t->lock);
+    (void)real.epoll_ctl(t->epfd, EPOLL_CTL_DEL, r->fd, &dummy);
+    pthread_mutex_unlock(&t->lock);
+  }
+  bool hide = ps_exec_hidden(ps);
   for (int i = 0; i < ps->naliases; i++)
     if (ps->aliases[i] != file)
-      (void)real.dup3(file, ps->aliases[i], ps->alias_cloexec[i] ? O_CLOEXEC : 0);
-  for (int i = 0; i < ps->nregs; i++) {
-    struct epoll_event ev = ps->regs[i].ev;
-    (void)real.epoll_ctl(ps->regs[i].epfd, EPOLL_CTL_ADD, ps->regs[i].fd, &ev);
+      (void)real.dup3(file, ps->aliases[i], hide || ps->alias_cloexec[i] ? O_CLOEXEC : 0);
+  for (struct ereg *r = ps->regs; r; r = r->next) {
+    struct eptab *t = r->ep->tab;
+    pthread_mutex_lock(&t->lock);
+    struct epoll_event k = kernel_event(r);
+    (void)real.epoll_ctl(t->epfd, EPOLL_CTL_ADD, r->fd, &k);
+    pthread_mutex_unlock(&t->lock);
   }
 }
 
-void fdt_forget_epfd(int epfd) {
-  pthread_mutex_lock(&g_lock);
-  for (struct psock *ps = g_all; ps; ps = ps->all_next) {
-    pthread_mutex_lock(&ps->lock);
-    for (int j = 0; j < ps->nregs;)
-      if (ps->regs[j].epfd == epfd)
-        ps->regs[j] = ps->regs[--ps->nregs];
-      else
-        j++;
-    pthread_mutex_unlock(&ps->lock);
+static void forget_in(struct psock *ps, void *arg) {
+  struct psock *ep = arg;
+  pthread_mutex_lock(&ps->lock);
+  for (struct ereg *r = ps->regs, *next; r; r = next) {
+    next = r->next;
+    if (r->ep == ep)
+      reg_unlink(ps, r);
   }
-  pthread_mutex_unlock(&g_lock);
+  pthread_mutex_unlock(&ps->lock);
+}
+
+static void tab_free(struct eptab *t) {
+  if (!t)
+    return;
+  pthread_mutex_destroy(&t->lock);
+  free(t->slots);
+  free(t->free);
+  free(t);
+}
+
+void ep_forget(struct psock *ep) {
+  if (!ep->tab)
+    return;
+  fdt_each(forget_in, ep);
+  tab_free(ep->tab);
+  ep->tab = NULL;
 }
 
 void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
@@ -206,6 +445,8 @@ void fdt_after_fork_child(void) {
   pthread_mutex_init(&g_lock, NULL);
   for (struct psock *ps = g_all; ps; ps = ps->all_next) {
     pthread_mutex_init(&ps->lock, NULL);
+    if (ps->tab)
+      pthread_mutex_init(&ps->tab->lock, NULL);
     if (ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN)
       ps->kind = PS_ORPHAN;
     ps->s = NULL; /* the parent's; a listener keeps pl for plain accepts */

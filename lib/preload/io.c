@@ -6,9 +6,12 @@
  * session can progress. */
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/sendfile.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -66,9 +69,17 @@ static int settle(struct psock *ps, int fd, bool nonblock) {
       return -1;
     }
     return 0;
-  case PS_ORPHAN:
+  case PS_ORPHAN: {
+    static bool said;
+    if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) {
+      char msg[200];
+      snprintf(msg, sizeof(msg), "fd %d is a session inherited through fork: it belongs to the "
+               "parent, and returns EBADF here (tether-run(1), FORK)", fd);
+      tp_warn(msg);
+    }
     errno = EBADF; /* a session belongs to the process that made it */
     return -1;
+  }
   default: return 0;
   }
 }
@@ -438,4 +449,118 @@ EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int 
   if (len > buflen)
     __chk_fail();
   return recvfrom(fd, buf, len, flags, addr, alen);
+}
+
+/* ---- more ways to move a session's bytes ---- */
+
+
+/* recvmmsg/sendmmsg: one message after another; only the first may wait
+ * (as the kernel does for a stream socket).  The timeout, which the kernel
+ * only checks between messages, is not needed here. */
+EXPORT int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
+                    struct timespec *timeout) {
+  READY();
+  struct psock *ps = data_ps(fd);
+  if (!ps || (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0))
+    return real.recvmmsg(fd, vec, vlen, flags, timeout);
+  unsigned int i;
+  for (i = 0; i < vlen; i++) {
+    int f = i ? (flags | MSG_DONTWAIT) & ~MSG_WAITFORONE : flags & ~MSG_WAITFORONE;
+    if (i && (flags & MSG_WAITFORONE))
+      f |= MSG_DONTWAIT;
+    int saved = errno;
+    ssize_t n = recvmsg(fd, &vec[i].msg_hdr, f);
+    if (n < 0) {
+      if (i) {
+        errno = saved;
+        break;
+      }
+      return -1;
+    }
+    vec[i].msg_len = (unsigned int)n;
+    if (n == 0)
+      return (int)i + 1; /* EOF ends the batch */
+  }
+  return (int)i;
+}
+
+EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
+  READY();
+  struct psock *ps = data_ps(fd);
+  if (!ps || (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0))
+    return real.sendmmsg(fd, vec, vlen, flags);
+  unsigned int i;
+  for (i = 0; i < vlen; i++) {
+    int saved = errno;
+    ssize_t n = sendmsg(fd, &vec[i].msg_hdr, i ? flags | MSG_NOSIGNAL : flags);
+    if (n < 0) {
+      if (i) {
+        errno = saved;
+        break;
+      }
+      return -1;
+    }
+    vec[i].msg_len = (unsigned int)n;
+    size_t want = 0;
+    for (size_t k = 0; k < vec[i].msg_hdr.msg_iovlen; k++)
+      want += vec[i].msg_hdr.msg_iov[k].iov_len;
+    if ((size_t)n < want) {
+      i++;
+      break;
+    }
+  }
+  return (int)i;
+}
+
+/* splice would move bytes between the kernel's buffers and the live
+ * socket behind the session's back: refused, as by a file that cannot
+ * splice (programs fall back to read and write). */
+EXPORT ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out, size_t len,
+                      unsigned int flags) {
+  READY();
+  if (data_ps(in) || data_ps(out)) {
+    errno = EINVAL;
+    return -1;
+  }
+  return real.splice(in, off_in, out, off_out, len, flags);
+}
+
+/* preadv2/pwritev2 with offset -1 are readv/writev (with flags). */
+static int rwf_flags(int flags) { return (flags & RWF_NOWAIT) ? MSG_DONTWAIT : 0; }
+
+EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+  READY();
+  struct psock *ps = data_ps(fd);
+  if (!ps || off != -1 ||
+      (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & RWF_NOWAIT)) == 0))
+    return real.preadv2(fd, iov, cnt, off, flags);
+  return recv_iov(ps, fd, iov, cnt, rwf_flags(flags));
+}
+
+EXPORT ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+  READY();
+  struct psock *ps = data_ps(fd);
+  if (!ps || off != -1 ||
+      (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & RWF_NOWAIT)) == 0))
+    return real.pwritev2(fd, iov, cnt, off, flags);
+  return send_iov(ps, fd, iov, cnt, rwf_flags(flags));
+}
+
+ssize_t preadv64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags);
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags);
+EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+  return preadv2(fd, iov, cnt, off, flags);
+}
+EXPORT ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+  return pwritev2(fd, iov, cnt, off, flags);
+}
+
+/* glibc's old public names for the same functions. */
+ssize_t __read(int fd, void *buf, size_t len);
+ssize_t __write(int fd, const void *buf, size_t len);
+ssize_t __send(int fd, const void *buf, size_t len, int flags);
+EXPORT ssize_t __read(int fd, void *buf, size_t len) { return read(fd, buf, len); }
+EXPORT ssize_t __write(int fd, const void *buf, size_t len) { return write(fd, buf, len); }
+EXPORT ssize_t __send(int fd, const void *buf, size_t len, int flags) {
+  return send(fd, buf, len, flags);
 }

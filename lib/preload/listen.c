@@ -36,6 +36,7 @@ struct plisten {
   int nq, capq;
   bool closed;
   struct event *ev; /* the engine's accept event on l.fd */
+  struct event *reap_ev; /* closed: looks whether it is still needed */
   struct plisten *next;
 };
 
@@ -56,6 +57,14 @@ static struct plisten *listeners;
 static struct pending *pendings;
 
 int pl_socket(struct plisten *pl) { return pl->l.fd; }
+
+void pl_after_fork_child(void) {
+  /* The parent's listeners and announced connections are the parent's
+   * engine's (a child's inherited listener only accepts plain: PS_ORPHAN). */
+  pthread_mutex_init(&pl_lock, NULL);
+  listeners = NULL;
+  pendings = NULL;
+}
 
 static void push_plain(struct plisten *pl, int sock) {
   pthread_mutex_lock(&pl->qlock);
@@ -145,8 +154,18 @@ static void on_pending(evutil_socket_t fd, short what, void *arg) {
     resolve(p, false); /* plain bytes: the client gave up on tether */
     return;
   }
-  if (n == (ssize_t)sizeof(buf) || n == 0 || n == -1) {
-    resolve(p, n == (ssize_t)sizeof(buf)); /* EOF or an error: the program sees it */
+  if (n == -1) {
+    /* Reset before its first byte: a tether client's connection lost
+     * during setup (it dials again); nothing for the program. */
+    LOG_DEBUG(p->pl->l.ctx, "announced connection: %s before its first byte: dropped", strerror(errno));
+    unlink_pending(p);
+    event_free(p->ev);
+    real.close(p->sock);
+    free(p);
+    return;
+  }
+  if (n == (ssize_t)sizeof(buf) || n == 0) {
+    resolve(p, n == (ssize_t)sizeof(buf)); /* EOF: the program sees it, as with TCP */
     return;
   }
   /* Part of the preface, or nothing yet: wait for the rest. */
@@ -268,8 +287,9 @@ static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
 /* The UDP channel for a listener on port: shared by listeners of the same
  * port number (an IPv6 dual-stack one takes IPv4 probes too). */
 static struct udp_chan *udp_for(struct tether_ctx *ctx, const struct sockaddr_storage *bound,
-                                socklen_t blen, int port) {
+                                socklen_t blen, int port, bool *created) {
   struct udp_chan *u = NULL;
+  *created = false;
   pthread_mutex_lock(&pl_lock);
   for (struct plisten *pl = listeners; pl && !u; pl = pl->next)
     if (pl->l.port == port && pl->l.udp)
@@ -278,26 +298,51 @@ static struct udp_chan *udp_for(struct tether_ctx *ctx, const struct sockaddr_st
   if (u)
     return u;
   u = udp_open(ctx, bound->ss_family, (const struct sockaddr *)bound, blen);
-  if (u)
+  if (u) {
     __atomic_store_n(&u->on_other, on_probe, __ATOMIC_RELEASE);
+    *created = true;
+  }
   return u;
 }
 
+/* Frees a listener that never served (pl_listen failed). */
+static void pl_discard(struct plisten *pl, bool udp_new) {
+  if (pl->ev)
+    event_free(pl->ev);
+  if (pl->l.udp && udp_new)
+    udp_close(pl->l.udp);
+  if (pl->l.fd >= 0)
+    real.close(pl->l.fd);
+  if (pl->l.ready_fd >= 0)
+    real.close(pl->l.ready_fd);
+  if (pl->plain_efd >= 0)
+    real.close(pl->plain_efd);
+  pthread_mutex_destroy(&pl->qlock);
+  free(pl);
+}
+
+/* A bound socket's UDP channel and listener record exist before the TCP
+ * port listens: a client that connects at once has its probe answered. */
 int pl_listen(struct psock *ps, int fd, int backlog) {
   struct sockaddr_storage bound;
   socklen_t blen = sizeof(bound);
-  struct tether_ctx *ctx;
-  if (real.listen(fd, backlog) < 0)
-    return -1;
-  if (real.getsockname(fd, (struct sockaddr *)&bound, &blen) < 0 ||
-      excluded((struct sockaddr *)&bound) || !(ctx = tp_ctx())) {
-    ps->kind = PS_PLAIN;
-    return 0;
+  struct tether_ctx *ctx = NULL;
+  struct ipport bp;
+  bool early = real.getsockname(fd, (struct sockaddr *)&bound, &blen) == 0 &&
+               ipport_from((struct sockaddr *)&bound, &bp) && bp.port != 0;
+  if (!early) { /* the kernel picks the port as it listens */
+    if (real.listen(fd, backlog) < 0)
+      return -1;
+    blen = sizeof(bound);
+    if (real.getsockname(fd, (struct sockaddr *)&bound, &blen) < 0) {
+      ps->kind = PS_PLAIN;
+      return 0;
+    }
   }
-  struct plisten *pl = calloc(1, sizeof(*pl));
-  if (!pl) {
+  struct plisten *pl = NULL;
+  if (excluded((struct sockaddr *)&bound) || !(ctx = tp_ctx()) || !(pl = calloc(1, sizeof(*pl)))) {
     ps->kind = PS_PLAIN;
-    return 0;
+    return early ? real.listen(fd, backlog) : 0;
   }
   TP_ENTER();
   pthread_mutex_init(&pl->qlock, NULL);
@@ -310,29 +355,49 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   pl->plain_efd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
   int ep = real.epoll_create1(EPOLL_CLOEXEC);
   bool ok = pl->l.fd >= 0 && pl->l.ready_fd >= 0 && pl->plain_efd >= 0 && ep >= 0;
-  int watch[3] = {pl->l.fd, pl->l.ready_fd, pl->plain_efd};
-  for (int i = 1; ok && i < 3; i++) {
+  int watch[2] = {pl->l.ready_fd, pl->plain_efd};
+  for (int i = 0; ok && i < 2; i++) {
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = watch[i]};
     ok = real.epoll_ctl(ep, EPOLL_CTL_ADD, watch[i], &ev) == 0;
   }
+  if (ok) {
+    int fl = real.fcntl(pl->l.fd, F_GETFL);
+    (void)real.fcntl(pl->l.fd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
+    pl->ev = event_new(ctx->base, pl->l.fd, EV_READ | EV_PERSIST, on_accept, pl);
+    ok = pl->ev != NULL;
+  }
   if (!ok) {
-    for (int i = 0; i < 3; i++)
-      if (watch[i] >= 0)
-        real.close(watch[i]);
     if (ep >= 0)
       real.close(ep);
-    free(pl);
+    pl_discard(pl, false);
     ps->kind = PS_PLAIN;
     TP_LEAVE();
-    return 0;
+    return early ? real.listen(fd, backlog) : 0;
   }
-  int fl = real.fcntl(pl->l.fd, F_GETFL);
-  (void)real.fcntl(pl->l.fd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
-  pl->ev = event_new(ctx->base, pl->l.fd, EV_READ | EV_PERSIST, on_accept, pl);
-  pl->l.udp = udp_for(ctx, &bound, blen, pl->l.port);
+  bool udp_new = false;
+  pl->l.udp = udp_for(ctx, &bound, blen, pl->l.port, &udp_new);
   if (!pl->l.udp)
     LOG_INFO(ctx, "UDP port %d unavailable: clients will not detect tether on this listener",
              pl->l.port);
+  pthread_mutex_lock(&pl_lock);
+  pl->next = listeners;
+  listeners = pl;
+  pthread_mutex_unlock(&pl_lock);
+  if (early && real.listen(fd, backlog) < 0) {
+    int err = errno;
+    pthread_mutex_lock(&pl_lock);
+    for (struct plisten **pp = &listeners; *pp; pp = &(*pp)->next)
+      if (*pp == pl) {
+        *pp = pl->next;
+        break;
+      }
+    pthread_mutex_unlock(&pl_lock);
+    real.close(ep);
+    pl_discard(pl, udp_new);
+    TP_LEAVE();
+    errno = err;
+    return -1;
+  }
   pthread_mutex_lock(&ps->lock);
   ps_swap(ps, ep);
   real.close(ep);
@@ -341,12 +406,7 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   ps->local_len = blen;
   ps->kind = PS_LISTEN;
   pthread_mutex_unlock(&ps->lock);
-  pthread_mutex_lock(&pl_lock);
-  pl->next = listeners;
-  listeners = pl;
-  pthread_mutex_unlock(&pl_lock);
-  if (pl->ev)
-    event_add(pl->ev, NULL);
+  event_add(pl->ev, NULL);
   TP_LEAVE();
   return 0;
 }
@@ -364,9 +424,7 @@ static int adopt(struct tether_session *s, int flags, struct sockaddr *addr, soc
   struct psock *stale = fdt_get(fd);
   if (stale && stale != ps) /* the number was closed behind our back */
     fdt_set(fd, NULL);
-  ps_add_alias(ps, fd, (flags & SOCK_CLOEXEC) != 0);
-  if (!(flags & SOCK_CLOEXEC))
-    (void)real.fcntl(fd, F_SETFD, 0);
+  ps_add_alias(ps, fd, (flags & SOCK_CLOEXEC) != 0); /* close-on-exec anyway: ps_exec_hidden */
   ps->nonblock = (flags & SOCK_NONBLOCK) != 0;
   ps->s = s;
   tp_session_attach_hooks(ps, s);
@@ -439,6 +497,67 @@ int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, 
   }
 }
 
+/* Engine thread.  Whether anything may still need a closed listener: an
+ * announced connection or a handshake that names it, or a server-side
+ * session (its resumes come through the listening socket, its side channel
+ * is the listener's UDP port). */
+static bool pl_in_use(struct plisten *pl) {
+  struct tether_ctx *ctx = pl->l.ctx;
+  const char *by = NULL;
+  pthread_mutex_lock(&pl_lock);
+  for (struct pending *p = pendings; p && !by; p = p->next)
+    if (p->pl == pl)
+      by = "an announced connection";
+  pthread_mutex_unlock(&pl_lock);
+  pthread_mutex_lock(&ctx->lock);
+  for (struct hs_conn *h = ctx->handshakes; h && !by; h = h->next)
+    if (h->listener == &pl->l)
+      by = "a handshake";
+  for (int i = 0; i < SESSION_BUCKETS && !by; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s && !by; s = s->hash_next)
+      if (!s->is_client && s->udp == pl->l.udp)
+        by = "a session";
+  pthread_mutex_unlock(&ctx->lock);
+  if (by)
+    LOG_DEBUG(ctx, "closed listener on port %d: kept for %s", pl->l.port, by);
+  return by != NULL;
+}
+
+#define REAP_INTERVAL_MS 1000
+
+/* Engine thread: a closed listener that nothing needs any more is freed,
+ * and its port with it. */
+static void on_reap(evutil_socket_t fd, short what, void *arg) {
+  struct plisten *pl = arg;
+  if (pl_in_use(pl)) {
+    struct timeval tv = {REAP_INTERVAL_MS / 1000, (REAP_INTERVAL_MS % 1000) * 1000};
+    event_add(pl->reap_ev, &tv);
+    return;
+  }
+  bool udp_shared = false;
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten **pp = &listeners; *pp; pp = &(*pp)->next)
+    if (*pp == pl) {
+      *pp = pl->next;
+      break;
+    }
+  for (struct plisten *o = listeners; o && !udp_shared; o = o->next)
+    udp_shared = o->l.udp == pl->l.udp;
+  pthread_mutex_unlock(&pl_lock);
+  LOG_DEBUG(pl->l.ctx, "closed listener on port %d: freed", pl->l.port);
+  if (pl->ev)
+    event_free(pl->ev);
+  if (pl->l.fd >= 0)
+    real.close(pl->l.fd);
+  real.close(pl->l.ready_fd);
+  if (pl->l.udp && !udp_shared)
+    udp_close(pl->l.udp);
+  free(pl->plainq);
+  pthread_mutex_destroy(&pl->qlock);
+  event_free(pl->reap_ev); /* not pending: allowed in its own callback */
+  free(pl);
+}
+
 void pl_close(struct plisten *pl) {
   TP_ENTER();
   pthread_mutex_lock(&pl->qlock);
@@ -451,31 +570,70 @@ void pl_close(struct plisten *pl) {
   pthread_mutex_unlock(&pl->qlock);
   /* Sessions nobody accepted end.  The struct, its ready_fd (the engine may
    * still signal it), the UDP channel and the listening socket (sessions
-   * resume through them) stay. */
+   * resume through them) stay until nothing needs them (on_reap). */
   tether_listener_close(&pl->l);
+  pl->reap_ev = evtimer_new(pl->l.ctx->base, on_reap, pl);
+  if (pl->reap_ev) {
+    struct timeval tv = {REAP_INTERVAL_MS / 1000, (REAP_INTERVAL_MS % 1000) * 1000};
+    event_add(pl->reap_ev, &tv);
+  }
   TP_LEAVE();
+}
+
+/* Whether addr is an address of this host (binding to it works). */
+static bool local_address(const struct sockaddr *addr) {
+  struct sockaddr_storage a;
+  socklen_t len = addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  memcpy(&a, addr, len);
+  if (a.ss_family == AF_INET)
+    ((struct sockaddr_in *)&a)->sin_port = 0;
+  else
+    ((struct sockaddr_in6 *)&a)->sin6_port = 0;
+  int u = real.socket(a.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (u < 0)
+    return false;
+  bool yes = real.bind(u, (struct sockaddr *)&a, len) == 0;
+  real.close(u);
+  return yes;
+}
+
+bool pl_own_listener(const struct sockaddr *dst) {
+  struct ipport want;
+  bool port = false;
+  if (!ipport_from(dst, &want))
+    return false;
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten *pl = listeners; pl && !port; pl = pl->next)
+    port = !pl->closed && pl->l.port == want.port;
+  pthread_mutex_unlock(&pl_lock);
+  return port && local_address(dst);
 }
 
 bool pl_release_port(const struct sockaddr *sa) {
   struct ipport want;
-  bool any = false;
+  struct event *evs[16];
+  int fds[16], n = 0;
   if (!ipport_from(sa, &want))
     return false;
+  /* Taken under the lock, freed after it: event_free waits for a running
+   * callback, which may want the lock. */
   pthread_mutex_lock(&pl_lock);
-  for (struct plisten *pl = listeners; pl; pl = pl->next)
+  for (struct plisten *pl = listeners; pl && n < 16; pl = pl->next)
     if (pl->closed && pl->l.fd >= 0 && pl->l.port == want.port) {
-      TP_ENTER();
-      if (pl->ev) {
-        event_free(pl->ev); /* waits for a running callback */
-        pl->ev = NULL;
-      }
-      real.close(pl->l.fd);
+      evs[n] = pl->ev;
+      fds[n++] = pl->l.fd;
+      pl->ev = NULL;
       pl->l.fd = -1;
-      TP_LEAVE();
-      any = true;
     }
   pthread_mutex_unlock(&pl_lock);
-  return any;
+  TP_ENTER();
+  for (int i = 0; i < n; i++) {
+    if (evs[i])
+      event_free(evs[i]);
+    real.close(fds[i]);
+  }
+  TP_LEAVE();
+  return n > 0;
 }
 
 /* Engine thread, before a redial connects: bind, and announce the source

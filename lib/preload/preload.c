@@ -26,7 +26,7 @@ static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 
 uint64_t tp_now_ms(void) { return now_ns() / 1000000; }
 
-static void warn(const char *msg) {
+void tp_warn(const char *msg) {
   char line[256];
   int n = snprintf(line, sizeof(line), "tether[%d] warn: %s\n", (int)getpid(), msg);
   if (n > 0)
@@ -42,7 +42,7 @@ static int env_int(const char *name, int def, int lo, int hi) {
   if (*end || x < lo || x > hi) {
     char msg[128];
     snprintf(msg, sizeof(msg), "%s=%s is invalid; using %d", name, v, def);
-    warn(msg);
+    tp_warn(msg);
     return def;
   }
   return (int)x;
@@ -58,7 +58,7 @@ struct tether_ctx *tp_ctx(void) {
     int rc = tether_ctx_new(NULL, &c);
     if (rc < 0) {
       g_ctx_failed = true;
-      warn("cannot start tether (bad TETHER_* setting?): connections stay plain TCP");
+      tp_warn("cannot start tether (bad TETHER_* setting?): connections stay plain TCP");
     } else {
       c->redial_hook = pl_redial_hook;
       __atomic_store_n(&g_ctx, c, __ATOMIC_RELEASE);
@@ -154,6 +154,7 @@ static void after_fork_child(void) {
   g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
   g_ctx_failed = false;
   fdt_after_fork_child();
+  pl_after_fork_child();
 }
 
 struct owned {
@@ -239,7 +240,7 @@ __attribute__((constructor)) static void tp_init(void) {
     return;
   }
   if (exclude_parse(getenv("TETHER_EXCLUDE")) < 0)
-    warn("TETHER_EXCLUDE is malformed: ignored");
+    tp_warn("TETHER_EXCLUDE is malformed: ignored");
   tp_probe_ms = env_int("TETHER_PROBE_MS", tp_probe_ms, 0, 60000);
   tp_accept_wait_ms = env_int("TETHER_ACCEPT_WAIT_MS", tp_accept_wait_ms, 1, 60000);
   pthread_atfork(NULL, NULL, after_fork_child);

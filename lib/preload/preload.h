@@ -15,12 +15,24 @@
  * every alias and moves the program's epoll registrations with it: they
  * belong to the open file, so each is deleted before and added again after.
  *
+ * epoll.  Every registration in an epoll instance the program created is
+ * made with tether's own 64-bit token as the event data (a slot in the
+ * instance's table and a check value), and epoll_wait() translates the
+ * token back to the program's data.  So the interposer knows which
+ * registration each event belongs to: it drops events of registrations
+ * that no longer exist, keeps EPOLLONESHOT registrations disarmed across
+ * swaps (the kernel's one-shot state would be lost with the re-add), and
+ * never lets a session's transport errors (EPOLLERR, EPOLLHUP) through.
+ * Registrations of fds the interposer knows nothing about get a PS_OTHER
+ * psock, so that their close is seen and their bookkeeping freed.
+ *
  * Threads.  `tp_inside` is set while tether's own code runs (permanently on
  * its engine thread): every wrapper then passes straight to libc, so the
  * library's own read/write/poll/epoll calls are never interposed.
  *
  * Locks, in this order: g_lock (the list of all psocks), a session's locks
- * (engine.h), psock.lock. */
+ * (engine.h), psock.lock, an epoll table's lock (innermost: nothing is
+ * taken while it is held). */
 #ifndef TETHER_PRELOAD_H
 #define TETHER_PRELOAD_H
 
@@ -79,6 +91,15 @@ struct real_fns {
   int (*epoll_create)(int);
   int (*epoll_create1)(int);
   int (*epoll_ctl)(int, int, int, struct epoll_event *);
+  int (*epoll_wait)(int, struct epoll_event *, int, int);
+  int (*epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
+  int (*epoll_pwait2)(int, struct epoll_event *, int, const struct timespec *, const sigset_t *);
+  void (*closefrom)(int);
+  int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+  int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+  ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
+  ssize_t (*preadv2)(int, const struct iovec *, int, off_t, int);
+  ssize_t (*pwritev2)(int, const struct iovec *, int, off_t, int);
   int (*pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 };
 extern struct real_fns real;
@@ -101,13 +122,39 @@ enum ps_kind {
   PS_PLAIN,      /* plain TCP (or excluded): pass through */
   PS_ORPHAN,     /* inherited through fork: owned by the parent */
   PS_EPOLL,      /* an epoll instance of the program (its registrations are tracked) */
+  PS_OTHER,      /* any other fd registered in a tracked epoll instance: pass through */
 };
 
-/* One epoll registration of one of the psock's fd numbers. */
+/* One epoll registration: one of a psock's fd numbers in one epoll
+ * instance.  On the psock's list (psock.lock) and in the instance's table
+ * (eptab.lock, which also guards events, data and disarmed). */
 struct ereg {
-  int fd;
-  int epfd;
-  struct epoll_event ev;
+  struct ereg *next;  /* the registered psock's list */
+  struct psock *ep;   /* the epoll instance's psock */
+  int fd;             /* the program's number */
+  uint32_t slot;      /* index in ep->tab */
+  uint32_t check;     /* the token's upper half */
+  uint32_t events;    /* as the program gave them */
+  epoll_data_t data;  /* as the program gave it */
+  bool disarmed;      /* EPOLLONESHOT: fired, not yet re-armed by MOD */
+};
+
+/* An epoll instance's registrations, by token slot. */
+struct eptab {
+  pthread_mutex_t lock;
+  int epfd;           /* one of the instance's numbers, for tether's own calls */
+  struct ereg **slots;
+  uint32_t nslots, cap;
+  uint32_t *free;     /* free slot indexes below nslots */
+  uint32_t nfree;
+  uint32_t seq;       /* makes check values */
+};
+
+/* What epoll_wait learned about one returned event (see ep_translate). */
+struct ep_hit {
+  int fd;             /* the program's number */
+  uint32_t events;    /* the registration's events */
+  uint32_t slot, check;
 };
 
 struct sopt {
@@ -130,11 +177,12 @@ struct psock {
   int *aliases; /* the program's fd numbers for this psock */
   bool *alias_cloexec;
   int naliases, cap_aliases;
-  struct ereg *regs;
-  int nregs, cap_regs;
+  struct ereg *regs;   /* this psock's epoll registrations */
+  struct eptab *tab;   /* PS_EPOLL: the instance's registrations */
   struct tether_session *s;
   struct plisten *pl;
   int placeholder_w; /* connecting: the WAIT pipe's write end, or -1 */
+  int abort_efd;     /* connecting in a helper thread: wakes it when the program closes */
   struct sockaddr_storage local, peer; /* the endpoints the program sees */
   socklen_t local_len, peer_len;
   struct sopt opts[PS_MAX_OPTS]; /* options to carry to replacement sockets */
@@ -150,6 +198,8 @@ extern pthread_mutex_t g_lock;
 int fdt_init(void);
 /* The psock behind fd, or NULL (lock-free). */
 struct psock *fdt_get(int fd);
+/* One past the highest number the table can hold. */
+int fdt_limit(void);
 void fdt_set(int fd, struct psock *ps);
 
 struct psock *ps_new(int kind, int family);
@@ -157,19 +207,51 @@ struct psock *ps_new(int kind, int family);
 void ps_free(struct psock *ps);
 
 /* ps->lock held.  Adds/removes one of the program's numbers (and its table
- * entry).  remove returns how many aliases remain. */
+ * entry).  remove returns how many aliases remain; it also forgets the
+ * number's epoll registrations, without telling the kernel (the number may
+ * name another file by now: see ps_close_regs). */
 int ps_add_alias(struct psock *ps, int fd, bool cloexec);
 int ps_remove_alias(struct psock *ps, int fd);
 bool ps_has_alias(const struct psock *ps, int fd);
 void ps_set_cloexec(struct psock *ps, int fd, bool cloexec);
-/* ps->lock held.  Records the effect of a successful epoll_ctl(epfd, op,
- * fd, ev) on one of the aliases. */
-void ps_reg_update(struct psock *ps, int epfd, int op, int fd, const struct epoll_event *ev);
+bool ps_get_cloexec(const struct psock *ps, int fd);
+/* A session's (or a connect's) numbers are close-on-exec in the kernel
+ * whatever the program asked for (it sees its own setting): a session
+ * cannot outlive the process image that runs it, so a new program must not
+ * get its live socket (tether-run(1), EXEC). */
+bool ps_exec_hidden(const struct psock *ps);
 /* ps->lock held.  Points every alias at `file` (not consumed), keeping each
  * alias's close-on-exec flag and epoll registrations. */
 void ps_swap(struct psock *ps, int file);
-/* An epoll instance is being closed: forget registrations in it. */
-void fdt_forget_epfd(int epfd);
+
+/* ---- epoll bookkeeping (fdtable.c) ---- */
+
+/* Makes ep (a PS_EPOLL psock whose number is epfd) track registrations.
+ * 0 or -ENOMEM. */
+int ep_track(struct psock *ep, int epfd);
+/* t->lock held.  epoll_ctl(epfd, op, fd, ev) on behalf of the program, fd
+ * being one of t's numbers and epfd one of ep's: the kernel gets a token,
+ * the table the program's event.  0 or a negative errno. */
+int ep_ctl(struct psock *ep, struct psock *t, int epfd, int op, int fd,
+           const struct epoll_event *ev);
+/* Translates n events from the kernel in place into the program's, and
+ * fills hits[] alongside.  Events of unknown or disarmed registrations are
+ * dropped; a one-shot registration is marked disarmed.  Returns how many
+ * events remain. */
+int ep_translate(struct psock *ep, struct epoll_event *evs, int n, struct ep_hit *hits);
+/* An event epoll_wait took was not passed on: a one-shot registration is
+ * armed again, as if it had not fired. */
+void ep_unfire(struct psock *ep, const struct ep_hit *hit);
+/* ps->lock held.  The program is closing fd (still open): its
+ * registrations are deleted from the kernel (which would keep them while
+ * another number or tether still holds the file) and forgotten. */
+void ps_close_regs(struct psock *ps, int fd);
+/* An epoll instance's last number is being closed: forget its
+ * registrations everywhere and free its table (g_lock is taken). */
+void ep_forget(struct psock *ep);
+/* The registrations of ps (for tests and the man page's claims). */
+int ps_nregs(struct psock *ps);
+
 /* Calls fn for every psock (g_lock held: fn must not take it). */
 void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg);
 /* After fork, in the child: fresh locks; sessions, connects and listeners
@@ -209,9 +291,15 @@ bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
 int exclude_parse(const char *spec);
 bool excluded(const struct sockaddr *sa);
 
-/* ---- the rest (preload.c, connect.c, listen.c, io.c) ---- */
+/* ---- the rest (preload.c, connect.c, listen.c, io.c, sockets.c) ---- */
+
+/* A new psock for the program's number fd (any stale entry forgotten), or
+ * NULL. */
+struct psock *tp_track_new(int fd, int kind, int family, bool nonblock, bool cloexec);
 
 extern bool tp_disabled;
+/* "tether[PID] warn: MSG" on stderr. */
+void tp_warn(const char *msg);
 /* The process's context, made on first use; NULL if tether cannot run. */
 struct tether_ctx *tp_ctx(void);
 uint64_t tp_now_ms(void);
@@ -230,6 +318,14 @@ bool tp_restart_after_eintr(void);
 /* Waits for fd to poll `events`, up to timeout_ms (-1 = forever).  0 ready,
  * -EAGAIN timed out, -EINTR interrupted. */
 int tp_wait(int fd, short events, int timeout_ms);
+/* Whether a session's fd is its live socket (its readiness is the truth). */
+bool live_session(const struct tether_session *s);
+/* The readiness to report for a session's fd that poll or epoll found with
+ * `revents` (poll bits), for the `events` the program asked for; 0 = not
+ * ready after all.  Looks again when the fd is a placeholder, reported an
+ * error or hang-up, or `suspect` is set (wait.c). */
+short tp_session_revents(int fd, struct tether_session *s, short revents, short events,
+                         bool suspect);
 
 int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t len);
 /* Blocks (if the program's socket is blocking) until a connect in progress
@@ -246,6 +342,11 @@ bool pl_release_port(const struct sockaddr *sa);
 void pl_install_udp_handler(void *udp_chan);
 /* The redial hook: announces the redial's source port to the server. */
 void pl_redial_hook(struct tether_session *s, int fd);
+/* Whether dst is one of this process's own listeners: a connection to
+ * oneself stays plain (both ends would be one session in one context). */
+bool pl_own_listener(const struct sockaddr *dst);
+/* In a child after fork: the parent's listeners are not this process's. */
+void pl_after_fork_child(void);
 /* The listener's real socket (for getsockname & co). */
 int pl_socket(struct plisten *pl);
 

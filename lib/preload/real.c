@@ -28,9 +28,12 @@ void real_init(void) {
   R(recvmsg); R(sendmsg); R(sendfile); R(close); R(shutdown); R(dup); R(dup2); R(dup3);
   R(fcntl); R(ioctl); R(getsockopt); R(setsockopt); R(getpeername); R(getsockname);
   R(poll); R(ppoll); R(select); R(pselect); R(epoll_create); R(epoll_create1); R(epoll_ctl);
+  R(epoll_wait); R(epoll_pwait); R(recvmmsg); R(sendmmsg); R(splice); R(preadv2); R(pwritev2);
 #undef R
   /* Newer than some libcs: optional. */
   *(void **)&real.close_range = dlsym(RTLD_NEXT, "close_range");
+  *(void **)&real.closefrom = dlsym(RTLD_NEXT, "closefrom");
+  *(void **)&real.epoll_pwait2 = dlsym(RTLD_NEXT, "epoll_pwait2");
   *(void **)&real.fcntl64 = dlsym(RTLD_NEXT, "fcntl64");
   if (!real.fcntl64)
     real.fcntl64 = real.fcntl;

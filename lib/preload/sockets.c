@@ -40,15 +40,20 @@ static void forget_number(int fd) {
   (void)left; /* a psock left without numbers is leaked, not reused */
 }
 
-static void track_new(int fd, int kind, int family, bool nonblock, bool cloexec) {
+struct psock *tp_track_new(int fd, int kind, int family, bool nonblock, bool cloexec) {
   forget_number(fd);
   struct psock *ps = ps_new(kind, family);
   if (!ps)
-    return;
+    return NULL;
   ps->nonblock = nonblock;
   pthread_mutex_lock(&ps->lock);
-  ps_add_alias(ps, fd, cloexec);
+  int rc = ps_add_alias(ps, fd, cloexec);
   pthread_mutex_unlock(&ps->lock);
+  if (rc < 0) {
+    ps_free(ps);
+    return NULL;
+  }
+  return ps;
 }
 
 EXPORT int socket(int domain, int type, int protocol) {
@@ -58,7 +63,7 @@ EXPORT int socket(int domain, int type, int protocol) {
     return fd;
   if ((domain == AF_INET || domain == AF_INET6) && (type & 0xff) == SOCK_STREAM &&
       (protocol == 0 || protocol == IPPROTO_TCP))
-    track_new(fd, PS_TCP, domain, (type & SOCK_NONBLOCK) != 0, (type & SOCK_CLOEXEC) != 0);
+    (void)tp_track_new(fd, PS_TCP, domain, (type & SOCK_NONBLOCK) != 0, (type & SOCK_CLOEXEC) != 0);
   else
     forget_number(fd);
   return fd;
@@ -157,6 +162,7 @@ static int close_tracked(struct psock *ps, int fd) {
     TP_ENTER();
     session_lock(s);
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     if (s->app_fd == fd)
       s->app_fd = left ? ps->aliases[0] : -1;
@@ -176,10 +182,15 @@ static int close_tracked(struct psock *ps, int fd) {
   }
   case PS_CONNECTING:
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     if (!left && ps->kind == PS_CONNECTING) {
-      ps->closed = true; /* the connect's thread frees it */
+      ps->closed = true; /* the connect's thread frees it, soon: */
+      if (ps->abort_efd >= 0) {
+        uint64_t one = 1;
+        (void)!real.write(ps->abort_efd, &one, sizeof(one));
+      }
       pthread_mutex_unlock(&ps->lock);
       return rc;
     }
@@ -189,6 +200,7 @@ static int close_tracked(struct psock *ps, int fd) {
     return rc;
   case PS_LISTEN: {
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     struct plisten *pl = ps->pl;
@@ -199,19 +211,15 @@ static int close_tracked(struct psock *ps, int fd) {
     }
     return rc;
   }
-  default: {
-    bool epoll = ps->kind == PS_EPOLL;
+  default:
     pthread_mutex_lock(&ps->lock);
+    ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     pthread_mutex_unlock(&ps->lock);
-    if (!left) {
-      if (epoll)
-        fdt_forget_epfd(fd);
-      ps_free(ps);
-    }
+    if (!left)
+      ps_free(ps); /* an epoll instance's registrations are forgotten there */
     return rc;
-  }
   }
 }
 
@@ -223,33 +231,47 @@ EXPORT int close(int fd) {
   return close_tracked(ps, fd);
 }
 
-EXPORT int close_range(unsigned first, unsigned last, int flags) {
-  READY();
-  if (!tp_inside) {
-    /* Only numbers the table knows: tether's own descriptors are closed by
-     * the raw call below only if the range covers them, as with any
-     * library's. */
-    unsigned hi = last;
-    if (hi > (1u << 20))
-      hi = 1u << 20;
-    for (unsigned fd = first; fd <= hi && fd >= first; fd++) {
-      struct psock *ps = fdt_get((int)fd);
-      if (!ps)
-        continue;
-      if (flags & CLOSE_RANGE_CLOEXEC) {
-        pthread_mutex_lock(&ps->lock);
-        ps_set_cloexec(ps, (int)fd, true);
-        pthread_mutex_unlock(&ps->lock);
-      } else {
-        close_tracked(ps, (int)fd);
-      }
+/* The tracked numbers in [first, last] are closed (or marked
+ * close-on-exec) the way close() and fcntl() would. */
+static void close_tracked_range(unsigned first, unsigned last, int flags) {
+  unsigned hi = last < (unsigned)fdt_limit() ? last : (unsigned)fdt_limit();
+  for (unsigned fd = first; fd <= hi && fd >= first; fd++) {
+    struct psock *ps = fdt_get((int)fd);
+    if (!ps)
+      continue;
+    if (flags & CLOSE_RANGE_CLOEXEC) {
+      pthread_mutex_lock(&ps->lock);
+      ps_set_cloexec(ps, (int)fd, true);
+      pthread_mutex_unlock(&ps->lock);
+    } else {
+      close_tracked(ps, (int)fd);
     }
   }
+}
+
+/* tether's own descriptors are closed by the raw call if the range covers
+ * them, as any library's would be: see tether-run(1), LIMITS. */
+EXPORT int close_range(unsigned first, unsigned last, int flags) {
+  READY();
   if (!real.close_range) {
     errno = ENOSYS;
     return -1;
   }
+  if (first > last || (flags & ~(CLOSE_RANGE_CLOEXEC | CLOSE_RANGE_UNSHARE)))
+    return real.close_range(first, last, flags); /* EINVAL, closing nothing */
+  if (!tp_inside)
+    close_tracked_range(first, last, flags);
   return real.close_range(first, last, flags);
+}
+
+EXPORT void closefrom(int lowfd) {
+  READY();
+  if (lowfd < 0)
+    lowfd = 0;
+  if (!tp_inside)
+    close_tracked_range((unsigned)lowfd, ~0u, 0);
+  if (real.closefrom)
+    real.closefrom(lowfd);
 }
 
 /* ---- duplicating ---- */
@@ -257,10 +279,11 @@ EXPORT int close_range(unsigned first, unsigned last, int flags) {
 static int dup_tracked(struct psock *ps, int fd, int min, bool cloexec, int exact, int flags3) {
   pthread_mutex_lock(&ps->lock);
   int n;
+  bool hide = ps_exec_hidden(ps);
   if (exact >= 0)
-    n = real.dup3(fd, exact, flags3);
+    n = real.dup3(fd, exact, hide ? flags3 | O_CLOEXEC : flags3);
   else
-    n = real.fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, min);
+    n = real.fcntl(fd, cloexec || hide ? F_DUPFD_CLOEXEC : F_DUPFD, min);
   if (n >= 0) {
     struct psock *stale = fdt_get(n);
     if (stale && stale != ps)
@@ -329,8 +352,17 @@ static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
     if (emulated)
       return 0;
     return fn(fd, cmd, arg);
-  case F_SETFD: {
+  case F_GETFD: {
     int r = fn(fd, cmd, arg);
+    if (r >= 0 && ps_exec_hidden(ps)) {
+      pthread_mutex_lock(&ps->lock);
+      r = (r & ~FD_CLOEXEC) | (ps_get_cloexec(ps, fd) ? FD_CLOEXEC : 0);
+      pthread_mutex_unlock(&ps->lock);
+    }
+    return r;
+  }
+  case F_SETFD: {
+    int r = ps_exec_hidden(ps) ? fn(fd, cmd, (void *)(intptr_t)(v | FD_CLOEXEC)) : fn(fd, cmd, arg);
     if (r == 0) {
       pthread_mutex_lock(&ps->lock);
       ps_set_cloexec(ps, fd, (v & FD_CLOEXEC) != 0);
@@ -371,6 +403,15 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
   if (!ps || !aliasable(ps))
     return real.ioctl(fd, req, arg);
   bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  if (req == FIOCLEX || req == FIONCLEX) {
+    int r = ps_exec_hidden(ps) ? real.ioctl(fd, FIOCLEX, arg) : real.ioctl(fd, req, arg);
+    if (r == 0) {
+      pthread_mutex_lock(&ps->lock);
+      ps_set_cloexec(ps, fd, req == FIOCLEX);
+      pthread_mutex_unlock(&ps->lock);
+    }
+    return r;
+  }
   if (req == FIONBIO && arg) {
     ps->nonblock = *(int *)arg != 0;
     return emulated ? 0 : real.ioctl(fd, req, arg);
@@ -444,7 +485,7 @@ static int timeo_ms(const void *val, socklen_t len) {
 EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len) {
   READY();
   struct psock *ps = tracked(fd);
-  if (!ps || !aliasable(ps) || ps->kind == PS_EPOLL)
+  if (!ps || !aliasable(ps) || ps->kind == PS_EPOLL || ps->kind == PS_OTHER)
     return real.setsockopt(fd, level, name, val, len);
   if (ps->kind == PS_LISTEN)
     return real.setsockopt(pl_socket(ps->pl), level, name, val, len);
@@ -635,34 +676,19 @@ EXPORT int shutdown(int fd, int how) {
   return 0;
 }
 
-/* ---- epoll ---- */
-
-static int track_epoll(int ep) {
-  if (ep >= 0 && !tp_inside && !tp_disabled)
-    track_new(ep, PS_EPOLL, 0, false, false);
-  return ep;
-}
-
-EXPORT int epoll_create(int size) {
+/* glibc's old public names for the same functions. */
+int __close(int fd);
+int __connect(int fd, const struct sockaddr *sa, socklen_t len);
+int __dup2(int oldfd, int newfd);
+int __fcntl(int fd, int cmd, ...);
+EXPORT int __close(int fd) { return close(fd); }
+EXPORT int __connect(int fd, const struct sockaddr *sa, socklen_t len) { return connect(fd, sa, len); }
+EXPORT int __dup2(int oldfd, int newfd) { return dup2(oldfd, newfd); }
+EXPORT int __fcntl(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  void *arg = va_arg(ap, void *);
+  va_end(ap);
   READY();
-  return track_epoll(real.epoll_create(size));
-}
-
-EXPORT int epoll_create1(int flags) {
-  READY();
-  return track_epoll(real.epoll_create1(flags));
-}
-
-EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
-  READY();
-  struct psock *ps = tracked(fd);
-  if (!ps || !(ps->kind == PS_TCP || ps->kind == PS_CONNECTING || ps->kind == PS_SESSION ||
-               ps->kind == PS_LISTEN))
-    return real.epoll_ctl(epfd, op, fd, ev);
-  pthread_mutex_lock(&ps->lock);
-  int rc = real.epoll_ctl(epfd, op, fd, ev);
-  if (rc == 0)
-    ps_reg_update(ps, epfd, op, fd, ev);
-  pthread_mutex_unlock(&ps->lock);
-  return rc;
+  return do_fcntl(real.fcntl, fd, cmd, arg);
 }

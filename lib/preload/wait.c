@@ -1,4 +1,5 @@
-/* Readiness: poll, ppoll, select, pselect (and their fortified variants).
+/* Readiness: poll, ppoll, select, pselect (and their fortified variants);
+ * epoll_wait's session rules (epoll.c) come from here too.
  *
  * A session's fd is the live socket, a WAIT placeholder (never ready) while
  * suspended, or a READY placeholder (always ready) during a transition, so
@@ -39,7 +40,7 @@ static void sync_session(struct tether_session *s) {
 }
 
 /* Whether the fd's revents may be taken as they are. */
-static bool live(const struct tether_session *s) {
+bool live_session(const struct tether_session *s) {
   return __atomic_load_n(&s->app_kind, __ATOMIC_ACQUIRE) == APP_FD_SOCK &&
          __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED;
 }
@@ -76,13 +77,27 @@ static short recheck(int fd, struct tether_session *s, short events) {
 
 /* Never an error or a hang-up for a session: at most the readiness the
  * program asked for (a poll with no events must stay silent, or a program
- * such as nc would drop the fd). */
-static short sanitize(short revents, short events) {
+ * such as nc would drop the fd).  POLLRDHUP stays only where the program
+ * asked for it and the peer really closed its side. */
+static short sanitize(short revents, short events, bool eof) {
   short bad = POLLERR | POLLHUP | POLLRDHUP;
   short want = events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM);
-  if (revents & bad)
+  short rdhup = eof && (events & POLLRDHUP) ? (revents & POLLRDHUP) : 0;
+  if (revents & (POLLERR | POLLHUP))
     revents = (short)((revents & ~bad) | want);
-  return revents;
+  else
+    revents &= (short)~POLLRDHUP;
+  return (short)(revents | rdhup);
+}
+
+short tp_session_revents(int fd, struct tether_session *s, short revents, short events,
+                         bool suspect) {
+  if (!live_session(s) || suspect || (revents & (POLLERR | POLLHUP | POLLRDHUP))) {
+    if (live_session(s))
+      poke(s);
+    revents = recheck(fd, s, events);
+  }
+  return sanitize(revents, events, core_at_eof(&s->core));
 }
 
 /* Marks POLLRDHUP added by us (events is a short: a bit poll ignores). */
@@ -111,9 +126,11 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
     struct tether_session *s = session_of(fds[i].fd);
     if (s) {
       any = true;
-      if (!live(s))
+      if (!live_session(s))
         sync_session(s);
-      if (!(fds[i].events & POLLRDHUP)) /* a FIN must be looked at: see poke */
+      /* A FIN must be looked at (see poke), unless the peer said it closed
+       * (then it stays, and would wake every poll for nothing). */
+      if (!(fds[i].events & POLLRDHUP) && !__atomic_load_n(&s->core.peer_wr_closed, __ATOMIC_RELAXED))
         fds[i].events |= POLLRDHUP | POLL_ADDED_RDHUP;
     }
   }
@@ -132,13 +149,10 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
       struct tether_session *s = session_of(fds[i].fd);
       if (!s)
         continue;
-      short r = fds[i].revents;
-      if (!live(s) || (r & (POLLERR | POLLHUP | POLLRDHUP))) {
-        if (live(s))
-          poke(s);
-        r = recheck(fds[i].fd, s, fds[i].events & ~POLL_ADDED_RDHUP);
-      }
-      fds[i].revents = sanitize(r, fds[i].events & ~POLL_ADDED_RDHUP);
+      short ev = fds[i].events & ~POLL_ADDED_RDHUP;
+      if (fds[i].events & POLL_ADDED_RDHUP)
+        ev &= (short)~POLLRDHUP;
+      fds[i].revents = tp_session_revents(fds[i].fd, s, fds[i].revents, ev, false);
       if (!fds[i].revents)
         rc--;
     }
@@ -299,4 +313,12 @@ EXPORT int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
   if (fdslen / sizeof(*fds) < n)
     __chk_fail();
   return ppoll(fds, n, ts, mask);
+}
+
+/* glibc's old public names for the same functions. */
+int __poll(struct pollfd *fds, nfds_t n, int timeout);
+int __select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv);
+EXPORT int __poll(struct pollfd *fds, nfds_t n, int timeout) { return poll(fds, n, timeout); }
+EXPORT int __select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
+  return select(nfds, r, w, e, tv);
 }

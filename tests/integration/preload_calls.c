@@ -1,0 +1,699 @@
+/* An ordinary program that uses the less common socket calls, standing in
+ * for unmodified binaries in preload_calls.sh.  It knows nothing of tether
+ * and is built with -O2 -D_FORTIFY_SOURCE=2 -D_FILE_OFFSET_BITS=64 (so its
+ * read, recv, recvfrom, poll and ppoll are glibc's _chk variants and its
+ * fcntl is fcntl64, as in distribution binaries).
+ *
+ *   preload_calls PORT [TEST...]
+ *
+ * PORT is an echo server (preload_epoll_echo).  Each test prints "ok NAME"
+ * or "not ok NAME: why"; the exit status is the number of failures.  Tests
+ * cut their own connections (ss -K, through system()) at the moments that
+ * matter, so every call is also checked across a resume.
+ *
+ *   peek      MSG_PEEK shows the same bytes before and after a resume
+ *   rcvtimeo  SO_RCVTIMEO: EAGAIN after the timeout, connected or suspended
+ *   sndtimeo  SO_SNDTIMEO: a full session gives EAGAIN after the timeout
+ *   sendfile  sendfile and sendfile64 (with and without an offset), resumed
+ *             mid-file: the echo is the file
+ *   chk       __read_chk, __recv_chk, __recvfrom_chk, __poll_chk, __ppoll_chk
+ *   fcntl     fcntl64: O_NONBLOCK (EAGAIN while suspended), F_DUPFD_CLOEXEC
+ *   close_range  close_range of an alias, CLOSE_RANGE_CLOEXEC, of the session
+ *   fork      parent and child keep working; the child's inherited session
+ *             is the parent's (EBADF); closefrom in the child
+ *   exec      a session's number does not survive exec (EBADF in the new
+ *             program); the parent's session is unharmed
+ *   mmsg      sendmmsg/recvmmsg
+ *   connect_close  a non-blocking connect closed before it ends: nothing of it
+ *             stays (no thread, no descriptor)
+ *   handshake_kill  new sessions set up while every connection is reset
+ *             every millisecond: none fails
+ *   listeners 30 listeners opened, used (by a child's session) and closed:
+ *             their descriptors are all released (with a short
+ *             TETHER_SUSPEND_MS, their sessions end soon)
+ */
+#include <errno.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int port;
+static const char *self;
+static int failures;
+static char why[512];
+
+#define CHECK(cond, ...) \
+  do { \
+    if (!(cond)) { \
+      snprintf(why, sizeof(why), __VA_ARGS__); \
+      return false; \
+    } \
+  } while (0)
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int dial_port(int p) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int dial(void) { return dial_port(port); }
+
+/* Resets every TCP connection to port p (the sessions resume). */
+static void kill_conns(int p) {
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "ss -K -H -tn dst 127.0.0.1 dport = :%d >/dev/null 2>&1", p);
+  if (system(cmd) != 0)
+    fprintf(stderr, "ss -K failed\n");
+}
+
+static uint8_t pat(uint64_t i) { return (uint8_t)(i * 131 + (i >> 9) * 7 + 3); }
+
+static bool write_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+  while (len) {
+    ssize_t w = write(fd, p, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return false;
+    p += w;
+    len -= (size_t)w;
+  }
+  return true;
+}
+
+static bool read_all(int fd, void *buf, size_t len) {
+  char *p = buf;
+  while (len) {
+    ssize_t r = read(fd, p, len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return false;
+    p += r;
+    len -= (size_t)r;
+  }
+  return true;
+}
+
+/* n bytes there and back, checked. */
+static bool echo(int fd, size_t n, uint64_t seed) {
+  static uint8_t out[1 << 16], in[1 << 16];
+  while (n) {
+    size_t k = n < sizeof(out) ? n : sizeof(out);
+    for (size_t i = 0; i < k; i++)
+      out[i] = pat(seed + i);
+    if (!write_all(fd, out, k) || !read_all(fd, in, k) || memcmp(in, out, k) != 0)
+      return false;
+    seed += k;
+    n -= k;
+  }
+  return true;
+}
+
+/* Waits until fd has at least n bytes to read (poll + FIONREAD would be
+ * simpler; MSG_PEEK is under test). */
+static bool wait_readable(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  return poll(&p, 1, 10000) == 1;
+}
+
+/* ---- tests ---- */
+
+static bool t_peek(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect: %s", strerror(errno));
+  CHECK(write_all(fd, "hello world", 11), "write");
+  char buf[16];
+  size_t got = 0;
+  for (int i = 0; i < 100 && got < 11; i++) {
+    CHECK(wait_readable(fd), "nothing to read");
+    ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+    CHECK(n > 0, "recv MSG_PEEK: %zd %s", n, strerror(errno));
+    got = (size_t)n;
+    if (got < 11)
+      usleep(10000);
+  }
+  CHECK(got == 11 && memcmp(buf, "hello world", 11) == 0, "peeked %zu bytes", got);
+  /* The bytes the kernel held are gone with the connection; the session
+   * delivers them again. */
+  kill_conns(port);
+  ssize_t n = recv(fd, buf, 5, MSG_PEEK);
+  CHECK(n == 5 && memcmp(buf, "hello", 5) == 0, "peek after a resume: %zd %s", n, strerror(errno));
+  CHECK(read_all(fd, buf, 11) && memcmp(buf, "hello world", 11) == 0, "read after peek");
+  /* MSG_PEEK with MSG_DONTWAIT on an empty session. */
+  n = recv(fd, buf, 5, MSG_PEEK | MSG_DONTWAIT);
+  CHECK(n < 0 && errno == EAGAIN, "empty peek: %zd %s", n, strerror(errno));
+  CHECK(echo(fd, 1000, 1), "echo");
+  close(fd);
+  return true;
+}
+
+static bool t_rcvtimeo(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  struct timeval tv = {0, 300000};
+  CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0, "setsockopt");
+  struct timeval back = {0, 0};
+  socklen_t len = sizeof(back);
+  CHECK(getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &back, &len) == 0 && back.tv_usec == 300000,
+        "getsockopt SO_RCVTIMEO: %ld.%06ld", (long)back.tv_sec, (long)back.tv_usec);
+  char buf[8];
+  for (int round = 0; round < 2; round++) {
+    if (round == 1)
+      kill_conns(port); /* now suspended (or resuming): the same rule */
+    uint64_t t0 = now_ms();
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    uint64_t dt = now_ms() - t0;
+    CHECK(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "round %d: recv %zd %s", round, n,
+          strerror(errno));
+    CHECK(dt >= 280 && dt < 2000, "round %d: timed out after %llu ms", round, (unsigned long long)dt);
+  }
+  CHECK(echo(fd, 5000, 2), "echo after the timeouts");
+  close(fd);
+  return true;
+}
+
+static bool t_sndtimeo(void) {
+  /* A peer that accepts and never reads: another process (a connection to
+   * oneself would be plain). */
+  int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof(a);
+  CHECK(bind(ls, (struct sockaddr *)&a, sizeof(a)) == 0, "bind");
+  CHECK(getsockname(ls, (struct sockaddr *)&a, &alen) == 0, "getsockname");
+  int lport = ntohs(a.sin_port);
+  int done[2];
+  CHECK(pipe(done) == 0, "pipe");
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork");
+  if (pid == 0) {
+    close(done[1]);
+    char b;
+    int peer = listen(ls, 4) == 0 ? accept(ls, NULL, NULL) : -1;
+    (void)!read(done[0], &b, 1); /* until the parent is done */
+    close(peer);
+    exit(peer >= 0 ? 0 : 1);
+  }
+  close(ls);
+  close(done[0]);
+  int fd = -1;
+  for (int i = 0; i < 200 && fd < 0; i++) { /* until the child listens */
+    fd = dial_port(lport);
+    if (fd < 0)
+      usleep(10000);
+  }
+  CHECK(fd >= 0, "connect");
+  struct timeval tv = {0, 300000};
+  CHECK(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0, "setsockopt");
+  static char chunk[1 << 16];
+  uint64_t total = 0, t0 = 0, dt = 0;
+  ssize_t w = 0;
+  /* Short writes once the session is full (each after the timeout), then
+   * one with nothing written: EAGAIN. */
+  for (int i = 0; i < 4096; i++) {
+    t0 = now_ms();
+    w = write(fd, chunk, sizeof(chunk));
+    dt = now_ms() - t0;
+    if (w < 0)
+      break;
+    if (w < (ssize_t)sizeof(chunk))
+      CHECK(dt >= 280 && dt < 2000, "a short write (%zd) after %llu ms", w, (unsigned long long)dt);
+    total += (uint64_t)w;
+  }
+  CHECK(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && dt >= 280 && dt < 2000,
+        "write on a full session: %zd %s after %llu ms", w, strerror(errno), (unsigned long long)dt);
+  /* Suspended: the same. */
+  kill_conns(lport);
+  t0 = now_ms();
+  w = write(fd, chunk, sizeof(chunk));
+  dt = now_ms() - t0;
+  CHECK(w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && dt >= 280 && dt < 2000,
+        "write while suspended: %zd %s after %llu ms", w, strerror(errno), (unsigned long long)dt);
+  fprintf(stderr, "sndtimeo: %llu bytes in before the session was full\n", (unsigned long long)total);
+  close(fd);
+  close(done[1]);
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the peer: %#x", st);
+  return true;
+}
+
+struct reader {
+  int fd;
+  size_t len;
+  const uint8_t *want;
+  bool ok;
+  char why[128];
+};
+
+static void *read_back(void *arg) {
+  struct reader *r = arg;
+  static uint8_t buf[1 << 16];
+  size_t got = 0;
+  while (got < r->len) {
+    ssize_t n = read(r->fd, buf, sizeof(buf));
+    if (n <= 0) {
+      snprintf(r->why, sizeof(r->why), "read at %zu: %zd %s", got, n, strerror(errno));
+      return NULL;
+    }
+    if (memcmp(buf, r->want + got, (size_t)n) != 0) {
+      snprintf(r->why, sizeof(r->why), "echo differs near byte %zu", got);
+      return NULL;
+    }
+    got += (size_t)n;
+  }
+  r->ok = true;
+  return NULL;
+}
+
+ssize_t sendfile64(int out, int in, off_t *offset, size_t count);
+
+static bool t_sendfile(void) {
+  const size_t size = 3u << 20;
+  char path[] = "/tmp/tether-sendfile.XXXXXX";
+  int f = mkstemp(path);
+  CHECK(f >= 0, "mkstemp");
+  unlink(path);
+  uint8_t *data = malloc(size);
+  for (size_t i = 0; i < size; i++)
+    data[i] = pat(i * 7);
+  CHECK(write_all(f, data, size), "file write");
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  struct reader r = {.fd = fd, .len = size, .want = data};
+  pthread_t th;
+  pthread_create(&th, NULL, read_back, &r);
+  /* First half with an offset (the file position stays), resumed mid-way;
+   * second half through the file position, with sendfile64. */
+  off_t off = 0;
+  bool killed = false;
+  while ((size_t)off < size / 2) {
+    ssize_t n = sendfile(fd, f, &off, size / 2 - (size_t)off);
+    CHECK(n > 0, "sendfile: %zd %s", n, strerror(errno));
+    if (!killed && off > (off_t)(size / 4)) {
+      kill_conns(port);
+      killed = true;
+    }
+  }
+  CHECK(lseek(f, 0, SEEK_CUR) == (off_t)size, "sendfile with an offset moved the file position");
+  CHECK(lseek(f, (off_t)(size / 2), SEEK_SET) == (off_t)(size / 2), "lseek");
+  size_t left = size - size / 2;
+  killed = false;
+  while (left) {
+    ssize_t n = sendfile64(fd, f, NULL, left);
+    CHECK(n > 0, "sendfile64: %zd %s", n, strerror(errno));
+    left -= (size_t)n;
+    if (!killed && left < size / 4) {
+      kill_conns(port);
+      killed = true;
+    }
+  }
+  CHECK(lseek(f, 0, SEEK_CUR) == (off_t)size, "sendfile64 left the position at %lld",
+        (long long)lseek(f, 0, SEEK_CUR));
+  pthread_join(th, NULL);
+  CHECK(r.ok, "%s", r.why);
+  close(fd);
+  close(f);
+  free(data);
+  return true;
+}
+
+/* The lengths come from here so that the compiler cannot prove them safe:
+ * the calls stay __read_chk & co. */
+static volatile size_t vlen = 64;
+static volatile nfds_t vnfds = 1;
+
+static bool t_chk(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  char buf[64];
+  struct pollfd p[1] = {{.fd = fd, .events = POLLIN}};
+  for (int round = 0; round < 3; round++) {
+    const char *msg = "fortified";
+    CHECK(write_all(fd, msg, 9), "write");
+    if (round == 1)
+      kill_conns(port);
+    p[0].revents = 0;
+    int pr = round == 2 ? ppoll(p, vnfds, &(struct timespec){10, 0}, NULL) : poll(p, vnfds, 10000);
+    CHECK(pr == 1 && (p[0].revents & POLLIN) && !(p[0].revents & (POLLERR | POLLHUP)),
+          "round %d: poll %d revents %#x", round, pr, p[0].revents);
+    size_t got = 0;
+    while (got < 9) {
+      char tmp[64];
+      ssize_t n;
+      if (round == 0)
+        n = read(fd, tmp, vlen);
+      else if (round == 1)
+        n = recv(fd, tmp, vlen, 0);
+      else
+        n = recvfrom(fd, tmp, vlen, 0, NULL, NULL);
+      CHECK(n > 0 && got + (size_t)n <= sizeof(buf), "round %d: %zd %s", round, n, strerror(errno));
+      memcpy(buf + got, tmp, (size_t)n);
+      got += (size_t)n;
+    }
+    CHECK(got == 9 && memcmp(buf, msg, 9) == 0, "round %d: got %zu bytes", round, got);
+  }
+  close(fd);
+  return true;
+}
+
+static bool t_fcntl(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  int fl = fcntl(fd, F_GETFL);
+  CHECK(fl >= 0 && !(fl & O_NONBLOCK), "F_GETFL %#x", fl);
+  CHECK(fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0, "F_SETFL");
+  CHECK(fcntl(fd, F_GETFL) & O_NONBLOCK, "O_NONBLOCK not reported");
+  char buf[8];
+  ssize_t n = read(fd, buf, sizeof(buf));
+  CHECK(n < 0 && errno == EAGAIN, "non-blocking read: %zd %s", n, strerror(errno));
+  kill_conns(port);
+  uint64_t t0 = now_ms();
+  n = read(fd, buf, sizeof(buf));
+  CHECK(n < 0 && errno == EAGAIN && now_ms() - t0 < 100, "non-blocking read while suspended: %zd %s",
+        n, strerror(errno));
+  CHECK(fcntl(fd, F_SETFL, fl) == 0, "F_SETFL back");
+  int d = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+  CHECK(d >= 100, "F_DUPFD_CLOEXEC: %d", d);
+  CHECK(fcntl(d, F_GETFD) == FD_CLOEXEC && fcntl(fd, F_GETFD) == FD_CLOEXEC, "FD_CLOEXEC");
+  CHECK(fcntl(fd, F_SETFD, 0) == 0 && fcntl(fd, F_GETFD) == 0, "F_SETFD 0");
+  CHECK(write_all(d, "via dup", 7) && read_all(fd, buf, 7) && memcmp(buf, "via dup", 7) == 0,
+        "write on the duplicate, read on the original");
+  close(d);
+  CHECK(echo(fd, 20000, 3), "echo after closing the duplicate");
+  close(fd);
+  return true;
+}
+
+static bool t_close_range(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  CHECK(dup2(fd, 200) == 200, "dup2");
+  CHECK(close_range(200, 210, 0) == 0, "close_range: %s", strerror(errno));
+  CHECK(fcntl(200, F_GETFD) < 0 && errno == EBADF, "200 still open");
+  CHECK(echo(fd, 1000, 4), "echo after closing the alias");
+  CHECK(close_range((unsigned)fd, (unsigned)fd, CLOSE_RANGE_CLOEXEC) == 0, "CLOSE_RANGE_CLOEXEC");
+  CHECK(fcntl(fd, F_GETFD) == FD_CLOEXEC, "FD_CLOEXEC after CLOSE_RANGE_CLOEXEC");
+  kill_conns(port);
+  CHECK(echo(fd, 1000, 5), "echo after a resume");
+  CHECK(close_range((unsigned)fd, (unsigned)fd, 0) == 0, "close_range of the session");
+  CHECK(fcntl(fd, F_GETFD) < 0 && errno == EBADF, "the session's number still open");
+  int again = dial();
+  CHECK(again >= 0 && echo(again, 1000, 6), "a new session");
+  close(again);
+  return true;
+}
+
+static bool t_fork(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  CHECK(echo(fd, 1000, 7), "echo before fork");
+  int sync[2];
+  CHECK(pipe(sync) == 0, "pipe");
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork");
+  if (pid == 0) {
+    close(sync[1]);
+    int rc = 0;
+    char buf[4];
+    /* The inherited session is the parent's. */
+    if (read(fd, buf, sizeof(buf)) >= 0 || errno != EBADF)
+      rc |= 1;
+    if (write(fd, "x", 1) >= 0 || errno != EBADF)
+      rc |= 2;
+    /* The child's own connection works, and survives a reset (which hits
+     * the parent's connection too). */
+    int c = dial();
+    if (c < 0 || !echo(c, 100000, 8))
+      rc |= 4;
+    kill_conns(port);
+    if (c < 0 || !echo(c, 100000, 9))
+      rc |= 8;
+    if (close(fd) != 0)
+      rc |= 16;
+    if (read(sync[0], buf, 1) != 0) /* the parent's echo is done */
+      rc |= 32;
+    closefrom(3); /* as a child does before exec: tether's descriptors too */
+    _exit(rc);
+  }
+  close(sync[0]);
+  bool ok = echo(fd, 200000, 10);
+  close(sync[1]);
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+  CHECK(ok, "the parent's echo while the child ran");
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: status %#x", st);
+  CHECK(echo(fd, 1000, 11), "echo after the child exited");
+  kill_conns(port);
+  CHECK(echo(fd, 1000, 12), "echo after a resume");
+  close(fd);
+  return true;
+}
+
+static bool t_exec(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  CHECK(fcntl(fd, F_SETFD, 0) == 0, "F_SETFD 0"); /* meant to survive exec */
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork");
+  if (pid == 0) {
+    char num[16];
+    snprintf(num, sizeof(num), "%d", fd);
+    execl(self, self, "exec-child", num, (char *)NULL);
+    _exit(99);
+  }
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exec'd child: status %#x", st);
+  CHECK(echo(fd, 1000, 13), "the parent's session after the exec");
+  kill_conns(port);
+  CHECK(echo(fd, 1000, 14), "the parent's session after a resume");
+  close(fd);
+  return true;
+}
+
+/* In the program exec'd with a session's number: the number is closed. */
+static int exec_child(int fd) {
+  if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) {
+    fprintf(stderr, "exec-child: fd %d is open after exec\n", fd);
+    return 1;
+  }
+  return 0;
+}
+
+static bool t_mmsg(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  char a[] = "first", b[] = "second";
+  struct iovec io[2] = {{a, 5}, {b, 6}};
+  struct mmsghdr m[2];
+  memset(m, 0, sizeof(m));
+  m[0].msg_hdr.msg_iov = &io[0];
+  m[0].msg_hdr.msg_iovlen = 1;
+  m[1].msg_hdr.msg_iov = &io[1];
+  m[1].msg_hdr.msg_iovlen = 1;
+  CHECK(sendmmsg(fd, m, 2, 0) == 2 && m[0].msg_len == 5 && m[1].msg_len == 6, "sendmmsg");
+  kill_conns(port);
+  char in[32];
+  size_t got = 0;
+  while (got < 11) {
+    struct iovec ri[2] = {{in + got, 3}, {in + got + 3, sizeof(in) - got - 3}};
+    struct mmsghdr rm[1];
+    memset(rm, 0, sizeof(rm));
+    rm[0].msg_hdr.msg_iov = ri;
+    rm[0].msg_hdr.msg_iovlen = 2;
+    int n = recvmmsg(fd, rm, 1, 0, NULL);
+    CHECK(n == 1 && rm[0].msg_len > 0, "recvmmsg: %d %s", n, strerror(errno));
+    got += rm[0].msg_len;
+  }
+  CHECK(got == 11 && memcmp(in, "firstsecond", 11) == 0, "recvmmsg got %zu bytes", got);
+  close(fd);
+  return true;
+}
+
+static int count_dir(const char *path) {
+  int n = 0;
+  DIR *d = opendir(path);
+  if (!d)
+    return -1;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
+static bool t_connect_close(void) {
+  /* Warm up (tether's engine thread), then count. */
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  close(fd);
+  int threads0 = count_dir("/proc/self/task"), fds0 = count_dir("/proc/self/fd");
+  /* A black hole (TEST-NET-1): the connect stays in progress. */
+  fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(9)};
+  a.sin_addr.s_addr = htonl(0xc0000201); /* 192.0.2.1 */
+  int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+  CHECK(rc < 0 && errno == EINPROGRESS, "connect: %d %s", rc, strerror(errno));
+  usleep(100000);
+  close(fd);
+  int threads = 0, fds = 0;
+  for (int i = 0; i < 100; i++) {
+    threads = count_dir("/proc/self/task");
+    fds = count_dir("/proc/self/fd");
+    if (threads <= threads0 && fds <= fds0)
+      break;
+    usleep(10000);
+  }
+  CHECK(threads <= threads0 && fds <= fds0, "1 s after close: %d threads (%d before), %d fds (%d before)",
+        threads, threads0, fds, fds0);
+  return true;
+}
+
+static bool t_listeners(void) {
+  int warm = dial(); /* tether's engine and side channel exist before the count */
+  CHECK(warm >= 0 && echo(warm, 10, 15), "warm-up");
+  close(warm);
+  int fds0 = count_dir("/proc/self/fd");
+  for (int i = 0; i < 30; i++) {
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    CHECK(bind(ls, (struct sockaddr *)&a, sizeof(a)) == 0 && listen(ls, 4) == 0, "listen");
+    CHECK(getsockname(ls, (struct sockaddr *)&a, &alen) == 0, "getsockname");
+    /* The client is another process (a connection to oneself is plain). */
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+      char buf[4];
+      int c = dial_port(ntohs(a.sin_port));
+      bool ok = c >= 0 && write_all(c, "ping", 4) && read_all(c, buf, 4) && memcmp(buf, "pong", 4) == 0;
+      close(c);
+      exit(ok ? 0 : 1); /* exit, not _exit: tether closes the session at exit as the kernel would */
+    }
+    int s = accept(ls, NULL, NULL);
+    CHECK(s >= 0, "accept %d", i);
+    char buf[4];
+    CHECK(read_all(s, buf, 4) && memcmp(buf, "ping", 4) == 0 && write_all(s, "pong", 4), "ping %d", i);
+    close(ls);
+    close(s); /* before the client exits: both learn the other's final state */
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "client %d: %#x", i, st);
+  }
+  int fds = 0, fds_max = 0;
+  for (int i = 0; i < 150; i++) { /* TIME_WAIT, then the reaper */
+    fds = count_dir("/proc/self/fd");
+    if (fds > fds_max)
+      fds_max = fds;
+    if (fds <= fds0 + 2)
+      break;
+    usleep(100000);
+  }
+  fprintf(stderr, "listeners: %d fds before, %d after (at most %d)\n", fds0, fds, fds_max);
+  if (fds > fds0 + 2) {
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd >&2", (int)getpid());
+    (void)!system(cmd);
+  }
+  CHECK(fds <= fds0 + 2, "%d descriptors 15 s after closing 30 listeners (%d before)", fds, fds0);
+  return true;
+}
+
+static volatile bool storm_on;
+
+static void *storm(void *arg) {
+  while (storm_on) {
+    kill_conns(port);
+    usleep(1000);
+  }
+  return NULL;
+}
+
+static bool t_handshake_kill(void) {
+  pthread_t th;
+  storm_on = true;
+  pthread_create(&th, NULL, storm, NULL);
+  int n = 0, failed = 0;
+  char first[160] = "";
+  uint64_t t0 = now_ms();
+  while (now_ms() - t0 < 3000) {
+    int c = dial();
+    if (c < 0 || !echo(c, 100, 16)) {
+      if (!failed++)
+        snprintf(first, sizeof(first), "%s: %s", c < 0 ? "connect" : "echo", strerror(errno));
+    }
+    if (c >= 0)
+      close(c);
+    n++;
+  }
+  storm_on = false;
+  pthread_join(th, NULL);
+  fprintf(stderr, "handshake_kill: %d connections, %d failed\n", n, failed);
+  CHECK(failed == 0, "%d of %d connections failed while connections were reset (first: %s)", failed, n,
+        first);
+  return true;
+}
+
+static const struct {
+  const char *name;
+  bool (*fn)(void);
+} tests[] = {
+    {"peek", t_peek},         {"rcvtimeo", t_rcvtimeo}, {"sndtimeo", t_sndtimeo},
+    {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
+    {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
+    {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
+    {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
+};
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  signal(SIGPIPE, SIG_IGN);
+  self = argv[0];
+  if (argc == 3 && strcmp(argv[1], "exec-child") == 0)
+    return exec_child(atoi(argv[2]));
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s PORT [TEST...]\n", argv[0]);
+    return 2;
+  }
+  port = atoi(argv[1]);
+  for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+    bool run = argc == 2;
+    for (int k = 2; k < argc; k++)
+      run |= strcmp(argv[k], tests[i].name) == 0;
+    if (!run)
+      continue;
+    why[0] = '\0';
+    uint64_t t0 = now_ms();
+    if (tests[i].fn()) {
+      printf("ok %s (%llu ms)\n", tests[i].name, (unsigned long long)(now_ms() - t0));
+    } else {
+      printf("not ok %s: %s\n", tests[i].name, why);
+      failures++;
+    }
+  }
+  return failures;
+}
