@@ -211,6 +211,21 @@ int cli_usage_error(const char *prog, const char *fmt, ...) {
   return CLI_EXIT_USAGE;
 }
 
+int cli_command_arg(int argc, char **argv, const char *prog, void (*usage)(FILE *),
+                    const char *missing) {
+  if (argc < 2)
+    return cli_usage_error(prog, "%s", missing);
+  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+    usage(stdout);
+    return CLI_EXIT_OK;
+  }
+  if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
+    printf("%s %s\n", prog, tether_version());
+    return CLI_EXIT_OK;
+  }
+  return -1;
+}
+
 int cli_getopt_error(const char *prog, int c, char *const argv[]) {
   const char *arg = argv[optind - 1]; /* the word getopt just consumed */
 

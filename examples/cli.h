@@ -56,6 +56,12 @@ void cli_print_stats_json(FILE *f, const tether_stats *st);
 int cli_usage_error(const char *prog, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The first argument of a tool whose first word is a command: -1 when
+ * argv[1] may name one (the caller checks which), else the exit code after
+ * handling --help / --version or reporting `missing` when there is none. */
+int cli_command_arg(int argc, char **argv, const char *prog, void (*usage)(FILE *),
+                    const char *missing);
+
 /* Reports what getopt_long() refused, for a loop run with opterr = 0 and
  * an optstring starting with ':' (c is then '?' or ':'); returns
  * CLI_EXIT_USAGE. */

@@ -719,16 +719,9 @@ int main(int argc, char **argv) {
   uint64_t v;
   int c;
 
-  if (argc < 2)
-    return cli_usage_error(PROG, "missing test: throughput, latency or setup");
-  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-    usage(stdout);
-    return CLI_EXIT_OK;
-  }
-  if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
-    printf(PROG " %s\n", tether_version());
-    return CLI_EXIT_OK;
-  }
+  int first = cli_command_arg(argc, argv, PROG, usage, "missing test: throughput, latency or setup");
+  if (first >= 0)
+    return first;
   if (strcmp(argv[1], "throughput") == 0)
     b.test = TEST_THROUGHPUT;
   else if (strcmp(argv[1], "latency") == 0)

@@ -1117,16 +1117,9 @@ int main(int argc, char **argv) {
   const char *every_arg = NULL, *rate_arg = NULL;
   int c;
 
-  if (argc < 2)
-    return cli_usage_error(PROG, "missing command: send or recv");
-  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-    usage(stdout);
-    return CLI_EXIT_OK;
-  }
-  if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
-    printf(PROG " %s\n", tether_version());
-    return CLI_EXIT_OK;
-  }
+  int first = cli_command_arg(argc, argv, PROG, usage, "missing command: send or recv");
+  if (first >= 0)
+    return first;
   if (strcmp(argv[1], "send") == 0)
     o.is_send = 1;
   else if (strcmp(argv[1], "recv") != 0)

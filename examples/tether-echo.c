@@ -499,16 +499,9 @@ int main(int argc, char **argv) {
   struct cli_hostport hp;
   int is_server, want_stats = 0, c;
 
-  if (argc < 2)
-    return cli_usage_error(PROG, "missing command: server or client");
-  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-    usage(stdout);
-    return CLI_EXIT_OK;
-  }
-  if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
-    printf(PROG " %s\n", tether_version());
-    return CLI_EXIT_OK;
-  }
+  int first = cli_command_arg(argc, argv, PROG, usage, "missing command: server or client");
+  if (first >= 0)
+    return first;
   if (strcmp(argv[1], "server") == 0)
     is_server = 1;
   else if (strcmp(argv[1], "client") == 0)

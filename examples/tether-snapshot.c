@@ -548,16 +548,9 @@ int main(int argc, char **argv) {
   bool json = false;
   int c;
 
-  if (argc < 2)
-    return cli_usage_error(PROG, "missing command: inspect");
-  if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-    usage(stdout);
-    return CLI_EXIT_OK;
-  }
-  if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
-    printf(PROG " %s\n", tether_version());
-    return CLI_EXIT_OK;
-  }
+  int first = cli_command_arg(argc, argv, PROG, usage, "missing command: inspect");
+  if (first >= 0)
+    return first;
   if (strcmp(argv[1], "inspect") != 0)
     return cli_usage_error(PROG, "unknown command '%s' (expected inspect)",
                            argv[1]);
