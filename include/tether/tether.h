@@ -226,11 +226,9 @@ TETHER_API int tether_session_stats(const tether_session *s,
  * blob (magic, format version, SHA-256) in *blob (release with free(3)).
  * It holds session keys: store it where only this user can read it. */
 TETHER_API int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len);
-/* tether_snapshot written atomically to path: a temporary file in the same
- * directory, fsync, rename, fsync of the directory; mode 0600.  After a
- * crash at any point, path holds either the previous snapshot or this one.
- * Once the file is durable the snapshot is committed (tether_snapshot_commit).
- */
+/* tether_checkpoint() through a file store at path (tether_store_file_new):
+ * after a crash at any point, path holds either the previous snapshot or
+ * this one; once the file is durable the snapshot is committed. */
 TETHER_API int tether_snapshot_save(tether_ctx *ctx, const char *path);
 /* The blob from tether_snapshot is durable now (the application stored it,
  * say inside its own state file, and synced it): the counters it captured
@@ -246,8 +244,63 @@ TETHER_API int tether_snapshot_commit(tether_ctx *ctx, const void *blob,
  * with TETHER_EVERSION. */
 TETHER_API int tether_restore(const tether_config *cfg, const void *blob,
                               size_t len, tether_ctx **out);
+/* tether_restore_store() of a file store at path. */
 TETHER_API int tether_restore_file(const tether_config *cfg, const char *path,
                                    tether_ctx **out);
+/* ---- Stores ------------------------------------------------------------ */
+
+/* Where checkpoints go: tether_store_file_new() (a file, the default) or an
+ * application's own store (tether_store_new) built from three callbacks.
+ * Each returns 0 or a negative code (-errno or TETHER_E*), which tether
+ * passes back unchanged.  Calls on one store are serialized: tether holds
+ * the store's lock around them (never a context or session lock), in the
+ * thread that called tether_checkpoint*() or tether_restore_store().  A
+ * callback may call any tether function except those on the same store. */
+typedef struct tether_store tether_store;
+
+typedef struct tether_store_ops {
+  /* Keeps blob (len bytes, tether's buffer: valid only during the call) as
+   * the next snapshot, not yet the one load() returns.  Required. */
+  int (*save)(void *arg, const void *blob, size_t len);
+  /* Makes the blob of the last save() the one load() returns, durably:
+   * after 0, a crash at any point leaves load() returning it.  Returns
+   * TETHER_STORE_PENDING when it will be durable later: the application
+   * then calls tether_snapshot_commit() with that blob once it is.  A
+   * failure must leave load() returning the previous snapshot.  NULL when
+   * save() alone makes the blob durable and current. */
+  int (*commit)(void *arg);
+  /* The last committed blob, in a buffer allocated with malloc(3) (tether
+   * wipes and frees it), or -ENOENT when the store holds none.  Required. */
+  int (*load)(void *arg, void **blob, size_t *len);
+} tether_store_ops;
+
+/* commit() and tether_checkpoint(): stored, durable later. */
+#define TETHER_STORE_PENDING 1
+
+/* A store over the application's callbacks (copied) and arg. */
+TETHER_API int tether_store_new(const tether_store_ops *ops, void *arg,
+                                tether_store **out);
+/* The built-in store: one file at path, replaced atomically (a new
+ * temporary file in the same directory, mode 0600, fsync; commit renames it
+ * over path and fsyncs the directory).  The file need not exist yet. */
+TETHER_API int tether_store_file_new(const char *path, tether_store **out);
+TETHER_API void tether_store_free(tether_store *st);
+/* tether_snapshot(), then save and commit through st; once committed, the
+ * snapshot is reported durable to the peers (tether_snapshot_commit).
+ * Returns 0, TETHER_STORE_PENDING (stored; the application commits later),
+ * or a negative code: then nothing was committed and the store still holds
+ * its previous snapshot. */
+TETHER_API int tether_checkpoint(tether_ctx *ctx, tether_store *st);
+/* The same for a blob the application took earlier with tether_snapshot()
+ * (say, at a point where its own state was quiet); blobs of one context
+ * must be stored in the order they were taken. */
+TETHER_API int tether_checkpoint_blob(tether_ctx *ctx, tether_store *st,
+                                      const void *blob, size_t len);
+/* tether_restore() of the store's last committed snapshot; -ENOENT when it
+ * holds none. */
+TETHER_API int tether_restore_store(const tether_config *cfg, tether_store *st,
+                                    tether_ctx **out);
+
 /* The context's sessions that the application holds (connected or accepted,
  * not closed), up to cap of them in out; returns how many there are.  After
  * a restore, this is how the application gets its sessions back. */

@@ -7,16 +7,10 @@
  * does the rest, and refuses (TETHER_EWINDOW, on both sides) a resume whose
  * two states cannot be reconciled. */
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
-#include <limits.h>
 #include <netdb.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "engine.h"
 #include "wire/snapshot.h"
@@ -245,61 +239,6 @@ out:
   return rc;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0)
-      return -errno;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-int tether_snapshot_save(tether_ctx *ctx, const char *path) {
-  void *blob;
-  size_t len;
-  char tmp[PATH_MAX], dir[PATH_MAX];
-  if (!ctx || !path)
-    return -EINVAL;
-  if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp) ||
-      snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
-    return -ENAMETOOLONG;
-  int rc = tether_snapshot(ctx, &blob, &len);
-  if (rc < 0)
-    return rc;
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    rc = -errno;
-    goto out;
-  }
-  rc = write_all(fd, blob, len);
-  if (rc == 0 && fsync(fd) < 0)
-    rc = -errno;
-  if (close(fd) < 0 && rc == 0)
-    rc = -errno;
-  if (rc == 0 && rename(tmp, path) < 0)
-    rc = -errno;
-  if (rc < 0) {
-    unlink(tmp);
-    goto out;
-  }
-  /* The rename itself must survive a power cut. */
-  int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0 || fsync(dfd) < 0)
-    rc = -errno;
-  if (dfd >= 0)
-    close(dfd);
-  if (rc == 0)
-    rc = tether_snapshot_commit(ctx, blob, len);
-out:
-  wipe(blob, len);
-  free(blob);
-  return rc;
-}
-
 int tether_snapshot_commit(tether_ctx *ctx, const void *blob, size_t len) {
   uint32_t id;
   if (!ctx || !blob)
@@ -378,43 +317,6 @@ out:
     tether_ctx_free(ctx);
   free(ls);
   snap_free(m);
-  return rc;
-}
-
-int tether_restore_file(const tether_config *cfg, const char *path, tether_ctx **out) {
-  struct stat st;
-  if (!path || !out)
-    return -EINVAL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return -errno;
-  int rc = 0;
-  uint8_t *buf = NULL;
-  if (fstat(fd, &st) < 0) {
-    rc = -errno;
-  } else if (!S_ISREG(st.st_mode) ||
-             (uint64_t)st.st_size > SNAP_PAYLOAD_MAX + SNAP_HEADER_LEN + SNAP_TRAILER_LEN) {
-    rc = TETHER_EPROTO;
-  } else if (!(buf = malloc(st.st_size ? (size_t)st.st_size : 1))) {
-    rc = -ENOMEM;
-  } else {
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-      ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-      if (r < 0 && errno == EINTR)
-        continue;
-      if (r <= 0) {
-        rc = r < 0 ? -errno : TETHER_EPROTO; /* shrank under us */
-        break;
-      }
-      got += (size_t)r;
-    }
-    if (rc == 0)
-      rc = tether_restore(cfg, buf, got, out);
-    wipe(buf, (size_t)st.st_size);
-  }
-  free(buf);
-  close(fd);
   return rc;
 }
 

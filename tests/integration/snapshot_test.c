@@ -20,94 +20,12 @@
 
 #include <tether/tether.h>
 
-#define WAIT_MS 30000 /* generous: sanitizer builds on a loaded machine */
-
-static bool durable; /* pair_open makes both sides durable */
-
-static tether_ctx *new_ctx(void) {
-  tether_ctx *ctx;
-  tether_config *cfg = tether_config_new();
-  assert_non_null(cfg);
-  assert_int_equal(tether_config_load_env(cfg), 0);
-  assert_int_equal(tether_config_set(cfg, TETHER_OPT_DURABLE, durable), 0);
-  assert_int_equal(tether_ctx_new(cfg, &ctx), 0);
-  tether_config_free(cfg);
-  return ctx;
-}
-
-/* Waits (bounded) until s is readable/writable, then does one call. */
-static ssize_t io_wait(tether_session *s, short ev) {
-  struct pollfd p = {.fd = tether_fd(s), .events = ev};
-  return poll(&p, 1, WAIT_MS);
-}
-
-static void send_str(tether_session *s, const char *str) {
-  size_t n = strlen(str), off = 0;
-  while (off < n) {
-    ssize_t w = tether_write(s, str + off, n - off);
-    if (w == -EAGAIN) {
-      assert_true(io_wait(s, POLLOUT) > 0);
-      continue;
-    }
-    assert_true(w > 0);
-    off += (size_t)w;
-  }
-}
-
-/* Reads exactly strlen(want) bytes and compares; returns 0 or the error. */
-static int expect_str(tether_session *s, const char *want) {
-  char buf[256];
-  size_t n = strlen(want), got = 0;
-  while (got < n) {
-    ssize_t r = tether_read(s, buf + got, n - got);
-    if (r == -EAGAIN) {
-      if (io_wait(s, POLLIN) <= 0)
-        return -ETIMEDOUT;
-      continue;
-    }
-    if (r <= 0)
-      return r == 0 ? -EPIPE : (int)r;
-    got += (size_t)r;
-  }
-  assert_memory_equal(buf, want, n);
-  return 0;
-}
-
-struct pair {
-  tether_ctx *sctx, *cctx;
-  tether_listener *l;
-  tether_session *srv, *cli;
-  char port[16];
-};
-
-static void pair_open(struct pair *p) {
-  p->sctx = new_ctx();
-  p->cctx = new_ctx();
-  assert_int_equal(tether_listen(p->sctx, "127.0.0.1", "0", &p->l), 0);
-  snprintf(p->port, sizeof(p->port), "%d", tether_listener_port(p->l));
-  assert_int_equal(tether_connect(p->cctx, "127.0.0.1", p->port, &p->cli), 0);
-  assert_int_equal(tether_accept(p->l, &p->srv), 0);
-  tether_set_nonblocking(p->cli, 1);
-  tether_set_nonblocking(p->srv, 1);
-  send_str(p->cli, "hello");
-  assert_int_equal(expect_str(p->srv, "hello"), 0);
-  send_str(p->srv, "world");
-  assert_int_equal(expect_str(p->cli, "world"), 0);
-}
+#include "snap_pair.h"
 
 static tether_ctx *restore(const void *blob, size_t len) {
   tether_ctx *ctx;
   assert_int_equal(tether_restore(NULL, blob, len, &ctx), 0);
   return ctx;
-}
-
-/* The only session of a restored context. */
-static tether_session *only_session(tether_ctx *ctx) {
-  tether_session *s[2];
-  assert_int_equal(tether_ctx_sessions(ctx, s, 2), 1);
-  assert_int_equal(tether_session_state(s[0]), TETHER_STATE_SUSPENDED);
-  tether_set_nonblocking(s[0], 1);
-  return s[0];
 }
 
 static void test_client_restore(void **state) {
@@ -236,13 +154,13 @@ static void test_file_store(void **state) {
 
 static int durable_on(void **state) {
   (void)state;
-  durable = true;
+  snap_durable = true;
   return 0;
 }
 
 static int durable_off(void **state) {
   (void)state;
-  durable = false;
+  snap_durable = false;
   return 0;
 }
 
@@ -251,13 +169,6 @@ static int durable_off(void **state) {
 static void snapshot_committed(tether_ctx *ctx, void **blob, size_t *len) {
   assert_int_equal(tether_snapshot(ctx, blob, len), 0);
   assert_int_equal(tether_snapshot_commit(ctx, *blob, *len), 0);
-}
-
-/* Waits until s is connected again (a restored session resumes). */
-static void wait_connected(tether_session *s) {
-  for (int i = 0; i < WAIT_MS / 10 && tether_session_state(s) != TETHER_STATE_CONNECTED; i++)
-    usleep(10000);
-  assert_int_equal(tether_session_state(s), TETHER_STATE_CONNECTED);
 }
 
 /* The client restarts from a snapshot older than what both sides exchanged
