@@ -175,7 +175,7 @@ void cli_print_addr_error(const char *prog, const char *what,
   cli_print_error(prog, buf, err);
 }
 
-int cli_ctx_new(const char *prog, tether_ctx **out) {
+int cli_config_new(const char *prog, int durable, tether_config **out) {
   tether_config *cfg = tether_config_new();
   int r;
 
@@ -190,12 +190,31 @@ int cli_ctx_new(const char *prog, tether_ctx **out) {
   if (r < 0) {
     cli_print_error(
         prog, "malformed TETHER_* environment variable (see tether(7))", r);
-    goto out;
+    goto fail;
   }
+  if (durable) {
+    r = tether_config_set(cfg, TETHER_OPT_DURABLE, 1);
+    if (r < 0) {
+      cli_print_error(prog, "cannot enable durable sessions", r);
+      goto fail;
+    }
+  }
+  *out = cfg;
+  return 0;
+fail:
+  tether_config_free(cfg);
+  return r;
+}
+
+int cli_ctx_new(const char *prog, tether_ctx **out) {
+  tether_config *cfg;
+  int r = cli_config_new(prog, 0, &cfg);
+
+  if (r < 0)
+    return r;
   r = tether_ctx_new(cfg, out);
   if (r < 0)
     cli_print_error(prog, "cannot create a context", r);
-out:
   tether_config_free(cfg);
   return r;
 }

@@ -74,6 +74,10 @@ void cli_print_error(const char *prog, const char *what, int err);
 void cli_print_addr_error(const char *prog, const char *what,
                           const struct cli_hostport *hp, int err);
 
+/* A configuration with the defaults and the TETHER_* environment, durable
+ * (TETHER_OPT_DURABLE) if asked; says on stderr what failed. */
+int cli_config_new(const char *prog, int durable, tether_config **out);
+
 /* tether_ctx_new() with the defaults and the TETHER_* environment; says on
  * stderr what failed (a malformed variable, or the context itself). */
 int cli_ctx_new(const char *prog, tether_ctx **out);

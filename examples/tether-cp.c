@@ -367,31 +367,6 @@ struct xfer {
   uint8_t buf[BUF_SIZE];
 };
 
-static int new_config(const struct opts *o, tether_config **out) {
-  tether_config *cfg = tether_config_new();
-  int r;
-
-  if (cfg == NULL)
-    return report("cannot create a configuration", -ENOMEM);
-  r = tether_config_load_env(cfg);
-  if (r < 0) {
-    report("malformed TETHER_* environment variable (see tether(7))", r);
-    goto fail;
-  }
-  if (o->state_dir != NULL) {
-    r = tether_config_set(cfg, TETHER_OPT_DURABLE, 1);
-    if (r < 0) {
-      report("cannot enable durable sessions", r);
-      goto fail;
-    }
-  }
-  *out = cfg;
-  return 0;
-fail:
-  tether_config_free(cfg);
-  return -1;
-}
-
 /* Writes the progress and a snapshot of the context into the state file,
  * then tells tether the snapshot is durable.  Nothing else runs session
  * I/O meanwhile, so both describe the same moment. */
@@ -762,7 +737,8 @@ static int run_send(const struct opts *o) {
   uint8_t v[CP_VERDICT_LEN];
   int rc = CLI_EXIT_FAIL, r;
 
-  if (xfer_init(&x, o) < 0 || open_input(&x) < 0 || new_config(o, &cfg) < 0)
+  if (xfer_init(&x, o) < 0 || open_input(&x) < 0 ||
+      cli_config_new(PROG, o->state_dir != NULL, &cfg) < 0)
     goto out;
   r = x.has_store ? restore(&x, cfg) : 1;
   if (r < 0)
@@ -996,7 +972,8 @@ static int run_recv(const struct opts *o) {
   uint8_t v[CP_VERDICT_LEN];
   int rc = CLI_EXIT_FAIL, r, settled = 0;
 
-  if (xfer_init(&x, o) < 0 || new_config(o, &cfg) < 0)
+  if (xfer_init(&x, o) < 0 ||
+      cli_config_new(PROG, o->state_dir != NULL, &cfg) < 0)
     goto out;
   if (asprintf(&x.part, "%s.part", o->file) < 0) {
     x.part = NULL;

@@ -1,7 +1,8 @@
 /*
  * tether-echo — an echo server and a stdin/stdout client over tether sessions.
  *
- *   tether-echo server --listen HOST:PORT
+ *   tether-echo server --listen HOST:PORT [--state DIR [--snapshot-ms MS]
+ *                      [--snapshot-every BYTES]]
  *   tether-echo client --connect HOST:PORT [--stats]
  *
  * The server runs one thread per session; every thread sleeps in poll() on its
@@ -11,8 +12,22 @@
  * the session non-blocking, so it reads the echo while it is still writing:
  * a blocking write-then-read client would deadlock on large inputs once both
  * directions' buffers fill.
+ *
+ * --state: the server is durable and checkpoints its context into
+ * DIR/server.snap (tether_checkpoint_blob through the file store); started
+ * again with the same DIR after a crash, it restores its listener and its
+ * sessions, and its clients carry on.  The echo's own state is the bytes a
+ * session thread has read and not yet written back: a snapshot must not
+ * catch a thread holding any, or the restored server would never echo
+ * them.  So each thread holds a read lock on `gate` from a read that
+ * returned bytes until they are all written, and the checkpoint takes the
+ * snapshot under the write lock (in memory, quickly), then stores it
+ * without the lock.  After a restore the threads echo again, from the
+ * snapshot's position, bytes the client may already have: tether checks
+ * they are the same and drops them.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -20,9 +35,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <tether/tether.h>
@@ -31,9 +50,16 @@
 
 #define PROG "tether-echo"
 #define BUF_SIZE (128 * 1024)
+#define DEFAULT_SNAPSHOT_MS 200
+#define DEFAULT_SNAPSHOT_EVERY (8u << 20)
+/* How long a checkpoint waits for every session thread to have echoed what
+ * it read; a thread that cannot write (its client does not read) makes it
+ * give up until the next one. */
+#define QUIESCE_MS 100
 
 static void usage(FILE *f) {
-  fputs("usage: " PROG " server --listen HOST:PORT\n"
+  fputs("usage: " PROG " server --listen HOST:PORT [--state DIR]\n"
+        "                          [--snapshot-ms MS] [--snapshot-every BYTES]\n"
         "       " PROG " client --connect HOST:PORT [--stats]\n"
         "\n"
         "  server   echo every byte of every session until SIGINT/SIGTERM\n"
@@ -41,6 +67,16 @@ static void usage(FILE *f) {
         "\n"
         "  -l, --listen HOST:PORT    address to listen on (\":PORT\" = all,\n"
         "                            \"[::1]:PORT\" for IPv6, port 0 = any)\n"
+        "  -S, --state DIR           (server) checkpoint into DIR; started "
+        "again\n"
+        "                            with the same DIR after a crash, resume "
+        "the\n"
+        "                            listener and every session from it\n"
+        "  -m, --snapshot-ms MS      (server) checkpoint every MS ms while "
+        "busy\n"
+        "                            (default 200)\n"
+        "  -e, --snapshot-every N    (server) and after N bytes echoed "
+        "(default 8M)\n"
         "  -c, --connect HOST:PORT   server to connect to\n"
         "  -s, --stats               print session statistics as JSON on "
         "stderr\n"
@@ -55,12 +91,25 @@ static void usage(FILE *f) {
 
 /* ---- server ------------------------------------------------------------ */
 
+struct server_opts {
+  struct cli_hostport hp;
+  const char *state_dir; /* NULL without --state */
+  uint64_t snapshot_ms, every;
+};
+
 struct server {
   int stop_fd; /* eventfd, readable (forever) once the server is stopping */
   pthread_mutex_t mu;
   pthread_cond_t idle; /* signalled when active drops to 0 */
   unsigned active;     /* session threads still running */
   uint64_t next_id;    /* for log lines only */
+  /* --state only: */
+  int has_state;
+  pthread_rwlock_t gate;    /* read: bytes held; write: a snapshot */
+  int ckpt_fd;              /* eventfd: --snapshot-every bytes echoed */
+  uint64_t every;
+  atomic_uint_fast64_t activity; /* bytes echoed + sessions started/ended */
+  atomic_uint_fast64_t unsaved;  /* bytes echoed since the last checkpoint */
 };
 
 struct job {
@@ -85,11 +134,37 @@ static int wait_session(tether_session *s, short events, int stop_fd) {
   return pfd[1].revents ? WAIT_STOP : WAIT_READY;
 }
 
-/* Echoes until EOF (0), until the server stops (WAIT_STOP), or an error. */
-static int echo_session(tether_session *s, int stop_fd) {
+static void gate_enter(struct server *srv) {
+  if (srv->has_state)
+    pthread_rwlock_rdlock(&srv->gate);
+}
+
+static void gate_leave(struct server *srv) {
+  if (srv->has_state)
+    pthread_rwlock_unlock(&srv->gate);
+}
+
+/* n bytes echoed: a checkpoint is due after --snapshot-every of them. */
+static void count_echoed(struct server *srv, uint64_t n) {
+  uint64_t one = 1;
+
+  if (!srv->has_state)
+    return;
+  atomic_fetch_add(&srv->activity, n);
+  uint64_t before = atomic_fetch_add(&srv->unsaved, n);
+  if (before < srv->every && before + n >= srv->every &&
+      write(srv->ckpt_fd, &one, sizeof(one)) < 0) {
+    /* An eventfd write fails only at its maximum: one is pending anyway. */
+  }
+}
+
+/* Echoes until EOF (0), until the server stops (WAIT_STOP), or an error.
+ * From a read that returned bytes until they are all written, the thread
+ * is inside the gate (see the top of the file). */
+static int echo_session(tether_session *s, struct server *srv) {
   char *buf = malloc(BUF_SIZE);
   size_t off = 0, len = 0;
-  int r;
+  int r, inside = 0;
 
   if (buf == NULL)
     return -ENOMEM;
@@ -98,15 +173,18 @@ static int echo_session(tether_session *s, int stop_fd) {
     short want;
 
     if (len == 0) {
+      gate_enter(srv);
       n = tether_read(s, buf, BUF_SIZE);
-      if (n == 0) {
-        r = 0;
-        goto out;
-      }
       if (n > 0) {
+        inside = 1;
         off = 0;
         len = (size_t)n;
         continue;
+      }
+      gate_leave(srv);
+      if (n == 0) {
+        r = 0;
+        goto out;
       }
       want = POLLIN;
     } else {
@@ -114,6 +192,11 @@ static int echo_session(tether_session *s, int stop_fd) {
       if (n >= 0) {
         off += (size_t)n;
         len -= (size_t)n;
+        if (len == 0) {
+          inside = 0;
+          gate_leave(srv);
+          count_echoed(srv, off);
+        }
         continue;
       }
       want = POLLOUT;
@@ -122,11 +205,13 @@ static int echo_session(tether_session *s, int stop_fd) {
       r = (int)n;
       goto out;
     }
-    r = wait_session(s, want, stop_fd);
+    r = wait_session(s, want, srv->stop_fd);
     if (r != WAIT_READY)
       goto out;
   }
 out:
+  if (inside)
+    gate_leave(srv);
   free(buf);
   return r;
 }
@@ -140,17 +225,23 @@ static void *session_thread(void *arg) {
   snprintf(what, sizeof(what), "session %" PRIu64, job->id);
   r = tether_set_nonblocking(job->s, 1);
   if (r == 0)
-    r = echo_session(job->s, srv->stop_fd);
+    r = echo_session(job->s, srv);
   if (r == 0) {
     /* Every byte read was echoed: now the client may see our EOF. */
     r = tether_shutdown(job->s);
   }
   if (r < 0)
     cli_print_error(PROG, what, r);
-  /* After a logged failure, close's own code would only repeat it. */
-  int cr = tether_close(job->s);
-  if (cr < 0 && r >= 0)
-    cli_print_error(PROG, what, cr);
+  /* Stopping with --state: the session stays open in the checkpoint (the
+   * context is freed without closing it, as a crash would). */
+  if (r != WAIT_STOP || !srv->has_state) {
+    /* After a logged failure, close's own code would only repeat it. */
+    int cr = tether_close(job->s);
+    if (cr < 0 && r >= 0)
+      cli_print_error(PROG, what, cr);
+  }
+  if (srv->has_state)
+    atomic_fetch_add(&srv->activity, 1);
   free(job);
 
   pthread_mutex_lock(&srv->mu);
@@ -187,6 +278,8 @@ static int start_session(struct server *srv, tether_session *s) {
   pthread_attr_destroy(&attr);
   if (r < 0)
     goto fail;
+  if (srv->has_state)
+    atomic_fetch_add(&srv->activity, 1);
   return 0;
 fail:
   free(job);
@@ -194,7 +287,7 @@ fail:
   return r;
 }
 
-/* Tells every session thread to close its session, and waits for them. */
+/* Tells every session thread to stop, and waits for them. */
 static int stop_sessions(struct server *srv) {
   uint64_t one = 1;
 
@@ -226,15 +319,199 @@ static int accept_ready(struct server *srv, tether_listener *l) {
   }
 }
 
-static int run_server(const struct cli_hostport *hp) {
+/* ---- server: the state directory --------------------------------------- */
+
+struct state {
+  tether_store *store; /* DIR/server.snap */
+  char *path;
+  int lock_fd;         /* DIR/server.lock, flock()ed: one server per DIR */
+  uint64_t saved;      /* server.activity at the last checkpoint */
+  uint64_t skipped;    /* checkpoints given up in a row (QUIESCE_MS) */
+};
+
+static void state_close(struct state *st) {
+  tether_store_free(st->store);
+  free(st->path);
+  if (st->lock_fd >= 0)
+    close(st->lock_fd);
+}
+
+/* Creates DIR if needed (mode 0700), takes its lock, opens the store. */
+static int state_open(struct state *st, const char *dir) {
+  char *lock = NULL;
+  int r;
+
+  *st = (struct state){.lock_fd = -1};
+  if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+    r = -errno;
+    fprintf(stderr, PROG ": cannot create the state directory %s: %s\n", dir,
+            tether_strerror(r));
+    return r;
+  }
+  if (asprintf(&st->path, "%s/server.snap", dir) < 0 ||
+      asprintf(&lock, "%s/server.lock", dir) < 0) {
+    st->path = NULL;
+    cli_print_error(PROG, "out of memory", -ENOMEM);
+    return -ENOMEM;
+  }
+  st->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    r = -errno;
+    if (r == -EWOULDBLOCK)
+      fprintf(stderr, PROG ": another " PROG " server is using %s\n", dir);
+    else
+      fprintf(stderr, PROG ": cannot lock %s: %s\n", lock, tether_strerror(r));
+    free(lock);
+    return r;
+  }
+  free(lock);
+  r = tether_store_file_new(st->path, &st->store);
+  if (r < 0)
+    cli_print_error(PROG, "state store", r);
+  return r;
+}
+
+static struct timespec realtime_in_ms(unsigned ms) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += (long)(ms % 1000) * 1000000;
+  ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000;
+  ts.tv_nsec %= 1000000000;
+  return ts;
+}
+
+/* A snapshot taken while no session thread holds bytes it has not echoed,
+ * then stored and committed.  Returns 0 (also when there was nothing new,
+ * or the threads could not be quiesced in time: the previous checkpoint
+ * stands), or a negative code (reported). */
+static int checkpoint(struct server *srv, struct state *st, tether_ctx *ctx,
+                      int force) {
+  struct timespec until = realtime_in_ms(QUIESCE_MS);
+  uint64_t activity;
+  void *blob;
+  size_t len;
+  int r;
+
+  if (!force && atomic_load(&srv->activity) == st->saved)
+    return 0;
+  r = pthread_rwlock_timedwrlock(&srv->gate, &until);
+  if (r == ETIMEDOUT) {
+    if (++st->skipped % 50 == 1)
+      fprintf(stderr, PROG ": checkpoint postponed: a session cannot echo "
+                      "what it read (its client does not read)\n");
+    return 0;
+  }
+  if (r != 0) {
+    cli_print_error(PROG, "checkpoint", -r);
+    return -r;
+  }
+  activity = atomic_load(&srv->activity);
+  atomic_store(&srv->unsaved, 0);
+  r = tether_snapshot(ctx, &blob, &len);
+  pthread_rwlock_unlock(&srv->gate);
+  if (r < 0) {
+    cli_print_error(PROG, "snapshot", r);
+    return r;
+  }
+  st->skipped = 0;
+  r = tether_checkpoint_blob(ctx, st->store, blob, len);
+  free(blob);
+  if (r < 0) {
+    fprintf(stderr, PROG ": cannot checkpoint into %s: %s\n", st->path,
+            tether_strerror(r));
+    return r;
+  }
+  st->saved = activity;
+  return 0;
+}
+
+/* With --state: the context from the state directory if it holds one
+ * (*restored = 1), else a new one.  Then the listener: the restored one,
+ * or a new one on hp. */
+static int server_ctx(const struct server_opts *o, struct state *st,
+                      tether_ctx **ctx, tether_listener **l, int *restored) {
+  tether_config *cfg;
+  int r = cli_config_new(PROG, o->state_dir != NULL, &cfg);
+
+  *restored = 0;
+  if (r < 0)
+    return r;
+  r = o->state_dir ? tether_restore_store(cfg, st->store, ctx) : -ENOENT;
+  if (r == -ENOENT) {
+    r = tether_ctx_new(cfg, ctx);
+    if (r < 0)
+      cli_print_error(PROG, "cannot create a context", r);
+  } else if (r < 0) {
+    fprintf(stderr, PROG ": cannot restore from %s: %s (remove it to start "
+                    "afresh)\n", st->path, tether_strerror(r));
+  } else {
+    *restored = 1;
+  }
+  tether_config_free(cfg);
+  if (r < 0)
+    return r;
+  if (!*restored) {
+    r = tether_listen(*ctx, o->hp.host, o->hp.port, l);
+    if (r < 0)
+      cli_print_addr_error(PROG, "cannot listen on", &o->hp, r);
+    return r;
+  }
+  if (tether_ctx_listeners(*ctx, l, 1) != 1) {
+    fprintf(stderr, PROG ": %s holds no listener\n", st->path);
+    return -EINVAL;
+  }
+  if (atoi(o->hp.port) != 0 && atoi(o->hp.port) != tether_listener_port(*l)) {
+    fprintf(stderr, PROG ": %s belongs to a server on port %d, not %s\n",
+            st->path, tether_listener_port(*l), o->hp.port);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+/* Starts a thread for every session of a restored context. */
+static int resume_sessions(struct server *srv, tether_ctx *ctx,
+                           const struct state *st) {
+  size_t n = tether_ctx_sessions(ctx, NULL, 0), i;
+  tether_session **ss = calloc(n ? n : 1, sizeof(*ss));
+
+  if (ss == NULL) {
+    cli_print_error(PROG, "out of memory", -ENOMEM);
+    return -ENOMEM;
+  }
+  n = tether_ctx_sessions(ctx, ss, n); /* no thread runs yet: same n */
+  for (i = 0; i < n; i++) {
+    int r = start_session(srv, ss[i]);
+    if (r < 0)
+      cli_print_error(PROG, "cannot start a session thread", r);
+  }
+  free(ss);
+  fprintf(stderr, PROG ": restored %zu session%s from %s\n", n,
+          n == 1 ? "" : "s", st->path);
+  return 0;
+}
+
+static int run_server(const struct server_opts *o) {
   struct server srv = {.stop_fd = -1,
+                       .ckpt_fd = -1,
                        .mu = PTHREAD_MUTEX_INITIALIZER,
-                       .idle = PTHREAD_COND_INITIALIZER};
+                       .idle = PTHREAD_COND_INITIALIZER,
+                       .every = o->every};
+  struct state st = {.lock_fd = -1};
+  pthread_rwlockattr_t ga;
   tether_ctx *ctx = NULL;
   tether_listener *l = NULL;
   sigset_t sigs;
-  int sig_fd = -1, rc = CLI_EXIT_FAIL, r;
+  int sig_fd = -1, rc = CLI_EXIT_FAIL, r, restored;
+  uint64_t next_ckpt = 0;
 
+  /* Writers first: a waiting checkpoint holds back new reads, so the
+   * threads quiesce instead of starving it. */
+  pthread_rwlockattr_init(&ga);
+  pthread_rwlockattr_setkind_np(&ga,
+                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&srv.gate, &ga);
+  pthread_rwlockattr_destroy(&ga);
   /* Block the signals before any thread exists (the engine thread too), so
    * they are only ever delivered through sig_fd. */
   sigemptyset(&sigs);
@@ -248,31 +525,46 @@ static int run_server(const struct cli_hostport *hp) {
   /* A peer that vanishes must cost one session, never the process. */
   if (signal(SIGPIPE, SIG_IGN) == SIG_ERR ||
       (sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC)) < 0 ||
-      (srv.stop_fd = eventfd(0, EFD_CLOEXEC)) < 0) {
+      (srv.stop_fd = eventfd(0, EFD_CLOEXEC)) < 0 ||
+      (srv.ckpt_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
     cli_print_error(PROG, "signal setup", -errno);
     goto out;
   }
-  if (cli_ctx_new(PROG, &ctx) < 0)
-    goto out;
-  r = tether_listen(ctx, hp->host, hp->port, &l);
-  if (r < 0) {
-    cli_print_addr_error(PROG, "cannot listen on", hp, r);
-    goto out;
+  if (o->state_dir != NULL) {
+    srv.has_state = 1;
+    if (state_open(&st, o->state_dir) < 0)
+      goto out;
   }
+  if (server_ctx(o, &st, &ctx, &l, &restored) < 0)
+    goto out;
   r = tether_listener_set_nonblocking(l, 1);
   if (r < 0) {
     cli_print_error(PROG, "listener", r);
     goto out;
   }
+  if (restored && resume_sessions(&srv, ctx, &st) < 0)
+    goto out;
+  /* The listener is in the state before anyone can connect to it. */
+  if (srv.has_state && !restored && checkpoint(&srv, &st, ctx, 1) < 0)
+    goto out;
   /* Scripts that listen on port 0 read the port from this line. */
   fprintf(stderr, PROG ": listening on port %d\n", tether_listener_port(l));
 
   for (;;) {
-    struct pollfd pfd[2] = {
+    struct pollfd pfd[3] = {
         {.fd = tether_listener_fd(l), .events = POLLIN},
         {.fd = sig_fd, .events = POLLIN},
+        {.fd = srv.has_state ? srv.ckpt_fd : -1, .events = POLLIN},
     };
-    if (poll(pfd, 2, -1) < 0) {
+    int timeout = -1;
+    uint64_t now = cli_now_ns();
+
+    if (srv.has_state) {
+      if (next_ckpt == 0)
+        next_ckpt = now + o->snapshot_ms * 1000000u;
+      timeout = now >= next_ckpt ? 0 : (int)((next_ckpt - now) / 1000000u) + 1;
+    }
+    if (poll(pfd, 3, timeout) < 0) {
       if (errno == EINTR)
         continue;
       cli_print_error(PROG, "poll", -errno);
@@ -280,24 +572,49 @@ static int run_server(const struct cli_hostport *hp) {
     }
     if (pfd[1].revents)
       break;
-    r = accept_ready(&srv, l);
-    if (r < 0) {
-      cli_print_error(PROG, "accept", r);
-      goto out;
+    if (pfd[0].revents) {
+      r = accept_ready(&srv, l);
+      if (r < 0) {
+        cli_print_error(PROG, "accept", r);
+        goto out;
+      }
     }
+    if (srv.has_state &&
+        (pfd[2].revents || cli_now_ns() >= next_ckpt)) {
+      uint64_t v;
+      if (read(srv.ckpt_fd, &v, sizeof(v)) < 0 && errno != EAGAIN) {
+        cli_print_error(PROG, "eventfd", -errno);
+        goto out;
+      }
+      /* A failed checkpoint was reported; the previous one stands. */
+      (void)checkpoint(&srv, &st, ctx, 0);
+      next_ckpt = cli_now_ns() + o->snapshot_ms * 1000000u;
+    }
+  }
+  if (srv.has_state) {
+    /* Keep the sessions for the next start: a last checkpoint, then the
+     * threads stop without closing them. */
+    if (checkpoint(&srv, &st, ctx, 1) == 0)
+      fprintf(stderr, PROG ": state kept in %s; start again with the same "
+                      "--state to resume\n", o->state_dir);
   }
   rc = CLI_EXIT_OK;
 out:
-  if (l != NULL)
+  if (l != NULL && !srv.has_state)
     tether_listener_close(l);
   /* The session threads use ctx: free it only once they are all gone (if
    * they cannot be stopped, exiting frees it anyway). */
   if (stop_sessions(&srv) == 0 && ctx != NULL)
     tether_ctx_free(ctx);
+  if (srv.has_state)
+    state_close(&st);
   if (srv.stop_fd >= 0)
     close(srv.stop_fd);
+  if (srv.ckpt_fd >= 0)
+    close(srv.ckpt_fd);
   if (sig_fd >= 0)
     close(sig_fd);
+  pthread_rwlock_destroy(&srv.gate);
   return rc;
 }
 
@@ -489,6 +806,9 @@ out:
 int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"listen", required_argument, NULL, 'l'},
+      {"state", required_argument, NULL, 'S'},
+      {"snapshot-ms", required_argument, NULL, 'm'},
+      {"snapshot-every", required_argument, NULL, 'e'},
       {"connect", required_argument, NULL, 'c'},
       {"stats", no_argument, NULL, 's'},
       {"version", no_argument, NULL, 'V'},
@@ -496,6 +816,9 @@ int main(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   const char *listen_arg = NULL, *connect_arg = NULL;
+  const char *ms_arg = NULL, *every_arg = NULL;
+  struct server_opts so = {.snapshot_ms = DEFAULT_SNAPSHOT_MS,
+                           .every = DEFAULT_SNAPSHOT_EVERY};
   struct cli_hostport hp;
   int is_server, want_stats = 0, c;
 
@@ -515,10 +838,19 @@ int main(int argc, char **argv) {
   argc--;
   argv++;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":l:c:sVh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":l:S:m:e:c:sVh", opts, NULL)) != -1) {
     switch (c) {
     case 'l':
       listen_arg = optarg;
+      break;
+    case 'S':
+      so.state_dir = optarg;
+      break;
+    case 'm':
+      ms_arg = optarg;
+      break;
+    case 'e':
+      every_arg = optarg;
       break;
     case 'c':
       connect_arg = optarg;
@@ -541,18 +873,32 @@ int main(int argc, char **argv) {
 
   if (is_server) {
     if (connect_arg != NULL || want_stats)
-      return cli_usage_error(PROG, "server takes only --listen");
+      return cli_usage_error(PROG, "server takes --listen and --state, not "
+                                   "--connect or --stats");
+    if ((ms_arg != NULL || every_arg != NULL) && so.state_dir == NULL)
+      return cli_usage_error(PROG, "--snapshot-ms and --snapshot-every need "
+                                   "--state DIR");
+    if (so.state_dir != NULL && so.state_dir[0] == '\0')
+      return cli_usage_error(PROG, "--state needs a directory");
+    if (ms_arg != NULL && cli_parse_uint(ms_arg, 1, 3600000, &so.snapshot_ms) < 0)
+      return cli_usage_error(PROG, "bad --snapshot-ms '%s' (1 to 3600000)",
+                             ms_arg);
+    if (every_arg != NULL && cli_parse_size(every_arg, &so.every) < 0)
+      return cli_usage_error(PROG, "bad --snapshot-every '%s' (expected a "
+                                   "size such as 8M)",
+                             every_arg);
     if (listen_arg == NULL)
       return cli_usage_error(PROG, "server needs --listen HOST:PORT");
-    if (cli_parse_hostport(listen_arg, &hp) < 0)
+    if (cli_parse_hostport(listen_arg, &so.hp) < 0)
       return cli_usage_error(PROG,
                              "bad --listen '%s' (expected HOST:PORT, "
                              "[IPV6]:PORT or :PORT)",
                              listen_arg);
-    return run_server(&hp);
+    return run_server(&so);
   }
-  if (listen_arg != NULL)
-    return cli_usage_error(PROG, "client takes --connect, not --listen");
+  if (listen_arg != NULL || so.state_dir != NULL || ms_arg != NULL ||
+      every_arg != NULL)
+    return cli_usage_error(PROG, "client takes --connect and --stats only");
   if (connect_arg == NULL)
     return cli_usage_error(PROG, "client needs --connect HOST:PORT");
   if (cli_parse_hostport(connect_arg, &hp) < 0 || hp.host[0] == '\0')
