@@ -4,10 +4,14 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -253,6 +257,78 @@ int cli_getopt_error(const char *prog, int c, char *const argv[]) {
   if (optopt != 0)
     return cli_usage_error(prog, "unknown option '-%c'", optopt);
   return cli_usage_error(prog, "unknown option '%s'", arg);
+}
+
+/* ---- plain TCP ---- */
+
+int cli_tcp_nodelay(int fd) {
+  int one = 1;
+
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+    return -errno;
+  return 0;
+}
+
+static int bind_listen(int fd, const struct addrinfo *a) {
+  int one = 1;
+
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+      bind(fd, a->ai_addr, a->ai_addrlen) < 0 || listen(fd, 128) < 0)
+    return -errno;
+  return 0;
+}
+
+static int connect_nodelay(int fd, const struct addrinfo *a) {
+  if (connect(fd, a->ai_addr, a->ai_addrlen) < 0)
+    return -errno;
+  return cli_tcp_nodelay(fd);
+}
+
+int cli_tcp_socket(const char *prog, const struct cli_hostport *hp,
+                   int passive) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM,
+                           .ai_flags = passive ? AI_PASSIVE : 0};
+  struct addrinfo *ai = NULL;
+  int fd = -1, r;
+
+  r = getaddrinfo(hp->host[0] ? hp->host : NULL, hp->port, &hints, &ai);
+  if (r != 0) {
+    char addr[CLI_HOSTPORT_MAX];
+    int err = r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+    fprintf(stderr, "%s: %s: %s\n", prog,
+            cli_format_hostport(hp, addr, sizeof(addr)), gai_strerror(r));
+    return err;
+  }
+  r = -EADDRNOTAVAIL;
+  for (struct addrinfo *a = ai; a != NULL; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      r = -errno;
+      continue;
+    }
+    r = passive ? bind_listen(fd, a) : connect_nodelay(fd, a);
+    if (r == 0)
+      break;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(ai);
+  if (fd < 0)
+    cli_print_addr_error(
+        prog, passive ? "cannot listen on" : "cannot connect to", hp, r);
+  return fd < 0 ? r : fd;
+}
+
+int cli_tcp_port(int fd) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+    return -errno;
+  if (ss.ss_family == AF_INET6)
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
 int cli_err_is_retry(int err) {

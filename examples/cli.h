@@ -82,6 +82,17 @@ int cli_config_new(const char *prog, int durable, tether_config **out);
  * stderr what failed (a malformed variable, or the context itself). */
 int cli_ctx_new(const char *prog, tether_ctx **out);
 
+/* Plain TCP (tether-bench --raw, tether-cp --plain): a connected
+ * (passive = 0, TCP_NODELAY set) or listening (passive = 1, SO_REUSEADDR)
+ * socket for the first address of hp that works, or a negative code
+ * (reported on stderr). */
+int cli_tcp_socket(const char *prog, const struct cli_hostport *hp,
+                   int passive);
+/* Sets TCP_NODELAY; 0 or -errno. */
+int cli_tcp_nodelay(int fd);
+/* The port a socket is bound to, or -errno. */
+int cli_tcp_port(int fd);
+
 /* True for the codes that only mean "not now" (-EAGAIN, -EINTR...). */
 int cli_err_is_retry(int err);
 

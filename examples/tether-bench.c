@@ -79,71 +79,11 @@ static void net_free(struct net *n) {
     close(n->lfd);
 }
 
-static int set_nodelay(int fd) {
-  int one = 1;
-
-  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
-    return -errno;
-  return 0;
-}
-
-static int bind_listen(int fd, const struct addrinfo *a) {
-  int one = 1;
-
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-      bind(fd, a->ai_addr, a->ai_addrlen) < 0 || listen(fd, 128) < 0)
-    return -errno;
-  return 0;
-}
-
-static int connect_nodelay(int fd, const struct addrinfo *a) {
-  if (connect(fd, a->ai_addr, a->ai_addrlen) < 0)
-    return -errno;
-  return set_nodelay(fd);
-}
-
-/* Raw mode: a connected (passive = 0) or listening (passive = 1) socket for
- * the first address of hp that works. */
-static int raw_socket(const struct cli_hostport *hp, int passive) {
-  struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                           .ai_socktype = SOCK_STREAM,
-                           .ai_flags = passive ? AI_PASSIVE : 0};
-  struct addrinfo *ai = NULL;
-  int fd = -1, r;
-
-  r = getaddrinfo(hp->host[0] ? hp->host : NULL, hp->port, &hints, &ai);
-  if (r != 0) {
-    char addr[CLI_HOSTPORT_MAX];
-    int err = r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
-    fprintf(stderr, PROG ": %s: %s\n",
-            cli_format_hostport(hp, addr, sizeof(addr)), gai_strerror(r));
-    return err;
-  }
-  r = -EADDRNOTAVAIL;
-  for (struct addrinfo *a = ai; a != NULL; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) {
-      r = -errno;
-      continue;
-    }
-    r = passive ? bind_listen(fd, a) : connect_nodelay(fd, a);
-    if (r == 0)
-      break;
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(ai);
-  if (fd < 0)
-    cli_print_addr_error(
-        PROG, passive ? "cannot listen on" : "cannot connect to", hp, r);
-  return fd < 0 ? r : fd;
-}
-
 static int net_listen(struct net *n, const struct cli_hostport *hp) {
   int r;
 
   if (n->raw) {
-    r = raw_socket(hp, 1);
+    r = cli_tcp_socket(PROG, hp, 1);
     if (r >= 0)
       n->lfd = r;
     return r < 0 ? r : 0;
@@ -156,16 +96,9 @@ static int net_listen(struct net *n, const struct cli_hostport *hp) {
 
 /* The bound port, or a negative code. */
 static int net_port(const struct net *n) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof(ss);
-
   if (!n->raw)
     return tether_listener_port(n->l);
-  if (getsockname(n->lfd, (struct sockaddr *)&ss, &len) < 0)
-    return -errno;
-  if (ss.ss_family == AF_INET6)
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-  return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  return cli_tcp_port(n->lfd);
 }
 
 static int net_accept(struct net *n, struct conn *c) {
@@ -186,7 +119,7 @@ static int net_accept(struct net *n, struct conn *c) {
     cli_print_error(PROG, "accept", r);
     return r;
   }
-  r = set_nodelay(c->fd);
+  r = cli_tcp_nodelay(c->fd);
   if (r < 0) {
     cli_print_error(PROG, "TCP_NODELAY", r);
     close(c->fd);
@@ -201,7 +134,7 @@ static int net_connect(struct net *n, const struct cli_hostport *hp,
 
   *c = (struct conn){.fd = -1};
   if (n->raw) {
-    r = raw_socket(hp, 0);
+    r = cli_tcp_socket(PROG, hp, 0);
     if (r >= 0)
       c->fd = r;
     return r < 0 ? r : 0;

@@ -4,6 +4,7 @@
  *
  *   tether-cp recv --listen HOST:PORT --out FILE [--state DIR]
  *   tether-cp send --connect HOST:PORT FILE [--state DIR] [--limit-rate RATE]
+ *   ... --plain: the same over a plain TCP connection (benchmarks)
  *
  * The streams (cp_format.h): the sender writes a header, the file and its
  * SHA-256; the receiver writes FILE.part, checks the digest, renames
@@ -24,6 +25,10 @@
  * the prefix again) and carries on: tether resends what this side had not
  * received and checks what it writes again against what the peer already
  * has.
+ *
+ * --plain: the same program over a plain TCP socket instead of a session
+ * (conn_* below), for comparing tether with TCP on identical work (reading,
+ * hashing, writing the file); no --state, no recovery.
  */
 #define _FILE_OFFSET_BITS 64
 #include <errno.h>
@@ -37,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,6 +89,9 @@ static void usage(FILE *f) {
         "(default 8M)\n"
         "  -r, --limit-rate RATE       (send) at most RATE bytes per second "
         "(50M, 512K)\n"
+        "  -p, --plain                 plain TCP instead of tether, no "
+        "recovery\n"
+        "                              (both sides; for benchmarks)\n"
         "  -V, --version               print the library version\n"
         "  -h, --help                  print this help\n"
         "\n"
@@ -100,6 +109,7 @@ struct opts {
   const char *state_dir; /* NULL without --state */
   uint64_t every;        /* --snapshot-every */
   uint64_t rate;         /* --limit-rate; 0 = unlimited */
+  int plain;             /* --plain */
 };
 
 /* ---- crash points (test builds only) --------------------------------------- */
@@ -357,6 +367,7 @@ struct xfer {
   const struct opts *o;
   tether_ctx *ctx;
   tether_session *s;
+  int sock;          /* --plain: the TCP connection, else -1 */
   struct store store;
   int has_store;     /* --state */
   struct cp_state st; /* progress; st.pos is our position in the stream */
@@ -518,6 +529,49 @@ static int rehash(struct xfer *x, uint64_t off, const char *path) {
   return 0;
 }
 
+/* ---- the connection: a tether session, or (--plain) a TCP socket -------- */
+
+static ssize_t conn_read(struct xfer *x, void *buf, size_t len) {
+  ssize_t n;
+
+  if (x->sock < 0)
+    return tether_read(x->s, buf, len);
+  n = read(x->sock, buf, len);
+  return n < 0 ? -errno : n;
+}
+
+static int conn_fd(const struct xfer *x) {
+  return x->sock >= 0 ? x->sock : tether_fd(x->s);
+}
+
+static int conn_shutdown(struct xfer *x) {
+  if (x->sock < 0)
+    return tether_shutdown(x->s);
+  return shutdown(x->sock, SHUT_WR) < 0 ? -errno : 0;
+}
+
+/* Ends the connection (a session is closed: its peer reads no more). */
+static void conn_close(struct xfer *x) {
+  if (x->s != NULL)
+    (void)tether_close(x->s); /* the outcome was reported already */
+  x->s = NULL;
+  if (x->sock >= 0)
+    close(x->sock);
+  x->sock = -1;
+}
+
+/* Both modes make the connection non-blocking: every wait is a poll. */
+static int conn_nonblocking(struct xfer *x) {
+  int fl;
+
+  if (x->sock < 0)
+    return tether_set_nonblocking(x->s, 1);
+  fl = fcntl(x->sock, F_GETFL);
+  if (fl < 0 || fcntl(x->sock, F_SETFL, fl | O_NONBLOCK) < 0)
+    return -errno;
+  return 0;
+}
+
 /* Reads up to len (>= 1) bytes, waiting as long as it takes; 0 at the
  * peer's end of stream.  With idle_checkpoint, the receiver checkpoints
  * while it waits (only where every byte read so far is counted in
@@ -525,8 +579,8 @@ static int rehash(struct xfer *x, uint64_t off, const char *path) {
 static ssize_t session_read(struct xfer *x, void *buf, size_t len,
                             int idle_checkpoint) {
   for (;;) {
-    ssize_t n = tether_read(x->s, buf, len);
-    struct pollfd p = {.fd = tether_fd(x->s), .events = POLLIN};
+    ssize_t n = conn_read(x, buf, len);
+    struct pollfd p = {.fd = conn_fd(x), .events = POLLIN};
     int r;
 
     if (n >= 0)
@@ -576,7 +630,8 @@ static int read_eof(struct xfer *x) {
 }
 
 static int write_all(struct xfer *x, const void *buf, size_t len) {
-  int r = cli_session_write_all(x->s, buf, len);
+  int r = x->sock >= 0 ? cli_fd_write_all(x->sock, buf, len)
+                       : cli_session_write_all(x->s, buf, len);
 
   if (r == -EPIPE) {
     say("the %s closed the session (see its error output)",
@@ -617,6 +672,7 @@ static int xfer_init(struct xfer *x, const struct opts *o) {
   memset(x, 0, offsetof(struct xfer, buf));
   x->o = o;
   x->fd = -1;
+  x->sock = -1;
   x->st.role = o->is_send ? CP_ROLE_SEND : CP_ROLE_RECV;
   x->st.phase = CP_PHASE_STREAM;
   x->st.path = o->file;
@@ -743,7 +799,11 @@ static int run_send(const struct opts *o) {
   r = x.has_store ? restore(&x, cfg) : 1;
   if (r < 0)
     goto out;
-  if (r == 1) {
+  if (r == 1 && o->plain) {
+    x.sock = cli_tcp_socket(PROG, &o->hp, 0);
+    if (x.sock < 0)
+      goto out;
+  } else if (r == 1) {
     r = tether_ctx_new(cfg, &x.ctx);
     if (r < 0) {
       report("cannot create a context", r);
@@ -758,7 +818,7 @@ static int run_send(const struct opts *o) {
     if (checkpoint(&x) < 0)
       goto abandon;
   }
-  r = tether_set_nonblocking(x.s, 1);
+  r = conn_nonblocking(&x);
   if (r < 0) {
     report("session", r);
     goto abandon;
@@ -780,14 +840,15 @@ static int run_send(const struct opts *o) {
   /* We have the verdict (durably, with --state): our end of stream tells
    * the receiver so; its end of stream ends the exchange. */
   crash_point("verdict");
-  r = tether_shutdown(x.s);
+  r = conn_shutdown(&x);
   if (r < 0) {
     report("session", r);
     goto abandon;
   }
   if (read_eof(&x) < 0)
     goto abandon;
-  linger(x.s);
+  if (x.s != NULL)
+    linger(x.s);
   if (x.st.verdict == CP_VERDICT_OK) {
     say("sent %s (%" PRIu64 " bytes): %s by the receiver", o->file, x.st.size,
         cp_verdict_name(x.st.verdict));
@@ -800,9 +861,7 @@ abandon:
   /* A transfer that failed for good, like one that is done, ends its
    * session and leaves no state behind (a crash, which never gets here,
    * does). */
-  if (x.s != NULL)
-    (void)tether_close(x.s); /* the outcome was reported already */
-  x.s = NULL;
+  conn_close(&x);
   if (x.has_store)
     store_remove(&x.store);
 out:
@@ -961,8 +1020,26 @@ static void send_failed_verdict(struct xfer *x) {
   uint8_t v[CP_VERDICT_LEN];
 
   cp_verdict_encode(CP_VERDICT_FAILED, v);
-  if (tether_write(x->s, v, sizeof(v)) == (ssize_t)sizeof(v))
-    (void)tether_shutdown(x->s);
+  if (x->sock >= 0 ? write(x->sock, v, sizeof(v)) == (ssize_t)sizeof(v)
+                   : tether_write(x->s, v, sizeof(v)) == (ssize_t)sizeof(v))
+    (void)conn_shutdown(x);
+}
+
+/* --plain: listens on --listen, takes one connection, stops listening. */
+static int plain_accept(struct xfer *x) {
+  int lfd = cli_tcp_socket(PROG, &x->o->hp, 1);
+
+  if (lfd < 0)
+    return -1;
+  /* Scripts that listen on port 0 read the port from this line. */
+  say("listening on port %d", cli_tcp_port(lfd));
+  do
+    x->sock = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+  while (x->sock < 0 && (errno == EINTR || errno == ECONNABORTED));
+  close(lfd);
+  if (x->sock < 0)
+    return report("accept", -errno);
+  return 0;
 }
 
 static int run_recv(const struct opts *o) {
@@ -988,6 +1065,9 @@ static int run_recv(const struct opts *o) {
       say("listening on port %d", tether_listener_port(l));
     if (x.st.phase == CP_PHASE_STREAM && open_part(&x) < 0)
       goto out;
+  } else if (o->plain) {
+    if (open_part(&x) < 0 || plain_accept(&x) < 0)
+      goto abandon;
   } else {
     if (open_part(&x) < 0)
       goto out;
@@ -1012,7 +1092,7 @@ static int run_recv(const struct opts *o) {
     if (checkpoint(&x) < 0)
       goto abandon;
   }
-  r = tether_set_nonblocking(x.s, 1);
+  r = conn_nonblocking(&x);
   if (r < 0) {
     report("session", r);
     goto abandon;
@@ -1036,12 +1116,13 @@ static int run_recv(const struct opts *o) {
       goto abandon;
     crash_point("acked");
   }
-  r = tether_shutdown(x.s);
+  r = conn_shutdown(&x);
   if (r < 0) {
     report("session", r);
     goto abandon;
   }
-  linger(x.s);
+  if (x.s != NULL)
+    linger(x.s);
   settled = 1;
   if (x.st.verdict == CP_VERDICT_OK) {
     say("received %s (%" PRIu64 " bytes): %s", o->file, x.st.size,
@@ -1056,7 +1137,8 @@ abandon:
   /* As in run_send; the sender also hears that we failed, and no partial
    * file stays behind. */
   if (!settled) {
-    if (x.s != NULL && tether_session_state(x.s) != TETHER_STATE_FAILED)
+    if (x.sock >= 0 ||
+        (x.s != NULL && tether_session_state(x.s) != TETHER_STATE_FAILED))
       send_failed_verdict(&x);
     if (x.fd >= 0)
       close(x.fd);
@@ -1064,9 +1146,7 @@ abandon:
     if (unlink(x.part) < 0 && errno != ENOENT)
       report_file("cannot remove", x.part, -errno);
   }
-  if (x.s != NULL)
-    (void)tether_close(x.s);
-  x.s = NULL;
+  conn_close(&x);
   if (x.has_store)
     store_remove(&x.store);
 out:
@@ -1085,6 +1165,7 @@ int main(int argc, char **argv) {
       {"state", required_argument, NULL, 's'},
       {"snapshot-every", required_argument, NULL, 'e'},
       {"limit-rate", required_argument, NULL, 'r'},
+      {"plain", no_argument, NULL, 'p'},
       {"version", no_argument, NULL, 'V'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -1106,7 +1187,7 @@ int main(int argc, char **argv) {
   argc--;
   argv++;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":l:c:o:s:e:r:Vh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":l:c:o:s:e:r:pVh", opts, NULL)) != -1) {
     switch (c) {
     case 'l':
       listen_arg = optarg;
@@ -1125,6 +1206,9 @@ int main(int argc, char **argv) {
       break;
     case 'r':
       rate_arg = optarg;
+      break;
+    case 'p':
+      o.plain = 1;
       break;
     case 'V':
       printf(PROG " %s\n", tether_version());
@@ -1145,6 +1229,8 @@ int main(int argc, char **argv) {
                                    "size such as 8M)",
                              every_arg);
   }
+  if (o.plain && o.state_dir != NULL)
+    return cli_usage_error(PROG, "--plain cannot resume: no --state");
   if (o.state_dir != NULL && o.state_dir[0] == '\0')
     return cli_usage_error(PROG, "--state needs a directory");
   if (o.is_send) {
