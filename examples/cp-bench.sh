@@ -125,16 +125,19 @@ now_ns() { date +%s%N; }
 run_one() {
   local mode=$1 port t0 t1 rc=0 i
   local -a ropts=() sopts=()
-  rm -rf "$dir/out" "$dir/out.part" "$dir/rstate" "$dir/sstate"
+  # run_one runs in a subshell: it stops its own receiver on the way out.
+  trap '[ -n "$recv_pid" ] && kill -KILL "$recv_pid" 2>/dev/null' EXIT
+  rm -rf "$dir/out" "$dir/out.part" "$dir/rstate" "$dir/sstate" "$dir/recv.log"
   case $mode in
   plain) ropts=(--plain) sopts=(--plain) ;;
   state) ropts=(--state "$dir/rstate") sopts=(--state "$dir/sstate") ;;
   esac
-  "$cp_bin" recv --listen 127.0.0.1:0 --out "$dir/out" "${ropts[@]}" 2>"$dir/recv.log" &
+  timeout "$run_timeout" "$cp_bin" recv --listen 127.0.0.1:0 --out "$dir/out" "${ropts[@]}" \
+    2>"$dir/recv.log" &
   recv_pid=$!
   port=
   for ((i = 0; i < 500; i++)); do
-    port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$dir/recv.log")
+    port=$(sed -n 's/.*listening on port \([0-9]*\).*/\1/p' "$dir/recv.log" 2>/dev/null || true)
     [ -n "$port" ] && break
     kill -0 "$recv_pid" 2>/dev/null || die "receiver ($mode) exited: $(cat "$dir/recv.log")"
     sleep 0.01
@@ -143,6 +146,8 @@ run_one() {
   t0=$(now_ns)
   timeout "$run_timeout" "$cp_bin" send --connect "127.0.0.1:$port" "$in" "${sopts[@]}" \
     2>"$dir/send.log" || rc=$?
+  # A failed sender may leave the receiver waiting for it.
+  [ "$rc" -eq 0 ] || kill -TERM "$recv_pid" 2>/dev/null || true
   wait "$recv_pid" || rc=$((rc ? rc : $?))
   t1=$(now_ns)
   recv_pid=
@@ -155,7 +160,8 @@ declare -A vals
 for ((r = 1; r <= rounds; r++)); do
   for m in "${modes[@]}"; do
     printf '%s: round %d/%d, %s\n' "$prog" "$r" "$rounds" "$m" >&2
-    vals[$m]+="$(run_one "$m") "
+    v=$(run_one "$m") # run_one's die ends the script too
+    vals[$m]+="$v "
   done
 done
 

@@ -36,6 +36,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,7 +58,14 @@
 
 #define PROG "tether-cp"
 #define BUF_SIZE (128 * 1024)
-#define DEFAULT_SNAPSHOT_EVERY (8u << 20)
+/* Default --snapshot-every.  The receiver's checkpoints are small (its
+ * snapshot holds no data) and bound what the sender retains; the sender's
+ * hold the bytes the receiver has not committed yet (about the receiver's
+ * interval plus what is in flight), so it takes them less often: a
+ * restarted sender sends again what followed its checkpoint, and the
+ * receiver checks it with 8 bytes of hashes per KiB. */
+#define DEFAULT_SNAPSHOT_EVERY_RECV (8u << 20)
+#define DEFAULT_SNAPSHOT_EVERY_SEND (64u << 20)
 /* While no data arrives for this long, the receiver checkpoints what it
  * has: the sender's retention cap can then never wait on a checkpoint that
  * only more data would trigger. */
@@ -86,7 +94,8 @@ static void usage(FILE *f) {
         "after a\n"
         "                              crash or kill -9 to resume\n"
         "  -e, --snapshot-every BYTES  checkpoint at least every BYTES "
-        "(default 8M)\n"
+        "(default 8M\n"
+        "                              for recv, 64M for send)\n"
         "  -r, --limit-rate RATE       (send) at most RATE bytes per second "
         "(50M, 512K)\n"
         "  -p, --plain                 plain TCP instead of tether, no "
@@ -370,6 +379,7 @@ struct xfer {
   int sock;          /* --plain: the TCP connection, else -1 */
   struct store store;
   int has_store;     /* --state */
+  struct writer *w;  /* --state: the checkpoint writer thread */
   struct cp_state st; /* progress; st.pos is our position in the stream */
   uint64_t snap_pos; /* st.pos at the last checkpoint */
   int fd;            /* send: the input; recv: FILE.part */
@@ -378,10 +388,124 @@ struct xfer {
   uint8_t buf[BUF_SIZE];
 };
 
-/* Writes the progress and a snapshot of the context into the state file,
- * then tells tether the snapshot is durable.  Nothing else runs session
- * I/O meanwhile, so both describe the same moment. */
-static int checkpoint(struct xfer *x) {
+/* ---- checkpoints ------------------------------------------------------------ */
+
+/* A checkpoint has two halves.  The first, in the transfer's thread, takes
+ * the snapshot and encodes it with the progress: nothing else runs session
+ * I/O meanwhile, so both describe the same moment.  The second, the slow
+ * one, runs on the writer thread while the transfer goes on: fdatasync of
+ * FILE.part (recv: the file must hold every byte the state counts; the
+ * bytes are written before the snapshot is taken), the state file written
+ * atomically, and only then tether_snapshot_commit(), after which the peer
+ * may drop the bytes the snapshot covers.  One checkpoint at a time: the
+ * next one waits for the previous to be durable. */
+struct writer {
+  pthread_t tid;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int busy;     /* a job is handed over and not finished */
+  int stop;
+  int err;      /* the last job failed (reported by the writer) */
+  struct xfer *x;
+  uint8_t *buf; /* the state file's content */
+  size_t len;
+  void *blob;   /* the snapshot in it, for the commit */
+  size_t blob_len;
+};
+
+static int write_job(struct writer *w) {
+  struct xfer *x = w->x;
+  int r;
+
+  if (!x->o->is_send && x->fd >= 0 && fdatasync(x->fd) < 0)
+    return report_file("cannot fsync", x->part, -errno);
+  if (store_write(&x->store, w->buf, w->len) < 0)
+    return -1;
+  r = tether_snapshot_commit(x->ctx, w->blob, w->blob_len);
+  if (r < 0)
+    return report("cannot commit the snapshot", r);
+  return 0;
+}
+
+static void *writer_main(void *arg) {
+  struct writer *w = arg;
+
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (!w->busy && !w->stop)
+      pthread_cond_wait(&w->cv, &w->mu);
+    if (!w->busy)
+      break;
+    pthread_mutex_unlock(&w->mu);
+    int r = write_job(w);
+    free(w->buf);
+    free(w->blob);
+    pthread_mutex_lock(&w->mu);
+    w->buf = NULL;
+    w->blob = NULL;
+    if (r < 0)
+      w->err = 1;
+    w->busy = 0;
+    pthread_cond_broadcast(&w->cv);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+static int writer_start(struct xfer *x) {
+  struct writer *w = calloc(1, sizeof(*w));
+  int r;
+
+  if (w == NULL)
+    return report("out of memory", -ENOMEM);
+  w->x = x;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  r = -pthread_create(&w->tid, NULL, writer_main, w);
+  if (r < 0) {
+    free(w);
+    return report("cannot start the checkpoint thread", r);
+  }
+  x->w = w;
+  return 0;
+}
+
+/* Waits until the checkpoint in progress, if any, is durable: 0, or -1 if
+ * it failed (reported). */
+static int checkpoint_wait(struct xfer *x) {
+  struct writer *w = x->w;
+  int err;
+
+  if (w == NULL)
+    return 0;
+  pthread_mutex_lock(&w->mu);
+  while (w->busy)
+    pthread_cond_wait(&w->cv, &w->mu);
+  err = w->err;
+  pthread_mutex_unlock(&w->mu);
+  return err ? -1 : 0;
+}
+
+static void writer_stop(struct xfer *x) {
+  struct writer *w = x->w;
+
+  if (w == NULL)
+    return;
+  pthread_mutex_lock(&w->mu);
+  w->stop = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->tid, NULL);
+  pthread_cond_destroy(&w->cv);
+  pthread_mutex_destroy(&w->mu);
+  free(w);
+  x->w = NULL;
+}
+
+/* Takes a checkpoint and hands its slow half to the writer (after the
+ * previous one is durable); 0 or -1 (reported). */
+static int checkpoint_start(struct xfer *x) {
+  struct writer *w = x->w;
   void *blob = NULL;
   uint8_t *buf = NULL;
   size_t blob_len, len;
@@ -389,9 +513,8 @@ static int checkpoint(struct xfer *x) {
 
   if (!x->has_store)
     return 0;
-  /* recv: FILE.part must hold every byte the state will count. */
-  if (!x->o->is_send && x->fd >= 0 && fdatasync(x->fd) < 0)
-    return report_file("cannot fsync", x->part, -errno);
+  if (checkpoint_wait(x) < 0)
+    return -1;
   r = tether_snapshot(x->ctx, &blob, &blob_len);
   if (r < 0)
     return report("cannot snapshot the session", r);
@@ -401,22 +524,51 @@ static int checkpoint(struct xfer *x) {
   x->st.blob = NULL;
   x->st.blob_len = 0;
   if (r < 0) {
-    report("cannot encode the state", r);
-    goto out;
+    free(blob);
+    return report("cannot encode the state", r);
   }
-  r = store_write(&x->store, buf, len);
-  if (r < 0)
-    goto out;
-  r = tether_snapshot_commit(x->ctx, blob, blob_len);
-  if (r < 0) {
-    report("cannot commit the snapshot", r);
-    goto out;
-  }
+  pthread_mutex_lock(&w->mu);
+  w->buf = buf;
+  w->len = len;
+  w->blob = blob;
+  w->blob_len = blob_len;
+  w->busy = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
   x->snap_pos = x->st.pos;
-out:
-  free(buf);
-  free(blob);
-  return r < 0 ? -1 : 0;
+  return 0;
+}
+
+/* In the stream: a checkpoint is due every --snapshot-every bytes, unless
+ * the previous one is still being written.  Waiting for it would stall the
+ * transfer on the disk; skipping lets checkpoints follow the disk's pace
+ * (the sender retains more meanwhile, and waits at its cap). */
+static int checkpoint_due(struct xfer *x) {
+  int busy;
+
+  if (!x->has_store || x->st.pos - x->snap_pos < x->o->every)
+    return 0;
+  pthread_mutex_lock(&x->w->mu);
+  busy = x->w->busy;
+  pthread_mutex_unlock(&x->w->mu);
+  return !busy;
+}
+
+/* want, cut so that a read or write ends where the next checkpoint is due
+ * (if one is not overdue already). */
+static uint64_t checkpoint_bound(const struct xfer *x, uint64_t want) {
+  uint64_t due = x->snap_pos + x->o->every;
+
+  if (x->has_store && x->st.pos < due && want > due - x->st.pos)
+    want = due - x->st.pos;
+  return want;
+}
+
+/* A checkpoint that is durable when this returns: 0 or -1 (reported). */
+static int checkpoint(struct xfer *x) {
+  if (checkpoint_start(x) < 0)
+    return -1;
+  return checkpoint_wait(x);
 }
 
 /* Restores the context from the state file, if there is one.  Returns 1
@@ -591,7 +743,7 @@ static ssize_t session_read(struct xfer *x, void *buf, size_t len,
     if (r < 0 && errno != EINTR)
       return report("poll", -errno);
     if (r == 0 && idle_checkpoint && x->st.pos > x->snap_pos &&
-        checkpoint(x) < 0)
+        checkpoint_start(x) < 0)
       return -1;
   }
 }
@@ -657,6 +809,7 @@ static void linger(tether_session *s) {
 /* Frees x.  A session still open here is dropped as by a crash, not
  * closed: the state file keeps it resumable. */
 static void xfer_clear(struct xfer *x) {
+  writer_stop(x); /* waits for the checkpoint in progress */
   if (x->ctx != NULL)
     tether_ctx_free(x->ctx);
   if (x->fd >= 0)
@@ -683,6 +836,8 @@ static int xfer_init(struct xfer *x, const struct opts *o) {
   if (o->state_dir == NULL)
     return 0;
   x->has_store = 1;
+  if (writer_start(x) < 0)
+    return -1;
   return store_open(&x->store, o->state_dir, o->is_send ? "send" : "recv");
 }
 
@@ -730,8 +885,7 @@ static int send_stream(struct xfer *x) {
     uint64_t want = size - off;
     if (want > chunk)
       want = chunk;
-    if (x->has_store && want > x->snap_pos + o->every - x->st.pos)
-      want = x->snap_pos + o->every - x->st.pos;
+    want = checkpoint_bound(x, want);
     ssize_t n = read(x->fd, x->buf, (size_t)want);
     if (n < 0 && errno == EINTR)
       continue;
@@ -749,8 +903,7 @@ static int send_stream(struct xfer *x) {
     off += (uint64_t)n;
     x->st.pos += (uint64_t)n;
     progress_show(off, 0);
-    if (x->has_store && x->st.pos - x->snap_pos >= o->every &&
-        checkpoint(x) < 0)
+    if (checkpoint_due(x) && checkpoint_start(x) < 0)
       return -1;
   }
   progress_show(off, 1);
@@ -860,7 +1013,9 @@ static int run_send(const struct opts *o) {
 abandon:
   /* A transfer that failed for good, like one that is done, ends its
    * session and leaves no state behind (a crash, which never gets here,
-   * does). */
+   * does).  First the writer finishes, or it could write the state file
+   * again after it is removed. */
+  (void)checkpoint_wait(&x);
   conn_close(&x);
   if (x.has_store)
     store_remove(&x.store);
@@ -898,7 +1053,6 @@ static int open_part(struct xfer *x) {
 /* Reads the rest of the sender's stream from x->st.pos into FILE.part and
  * decides the verdict. */
 static int recv_stream(struct xfer *x) {
-  const struct opts *o = x->o;
   uint8_t hdr[CP_HEADER_LEN], want_digest[CP_DIGEST_LEN], digest[CP_DIGEST_LEN];
   const char *why;
   uint64_t off;
@@ -920,8 +1074,7 @@ static int recv_stream(struct xfer *x) {
     uint64_t want = x->st.size - off;
     if (want > BUF_SIZE)
       want = BUF_SIZE;
-    if (x->has_store && want > x->snap_pos + o->every - x->st.pos)
-      want = x->snap_pos + o->every - x->st.pos;
+    want = checkpoint_bound(x, want);
     ssize_t n = session_read(x, x->buf, (size_t)want, 1);
     if (n < 0)
       return -1;
@@ -939,8 +1092,7 @@ static int recv_stream(struct xfer *x) {
     off += (uint64_t)n;
     x->st.pos += (uint64_t)n;
     progress_show(off, 0);
-    if (x->has_store && x->st.pos - x->snap_pos >= o->every &&
-        checkpoint(x) < 0)
+    if (checkpoint_due(x) && checkpoint_start(x) < 0)
       return -1;
   }
   progress_show(off, 1);
@@ -1136,6 +1288,7 @@ static int run_recv(const struct opts *o) {
 abandon:
   /* As in run_send; the sender also hears that we failed, and no partial
    * file stays behind. */
+  (void)checkpoint_wait(&x);
   if (!settled) {
     if (x.sock >= 0 ||
         (x.s != NULL && tether_session_state(x.s) != TETHER_STATE_FAILED))
@@ -1170,7 +1323,7 @@ int main(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct opts o = {.every = DEFAULT_SNAPSHOT_EVERY};
+  struct opts o = {0};
   const char *listen_arg = NULL, *connect_arg = NULL, *out_arg = NULL;
   const char *every_arg = NULL, *rate_arg = NULL;
   int c;
@@ -1183,6 +1336,7 @@ int main(int argc, char **argv) {
   else if (strcmp(argv[1], "recv") != 0)
     return cli_usage_error(
         PROG, "unknown command '%s' (expected send or recv)", argv[1]);
+  o.every = o.is_send ? DEFAULT_SNAPSHOT_EVERY_SEND : DEFAULT_SNAPSHOT_EVERY_RECV;
 
   argc--;
   argv++;

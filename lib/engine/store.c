@@ -73,8 +73,12 @@ static int save_commit(tether_ctx *ctx, tether_store *st, const void *blob, size
 }
 
 int tether_checkpoint_blob(tether_ctx *ctx, tether_store *st, const void *blob, size_t len) {
+  uint32_t capture;
   if (!ctx || !st || !blob)
     return -EINVAL;
+  /* Checked before the store keeps it: the commit needs its header. */
+  if (snap_capture_id(blob, len, &capture) < 0)
+    return TETHER_EPROTO;
   pthread_mutex_lock(&st->lock);
   int rc = save_commit(ctx, st, blob, len);
   pthread_mutex_unlock(&st->lock);

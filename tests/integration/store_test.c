@@ -175,6 +175,8 @@ static void test_mem_store_rollback(void **state) {
   assert_int_equal(tether_restore_store(NULL, st, &none), -ENOENT);
   assert_null(none);
   pair_open(&p);
+  assert_int_equal(tether_checkpoint_blob(p.cctx, st, "not a snapshot", 14), TETHER_EPROTO);
+  assert_int_equal(m.saves, 0);
   assert_int_equal(tether_checkpoint(p.cctx, st), 0);
   assert_int_equal(m.saves, 1);
   assert_int_equal(m.commits, 1);
