@@ -63,9 +63,12 @@
  * hold the bytes the receiver has not committed yet (about the receiver's
  * interval plus what is in flight), so it takes them less often: a
  * restarted sender sends again what followed its checkpoint, and the
- * receiver checks it with 8 bytes of hashes per KiB. */
+ * receiver checks it with 8 bytes of hashes per KiB.  Those hashes cover
+ * at most TETHER_OPT_RETAIN_MAX_BYTES (64 MiB) past the sender's last
+ * commit: a checkpoint is never more than two intervals late (see
+ * checkpoint_due), so 16M keeps well inside. */
 #define DEFAULT_SNAPSHOT_EVERY_RECV (8u << 20)
-#define DEFAULT_SNAPSHOT_EVERY_SEND (64u << 20)
+#define DEFAULT_SNAPSHOT_EVERY_SEND (16u << 20)
 /* While no data arrives for this long, the receiver checkpoints what it
  * has: the sender's retention cap can then never wait on a checkpoint that
  * only more data would trigger. */
@@ -95,7 +98,7 @@ static void usage(FILE *f) {
         "                              crash or kill -9 to resume\n"
         "  -e, --snapshot-every BYTES  checkpoint at least every BYTES "
         "(default 8M\n"
-        "                              for recv, 64M for send)\n"
+        "                              for recv, 16M for send)\n"
         "  -r, --limit-rate RATE       (send) at most RATE bytes per second "
         "(50M, 512K)\n"
         "  -p, --plain                 plain TCP instead of tether, no "
@@ -411,6 +414,8 @@ struct writer {
   size_t len;
   void *blob;   /* the snapshot in it, for the commit */
   size_t blob_len;
+  uint64_t pos;     /* the job's stream position */
+  uint64_t durable; /* the position of the last committed checkpoint */
 };
 
 static int write_job(struct writer *w) {
@@ -445,6 +450,8 @@ static void *writer_main(void *arg) {
     w->blob = NULL;
     if (r < 0)
       w->err = 1;
+    else
+      w->durable = w->pos;
     w->busy = 0;
     pthread_cond_broadcast(&w->cv);
   }
@@ -532,6 +539,7 @@ static int checkpoint_start(struct xfer *x) {
   w->len = len;
   w->blob = blob;
   w->blob_len = blob_len;
+  w->pos = x->st.pos;
   w->busy = 1;
   pthread_cond_broadcast(&w->cv);
   pthread_mutex_unlock(&w->mu);
@@ -539,19 +547,24 @@ static int checkpoint_start(struct xfer *x) {
   return 0;
 }
 
-/* In the stream: a checkpoint is due every --snapshot-every bytes, unless
- * the previous one is still being written.  Waiting for it would stall the
- * transfer on the disk; skipping lets checkpoints follow the disk's pace
- * (the sender retains more meanwhile, and waits at its cap). */
+/* In the stream: a checkpoint is due every --snapshot-every bytes.  While
+ * the previous one is still being written, it is put off rather than
+ * waited for, so that checkpoints follow the disk's pace instead of
+ * stalling the transfer -- but only until the last committed one is two
+ * intervals behind: what the peer must keep for us (the receiver's
+ * interval bounds the sender's retention; the sender's, the receiver's
+ * replay hashes) stays bounded.  checkpoint_start then waits. */
 static int checkpoint_due(struct xfer *x) {
+  uint64_t every = x->o->every, durable;
   int busy;
 
-  if (!x->has_store || x->st.pos - x->snap_pos < x->o->every)
+  if (!x->has_store || x->st.pos - x->snap_pos < every)
     return 0;
   pthread_mutex_lock(&x->w->mu);
   busy = x->w->busy;
+  durable = x->w->durable;
   pthread_mutex_unlock(&x->w->mu);
-  return !busy;
+  return !busy || x->st.pos - durable >= 2 * every;
 }
 
 /* want, cut so that a read or write ends where the next checkpoint is due
@@ -645,6 +658,7 @@ static int restore(struct xfer *x, const tether_config *cfg) {
   st.blob_len = 0;
   x->st = st;
   x->snap_pos = st.pos;
+  x->w->durable = st.pos; /* no writer job yet: no lock needed */
   say("resuming %s from %s at byte %" PRIu64 " of %" PRIu64, role,
       x->store.path, cp_file_offset(st.size, st.pos), st.size);
   r = 0;
