@@ -550,10 +550,11 @@ static int checkpoint_start(struct xfer *x) {
 /* In the stream: a checkpoint is due every --snapshot-every bytes.  While
  * the previous one is still being written, it is put off rather than
  * waited for, so that checkpoints follow the disk's pace instead of
- * stalling the transfer -- but only until the last committed one is two
- * intervals behind: what the peer must keep for us (the receiver's
- * interval bounds the sender's retention; the sender's, the receiver's
- * replay hashes) stays bounded.  checkpoint_start then waits. */
+ * stalling the transfer.  On the receiver the sender's retention cap
+ * bounds how far that goes (the sender waits there).  The sender's lag
+ * must stay within the receiver's replay hashes, which reach back
+ * TETHER_OPT_RETAIN_MAX_BYTES: once its last committed checkpoint is two
+ * intervals behind, checkpoint_start waits for the writer. */
 static int checkpoint_due(struct xfer *x) {
   uint64_t every = x->o->every, durable;
   int busy;
@@ -564,7 +565,7 @@ static int checkpoint_due(struct xfer *x) {
   busy = x->w->busy;
   durable = x->w->durable;
   pthread_mutex_unlock(&x->w->mu);
-  return !busy || x->st.pos - durable >= 2 * every;
+  return !busy || (x->o->is_send && x->st.pos - durable >= 2 * every);
 }
 
 /* want, cut so that a read or write ends where the next checkpoint is due

@@ -15,6 +15,18 @@
 
 bool snap_durable;
 
+int durable_on(void **state) {
+  (void)state;
+  snap_durable = true;
+  return 0;
+}
+
+int durable_off(void **state) {
+  (void)state;
+  snap_durable = false;
+  return 0;
+}
+
 tether_ctx *new_ctx(void) {
   tether_ctx *ctx;
   tether_config *cfg = tether_config_new();

@@ -14,6 +14,10 @@
 
 extern bool snap_durable; /* new contexts are durable (TETHER_OPT_DURABLE) */
 
+/* cmocka setup/teardown: the test's contexts are durable. */
+int durable_on(void **state);
+int durable_off(void **state);
+
 struct pair {
   tether_ctx *sctx, *cctx;
   tether_listener *l;

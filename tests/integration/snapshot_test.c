@@ -152,18 +152,6 @@ static void test_file_store(void **state) {
 
 /* ---- durable acknowledgements: restores from older snapshots ------------ */
 
-static int durable_on(void **state) {
-  (void)state;
-  snap_durable = true;
-  return 0;
-}
-
-static int durable_off(void **state) {
-  (void)state;
-  snap_durable = false;
-  return 0;
-}
-
 /* Takes a snapshot of ctx and commits it, as an application that stored it
  * would. */
 static void snapshot_committed(tether_ctx *ctx, void **blob, size_t *len) {

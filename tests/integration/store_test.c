@@ -91,18 +91,6 @@ static void mem_store_clear(struct mem_store *m, tether_store *st) {
   free(m->current);
 }
 
-static int durable_on(void **state) {
-  (void)state;
-  snap_durable = true;
-  return 0;
-}
-
-static int durable_off(void **state) {
-  (void)state;
-  snap_durable = false;
-  return 0;
-}
-
 /* What the server sends after a snapshot: more than the 1024-byte chunk
  * a durable side always keeps. */
 #define BIG (64 * 1024)
