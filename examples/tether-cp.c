@@ -522,7 +522,15 @@ static int checkpoint_start(struct xfer *x) {
     return 0;
   if (checkpoint_wait(x) < 0)
     return -1;
-  r = tether_snapshot(x->ctx, &blob, &blob_len);
+  /* While it streams, the sender can write everything again from its
+   * file: its snapshots leave out what it retains for the receiver
+   * (tether_snapshot_lean), which would make them as large as what the
+   * receiver has not committed yet, and restore() goes back to where the
+   * session is. */
+  if (x->o->is_send && x->st.phase == CP_PHASE_STREAM)
+    r = tether_snapshot_lean(x->ctx, &blob, &blob_len);
+  else
+    r = tether_snapshot(x->ctx, &blob, &blob_len);
   if (r < 0)
     return report("cannot snapshot the session", r);
   x->st.blob = blob;
@@ -645,6 +653,11 @@ static int restore(struct xfer *x, const tether_config *cfg) {
     goto out;
   }
   r = -1;
+  /* The sender's stream snapshots are lean (see checkpoint_start): its
+   * session may be back before its progress, and it writes again from
+   * there. */
+  if (x->o->is_send && st.phase == CP_PHASE_STREAM && stats.bytes_sent < st.pos)
+    st.pos = stats.bytes_sent;
   if ((x->o->is_send ? stats.bytes_sent : stats.bytes_received) != st.pos) {
     say("%s: its progress (%" PRIu64 " bytes) does not match its session "
         "snapshot (%" PRIu64 "); refusing to resume",

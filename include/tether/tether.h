@@ -226,6 +226,15 @@ TETHER_API int tether_session_stats(const tether_session *s,
  * blob (magic, format version, SHA-256) in *blob (release with free(3)).
  * It holds session keys: store it where only this user can read it. */
 TETHER_API int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len);
+/* tether_snapshot() without the bytes a durable context's sessions retain
+ * for their peers: each such session is captured as if it had written only
+ * up to the 1 KiB boundary at or below the first byte it retains (its peer
+ * has everything before).  After a restore, tether_session_stats()'s
+ * bytes_sent says where: the application writes again, identically (the
+ * peer checks), everything from there.  For applications that can
+ * regenerate what they wrote (a file sender), whose snapshots then stay
+ * small however much their peers have not yet committed. */
+TETHER_API int tether_snapshot_lean(tether_ctx *ctx, void **blob, size_t *len);
 /* tether_checkpoint() through a file store at path (tether_store_file_new):
  * after a crash at any point, path holds either the previous snapshot or
  * this one; once the file is durable the snapshot is committed. */

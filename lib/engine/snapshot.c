@@ -85,22 +85,37 @@ static int capture_log(struct capture *c, const struct replay_log *l, Tether__Sn
   return 0;
 }
 
-/* Remembers what capture `id` holds of s, for tether_snapshot_commit. */
-static void note_capture(struct tether_session *s, uint32_t id) {
+/* Remembers what capture `id` holds of s (sent as captured), for
+ * tether_snapshot_commit. */
+static void note_capture(struct tether_session *s, uint32_t id, uint64_t sent) {
   unsigned i = s->next_captured++ % (sizeof(s->captured) / sizeof(s->captured[0]));
   s->captured[i].capture = id;
-  s->captured[i].sent = s->core.sent;
+  s->captured[i].sent = sent;
   s->captured[i].delivered = s->core.delivered;
 }
 
-/* Session locks held. */
+/* Where a lean capture puts a session's stream (see tether_snapshot_lean):
+ * the chunk boundary at or below the first byte it retains, which its peer
+ * holds durably or which is on a chunk boundary of its replay hashes.
+ * Only a durable side whose application still writes can go back. */
+static uint64_t lean_sent(const struct core_session *k) {
+  if (!k->cfg.durable || k->wr_closed)
+    return k->sent;
+  return replay_align(k->ret.base);
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* Session locks held.  m->sent is `sent`: the session's, or for a lean
+ * capture lean_sent(), without the retained bytes above it. */
 static int capture_session(struct capture *c, const struct tether_ctx *ctx,
-                           struct tether_session *s, Tether__Snap__Session *m) {
+                           struct tether_session *s, Tether__Snap__Session *m,
+                           uint64_t sent) {
   const struct core_session *k = &s->core;
   tether__snap__session__init(m);
   /* The four session keys in one allocation, so capture_free wipes them. */
   uint8_t *keys = malloc(4 * KEY_LEN);
-  size_t held = (size_t)(k->sent - k->ret.base);
+  size_t held = (size_t)(sent - min_u64(k->ret.base, sent));
   uint8_t *ret = held ? malloc(held) : NULL;
   if (!keys || (held && !ret)) {
     free(keys);
@@ -137,10 +152,10 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   }
   if (s->udp_peer_len)
     m->udp_peer = addr_of(c, &s->udp_peer, s->udp_peer_len);
-  m->sent = k->sent;
+  m->sent = sent;
   m->delivered = k->delivered;
-  m->peer_acked = k->peer_acked;
-  m->retained_from = k->ret.base;
+  m->peer_acked = min_u64(k->peer_acked, sent);
+  m->retained_from = sent - held;
   m->wr_closed = k->wr_closed;
   m->rd_closed = k->rd_closed;
   m->peer_wr_closed = k->peer_wr_closed;
@@ -161,12 +176,12 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   m->durable = k->cfg.durable;
   m->peer_durable = k->peer_durable;
   m->peer_durable_sent = k->peer_durable_sent;
-  m->peer_durable_delivered = k->peer_durable_delivered;
+  m->peer_durable_delivered = min_u64(k->peer_durable_delivered, sent);
   m->retain_max = k->cfg.retain_max;
   return 0;
 }
 
-int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
+static int snapshot(tether_ctx *ctx, bool lean, void **blob, size_t *len) {
   struct capture c;
   size_t n_l = 0, n_s = 0;
   int rc = -ENOMEM;
@@ -209,9 +224,10 @@ int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
     for (struct tether_session *s = ctx->buckets[b]; s; s = s->hash_next) {
       session_lock(s);
       bool keep = worth_keeping(s);
-      int r = keep ? capture_session(&c, ctx, s, &c.session_v[c.msg.n_sessions]) : 0;
+      uint64_t sent = lean ? lean_sent(&s->core) : s->core.sent;
+      int r = keep ? capture_session(&c, ctx, s, &c.session_v[c.msg.n_sessions], sent) : 0;
       if (keep && r == 0)
-        note_capture(s, id);
+        note_capture(s, id, sent);
       session_unlock(s);
       if (r < 0) {
         rc = r;
@@ -237,6 +253,14 @@ out:
   capture_free(&c);
   free(bound);
   return rc;
+}
+
+int tether_snapshot(tether_ctx *ctx, void **blob, size_t *len) {
+  return snapshot(ctx, false, blob, len);
+}
+
+int tether_snapshot_lean(tether_ctx *ctx, void **blob, size_t *len) {
+  return snapshot(ctx, true, blob, len);
 }
 
 int tether_snapshot_commit(tether_ctx *ctx, const void *blob, size_t len) {
