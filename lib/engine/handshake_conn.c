@@ -590,6 +590,11 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   pthread_mutex_unlock(&ctx->lock);
   event_add(h->ev, NULL);
   event_add(h->timeout, &tv);
+  /* Listeners defer accepting until the first bytes arrived
+   * (TCP_DEFER_ACCEPT): read them now rather than after another turn of
+   * the event loop.  h may be gone after this. */
+  if (h->kind == HS_SERVER)
+    on_io(h->fd, EV_READ, h);
   return 0;
 }
 
