@@ -241,6 +241,7 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     return -1; /* replayed or reordered: heartbeats are cumulative, drop it */
   c->rx_seq = ctl->seq;
   c->udp_seen = true;
+  c->unconfirmed_give_up_ns = 0; /* only a key holder can authenticate it */
   c->last_rx_ns = now;
   c->accept_unheard = false; /* a suspended client sends no datagrams */
   if (c->state == CORE_FAILED) {
@@ -371,6 +372,7 @@ int core_on_resumed(struct core_session *c, uint64_t now,
       return rc;
     }
   }
+  c->unconfirmed_give_up_ns = 0; /* the peer proved its keys to resume */
   bool settled = peer_settled(c);
   /* Lower than before only if the peer rolled back to a snapshot.  After our
    * own rollback, only up to where the peer's check of our replay starts:
@@ -432,6 +434,18 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   c->backoff_ns = 0;
   enter_closed_if_finished(c, now);
   return 0;
+}
+
+void core_set_unconfirmed(struct core_session *c, uint64_t ns) {
+  c->unconfirmed_give_up_ns = ns ? ns : 1;
+}
+
+void core_confirm(struct core_session *c) { c->unconfirmed_give_up_ns = 0; }
+
+/* How long a suspension may last (0: forever). */
+static uint64_t give_up_after(const struct core_session *c) {
+  uint64_t g = c->cfg.give_up_ns, u = c->unconfirmed_give_up_ns;
+  return u && (g == 0 || u < g) ? u : g;
 }
 
 void core_set_peer_durable(struct core_session *c) {
@@ -522,8 +536,8 @@ uint64_t core_next_deadline(const struct core_session *c) {
       d = min64(d, c->released_at_ns + c->cfg.give_up_ns);
     break;
   case CORE_SUSPENDED:
-    if (c->cfg.give_up_ns)
-      d = c->suspended_at_ns + c->cfg.give_up_ns;
+    if (give_up_after(c))
+      d = c->suspended_at_ns + give_up_after(c);
     if (c->role == CORE_CLIENT)
       d = min64(d, c->next_redial_ns);
     break;
@@ -582,7 +596,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       act |= CORE_ACT_DONE;
     break;
   case CORE_SUSPENDED:
-    if (c->cfg.give_up_ns && now >= c->suspended_at_ns + c->cfg.give_up_ns) {
+    if (give_up_after(c) && now >= c->suspended_at_ns + give_up_after(c)) {
       c->suspended_total_ns += now - c->suspended_at_ns;
       core_fail(c, TETHER_EGIVEUP);
       act |= CORE_ACT_FAILED;

@@ -128,6 +128,8 @@ struct core_session {
                               state and does not answer: resume to tell it */
   bool accept_unheard;     /* server: resumed, and no datagram since that
                               shows the client got our ResumeAccept */
+  uint64_t unconfirmed_give_up_ns; /* server: nonzero until the client proved
+                                      it holds the keys (core_set_unconfirmed) */
   uint64_t ack_poll_at_ns; /* client, no side channel: resume then to learn
                               the acknowledgements of our writes */
   unsigned ack_polls;      /* such resumes so far (the interval doubles) */
@@ -228,6 +230,15 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out);
  * replay (ignore it).  Sets *reply when the peer expects an answer now. */
 int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
                 bool *reply);
+
+/* A server session made before the client proved that it holds the
+ * session keys (the engine checks the client's ClientFinish later, on the
+ * session's first read): if its transport is lost before any proof, it
+ * gives up after `ns` rather than give_up_ns -- a client that never
+ * finished its handshake will never resume.  Proofs: an authenticated
+ * datagram, a resume, or core_confirm() (a correct ClientFinish). */
+void core_set_unconfirmed(struct core_session *c, uint64_t ns);
+void core_confirm(struct core_session *c);
 
 /* ---- durable acknowledgements ---- */
 

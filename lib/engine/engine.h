@@ -159,6 +159,12 @@ struct tether_session {
   } captured[4];
   unsigned next_captured;
   bool restored_unresumed; /* restored, not yet resumed: peer position unknown */
+
+  /* Server, no pre-shared key: the client's ClientFinish still heads the
+   * socket (see on_client_hello); read and checked before any byte.  NULL
+   * once read, or once the connection it came on is gone.  rx_lock. */
+  struct hs_reader *finish_rd;
+  uint8_t finish_mac[MAC_LEN]; /* the ClientFinish.confirm expected */
 };
 
 /* What the application's fd refers to.  poll() attaches to the files it
@@ -203,6 +209,8 @@ struct hs_conn {
   socklen_t peer_len;
   struct event *ev, *timeout;
   const char *why;
+  bool finish_later; /* server: done before the ClientFinish; its MAC: */
+  uint8_t finish_mac[MAC_LEN];
 };
 
 #define HS_DONE 1
@@ -230,6 +238,14 @@ struct tether_session *session_restore(struct tether_ctx *ctx,
                                        struct tether_listener *l, int *err);
 /* Registers the session's events with the engine and starts its timer. */
 int session_start(struct tether_session *s);
+/* Server, no pre-shared key: the client's ClientFinish (MAC h->finish_mac)
+ * will head the socket.  -ENOMEM. */
+int session_expect_finish(struct tether_session *s, const struct hs_conn *h);
+/* rx_lock held: reads and checks the ClientFinish if it still heads the
+ * socket, so that what follows is the application's.  Like recv(): 1 when
+ * nothing of ours is left there (or the check failed the session: look at
+ * its state), 0 at EOF, -1 with errno (EAGAIN: not all of it arrived). */
+int session_take_finish_locked(struct tether_session *s);
 /* Both locks held: the transport failed; install the placeholder and let the
  * engine retire the socket. */
 void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why);

@@ -5,7 +5,9 @@
  * send ResumeFinish, await ResumeAccept.  Server: await ClientHello (then
  * send ServerHello, await ClientFinish) or ResumeHello (then send
  * ResumeChallenge, await ResumeFinish, send ResumeAccept).  Nothing is read
- * past the last frame: application bytes may follow it directly. */
+ * past the last frame: application bytes may follow it directly.  Without a
+ * pre-shared key the server's part ends with its ServerHello: the session's
+ * first read takes the ClientFinish (session.c, take_finish_locked). */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -50,7 +52,7 @@ void hs_conn_free(struct hs_conn *h) {
   if (h->fd >= 0)
     close(h->fd);
   x25519_free(h->key);
-  wipe(h, sizeof(*h));
+  wipe(h, sizeof(*h)); /* keys, finish_mac */
   free(h);
 }
 
@@ -278,8 +280,15 @@ static int on_accept(struct hs_conn *h, const Tether__Wire__ResumeAccept *ra) {
  * (without one an active attacker could complete the exchange anyway).
  * Otherwise it answers at once and agrees on keys while its ServerHello
  * travels, so the two sides' X25519 operations overlap.  The client always
- * proves its keys in ClientFinish: nothing of a session exists here before
- * a client completed the handshake. */
+ * proves its keys in ClientFinish.  With a pre-shared key that proof
+ * authenticates the client, and no session exists here before it.  Without
+ * one it proves nothing a client could not: the session is made at once
+ * and queued for accept while the client agrees on keys, and the
+ * ClientFinish, which the client sends right before its first bytes, is
+ * checked when the session reads them -- the accepting side gains the
+ * engine's and the accept's wake-ups on its first bytes.  Until some proof
+ * (that ClientFinish, an authenticated datagram or a resume) a broken
+ * connection ends such a session within connect_timeout_ms. */
 static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *ch) {
   uint8_t th[32], mac[MAC_LEN];
   bool confirm = h->ctx->cfg.psk_len > 0;
@@ -332,6 +341,11 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
     h->why = "bad client key"; /* too late for a Reject: the connection just closes */
     return TETHER_EPROTO;
   }
+  struct buf_part p = {th, sizeof(th)};
+  if (hmac_parts(h->keys.confirm_c, &p, 1, h->finish_mac) < 0)
+    return -EIO;
+  h->finish_later = true;
+  h->step = S_DONE;
   return 0;
 }
 

@@ -68,6 +68,11 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
     return;
   }
   h->fd = -1; /* the session owns the socket now */
+  if (h->finish_later && session_expect_finish(s, h) < 0) {
+    hs_conn_free(h);
+    session_destroy(s);
+    return;
+  }
   hs_conn_free(h);
   if (session_start(s) < 0) {
     session_destroy(s);

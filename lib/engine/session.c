@@ -87,6 +87,62 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   return s;
 }
 
+int session_expect_finish(struct tether_session *s, const struct hs_conn *h) {
+  if (!(s->finish_rd = malloc(sizeof(*s->finish_rd))))
+    return -ENOMEM;
+  hs_reader_init(s->finish_rd, false);
+  memcpy(s->finish_mac, h->finish_mac, MAC_LEN);
+  core_set_unconfirmed(&s->core, (uint64_t)s->ctx->cfg.connect_timeout_ms * 1000000);
+  return 0;
+}
+
+static void drop_finish(struct tether_session *s) {
+  free(s->finish_rd);
+  s->finish_rd = NULL;
+  wipe(s->finish_mac, MAC_LEN);
+}
+
+int session_take_finish_locked(struct tether_session *s) {
+  const char *why = NULL;
+  char tag[17];
+  if (!s->finish_rd || s->sock < 0)
+    return 1;
+  int rc = hs_reader_step(s->finish_rd, s->sock, &why);
+  if (rc == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (rc == -ECONNRESET)
+    return 0; /* EOF */
+  int err = 0;
+  if (rc > 0) {
+    hs_msg *m = hs_decode(s->finish_rd->buf, s->finish_rd->have, &why);
+    if (!m || m->msg_case != TETHER__WIRE__HANDSHAKE__MSG_CLIENT_FINISH) {
+      err = TETHER_EPROTO;
+      why = why ? why : "not a ClientFinish";
+    } else if (!mac_equal(m->client_finish->confirm.data, s->finish_mac)) {
+      err = TETHER_EAUTH;
+      why = "client failed key confirmation";
+    }
+    hs_free(m);
+  } else if (rc == -EPROTO || rc == -EMSGSIZE || rc == TETHER_EVERSION) {
+    err = TETHER_EPROTO;
+  } else {
+    errno = -rc;
+    return -1;
+  }
+  drop_finish(s);
+  /* rx_lock excludes the engine, which takes both locks. */
+  if (err == 0) {
+    core_confirm(&s->core);
+    return 1;
+  }
+  LOG_WARN(s->ctx, "session %s: %s: failed", session_tag(s->id, tag), why);
+  core_fail(&s->core, err);
+  session_kick(s);
+  return 1;
+}
+
 /* A session from a snapshot, suspended: the client redials at its first
  * timer, the server waits for that.  Its epoch goes up by one, and its
  * control sequence numbers continue above every number the earlier epochs
@@ -279,6 +335,7 @@ void session_fail(struct tether_session *s, int err) {
 void session_retire_locked(struct tether_session *s) {
   if (s->sock < 0)
     return;
+  drop_finish(s); /* it came on this connection, or never will */
   /* shutdown() stops all I/O on the socket at once, even for a poll() that
    * still references it (waking it); the descriptor itself is closed by the
    * engine, which may have an event registered on it. */
@@ -411,6 +468,15 @@ static ssize_t take_replay_locked(struct tether_session *s) {
 static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
   for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
+    if (s->finish_rd) {
+      ssize_t n = session_take_finish_locked(s);
+      if (n > 0)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+      session_suspend_locked(s, now_ns(), n == 0 ? "EOF before the ClientFinish" : strerror(errno));
+      return;
+    }
     if (core_replay_pending(&s->core)) {
       ssize_t n = take_replay_locked(s);
       if (n > 0)
@@ -621,6 +687,7 @@ void session_destroy(struct tether_session *s) {
   if (s->hold_w >= 0)
     close(s->hold_w);
   core_clear(&s->core);
+  free(s->finish_rd);
   pthread_mutex_destroy(&s->rx_lock);
   pthread_mutex_destroy(&s->tx_lock);
   wipe(s, sizeof(*s));
@@ -666,7 +733,10 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
     }
     if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
       ssize_t n;
-      if (core_replay_pending(c)) {
+      if (s->finish_rd) {
+        if ((n = session_take_finish_locked(s)) > 0)
+          continue;
+      } else if (core_replay_pending(c)) {
         if ((n = take_replay_locked(s)) > 0)
           continue;
       } else if ((n = recv(s->sock, buf, len, MSG_DONTWAIT)) > 0) {
