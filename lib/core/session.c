@@ -9,6 +9,7 @@
 #define MS ((uint64_t)1000000)
 #define FIRST_BACKOFF_NS (50 * MS)
 #define FIRST_CLOSE_RETRY_NS (10 * MS)
+#define FIRST_HEARTBEAT_NS (50 * MS)
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
@@ -62,7 +63,11 @@ void core_init(struct core_session *c, const struct core_config *cfg,
   c->peer_rcvbuf_max = peer_rcvbuf_max;
   retention_init(&c->ret, retention_cap(c), 0);
   c->last_rx_ns = now;
-  c->next_hb_ns = now; /* at once: proves the side channel early */
+  /* Soon, to prove the side channel early, but not at once: a short
+   * session (a request and its answer) ends before it and never needs a
+   * heartbeat, and a new session's first moments are its setup's critical
+   * path, which an extra datagram and the peer's wake-up would slow. */
+  c->next_hb_ns = now + min64(FIRST_HEARTBEAT_NS, cfg->heartbeat_ns);
 }
 
 void core_clear(struct core_session *c) {
@@ -357,6 +362,7 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
     out->durable_sent = c->durable_sent;
     out->durable_delivered = c->durable_delivered;
   }
+  out->ctl_seq = c->tx_seq;
 }
 
 int core_on_resumed(struct core_session *c, uint64_t now,
@@ -373,6 +379,12 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     }
   }
   c->unconfirmed_give_up_ns = 0; /* the peer proved its keys to resume */
+  /* Datagrams the peer sent before this resume may still be on their way;
+   * after a rollback on either side they speak of a stream that no longer
+   * is (an old delivered count would acknowledge bytes that the peer must
+   * yet check in our replay).  The resume state supersedes them. */
+  if (peer->ctl_seq > c->rx_seq)
+    c->rx_seq = peer->ctl_seq;
   bool settled = peer_settled(c);
   /* Lower than before only if the peer rolled back to a snapshot.  After our
    * own rollback, only up to where the peer's check of our replay starts:

@@ -86,6 +86,8 @@ struct core_resume_state {
                                  it keeps no replay log) */
   uint64_t durable_sent;      /* this side is durable: its last committed */
   uint64_t durable_delivered; /* snapshot's counters (else 0) */
+  uint64_t ctl_seq;           /* the last control sequence number it used:
+                                 the peer drops datagrams sent before */
 };
 
 struct core_session {

@@ -411,22 +411,56 @@ static void test_build_ctl(void **state) {
   core_clear(&c);
 }
 
+/* A resume fences off the peer's older datagrams: one sent before it (still
+ * in flight, or replayed) must not acknowledge bytes that the resume said
+ * the peer lacks. */
+static void test_resume_fences_old_datagrams(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 300);
+  flush_all(&c);
+  struct core_ctl early = peer_ctl(&c);
+  early.seq = 5;
+  early.delivered = 100;
+  assert_int_equal(on_ctl(&c, T0 + SEC, &early), 0);
+  suspend(&c, T0 + 2 * SEC);
+  struct core_resume_state p = peer_state(100, 0);
+  p.ctl_seq = 9; /* the peer had sent up to #9; #6..#9 never arrived */
+  assert_int_equal(core_on_resumed(&c, T0 + 3 * SEC, &p), 0);
+  assert_int_equal(flush_all(&c), 200);
+  struct core_ctl stale = peer_ctl(&c);
+  stale.seq = 8;
+  stale.delivered = 300;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &stale), -1);
+  assert_int_equal(c.peer_acked, 100);
+  struct core_ctl fresh = peer_ctl(&c);
+  assert_int_equal(fresh.seq, 10);
+  fresh.delivered = 250;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &fresh), 0);
+  assert_int_equal(c.peer_acked, 250);
+  core_clear(&c);
+}
+
 /* ---- timers --------------------------------------------------------------- */
 
 static void test_heartbeat_schedule(void **state) {
   (void)state;
   struct core_session c;
   init(&c, CORE_CLIENT);
-  /* The first heartbeat goes at once. */
-  assert_int_equal(core_next_deadline(&c), T0);
-  assert_int_equal(core_on_timer(&c, T0, 0), CORE_ACT_HEARTBEAT);
+  /* The first heartbeat goes 50 ms after setup (a short session needs
+   * none), then one every heartbeat_ns. */
+  uint64_t first = T0 + 50 * MS;
+  assert_int_equal(core_next_deadline(&c), first);
+  assert_int_equal(core_on_timer(&c, first - 1, 0), 0);
+  assert_int_equal(core_on_timer(&c, first, 0), CORE_ACT_HEARTBEAT);
   struct core_ctl k;
-  core_build_ctl(&c, T0, &k);
-  assert_int_equal(core_next_deadline(&c), T0 + SEC);
-  assert_int_equal(core_on_timer(&c, T0 + SEC - 1, 0), 0);
-  assert_int_equal(core_on_timer(&c, T0 + SEC, 0), CORE_ACT_HEARTBEAT);
-  core_build_ctl(&c, T0 + SEC + 5, &k);
-  assert_int_equal(core_next_deadline(&c), T0 + 2 * SEC + 5);
+  core_build_ctl(&c, first, &k);
+  assert_int_equal(core_next_deadline(&c), first + SEC);
+  assert_int_equal(core_on_timer(&c, first + SEC - 1, 0), 0);
+  assert_int_equal(core_on_timer(&c, first + SEC, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, first + SEC + 5, &k);
+  assert_int_equal(core_next_deadline(&c), first + 2 * SEC + 5);
   core_clear(&c);
 }
 
@@ -465,7 +499,7 @@ static void test_suspend_deadline(void **state) {
   init(&c, CORE_CLIENT);
   struct core_ctl k;
   /* No datagram ever seen: silence never suspends (UDP may be blocked). */
-  for (uint64_t t = T0; t <= T0 + 100 * SEC; t += SEC) {
+  for (uint64_t t = T0 + 50 * MS; t <= T0 + 100 * SEC; t += SEC) {
     assert_int_equal(core_next_deadline(&c), t);
     assert_int_equal(core_on_timer(&c, t, 0), CORE_ACT_HEARTBEAT);
     core_build_ctl(&c, t, &k);
@@ -1441,6 +1475,7 @@ int main(void) {
       cmocka_unit_test(test_ctl_close_flags),
       cmocka_unit_test(test_ctl_want_reply),
       cmocka_unit_test(test_build_ctl),
+      cmocka_unit_test(test_resume_fences_old_datagrams),
       cmocka_unit_test(test_heartbeat_schedule),
       cmocka_unit_test(test_close_notice_retransmit),
       cmocka_unit_test(test_suspend_deadline),
