@@ -215,8 +215,12 @@ static inline uint64_t core_replay_pending(const struct core_session *c) {
 int core_on_replayed(struct core_session *c, const void *data, size_t n);
 /* Bytes delivered since the last acknowledgement after which an explicit
  * ack is due, so the peer's retention shrinks to about the bytes really in
- * flight instead of the peer's whole receive buffer. */
-#define CORE_ACK_EVERY ((uint64_t)256 * 1024)
+ * flight instead of the peer's whole receive buffer.  Not needed for speed
+ * (a writer trims by the in-flight bound when it runs out of room), only for
+ * memory: each ack costs the reader a MAC and a datagram and wakes the
+ * writer's engine, so at tens of Gbit/s they are kept to a few thousand a
+ * second. */
+#define CORE_ACK_EVERY ((uint64_t)2 * 1024 * 1024)
 /* True when the application read enough since the last ack to send one now. */
 bool core_ack_due(const struct core_session *c);
 /* True if the peer shut down writing and every byte has been delivered. */
