@@ -89,6 +89,13 @@ struct tether_ctx {
   bool refill_pending;
   struct event *refill_ev;
 
+  /* The ends of live connections (FIN, reset): an epoll set of its own
+   * holding each connected session's socket with EPOLLRDHUP|EPOLLET only,
+   * so that data never wakes the engine (libevent reports a reset as
+   * readable and writable, not as EV_CLOSED).  Engine thread. */
+  int hup_ep;
+  struct event *hup_ev;
+
   /* Front ends (the preload): called on the engine thread with a redial's
    * socket before it connects. */
   void (*redial_hook)(struct tether_session *s, int fd);
@@ -159,6 +166,7 @@ struct tether_session {
   } captured[4];
   unsigned next_captured;
   bool restored_unresumed; /* restored, not yet resumed: peer position unknown */
+  int hup_sock; /* the socket in ctx->hup_ep, -1: none (engine thread) */
 
   /* Server, no pre-shared key: the client's ClientFinish still heads the
    * socket (see on_client_hello); read and checked before any byte.  NULL
@@ -260,6 +268,8 @@ void session_fail(struct tether_session *s, int err);
 void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
                     const struct sockaddr *from, socklen_t fromlen);
 void session_destroy(struct tether_session *s);
+/* Engine thread: the connection of a session in ctx->hup_ep ended. */
+void session_on_hangup(struct tether_session *s);
 void session_lock(struct tether_session *s);
 void session_unlock(struct tether_session *s);
 

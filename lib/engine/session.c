@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -62,6 +63,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->is_client = is_client;
   s->sock = h->fd;
   s->hold_w = -1;
+  s->hup_sock = -1;
   s->app_kind = APP_FD_SOCK;
   s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
   if (s->app_fd < 0) {
@@ -169,6 +171,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   memcpy(s->keys.resume_s, m->k_resume_s.data, KEY_LEN);
   s->is_client = m->is_client;
   s->sock = -1;
+  s->hup_sock = -1;
   s->app_fd = p[0]; /* suspended: never ready until resumed */
   s->app_kind = APP_FD_WAIT;
   s->hold_w = p[1];
@@ -347,9 +350,33 @@ void session_retire_locked(struct tether_session *s) {
   s->sock = -1;
 }
 
+/* Engine thread: watches the end of the live connection while the session
+ * is connected and the end would be news: not after the peer's close (its
+ * FIN then is that close), nor once the application closed (draining reads
+ * see it).  A socket leaves the set before it is closed (its file lives on
+ * in app_fd). */
+static void update_hup_watch(struct tether_session *s) {
+  int want = s->sock >= 0 && s->core.state == CORE_CONNECTED && !s->app_closed &&
+                     !s->core.peer_wr_closed
+                 ? s->sock
+                 : -1;
+  if (want == s->hup_sock)
+    return;
+  if (s->hup_sock >= 0)
+    (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
+  s->hup_sock = -1;
+  struct epoll_event e = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = s};
+  if (want >= 0 && epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_ADD, want, &e) == 0)
+    s->hup_sock = want;
+}
+
 /* Engine thread: closes retired sockets. */
 static void close_retired(struct tether_session *s) {
   for (int i = 0; i < s->n_retired; i++) {
+    if (s->hup_sock == s->retired[i]) {
+      (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
+      s->hup_sock = -1;
+    }
     if (s->sock_ev && s->sock_ev_fd == s->retired[i] && s->sock_ev_flags) {
       event_del(s->sock_ev);
       s->sock_ev_flags = 0;
@@ -521,6 +548,7 @@ static void settle(struct tether_session *s, bool *destroy) {
   flush_pending_locked(s);
   close_retired(s);
   update_sock_ev(s);
+  update_hup_watch(s);
   *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->done);
   if (!*destroy)
     arm_timer(s);
@@ -532,6 +560,24 @@ static void on_sock(evutil_socket_t fd, short what, void *arg) {
   session_lock(s);
   if (what & EV_READ)
     drain_locked(s);
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy)
+    session_destroy(s);
+}
+
+void session_on_hangup(struct tether_session *s) {
+  bool destroy;
+  session_lock(s);
+  /* The peer's host ended the connection and no close of the peer's
+   * explains it (its FIN follows its acknowledged close notice): a crash,
+   * a restart, a reset.  Suspend now, not at the application's next call,
+   * so that an idle session resumes by itself.  Unread bytes die with the
+   * socket; the resume resends them. */
+  if (s->hup_sock >= 0 && s->hup_sock == s->sock && s->core.state == CORE_CONNECTED &&
+      !s->core.peer_wr_closed)
+    session_suspend_locked(s, now_ns(), "connection ended by the peer's host");
   settle(s, &destroy);
   session_unlock(s);
   report_state(s);
@@ -673,6 +719,8 @@ void session_destroy(struct tether_session *s) {
   if (s->kick)
     event_free(s->kick);
   close_retired(s);
+  if (s->hup_sock >= 0)
+    (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
   if (s->sock_ev)
     event_free(s->sock_ev);
   if (s->sock >= 0) {
