@@ -64,6 +64,7 @@ struct udp_chan {
  * and close notices before it drops them. */
 #define CTX_FREE_LINGER_MS 2000
 #define MAX_PENDING_HANDSHAKES 1024
+#define MAX_HANDSHAKES_PER_HOST 128
 
 struct tether_ctx {
   struct tether_config cfg;
@@ -230,7 +231,8 @@ void hs_conn_free(struct hs_conn *h);
 /* Advances as far as the socket allows: HS_DONE, HS_WANT_READ/WRITE, or a
  * negative error (h->why says why). */
 int hs_conn_advance(struct hs_conn *h);
-/* Engine-driven handshakes: register events; hs_conn_finish() is called once. */
+/* Engine-driven handshakes: register events; hs_conn_finish() is called once.
+ * Refuses (logged) when the table or the peer host's share of it is full. */
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms);
 void hs_conn_abort(struct hs_conn *h);
 

@@ -573,16 +573,49 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
   finish(h, -ETIMEDOUT);
 }
 
+/* Whether two peers are the same host (addresses compared, ports not). */
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family)
+    return false;
+  if (a->ss_family == AF_INET)
+    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+  if (a->ss_family == AF_INET6)
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+  return false;
+}
+
+/* ctx->lock held: server handshakes in progress from h's host. */
+static unsigned handshakes_from(const struct hs_conn *h) {
+  unsigned n = 0;
+  for (const struct hs_conn *o = h->ctx->handshakes; o; o = o->next)
+    n += o->kind == HS_SERVER && same_host(&o->peer, &h->peer);
+  return n;
+}
+
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   struct tether_ctx *ctx = h->ctx;
   struct timeval tv = {.tv_sec = (time_t)(timeout_ms / 1000),
                        .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000};
   short what = h->connecting || h->step == S_START ? EV_WRITE : EV_READ;
+  char addr[64];
   h->ev = event_new(ctx->base, h->fd, what, on_io, h);
   h->timeout = evtimer_new(ctx->base, on_timeout, h);
-  if (!h->ev || !h->timeout)
+  if (!h->ev || !h->timeout) {
+    LOG_ERR(ctx, "out of memory for a handshake");
     return -ENOMEM;
+  }
   pthread_mutex_lock(&ctx->lock);
+  /* One host may hold only a share of the table: a flood from one address
+   * cannot crowd out everyone else's setups and resumes. */
+  if (h->kind == HS_SERVER && handshakes_from(h) >= MAX_HANDSHAKES_PER_HOST) {
+    pthread_mutex_unlock(&ctx->lock);
+    LOG_WARN(ctx, "connection from %s dropped: %d handshakes from that host in progress",
+             sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr)),
+             MAX_HANDSHAKES_PER_HOST);
+    return -EAGAIN;
+  }
   if (ctx->n_handshakes >= MAX_PENDING_HANDSHAKES) {
     /* Full: evict the oldest connection that has not even sent its first
      * frame (real peers send it at once), so that a flood of idle
@@ -592,8 +625,10 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
       if (o->kind == HS_SERVER && o->step == S_AWAIT_FIRST)
         victim = o;
     pthread_mutex_unlock(&ctx->lock);
-    if (!victim)
+    if (!victim) {
+      LOG_WARN(ctx, "connection dropped: %d handshakes in progress", MAX_PENDING_HANDSHAKES);
       return -EAGAIN;
+    }
     LOG_INFO(ctx, "handshake table full: dropped the oldest idle connection");
     hs_conn_abort(victim); /* frees its events too */
     pthread_mutex_lock(&ctx->lock);

@@ -37,10 +37,8 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     h->listener = l;
     memcpy(&h->peer, &peer, len);
     h->peer_len = len;
-    if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0) {
-      LOG_WARN(ctx, "too many handshakes in progress; connection dropped");
-      hs_conn_free(h);
-    }
+    if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0)
+      hs_conn_free(h); /* logged */
   }
 }
 

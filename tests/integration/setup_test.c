@@ -8,13 +8,15 @@
  * fails the session with TETHER_EAUTH and a malformed one with
  * TETHER_EPROTO, without delivering a byte; a client that vanishes before
  * its ClientFinish ends the session within connect_timeout_ms, not
- * give_up_s. */
+ * give_up_s.  And one host holds at most 128 handshakes at a time. */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,16 +94,29 @@ static void send_frame(int fd, const hs_msg *m, bool preface) {
   send_all(fd, out, (size_t)n);
 }
 
-/* Connects and sends a ClientHello (no side channel: udp_port 0). */
-static void hand_hello(struct hand *c, int port) {
+/* A TCP connection to 127.0.0.1:port from `src` (an address of the
+ * loopback network; NULL: any). */
+static int dial(int port, const char *src) {
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  memset(c, 0, sizeof(*c));
-  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  assert_true(c->fd >= 0);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(fd >= 0);
   int one = 1;
-  (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  assert_int_equal(connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (src) {
+    struct sockaddr_in from = {.sin_family = AF_INET};
+    assert_int_equal(inet_pton(AF_INET, src, &from.sin_addr), 1);
+    assert_int_equal(bind(fd, (struct sockaddr *)&from, sizeof(from)), 0);
+  }
+  assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  return fd;
+}
+
+/* Connects (from src, NULL: any) and sends a ClientHello (no side channel:
+ * udp_port 0). */
+static void hand_hello_from(struct hand *c, int port, const char *src) {
+  memset(c, 0, sizeof(*c));
+  c->fd = dial(port, src);
   assert_non_null(c->key = x25519_new());
   memcpy(c->t.client_pub, x25519_pub(c->key), KEY_LEN);
   assert_int_equal(crypto_random(c->t.client_nonce, NONCE_LEN), 0);
@@ -116,6 +131,8 @@ static void hand_hello(struct hand *c, int port) {
   m.client_hello = &ch;
   send_frame(c->fd, &m, true);
 }
+
+static void hand_hello(struct hand *c, int port) { hand_hello_from(c, port, NULL); }
 
 /* Reads the ServerHello and derives the session keys, as a client does. */
 static void hand_server_hello(struct hand *c) {
@@ -291,6 +308,50 @@ static void test_vanished_client(void **state) {
   hand_free(&c);
 }
 
+/* Whether the server closed fd within ms (EOF or reset). */
+static bool closed_within(int fd, int ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  char b;
+  return poll(&p, 1, ms) == 1 && recv(fd, &b, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* 136 connections from one host that stall in their preface: 128 hold
+ * handshake slots, the rest are refused at once; another host still
+ * completes a setup meanwhile. */
+static void test_handshakes_per_host(void **state) {
+  (void)state;
+  enum { SLOTS = 128, EXTRA = 8 };
+  int fds[SLOTS + EXTRA];
+  tether_ctx *ctx;
+  tether_listener *l;
+  tether_config *cfg = tether_config_new();
+  assert_non_null(cfg);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_CONNECT_TIMEOUT_MS, 30000), 0);
+  assert_int_equal(tether_ctx_new(cfg, &ctx), 0);
+  tether_config_free(cfg);
+  assert_int_equal(tether_listen(ctx, "127.0.0.1", "0", &l), 0);
+  int port = tether_listener_port(l);
+  for (int i = 0; i < SLOTS + EXTRA; i++) {
+    fds[i] = dial(port, "127.0.0.1");
+    send_all(fds[i], "T", 1); /* a preface's first byte, and no more */
+  }
+  int refused = 0;
+  for (int i = 0; i < SLOTS + EXTRA; i++)
+    refused += closed_within(fds[i], i < SLOTS ? 50 : 2000);
+  assert_int_equal(refused, EXTRA);
+
+  struct hand c;
+  hand_hello_from(&c, port, "127.0.0.2");
+  hand_server_hello(&c);
+  tether_session *s = accept_one(&(struct server){.ctx = ctx, .l = l, .port = port});
+  hand_free(&c);
+  tether_close(s);
+  for (int i = 0; i < SLOTS + EXTRA; i++)
+    close(fds[i]);
+  tether_listener_close(l);
+  tether_ctx_free(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_accepted_before_finish, setup, teardown),
@@ -298,6 +359,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wrong_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_malformed_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_vanished_client, setup, teardown),
+      cmocka_unit_test(test_handshakes_per_host),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
