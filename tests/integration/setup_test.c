@@ -194,6 +194,14 @@ static tether_session *accept_one(struct server *sv) {
   return s;
 }
 
+/* A hand client's setup up to the ServerHello, and the session the server
+ * queued for it. */
+static tether_session *hand_setup(struct server *sv, struct hand *c) {
+  hand_hello(c, sv->port);
+  hand_server_hello(c);
+  return accept_one(sv);
+}
+
 static void read_exactly(tether_session *s, char *buf, size_t n) {
   size_t got = 0;
   while (got < n) {
@@ -210,9 +218,7 @@ static void test_accepted_before_finish(void **state) {
   struct hand c;
   uint8_t frame[128];
   char buf[16];
-  hand_hello(&c, sv->port);
-  hand_server_hello(&c);
-  tether_session *s = accept_one(sv); /* nothing sent since the ClientHello */
+  tether_session *s = hand_setup(sv, &c); /* nothing sent since the ClientHello */
   size_t n = hand_finish_frame(&c, false, frame, sizeof(frame));
   send_all(c.fd, frame, n);
   send_all(c.fd, "hello", 5);
@@ -238,9 +244,7 @@ static void test_split_finish(void **state) {
   struct hand c;
   uint8_t frame[128];
   char buf[16];
-  hand_hello(&c, sv->port);
-  hand_server_hello(&c);
-  tether_session *s = accept_one(sv);
+  tether_session *s = hand_setup(sv, &c);
   size_t n = hand_finish_frame(&c, false, frame, sizeof(frame));
   send_all(c.fd, frame, 3);
   usleep(50 * 1000);
@@ -261,9 +265,7 @@ static void test_wrong_finish(void **state) {
   struct hand c;
   uint8_t frame[128];
   char buf[16];
-  hand_hello(&c, sv->port);
-  hand_server_hello(&c);
-  tether_session *s = accept_one(sv);
+  tether_session *s = hand_setup(sv, &c);
   size_t n = hand_finish_frame(&c, true, frame, sizeof(frame));
   send_all(c.fd, frame, n);
   send_all(c.fd, "secret", 6);
@@ -279,9 +281,7 @@ static void test_malformed_finish(void **state) {
   struct server *sv = *state;
   struct hand c;
   char buf[16];
-  hand_hello(&c, sv->port);
-  hand_server_hello(&c);
-  tether_session *s = accept_one(sv);
+  tether_session *s = hand_setup(sv, &c);
   send_all(c.fd, "GET / HTTP/1.0\r\n\r\n", 18);
   assert_int_equal(tether_read(s, buf, sizeof(buf)), TETHER_EPROTO);
   tether_close(s);
@@ -294,9 +294,7 @@ static void test_vanished_client(void **state) {
   struct server *sv = *state;
   struct hand c;
   char buf[16];
-  hand_hello(&c, sv->port);
-  hand_server_hello(&c);
-  tether_session *s = accept_one(sv);
+  tether_session *s = hand_setup(sv, &c);
   uint64_t t0 = now_ms();
   close(c.fd);
   c.fd = -1;
