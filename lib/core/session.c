@@ -230,6 +230,10 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   if (c->state == CORE_FAILED)
     out->failed = (uint32_t)-c->error;
   c->acked_delivered = c->delivered;
+  c->last_ctl.at_ns = now;
+  c->last_ctl.delivered = out->delivered;
+  c->last_ctl.write_closed = out->ack_write_closed;
+  c->last_ctl.read_closed = out->ack_read_closed;
   if (out->want_reply) {
     c->next_hb_ns = now + min64(c->close_retry_ns ? c->close_retry_ns : FIRST_CLOSE_RETRY_NS,
                                 c->cfg.heartbeat_ns);
@@ -237,6 +241,18 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   } else {
     c->next_hb_ns = now + c->cfg.heartbeat_ns;
   }
+}
+
+/* Whether the datagram we sent last, moments ago, already acknowledged all
+ * that ctl announces: then the two crossed (both sides closing at once) and
+ * answering would repeat it.  Had ours been lost, the peer asks again after
+ * its retry interval, when ours is no longer recent. */
+static bool answered_by_last(const struct core_session *c, uint64_t now,
+                             const struct core_ctl *ctl) {
+  return now - c->last_ctl.at_ns < FIRST_CLOSE_RETRY_NS / 2 &&
+         (c->last_ctl.write_closed || !ctl->write_closed) &&
+         (c->last_ctl.read_closed || !ctl->read_closed) &&
+         (!ctl->write_closed || c->last_ctl.delivered >= ctl->sent);
 }
 
 int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
@@ -301,7 +317,7 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     c->peer_rcvbuf_max = ctl->rcvbuf_max;
     retention_set_max(&c->ret, retention_cap(c));
   }
-  *reply = ctl->want_reply;
+  *reply = ctl->want_reply && !answered_by_last(c, now, ctl);
   enter_closed_if_finished(c, now);
   note_settled(c, now, settled);
   return 0;
@@ -528,12 +544,22 @@ static uint64_t done_at(const struct core_session *c) {
   return min64(c->settled_at_ns + CORE_TIME_WAIT_NS(c), cap);
 }
 
+/* CLOSED, and the peer has everything it needs from us: TIME_WAIT only
+ * answers (a peer that missed our last word repeats its own, asking for a
+ * reply) and accepts final resumes; heartbeats would tell nothing new, and
+ * a busy server holds thousands of such sessions.  Durable sessions keep
+ * them: their durable acknowledgements may still move. */
+static bool heartbeats_due(const struct core_session *c) {
+  return c->state == CORE_CONNECTED || !peer_settled(c) || c->peer_durable || c->cfg.durable;
+}
+
 uint64_t core_next_deadline(const struct core_session *c) {
   uint64_t d = UINT64_MAX;
   switch (c->state) {
   case CORE_CONNECTED:
   case CORE_CLOSED:
-    d = c->next_hb_ns;
+    if (heartbeats_due(c))
+      d = c->next_hb_ns;
     if (c->state == CORE_CONNECTED && c->udp_seen)
       d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
     if (acks_by_resume(c))
@@ -586,7 +612,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
     }
     /* fall through */
   case CORE_CLOSED:
-    if (now >= c->next_hb_ns)
+    if (now >= c->next_hb_ns && heartbeats_due(c))
       act |= CORE_ACT_HEARTBEAT;
     if (fin_due(c, now)) {
       c->fin_sent = true;

@@ -130,6 +130,10 @@ struct core_session {
                               state and does not answer: resume to tell it */
   bool accept_unheard;     /* server: resumed, and no datagram since that
                               shows the client got our ResumeAccept */
+  struct {                         /* what our last datagram acknowledged */
+    uint64_t at_ns, delivered;
+    bool write_closed, read_closed;
+  } last_ctl;
   uint64_t unconfirmed_give_up_ns; /* server: nonzero until the client proved
                                       it holds the keys (core_set_unconfirmed) */
   uint64_t ack_poll_at_ns; /* client, no side channel: resume then to learn

@@ -493,6 +493,45 @@ static void test_close_notice_retransmit(void **state) {
   core_clear(&c);
 }
 
+/* Both applications close at once: each answers the other's notice, and
+ * those two answers, which crossed, need no answer of their own -- four
+ * datagrams in all.  An answer that comes late (ours may have been lost)
+ * is answered. */
+static void test_crossing_closes(void **state) {
+  (void)state;
+  struct core_session a, b;
+  struct core_ctl ka, kb;
+  bool reply;
+  init(&a, CORE_CLIENT);
+  init(&b, CORE_SERVER);
+  uint64_t now = T0 + SEC;
+  core_close(&a, now);
+  core_close(&b, now);
+  core_build_ctl(&a, now, &ka);
+  core_build_ctl(&b, now, &kb);
+  assert_true(ka.want_reply && kb.want_reply);
+  assert_int_equal(core_on_ctl(&a, now + 1, &kb, &reply), 0);
+  assert_true(reply); /* a's notice did not acknowledge b's close */
+  assert_int_equal(core_on_ctl(&b, now + 1, &ka, &reply), 0);
+  assert_true(reply);
+  struct core_ctl ka2, kb2;
+  core_build_ctl(&a, now + 2, &ka2);
+  core_build_ctl(&b, now + 2, &kb2);
+  assert_int_equal(core_on_ctl(&a, now + 3, &kb2, &reply), 0);
+  assert_false(reply); /* ka2 already said all of it */
+  assert_int_equal(core_on_ctl(&b, now + 3, &ka2, &reply), 0);
+  assert_false(reply);
+  assert_int_equal(a.state, CORE_CLOSED);
+  assert_int_equal(b.state, CORE_CLOSED);
+  /* b asks again much later (as if ka2 had been lost): answered. */
+  core_build_ctl(&b, now + 20 * MS, &kb2);
+  kb2.want_reply = true;
+  assert_int_equal(core_on_ctl(&a, now + 20 * MS, &kb2, &reply), 0);
+  assert_true(reply);
+  core_clear(&a);
+  core_clear(&b);
+}
+
 static void test_suspend_deadline(void **state) {
   (void)state;
   struct core_session c;
@@ -1478,6 +1517,7 @@ int main(void) {
       cmocka_unit_test(test_resume_fences_old_datagrams),
       cmocka_unit_test(test_heartbeat_schedule),
       cmocka_unit_test(test_close_notice_retransmit),
+      cmocka_unit_test(test_crossing_closes),
       cmocka_unit_test(test_suspend_deadline),
       cmocka_unit_test(test_backoff),
       cmocka_unit_test(test_give_up),
