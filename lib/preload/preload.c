@@ -155,6 +155,7 @@ static void after_fork_child(void) {
   g_ctx_failed = false;
   fdt_after_fork_child();
   pl_after_fork_child();
+  fork_child();
 }
 
 struct owned {
@@ -165,7 +166,10 @@ struct owned {
 static void collect(struct psock *ps, void *arg) {
   struct owned *o = arg;
   pthread_mutex_lock(&ps->lock);
-  if (ps->kind == PS_SESSION && ps->s && o->n < o->cap) {
+  /* A session a forked child holds is left alone: it dies with this
+   * process (the child's relay then reports ECONNRESET, the peer an error
+   * after give_up_s), but it is never closed as if everyone were done. */
+  if (ps->kind == PS_SESSION && ps->s && !ps_shared(ps) && o->n < o->cap) {
     o->s[o->n++] = ps->s;
     ps->kind = PS_PLAIN;
     ps->s = NULL;
@@ -179,15 +183,18 @@ static bool closing_sessions(struct tether_ctx *ctx) {
   for (int i = 0; i < SESSION_BUCKETS && !any; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next)
       any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) &&
-            __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED;
+            (__atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED ||
+             __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_SUSPENDED);
   pthread_mutex_unlock(&ctx->lock);
   return any;
 }
 
 /* At exit the kernel would close every socket with a FIN: close the
  * sessions the same way, and give them a moment to deliver what is still
- * queued and their close notices (as tether_ctx_free does). */
+ * queued and their close notices (as tether_ctx_free does), through a
+ * resume if their connection was just lost. */
 __attribute__((destructor)) static void tp_fini(void) {
+  fork_at_exit();
   struct tether_ctx *ctx = __atomic_load_n(&g_ctx, __ATOMIC_ACQUIRE);
   if (!ctx || tp_inside)
     return;
@@ -243,5 +250,5 @@ __attribute__((constructor)) static void tp_init(void) {
     tp_warn("TETHER_EXCLUDE is malformed: ignored");
   tp_probe_ms = env_int("TETHER_PROBE_MS", tp_probe_ms, 0, 60000);
   tp_accept_wait_ms = env_int("TETHER_ACCEPT_WAIT_MS", tp_accept_wait_ms, 1, 60000);
-  pthread_atfork(NULL, NULL, after_fork_child);
+  pthread_atfork(fork_prepare, fork_parent, after_fork_child);
 }

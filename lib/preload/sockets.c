@@ -164,7 +164,17 @@ static int close_tracked(struct psock *ps, int fd) {
     pthread_mutex_lock(&ps->lock);
     ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
-    if (s->app_fd == fd)
+    if (fd == ps->own_fd) {
+      ps->own_fd = -1;
+    } else if (left && !ps_program_aliases(ps) && !ps_shared(ps)) {
+      /* Only tether's own number is left, and no child holds the session:
+       * it ends here, as a socket ends with its last reference. */
+      int own = ps->own_fd;
+      ps->own_fd = -1;
+      left = ps_remove_alias(ps, own);
+      (void)real.close(own);
+    }
+    if (!ps_has_alias(ps, s->app_fd))
       s->app_fd = left ? ps->aliases[0] : -1;
     if (!left) {
       s->app_fd_hook = NULL;
@@ -213,15 +223,22 @@ static int close_tracked(struct psock *ps, int fd) {
   }
   default:
     pthread_mutex_lock(&ps->lock);
+    /* The last number of a relay: said before the parent sees it close. */
+    if (ps->kind == PS_RELAY && ps->naliases == 1 && ps_has_alias(ps, fd))
+      fork_closing(ps);
     ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     pthread_mutex_unlock(&ps->lock);
+    if (!left && ps_orphan_session(ps))
+      fork_release(ps); /* the parent need not keep it for us */
     if (!left)
       ps_free(ps); /* an epoll instance's registrations are forgotten there */
     return rc;
   }
 }
+
+int tp_close_tracked(struct psock *ps, int fd) { return close_tracked(ps, fd); }
 
 EXPORT int close(int fd) {
   READY();
@@ -294,7 +311,9 @@ static int dup_tracked(struct psock *ps, int fd, int min, bool cloexec, int exac
   return n;
 }
 
-static bool aliasable(const struct psock *ps) { return ps->kind != PS_PLAIN && ps->kind != PS_ORPHAN; }
+static bool aliasable(const struct psock *ps) {
+  return ps->kind != PS_PLAIN && (ps->kind != PS_ORPHAN || ps_orphan_session(ps));
+}
 
 EXPORT int dup(int fd) {
   READY();
@@ -334,7 +353,9 @@ static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
   if (!ps || !aliasable(ps))
     return fn(fd, cmd, arg);
   long v = (long)(intptr_t)arg;
-  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  /* An orphan's file is the parent's: its flags are not the child's to change. */
+  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN ||
+                  ps_orphan_session(ps);
   switch (cmd) {
   case F_DUPFD:
   case F_DUPFD_CLOEXEC:
@@ -402,7 +423,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
   struct psock *ps = tracked(fd);
   if (!ps || !aliasable(ps))
     return real.ioctl(fd, req, arg);
-  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN ||
+                  ps_orphan_session(ps);
   if (req == FIOCLEX || req == FIONCLEX) {
     int r = ps_exec_hidden(ps) ? real.ioctl(fd, FIOCLEX, arg) : real.ioctl(fd, req, arg);
     if (r == 0) {
@@ -496,6 +518,19 @@ EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t le
     else
       ps->sndtimeo_ms = ms;
   }
+  if (ps_orphan_session(ps) || (ps->kind == PS_RELAY && level != SOL_SOCKET)) {
+    /* An orphan's socket is the parent's, and a relay's is a stream socket
+     * of another family: options are recorded (a claim applies the socket
+     * level ones to the relay) and reported back. */
+    if (!val && len) {
+      errno = EFAULT;
+      return -1;
+    }
+    pthread_mutex_lock(&ps->lock);
+    record_opt(ps, level, name, val, len);
+    pthread_mutex_unlock(&ps->lock);
+    return 0;
+  }
   if (ps->kind != PS_SESSION) {
     int rc = real.setsockopt(fd, level, name, val, len);
     if (rc == 0) {
@@ -553,6 +588,34 @@ EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   }
   if (ps->kind == PS_LISTEN)
     return real.getsockopt(pl_socket(ps->pl), level, name, val, len);
+  if (ps_orphan_session(ps) || ps->kind == PS_RELAY) {
+    /* What the program set, and a TCP socket's identity. */
+    int iv = 0;
+    if (level == SOL_SOCKET && name == SO_DOMAIN)
+      iv = ps->family;
+    else if (level == SOL_SOCKET && name == SO_PROTOCOL)
+      iv = IPPROTO_TCP;
+    else if (level == SOL_SOCKET && ps->kind == PS_RELAY)
+      return real.getsockopt(fd, level, name, val, len);
+    pthread_mutex_lock(&ps->lock);
+    const struct sopt *o = find_opt(ps, level, name);
+    if (o) {
+      socklen_t n = *len < o->len ? *len : o->len;
+      memcpy(val, o->val, n);
+      *len = n;
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (o)
+      return 0;
+    if (level == SOL_SOCKET && ps->kind == PS_ORPHAN && name != SO_DOMAIN && name != SO_PROTOCOL)
+      return real.getsockopt(fd, level, name, val, len); /* reading is harmless */
+    memset(val, 0, *len);
+    if (*len >= sizeof(int)) {
+      memcpy(val, &iv, sizeof(iv));
+      *len = sizeof(int);
+    }
+    return 0;
+  }
   if (ps->kind != PS_SESSION)
     return real.getsockopt(fd, level, name, val, len);
   const struct sopt *o = NULL;
@@ -619,7 +682,7 @@ EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len) {
   struct psock *ps = tracked(fd);
   if (!ps)
     return real.getpeername(fd, sa, len);
-  if (ps->kind == PS_SESSION && ps->peer_len)
+  if ((ps->kind == PS_SESSION || ps->kind == PS_RELAY || ps_orphan_session(ps)) && ps->peer_len)
     return copy_name(&ps->peer, ps->peer_len, sa, len);
   if (ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN) {
     errno = ENOTCONN;
@@ -635,7 +698,7 @@ EXPORT int getsockname(int fd, struct sockaddr *sa, socklen_t *len) {
     return real.getsockname(fd, sa, len);
   if (ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))
     return real.getsockname(pl_socket(ps->pl), sa, len);
-  if (ps->kind == PS_SESSION && ps->local_len)
+  if ((ps->kind == PS_SESSION || ps->kind == PS_RELAY || ps_orphan_session(ps)) && ps->local_len)
     return copy_name(&ps->local, ps->local_len, sa, len);
   if (ps->kind == PS_CONNECTING) {
     struct sockaddr_storage any;
@@ -658,6 +721,13 @@ EXPORT int shutdown(int fd, int how) {
   }
   if (ps->kind == PS_LISTEN)
     return real.shutdown(pl_socket(ps->pl), how);
+  if (ps_orphan_session(ps)) { /* never the parent's live socket */
+    int rc = fork_claim(ps);
+    if (rc < 0) {
+      errno = -rc;
+      return -1;
+    }
+  }
   if (ps->kind != PS_SESSION)
     return real.shutdown(fd, how);
   if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {

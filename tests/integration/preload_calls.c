@@ -19,10 +19,12 @@
  *   chk       __read_chk, __recv_chk, __recvfrom_chk, __poll_chk, __ppoll_chk
  *   fcntl     fcntl64: O_NONBLOCK (EAGAIN while suspended), F_DUPFD_CLOEXEC
  *   close_range  close_range of an alias, CLOSE_RANGE_CLOEXEC, of the session
- *   fork      parent and child keep working; the child's inherited session
- *             is the parent's (EBADF); closefrom in the child
- *   exec      a session's number does not survive exec (EBADF in the new
- *             program); the parent's session is unharmed
+ *   fork      parent and child keep working; the child uses the inherited
+ *             session too (relayed by the parent), also across a resume;
+ *             closefrom in the child
+ *   exec      a session's number meant to survive exec does (a stream socket
+ *             the parent relays); a close-on-exec one does not; the parent's
+ *             session is unharmed
  *   mmsg      sendmmsg/recvmmsg
  *   connect_close  a non-blocking connect closed before it ends: nothing of it
  *             stays (no thread, no descriptor)
@@ -440,11 +442,12 @@ static bool t_fork(void) {
     close(sync[1]);
     int rc = 0;
     char buf[4];
-    /* The inherited session is the parent's. */
-    if (read(fd, buf, sizeof(buf)) >= 0 || errno != EBADF)
+    if (read(sync[0], buf, 1) != 0) /* the parent's echo is done */
+      rc |= 32;
+    /* The inherited session works here too (the parent relays it; it does
+     * not read meanwhile), before and after a resume. */
+    if (!echo(fd, 100000, 20))
       rc |= 1;
-    if (write(fd, "x", 1) >= 0 || errno != EBADF)
-      rc |= 2;
     /* The child's own connection works, and survives a reset (which hits
      * the parent's connection too). */
     int c = dial();
@@ -453,10 +456,10 @@ static bool t_fork(void) {
     kill_conns(port);
     if (c < 0 || !echo(c, 100000, 9))
       rc |= 8;
+    if (!echo(fd, 100000, 21))
+      rc |= 2;
     if (close(fd) != 0)
       rc |= 16;
-    if (read(sync[0], buf, 1) != 0) /* the parent's echo is done */
-      rc |= 32;
     closefrom(3); /* as a child does before exec: tether's descriptors too */
     _exit(rc);
   }
@@ -465,7 +468,7 @@ static bool t_fork(void) {
   close(sync[1]);
   int st = 0;
   CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
-  CHECK(ok, "the parent's echo while the child ran");
+  CHECK(ok, "the parent's echo before the child's");
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: status %#x", st);
   CHECK(echo(fd, 1000, 11), "echo after the child exited");
   kill_conns(port);
@@ -478,14 +481,18 @@ static bool t_exec(void) {
   int fd = dial();
   CHECK(fd >= 0, "connect");
   CHECK(fcntl(fd, F_SETFD, 0) == 0, "F_SETFD 0"); /* meant to survive exec */
+  int hidden = dial(); /* close-on-exec: gone in the new program */
+  CHECK(hidden >= 0 && fcntl(hidden, F_SETFD, FD_CLOEXEC) == 0, "connect");
   pid_t pid = fork();
   CHECK(pid >= 0, "fork");
   if (pid == 0) {
-    char num[16];
+    char num[16], num2[16];
     snprintf(num, sizeof(num), "%d", fd);
-    execl(self, self, "exec-child", num, (char *)NULL);
+    snprintf(num2, sizeof(num2), "%d", hidden);
+    execl(self, self, "exec-child", num, num2, (char *)NULL);
     _exit(99);
   }
+  close(hidden);
   int st = 0;
   CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exec'd child: status %#x", st);
@@ -496,10 +503,15 @@ static bool t_exec(void) {
   return true;
 }
 
-/* In the program exec'd with a session's number: the number is closed. */
-static int exec_child(int fd) {
-  if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) {
-    fprintf(stderr, "exec-child: fd %d is open after exec\n", fd);
+/* In the program exec'd with two sessions' numbers: the one meant to
+ * survive exec works, the close-on-exec one is closed. */
+static int exec_child(int fd, int hidden) {
+  if (!echo(fd, 100000, 15)) {
+    fprintf(stderr, "exec-child: no echo on fd %d: %s\n", fd, strerror(errno));
+    return 1;
+  }
+  if (fcntl(hidden, F_GETFD) >= 0 || errno != EBADF) {
+    fprintf(stderr, "exec-child: fd %d is open after exec\n", hidden);
     return 1;
   }
   return 0;
@@ -673,8 +685,8 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
   self = argv[0];
-  if (argc == 3 && strcmp(argv[1], "exec-child") == 0)
-    return exec_child(atoi(argv[2]));
+  if (argc == 4 && strcmp(argv[1], "exec-child") == 0)
+    return exec_child(atoi(argv[2]), atoi(argv[3]));
   if (argc < 2) {
     fprintf(stderr, "usage: %s PORT [TEST...]\n", argv[0]);
     return 2;
