@@ -523,32 +523,56 @@ void fork_at_exit(void) {
   pthread_mutex_unlock(&f_lock);
 }
 
+static void fork_before_exec_claims(bool exec);
+
+void fork_chan_closing(unsigned first, unsigned last) {
+  if (tp_inside || parent_chan < 0 || (unsigned)parent_chan < first || (unsigned)parent_chan > last)
+    return;
+  /* The channel is about to go (closefrom before exec, say): what a new
+   * program would be handed is claimed now, and the channel closed by us. */
+  fork_before_exec_claims(false);
+  pthread_mutex_lock(&claim_lock);
+  real.close(parent_chan);
+  parent_chan = -1;
+  pthread_mutex_unlock(&claim_lock);
+}
+
 /* ---- child: exec ---- */
 
+/* Which orphans are handed to a new program: those on standard input,
+ * output or error (inetd style: dup2 onto 0 and 1, then exec).  A session
+ * merely inherited by a helper under another number is not: its relay would
+ * take bytes the parent is waiting for, which a TCP socket the helper never
+ * reads does not do. */
 struct pending {
-  struct psock *ps[64];
+  struct psock *ps[3];
   int n;
+  bool exec; /* ... and only numbers that survive exec */
 };
 
-static void survives_exec(struct psock *ps, void *arg) {
+static void claimable(struct psock *ps, void *arg) {
   struct pending *p = arg;
   pthread_mutex_lock(&ps->lock);
   if (ps_orphan_session(ps) && p->n < (int)(sizeof(p->ps) / sizeof(p->ps[0])))
     for (int i = 0; i < ps->naliases; i++)
-      if (!ps->alias_cloexec[i]) {
+      if (ps->aliases[i] <= 2 && (!p->exec || !ps->alias_cloexec[i])) {
         p->ps[p->n++] = ps;
         break;
       }
   pthread_mutex_unlock(&ps->lock);
 }
 
+static void fork_before_exec_claims(bool exec) {
+  struct pending p = {.n = 0, .exec = exec};
+  fdt_each(claimable, &p);
+  for (int i = 0; i < p.n; i++)
+    (void)fork_claim(p.ps[i]); /* unclaimed, its numbers close at exec */
+}
+
 void fork_before_exec(void) {
   if (tp_disabled || tp_inside || parent_chan < 0)
     return;
-  struct pending p = {.n = 0};
-  fdt_each(survives_exec, &p);
-  for (int i = 0; i < p.n; i++)
-    (void)fork_claim(p.ps[i]); /* unclaimed, its numbers close at exec */
+  fork_before_exec_claims(true);
   /* Whatever the new program does with its relays, it knows nothing of
    * tether: their ends closing are closes.  (An exec that fails leaves
    * this said: a later crash of this child then looks like a close.) */
@@ -866,8 +890,14 @@ static void kid_gone(struct kid *k) {
     }
   for (struct relay *r = g_relays; r; r = r->next)
     if (r->kid == k) {
+      /* A relay still open when the channel goes is held by a program the
+       * child exec'd, or by a child that closed its channel (closefrom):
+       * its end closing later is a close.  One already closed went with
+       * the child itself, which died unless it said MSG_CLOSING. */
+      struct pollfd p = {.fd = r->fd, .events = 0};
+      bool hup = real.poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
       r->kid = NULL;
-      r->execd = k->execd;
+      r->execd = k->execd || !hup;
     }
   pthread_mutex_unlock(&f_lock);
   kid_free(k); /* what it did not claim, it let go */

@@ -301,7 +301,10 @@ void fork_closing(struct psock *ps);
 /* At a normal exit.  Child: every relay still open is closed by it.
  * Parent: relays whose children are gone are ended first. */
 void fork_at_exit(void);
-/* Child, before exec: claims every orphan with a number that survives exec. */
+/* Child: close_range/closefrom is about to close [first, last]: if the
+ * channel to the parent is in it, orphans on fds 0-2 are claimed first. */
+void fork_chan_closing(unsigned first, unsigned last);
+/* Child, before exec: claims the orphans on fds 0-2 that survive exec. */
 void fork_before_exec(void);
 /* Whether an orphan is a session the child may claim (not a listener). */
 static inline bool ps_orphan_session(const struct psock *ps) {

@@ -278,6 +278,8 @@ EXPORT int close_range(unsigned first, unsigned last, int flags) {
     return real.close_range(first, last, flags); /* EINVAL, closing nothing */
   if (!tp_inside)
     close_tracked_range(first, last, flags);
+  if (!tp_inside && !(flags & CLOSE_RANGE_CLOEXEC))
+    fork_chan_closing(first, last);
   return real.close_range(first, last, flags);
 }
 
@@ -285,8 +287,10 @@ EXPORT void closefrom(int lowfd) {
   READY();
   if (lowfd < 0)
     lowfd = 0;
-  if (!tp_inside)
+  if (!tp_inside) {
     close_tracked_range((unsigned)lowfd, ~0u, 0);
+    fork_chan_closing((unsigned)lowfd, ~0u);
+  }
   if (real.closefrom)
     real.closefrom(lowfd);
 }

@@ -8,10 +8,14 @@
  *     status (or 0).
  *   preload_fork server-exec PORT CONNS PROGRAM [ARGS...]
  *     The same, inetd style: the child puts the connection on fds 0 and 1,
- *     closes the original and execs PROGRAM (cat is an echo).
+ *     closes the original and everything from 3 up (closefrom), and execs
+ *     PROGRAM (cat is an echo).
  *   preload_fork server-poll PORT CONNS
  *     The same as server, but the child serves with a non-blocking socket
  *     and poll().
+ *   preload_fork server-crash PORT
+ *     One connection: the child echoes 1 MiB, then kills itself (SIGKILL)
+ *     without closing; the parent closed its copy long before.
  *   preload_fork client PORT IN OUT
  *     connect -> fork; the child sends file IN and writes what comes back to
  *     OUT (poll, non-blocking), shuts down writing after IN, and exits at
@@ -53,9 +57,12 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-static void echo_blocking(int c) {
+static void echo_blocking(int c, size_t crash_after) {
   char buf[65536];
+  size_t total = 0;
   for (;;) {
+    if (crash_after && total >= crash_after)
+      raise(SIGKILL); /* dies holding the connection */
     ssize_t n = read(c, buf, sizeof(buf));
     if (n < 0 && errno == EINTR)
       continue;
@@ -65,6 +72,7 @@ static void echo_blocking(int c) {
       break;
     if (write_all(c, buf, (size_t)n) < 0)
       FAIL("child write: %s", strerror(errno));
+    total += (size_t)n;
   }
   if (close(c) < 0)
     FAIL("child close: %s", strerror(errno));
@@ -143,14 +151,15 @@ static int server(int mode, int port, int conns, char **prog) {
         socklen_t alen = sizeof(a);
         if (getpeername(c, (struct sockaddr *)&a, &alen) < 0 || a.sin_family != AF_INET)
           FAIL("child getpeername: %s", strerror(errno));
-        if (mode == 0) {
-          echo_blocking(c);
+        if (mode == 0 || mode == 3) {
+          echo_blocking(c, mode == 3 ? 1 << 20 : 0);
         } else if (mode == 2) {
           echo_poll(c);
         } else {
           if (dup2(c, 0) < 0 || dup2(c, 1) < 0)
             FAIL("dup2: %s", strerror(errno));
           close(c);
+          closefrom(3); /* as daemons do before exec */
           execvp(prog[0], prog);
           FAIL("exec %s: %s", prog[0], strerror(errno));
         }
@@ -167,6 +176,8 @@ static int server(int mode, int port, int conns, char **prog) {
     if (w > 0) {
       ended++;
       int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      if (mode == 3 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+        rc = 0; /* as planned */
       fprintf(stderr, "server: child %d ended with %d\n", (int)w, rc);
       if (rc && !status)
         status = rc;
@@ -254,11 +265,14 @@ int main(int argc, char **argv) {
     return server(0, atoi(argv[2]), atoi(argv[3]), NULL);
   if (argc == 4 && strcmp(argv[1], "server-poll") == 0)
     return server(2, atoi(argv[2]), atoi(argv[3]), NULL);
+  if (argc == 3 && strcmp(argv[1], "server-crash") == 0)
+    return server(3, atoi(argv[2]), 1, NULL);
   if (argc >= 5 && strcmp(argv[1], "server-exec") == 0)
     return server(1, atoi(argv[2]), atoi(argv[3]), argv + 4);
   if (argc == 5 && strcmp(argv[1], "client") == 0)
     return client(atoi(argv[2]), argv[3], argv[4]);
   fprintf(stderr, "usage: preload_fork server|server-poll PORT CONNS\n"
+                  "       preload_fork server-crash PORT\n"
                   "       preload_fork server-exec PORT CONNS PROGRAM [ARGS...]\n"
                   "       preload_fork client PORT IN OUT\n");
   return 2;

@@ -85,4 +85,24 @@ if command -v socat >/dev/null; then
 else
   log "socat not installed: its case skipped"
 fi
+# 5. A child that dies (SIGKILL) holding the last reference: its peer gets
+#    an error, never EOF (tether(7): EOF means the peer closed).
+port=$(free_port)
+TETHER_LOG=info spawn - - "$TMP/crash.server.log" "$TETHER_RUN" -- "$FORK_PROG" server-crash "$port"
+server=$BG_PID
+wait_listen "$server" "$port"
+random_file "$TMP/crash.in" $((8 * 1024 * 1024))
+mkfifo "$TMP/crash.fifo"
+spawn "$TMP/crash.in" "$TMP/crash.fifo" "$TMP/crash.throttle.err" "${THROTTLE[@]}" "$RATE" 65536
+TETHER_LOG=info spawn - - "$TMP/crash.client.log" "$TETHER_RUN" -- \
+  "$FORK_PROG" client "$port" "$TMP/crash.fifo" "$TMP/crash.out"
+client=$BG_PID
+wait_exit "$client" 30000 || fail "crash: client still running 30 s after the server's child died"
+[ "$WAIT_RC" -ne 0 ] || fail "crash: the client finished as if the transfer had completed"
+grep -q 'EOF before' "$TMP/crash.client.log" && fail "crash: the client read EOF"
+grep -Eq 'client (recv|send): ' "$TMP/crash.client.log" ||
+  fail "crash: no read or write error in the client: $(grep -m1 FAIL "$TMP/crash.client.log" || true)"
+log "crash: $(grep -m1 -o 'client \(recv\|send\): .*' "$TMP/crash.client.log")"
+wait_exit "$server" 10000 || fail "crash: server still running"
+[ "$WAIT_RC" -eq 0 ] || fail "crash: server exited with $WAIT_RC"
 pass
