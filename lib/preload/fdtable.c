@@ -461,6 +461,8 @@ void fdt_after_fork_child(void) {
       ps->kind = PS_ORPHAN;
     ps->s = NULL; /* the parent's; a listener keeps pl for plain accepts */
     ps->kids = ps->relays = 0;
+    if (ps->kind == PS_RELAY) /* our parent's relay: a plain shared socket here */
+      ps->serial = 0;
     if (ps->own_fd >= 0) { /* the parent's own number: not the program's */
       int own = ps->own_fd;
       ps->own_fd = -1;

@@ -222,27 +222,20 @@ struct prep {
 static void hold(struct psock *ps, void *arg) {
   struct prep *p = arg;
   pthread_mutex_lock(&ps->lock);
+  /* The child has the program's numbers of it (tether's own, if any, it
+   * closes). */
   if (ps->kind == PS_SESSION && ps->s && ps_program_aliases(ps) > 0) {
-    if (ps->own_fd < 0) {
-      int own = real.fcntl(ps->aliases[0], F_DUPFD_CLOEXEC, 0);
-      if (own >= 0 && ps_add_alias(ps, own, true) == 0)
-        ps->own_fd = own;
-      else if (own >= 0)
-        real.close(own);
+    if (p->k->nheld == p->cap) {
+      int cap = p->cap ? p->cap * 2 : 8;
+      struct psock **h = realloc(p->k->held, (size_t)cap * sizeof(*h));
+      if (h) {
+        p->k->held = h;
+        p->cap = cap;
+      }
     }
-    if (ps->own_fd >= 0) {
-      if (p->k->nheld == p->cap) {
-        int cap = p->cap ? p->cap * 2 : 8;
-        struct psock **h = realloc(p->k->held, (size_t)cap * sizeof(*h));
-        if (h) {
-          p->k->held = h;
-          p->cap = cap;
-        }
-      }
-      if (p->k->nheld < p->cap) {
-        p->k->held[p->k->nheld++] = ps;
-        ps->kids++;
-      }
+    if (p->k->nheld < p->cap) {
+      p->k->held[p->k->nheld++] = ps;
+      ps->kids++;
     }
   }
   pthread_mutex_unlock(&ps->lock);
@@ -419,15 +412,18 @@ int fork_claim(struct psock *ps) {
   if (!ps_orphan_session(ps)) /* another thread claimed it meanwhile */
     goto out;
   int fd = -1, err = EBADF;
-  if (parent_chan < 0 || send_msg(parent_chan, MSG_CLAIM, ps->serial, 0, -1) < 0) {
-    warn_unclaimable(ps, parent_chan < 0 ? "its owner is not the parent process"
-                                         : "the parent has gone");
+  if (!ps->serial || parent_chan < 0 ||
+      send_msg(parent_chan, MSG_CLAIM, ps->serial, 0, -1) < 0) {
+    warn_unclaimable(ps, !ps->serial       ? "it was refused before"
+                         : parent_chan < 0 ? "its owner is not the parent process"
+                                           : "the parent has gone");
     rc = -EBADF;
     goto out;
   }
   int got = await_answer(ps->serial, &fd, &err);
   if (got <= 0) {
     warn_unclaimable(ps, got < 0 ? "the parent does not answer" : strerror(err));
+    ps->serial = 0; /* not asked again: every later call fails at once */
     rc = -EBADF;
     goto out;
   }
@@ -463,6 +459,10 @@ void fork_release(struct psock *ps) {
 }
 
 int fork_relay_eof(struct psock *ps) {
+  /* A relay this process inherited from its own parent (serial 0) has
+   * nobody to ask: its EOF is taken as it is. */
+  if (!ps->serial)
+    return 0;
   int rc = -ECONNRESET; /* no word from the parent: it died */
   pthread_mutex_lock(&claim_lock);
   for (;;) {
@@ -484,7 +484,7 @@ int fork_relay_eof(struct psock *ps) {
 }
 
 void fork_closing(struct psock *ps) {
-  if (parent_chan < 0)
+  if (parent_chan < 0 || !ps->serial)
     return;
   pthread_mutex_lock(&claim_lock);
   (void)send_msg(parent_chan, MSG_CLOSING, ps->serial, 0, -1);
@@ -493,7 +493,7 @@ void fork_closing(struct psock *ps) {
 
 static void closing_at_exit(struct psock *ps, void *arg) {
   (void)arg;
-  if (ps->kind == PS_RELAY)
+  if (ps->kind == PS_RELAY && ps->serial)
     (void)send_msg(parent_chan, MSG_CLOSING, ps->serial, 0, -1);
 }
 

@@ -198,9 +198,9 @@ struct psock {
   /* Sharing with forked children (fork.c).  serial names the psock across
    * fork (the child's copy has the same); kids counts children that
    * inherited the session and may still claim it, relays the claims being
-   * served; own_fd is tether's own number of the session (an alias, -1
-   * until a fork needs it), which keeps the session's app fd when the
-   * program has closed all of its numbers. */
+   * served; own_fd is tether's own number of the session (an alias, made
+   * when the program closes its last number while kids or relays hold the
+   * session; -1 otherwise), which keeps the session's app fd. */
   uint64_t serial;
   int kids, relays;
   int own_fd;

@@ -163,6 +163,27 @@ static int close_tracked(struct psock *ps, int fd) {
     session_lock(s);
     pthread_mutex_lock(&ps->lock);
     ps_close_regs(ps, fd);
+    if (ps_shared(ps) && ps->own_fd < 0 && fd != ps->own_fd && ps_program_aliases(ps) == 1 &&
+        ps_has_alias(ps, fd)) {
+      /* The program's last number of a session a child holds: tether keeps
+       * a number of its own for the session (fork.c). */
+      int own = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (own >= 0 && ps_add_alias(ps, own, true) < 0) {
+        real.close(own);
+        own = -1;
+      }
+      if (own < 0) { /* no number to spare: this one stays open, as tether's */
+        ps->own_fd = fd;
+        ps_set_cloexec(ps, fd, true);
+        if (!ps_has_alias(ps, s->app_fd))
+          s->app_fd = fd;
+        pthread_mutex_unlock(&ps->lock);
+        session_unlock(s);
+        TP_LEAVE();
+        return 0;
+      }
+      ps->own_fd = own;
+    }
     left = ps_remove_alias(ps, fd);
     if (fd == ps->own_fd) {
       ps->own_fd = -1;

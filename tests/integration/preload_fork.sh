@@ -8,7 +8,8 @@
 #  2. the same server with a non-blocking, poll()ing child;
 #  3. inetd style: the child puts the connection on fds 0 and 1 and execs
 #     cat;
-#  4. socat TCP-LISTEN:...,fork EXEC:cat (if socat is installed).
+#  4. socat TCP-LISTEN:...,fork EXEC:cat (if socat is installed);
+#  5. python3's socketserver.ForkingTCPServer (forking_echo.py), two clients.
 # Expect: every byte echoed exactly, every process exits 0, resumes in the
 # server's log, and no warning about an unusable inherited session.
 # shellcheck source=tests/integration/lib.sh
@@ -31,7 +32,9 @@ killer() {
 }
 
 # run NAME CLIENTS SERVER-COMMAND...: the server on a free port (the word
-# PORT in the command is replaced by it), CLIENTS forking clients.
+# PORT in the command is replaced by it), CLIENTS forking clients.  With
+# PERSISTENT=1 the server runs until stopped (else it must exit 0 by
+# itself after its clients).
 run() {
   local name=$1 nclients=$2
   shift 2
@@ -56,7 +59,7 @@ run() {
     [ "$WAIT_RC" -eq 0 ] || fail "$name: client $i exited with $WAIT_RC: $(grep -m3 FAIL "$TMP/$name.client$i.log" || true)"
   done
   local src=0
-  if [ "$1" = socat ]; then # its listener lives on
+  if [ "${PERSISTENT:-0}" = 1 ]; then
     stop "$server"
   else
     wait_exit "$server" 10000 || fail "$name: server still running 10 s after its clients"
@@ -81,11 +84,12 @@ run fork_blocking 2 "$FORK_PROG" server PORT 2
 run fork_poll 1 "$FORK_PROG" server-poll PORT 1
 run fork_exec 1 "$FORK_PROG" server-exec PORT 1 cat
 if command -v socat >/dev/null; then
-  run socat_fork 1 socat TCP-LISTEN:PORT,reuseaddr,fork EXEC:cat
+  PERSISTENT=1 run socat_fork 1 socat TCP-LISTEN:PORT,reuseaddr,fork EXEC:cat
 else
   log "socat not installed: its case skipped"
 fi
-# 5. A child that dies (SIGKILL) holding the last reference: its peer gets
+PERSISTENT=1 run python_forking 2 "$PY" "$IT_DIR/forking_echo.py" PORT
+# 6. A child that dies (SIGKILL) holding the last reference: its peer gets
 #    an error, never EOF (tether(7): EOF means the peer closed).
 port=$(free_port)
 TETHER_LOG=info spawn - - "$TMP/crash.server.log" "$TETHER_RUN" -- "$FORK_PROG" server-crash "$port"

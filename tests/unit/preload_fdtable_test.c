@@ -454,7 +454,8 @@ static void test_own_number_and_orphans(void **state) {
 
 /* After fork, in the child: a session becomes an orphan with the same
  * serial, loses tether's own number (closed) and its registrations (the
- * epoll instance is shared with the parent, whose registration stays). */
+ * epoll instance is shared with the parent, whose registration stays); a
+ * relay of our own parent's becomes a plain shared socket (serial 0). */
 static void test_after_fork_child(void **state) {
   struct ep e = ep_new();
   int efd = ready_eventfd();
@@ -468,6 +469,7 @@ static void test_after_fork_child(void **state) {
   struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42};
   assert_int_equal(ep_ctl(e.ps, ps, e.fd, EPOLL_CTL_ADD, efd, &ev), 0);
   uint64_t serial = ps->serial;
+  struct psock *relay = ps_new(PS_RELAY, AF_INET); /* a relay from our own parent */
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
@@ -481,6 +483,8 @@ static void test_after_fork_child(void **state) {
       bad |= 4;
     if (ps->kids || ps->relays || ps->regs || ps->s)
       bad |= 8;
+    if (relay->kind != PS_RELAY || relay->serial != 0) /* nobody here to ask about it */
+      bad |= 16;
     _exit(bad);
   }
   int st;
@@ -493,6 +497,8 @@ static void test_after_fork_child(void **state) {
   assert_int_equal(data, 42);
   assert_int_equal(ps->kind, PS_SESSION);
   assert_int_equal(ps->own_fd, own);
+  assert_true(relay->serial != 0);
+  ps_free(relay);
   ps_close_regs(ps, efd);
   ps_remove_alias(ps, efd);
   ps_remove_alias(ps, own);
