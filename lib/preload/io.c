@@ -539,7 +539,10 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
 EXPORT ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out, size_t len,
                       unsigned int flags) {
   READY();
-  if (data_ps(in) || data_ps(out)) {
+  struct psock *a = data_ps(in), *b = data_ps(out);
+  /* A relay is an ordinary socket (its EOF aside, which splice reports as
+   * 0 like read: a child's splice cannot tell a dead parent from EOF). */
+  if ((a && a->kind != PS_RELAY) || (b && b->kind != PS_RELAY)) {
     errno = EINVAL;
     return -1;
   }

@@ -459,6 +459,13 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
     }
     return r;
   }
+  if (ps_orphan_session(ps) && (req == FIONREAD || req == SIOCOUTQ)) {
+    int rc = fork_claim(ps); /* the parent's socket says nothing of ours */
+    if (rc < 0) {
+      errno = -rc;
+      return -1;
+    }
+  }
   if (req == FIONBIO && arg) {
     ps->nonblock = *(int *)arg != 0;
     return emulated ? 0 : real.ioctl(fd, req, arg);
