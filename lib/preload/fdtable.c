@@ -451,6 +451,15 @@ void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
   pthread_mutex_unlock(&g_lock);
 }
 
+bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
+  if (pthread_mutex_trylock(&g_lock) != 0)
+    return false;
+  for (struct psock *ps = g_all; ps; ps = ps->all_next)
+    fn(ps, arg);
+  pthread_mutex_unlock(&g_lock);
+  return true;
+}
+
 void fdt_after_fork_child(void) {
   pthread_mutex_init(&g_lock, NULL);
   for (struct psock *ps = g_all; ps; ps = ps->all_next) {

@@ -22,7 +22,12 @@
  * tells the parent (RELEASE); a child that exits closes the channel.
  *
  * Ends of the stream.  The child shutting down writing is the session's
- * shutdown; the child closing the relay drops a reference only.  The peer's
+ * shutdown; the child closing the relay drops a reference only.  A close
+ * is announced on the channel before it happens (MSG_CLOSING: close(),
+ * exit, _exit; MSG_EXEC covers whatever an exec'd program does), so a
+ * relay whose end hangs up unannounced, with the channel gone too, was
+ * held by a child that died: if it was the last holder, the session fails
+ * (the peer gets an error) instead of closing.  The peer's
  * EOF reaches the child as EOF, announced first on the channel (NOTE_EOF)
  * and then by shutting down the relay; a session that fails is announced
  * with its error (NOTE_FAIL).  A child that reads EOF on a relay without
@@ -91,9 +96,10 @@ struct relay {
   size_t up_off, up_len;     /* child -> session */
   size_t down_off, down_len; /* session -> child */
   bool kid_eof;   /* read EOF from the child: it shut down writing, or closed */
-  bool kid_gone;  /* the child's end is closed */
-  bool closing;   /* ... by a close the child announced (MSG_CLOSING) */
-  bool execd;     /* ... or by a program the child exec'd */
+  bool hup;       /* the child's end polls hung up: closed, or shut down both ways */
+  bool closing;   /* the child announced its close (MSG_CLOSING) */
+  bool execd;     /* the child exec'd (or let its channel go): its relays are
+                   * held by programs that know nothing of tether */
   bool shut_sent; /* the child's shutdown passed on to the session */
   bool sess_eof;  /* the session has nothing more for the child */
   int sess_err;   /* ... because it failed (positive errno) */
@@ -532,9 +538,31 @@ void fork_chan_closing(unsigned first, unsigned last) {
    * program would be handed is claimed now, and the channel closed by us. */
   fork_before_exec_claims(false);
   pthread_mutex_lock(&claim_lock);
+  /* Our relays' ends closing later cannot be announced any more: the
+   * parent is to take them as closes. */
+  (void)send_msg(parent_chan, MSG_EXEC, 0, 0, -1);
   real.close(parent_chan);
   parent_chan = -1;
   pthread_mutex_unlock(&claim_lock);
+}
+
+/* _exit and _Exit end the process without destructors (forked children
+ * often leave that way): the relays still open are closed by it, not
+ * crashed.  Async-signal-safe: no lock is waited for (if the table is busy,
+ * nothing is said, and a relay that was the session's last holder fails
+ * it rather than risk a false EOF). */
+EXPORT void _exit(int status) {
+  real_init();
+  if (parent_chan >= 0 && !tp_inside)
+    (void)fdt_try_each(closing_at_exit, NULL);
+  real._exit(status);
+}
+
+EXPORT void _Exit(int status) {
+  real_init();
+  if (parent_chan >= 0 && !tp_inside)
+    (void)fdt_try_each(closing_at_exit, NULL);
+  real._Exit(status);
 }
 
 /* ---- child: exec ---- */
@@ -685,6 +713,20 @@ static int session_errno(ssize_t rc) {
   return rc < 0 && rc > -4096 ? (int)-rc : ECONNRESET;
 }
 
+static bool serve_kid(struct kid *k);
+
+/* The child's end is closed for good: it hung up, and the child said it
+ * closes, or its channel is gone (exited, exec'd, or let it go).  A hang-up
+ * alone may be a shutdown both ways by a child that still holds it. */
+static bool relay_gone(const struct relay *r) { return r->hup && (r->closing || !r->kid); }
+
+/* The child's end read EOF or hung up: a close is announced on the channel
+ * before it happens, so what the channel holds is read first. */
+static void hear_kid(struct relay *r) {
+  if (r->kid && !r->closing)
+    (void)serve_kid(r->kid); /* its end of file is seen by the main loop */
+}
+
 /* Moves what can be moved without waiting.  Returns whether anything
  * happened; *done when the relay is finished. */
 static bool pump(struct relay *r, bool *done) {
@@ -700,17 +742,17 @@ static bool pump(struct relay *r, bool *done) {
         progress = true;
       } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         r->kid_eof = true;
-        if (n != 0)
-          r->kid_gone = true;
+        hear_kid(r);
         progress = true;
       }
     }
-    if (!r->kid_gone) {
+    if (!r->hup) {
       /* A child that closed its end takes nothing more: the session's bytes
        * stay in the session (for the parent, or another child). */
       struct pollfd p = {.fd = r->fd, .events = 0};
       if (real.poll(&p, 1, 0) == 1 && (p.revents & POLLHUP)) {
-        r->kid_gone = true;
+        r->hup = true;
+        hear_kid(r);
         progress = true;
       }
     }
@@ -729,13 +771,15 @@ static bool pump(struct relay *r, bool *done) {
         progress = true;
       }
     }
-    if (r->kid_eof && !r->up_len && !r->kid_gone && !r->shut_sent) {
-      r->shut_sent = true; /* the child shut down writing: so does the session */
+    /* EOF without a hang-up: the child shut down writing (a close, or a
+     * death, hangs up at once), and so does the session. */
+    if (r->kid_eof && !r->up_len && !r->hup && !r->closing && !r->shut_sent) {
+      r->shut_sent = true;
       (void)tether_shutdown(r->s);
       progress = true;
     }
     /* session -> child */
-    if (!r->down_len && !r->sess_eof && !r->kid_gone && !r->rd_dead) {
+    if (!r->down_len && !r->sess_eof && !r->hup && !r->closing && !r->rd_dead) {
       ssize_t n = tether_read(r->s, r->down, sizeof(r->down));
       if (n > 0) {
         r->down_off = 0;
@@ -771,17 +815,12 @@ static bool pump(struct relay *r, bool *done) {
   } while (progress);
   /* Finished: the child closed and everything it wrote is in; or nothing can
    * flow either way any more. */
-  *done = (r->kid_gone && r->kid_eof && !r->up_len) || (r->kid_eof && !r->up_len && r->noted) ||
-          (r->sess_err && r->noted);
+  *done = (relay_gone(r) && r->kid_eof && !r->up_len) ||
+          (r->kid_eof && !r->up_len && r->noted) || (r->sess_err && r->noted);
   return moved;
 }
 
-static bool serve_kid(struct kid *k);
-
-/* r is still on the list (serve_kid marks it). */
 static void relay_end(struct relay *r) {
-  if (r->kid_gone && !r->closing && !r->execd && r->kid)
-    (void)serve_kid(r->kid); /* its last words may still be queued */
   pthread_mutex_lock(&f_lock);
   for (struct relay **pp = &g_relays; *pp; pp = &(*pp)->next)
     if (*pp == r) {
@@ -791,9 +830,9 @@ static void relay_end(struct relay *r) {
   pthread_mutex_unlock(&f_lock);
   if (r->kid && r->kid->execd)
     r->execd = true;
-  /* Closed by the child, by its exec'd program, or at its normal exit: the
+  /* Closed by the child (or at its exit), or by a program it exec'd: the
    * reference goes.  Else the child died holding it. */
-  bool crashed = r->kid_gone && !r->closing && !r->execd;
+  bool crashed = relay_gone(r) && !r->closing && !r->execd;
   real.close(r->fd);
   struct psock *ps = r->ps;
   free(r);
@@ -873,8 +912,10 @@ static bool serve_kid(struct kid *k) {
     } else if (m.type == MSG_CLOSING) {
       pthread_mutex_lock(&f_lock);
       for (struct relay *r = g_relays; r; r = r->next)
-        if (r->kid == k && r->serial == m.serial)
+        if (r->kid == k && r->serial == m.serial) {
           r->closing = true;
+          r->pidx = -1; /* looked at in this pass */
+        }
       pthread_mutex_unlock(&f_lock);
     }
   }
@@ -890,14 +931,9 @@ static void kid_gone(struct kid *k) {
     }
   for (struct relay *r = g_relays; r; r = r->next)
     if (r->kid == k) {
-      /* A relay still open when the channel goes is held by a program the
-       * child exec'd, or by a child that closed its channel (closefrom):
-       * its end closing later is a close.  One already closed went with
-       * the child itself, which died unless it said MSG_CLOSING. */
-      struct pollfd p = {.fd = r->fd, .events = 0};
-      bool hup = real.poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
       r->kid = NULL;
-      r->execd = k->execd || !hup;
+      r->execd = k->execd;
+      r->pidx = -1; /* looked at in this pass */
     }
   pthread_mutex_unlock(&f_lock);
   kid_free(k); /* what it did not claim, it let go */
@@ -975,8 +1011,12 @@ static void *fork_thread(void *arg) {
       uint64_t v;
       (void)!real.read(wake_fd, &v, sizeof(v));
     }
-    /* Relays first (a claim below may add one at the head of the list:
-     * `list` and the links after it stay as they were). */
+    /* Channels first: what they say (a close, an exit) decides how a
+     * relay's hang-up is taken.  A claim adds a relay at the head of the
+     * list: `list` and the links after it stay as they were. */
+    for (size_t i = 0; i < nk; i++)
+      if (p[i + 1].revents && !serve_kid(kids[i]))
+        kid_gone(kids[i]);
     for (struct relay *r = list, *next; r; r = next) {
       next = r->next;
       bool woken = r->pidx < 0 || p[r->pidx].revents || p[r->pidx + 1].revents;
@@ -991,9 +1031,6 @@ static void *fork_thread(void *arg) {
       if (done)
         relay_end(r);
     }
-    for (size_t i = 0; i < nk; i++)
-      if (p[i + 1].revents && !serve_kid(kids[i]))
-        kid_gone(kids[i]);
     pthread_mutex_lock(&f_lock);
     passes++;
     pthread_cond_broadcast(&pass_cond);

@@ -106,6 +106,8 @@ struct real_fns {
   int (*execvp)(const char *, char *const[]);
   int (*execvpe)(const char *, char *const[], char *const[]);
   int (*fexecve)(int, char *const[], char *const[]);
+  void (*_exit)(int) __attribute__((noreturn));
+  void (*_Exit)(int) __attribute__((noreturn));
 };
 extern struct real_fns real;
 /* Resolves every pointer (idempotent; also run by the constructor). */
@@ -275,6 +277,9 @@ int ps_nregs(struct psock *ps);
 
 /* Calls fn for every psock (g_lock held: fn must not take it). */
 void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg);
+/* The same if g_lock is free now (false if not: from a signal handler,
+ * say). */
+bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg);
 /* After fork, in the child: fresh locks; sessions, connects and listeners
  * become orphans (owned by the parent), without the parent's own_fd and
  * without epoll registrations (the parent's, in instances the two share). */
