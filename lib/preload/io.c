@@ -98,7 +98,6 @@ static int settle(struct psock *ps, int fd, bool nonblock) {
       errno = -rc;
       return -1;
     }
-    (void)fd;
     return 0;
   }
   default: return 0;
