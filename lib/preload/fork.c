@@ -532,7 +532,8 @@ void fork_at_exit(void) {
 static void fork_before_exec_claims(bool exec);
 
 void fork_chan_closing(unsigned first, unsigned last) {
-  if (tp_inside || parent_chan < 0 || (unsigned)parent_chan < first || (unsigned)parent_chan > last)
+  if (tp_inside || parent_chan < 0 || (unsigned)parent_chan < first ||
+      (unsigned)parent_chan > last || tp_vforked())
     return;
   /* The channel is about to go (closefrom before exec, say): what a new
    * program would be handed is claimed now, and the channel closed by us. */
@@ -553,14 +554,14 @@ void fork_chan_closing(unsigned first, unsigned last) {
  * it rather than risk a false EOF). */
 EXPORT void _exit(int status) {
   real_init();
-  if (parent_chan >= 0 && !tp_inside)
+  if (parent_chan >= 0 && !tp_inside && !tp_vforked())
     (void)fdt_try_each(closing_at_exit, NULL);
   real._exit(status);
 }
 
 EXPORT void _Exit(int status) {
   real_init();
-  if (parent_chan >= 0 && !tp_inside)
+  if (parent_chan >= 0 && !tp_inside && !tp_vforked())
     (void)fdt_try_each(closing_at_exit, NULL);
   real._Exit(status);
 }
@@ -598,7 +599,7 @@ static void fork_before_exec_claims(bool exec) {
 }
 
 void fork_before_exec(void) {
-  if (tp_disabled || tp_inside || parent_chan < 0)
+  if (tp_disabled || tp_inside || parent_chan < 0 || tp_vforked())
     return;
   fork_before_exec_claims(true);
   /* Whatever the new program does with its relays, it knows nothing of

@@ -17,6 +17,9 @@
 #include "preload.h"
 
 bool tp_disabled;
+static pid_t tp_pid; /* this process (set at start and after fork) */
+
+bool tp_vforked(void) { return tp_pid != 0 && getpid() != tp_pid; }
 int tp_probe_ms = 20;
 int tp_accept_wait_ms = 1000;
 
@@ -150,6 +153,7 @@ bool tp_restart_after_eintr(void) {
 /* ---- fork and exit ---- */
 
 static void after_fork_child(void) {
+  tp_pid = getpid();
   pthread_mutex_init(&ctx_lock, NULL);
   g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
   g_ctx_failed = false;
@@ -228,6 +232,7 @@ __attribute__((destructor)) static void tp_fini(void) {
 
 __attribute__((constructor)) static void tp_init(void) {
   real_init();
+  tp_pid = getpid();
   /* OpenSSL's own atexit cleanup would pull the rug from under the engine
    * thread, which runs until tp_fini. */
   (void)OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);

@@ -358,6 +358,11 @@ bool excluded(const struct sockaddr *sa);
 struct psock *tp_track_new(int fd, int kind, int family, bool nonblock, bool cloexec);
 
 extern bool tp_disabled;
+/* Whether this is a child made by vfork(2) (or clone(CLONE_VM)): it shares
+ * our memory but not our descriptors, and will only exec or _exit, so no
+ * bookkeeping may change here (the parent's is the same memory).  A
+ * system call: ask only about tracked numbers. */
+bool tp_vforked(void);
 /* "tether[PID] warn: MSG" on stderr. */
 void tp_warn(const char *msg);
 /* The process's context, made on first use; NULL if tether cannot run. */

@@ -25,7 +25,17 @@
 static struct psock *tracked(int fd) {
   if (tp_inside)
     return NULL;
-  return fdt_get(fd);
+  struct psock *ps = fdt_get(fd);
+  return ps && tp_vforked() ? NULL : ps;
+}
+
+/* In a vfork child (tp_vforked): whether fd is a number that must stay
+ * close-on-exec (a session's), so that its copies are made so too: the
+ * parent's live socket never reaches the new program (tether-run(1), FORK
+ * AND EXEC). */
+static bool hidden_in_vfork(int fd) {
+  struct psock *ps = tp_inside ? NULL : fdt_get(fd);
+  return ps && tp_vforked() && ps_exec_hidden(ps);
 }
 
 /* A number the kernel handed out again was closed behind our back (a raw
@@ -297,10 +307,11 @@ EXPORT int close_range(unsigned first, unsigned last, int flags) {
   }
   if (first > last || (flags & ~(CLOSE_RANGE_CLOEXEC | CLOSE_RANGE_UNSHARE)))
     return real.close_range(first, last, flags); /* EINVAL, closing nothing */
-  if (!tp_inside)
+  if (!tp_inside && !tp_vforked()) {
     close_tracked_range(first, last, flags);
-  if (!tp_inside && !(flags & CLOSE_RANGE_CLOEXEC))
-    fork_chan_closing(first, last);
+    if (!(flags & CLOSE_RANGE_CLOEXEC))
+      fork_chan_closing(first, last);
+  }
   return real.close_range(first, last, flags);
 }
 
@@ -308,7 +319,7 @@ EXPORT void closefrom(int lowfd) {
   READY();
   if (lowfd < 0)
     lowfd = 0;
-  if (!tp_inside) {
+  if (!tp_inside && !tp_vforked()) {
     close_tracked_range((unsigned)lowfd, ~0u, 0);
     fork_chan_closing((unsigned)lowfd, ~0u);
   }
@@ -342,6 +353,8 @@ static bool aliasable(const struct psock *ps) {
 
 EXPORT int dup(int fd) {
   READY();
+  if (hidden_in_vfork(fd))
+    return real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
   struct psock *ps = tracked(fd);
   if (!ps || !aliasable(ps)) {
     int n = real.dup(fd);
@@ -355,6 +368,10 @@ EXPORT int dup(int fd) {
 static int dup3_common(int oldfd, int newfd, int flags, bool is_dup2) {
   READY();
   if (tp_inside || oldfd == newfd)
+    return is_dup2 ? real.dup2(oldfd, newfd) : real.dup3(oldfd, newfd, flags);
+  if (hidden_in_vfork(oldfd))
+    return real.dup3(oldfd, newfd, flags | O_CLOEXEC);
+  if ((fdt_get(oldfd) || fdt_get(newfd)) && tp_vforked())
     return is_dup2 ? real.dup2(oldfd, newfd) : real.dup3(oldfd, newfd, flags);
   struct psock *old = fdt_get(oldfd);
   if (is_dup2 && real.fcntl(oldfd, F_GETFD) < 0)
@@ -374,6 +391,9 @@ EXPORT int dup3(int oldfd, int newfd, int flags) { return dup3_common(oldfd, new
 
 static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
   READY();
+  if ((cmd == F_DUPFD || cmd == F_SETFD) && hidden_in_vfork(fd))
+    return cmd == F_DUPFD ? fn(fd, F_DUPFD_CLOEXEC, arg)
+                          : fn(fd, F_SETFD, (void *)(intptr_t)((intptr_t)arg | FD_CLOEXEC));
   struct psock *ps = tracked(fd);
   if (!ps || !aliasable(ps))
     return fn(fd, cmd, arg);

@@ -26,6 +26,9 @@
  *             the parent relays); one merely left open for exec under
  *             another number does not (the helper must not take its bytes);
  *             the parent's sessions are unharmed
+ *   vfork     a vfork child that dup2s a session over another number (as
+ *             before an exec) changes nothing in the parent, and its copy
+ *             is close-on-exec
  *   mmsg      sendmmsg/recvmmsg
  *   connect_close  a non-blocking connect closed before it ends: nothing of it
  *             stays (no thread, no descriptor)
@@ -520,6 +523,32 @@ static int exec_child(int fd, int hidden) {
   return 0;
 }
 
+static bool t_vfork(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  int p[2];
+  CHECK(pipe(p) == 0, "pipe");
+  pid_t pid = vfork();
+  CHECK(pid >= 0, "vfork");
+  if (pid == 0) {
+    /* Shares the parent's memory, not its descriptors. */
+    if (dup2(fd, p[0]) != p[0])
+      _exit(1);
+    int fl = fcntl(p[0], F_GETFD);
+    _exit(fl >= 0 && (fl & FD_CLOEXEC) ? 0 : 2);
+  }
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vfork child: status %#x", st);
+  /* The parent's p[0] is still its pipe, and the session still works. */
+  char buf[8];
+  CHECK(write(p[1], "pipe", 4) == 4 && read(p[0], buf, sizeof(buf)) == 4 &&
+            memcmp(buf, "pipe", 4) == 0, "the pipe after the vfork child");
+  CHECK(echo(fd, 1000, 17), "the session after the vfork child");
+  close(p[0]), close(p[1]), close(fd);
+  return true;
+}
+
 static bool t_mmsg(void) {
   int fd = dial();
   CHECK(fd >= 0, "connect");
@@ -680,7 +709,7 @@ static const struct {
     {"peek", t_peek},         {"rcvtimeo", t_rcvtimeo}, {"sndtimeo", t_sndtimeo},
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
-    {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
+    {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
     {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
 };
 
