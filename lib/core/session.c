@@ -9,6 +9,7 @@
 #define MS ((uint64_t)1000000)
 #define FIRST_BACKOFF_NS (50 * MS)
 #define FIRST_CLOSE_RETRY_NS (10 * MS)
+#define FIRST_HEARTBEAT_NS (50 * MS)
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
@@ -62,7 +63,11 @@ void core_init(struct core_session *c, const struct core_config *cfg,
   c->peer_rcvbuf_max = peer_rcvbuf_max;
   retention_init(&c->ret, retention_cap(c), 0);
   c->last_rx_ns = now;
-  c->next_hb_ns = now; /* at once: proves the side channel early */
+  /* Soon, to prove the side channel early, but not at once: a short
+   * session (a request and its answer) ends before it and never needs a
+   * heartbeat, and a new session's first moments are its setup's critical
+   * path, which an extra datagram and the peer's wake-up would slow. */
+  c->next_hb_ns = now + min64(FIRST_HEARTBEAT_NS, cfg->heartbeat_ns);
 }
 
 void core_clear(struct core_session *c) {
@@ -225,6 +230,10 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   if (c->state == CORE_FAILED)
     out->failed = (uint32_t)-c->error;
   c->acked_delivered = c->delivered;
+  c->last_ctl.at_ns = now;
+  c->last_ctl.delivered = out->delivered;
+  c->last_ctl.write_closed = out->ack_write_closed;
+  c->last_ctl.read_closed = out->ack_read_closed;
   if (out->want_reply) {
     c->next_hb_ns = now + min64(c->close_retry_ns ? c->close_retry_ns : FIRST_CLOSE_RETRY_NS,
                                 c->cfg.heartbeat_ns);
@@ -234,6 +243,18 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   }
 }
 
+/* Whether the datagram we sent last, moments ago, already acknowledged all
+ * that ctl announces: then the two crossed (both sides closing at once) and
+ * answering would repeat it.  Had ours been lost, the peer asks again after
+ * its retry interval, when ours is no longer recent. */
+static bool answered_by_last(const struct core_session *c, uint64_t now,
+                             const struct core_ctl *ctl) {
+  return now - c->last_ctl.at_ns < FIRST_CLOSE_RETRY_NS / 2 &&
+         (c->last_ctl.write_closed || !ctl->write_closed) &&
+         (c->last_ctl.read_closed || !ctl->read_closed) &&
+         (!ctl->write_closed || c->last_ctl.delivered >= ctl->sent);
+}
+
 int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
                 bool *reply) {
   *reply = false;
@@ -241,6 +262,7 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     return -1; /* replayed or reordered: heartbeats are cumulative, drop it */
   c->rx_seq = ctl->seq;
   c->udp_seen = true;
+  c->unconfirmed_give_up_ns = 0; /* only a key holder can authenticate it */
   c->last_rx_ns = now;
   c->accept_unheard = false; /* a suspended client sends no datagrams */
   if (c->state == CORE_FAILED) {
@@ -295,7 +317,7 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     c->peer_rcvbuf_max = ctl->rcvbuf_max;
     retention_set_max(&c->ret, retention_cap(c));
   }
-  *reply = ctl->want_reply;
+  *reply = ctl->want_reply && !answered_by_last(c, now, ctl);
   enter_closed_if_finished(c, now);
   note_settled(c, now, settled);
   return 0;
@@ -356,6 +378,7 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
     out->durable_sent = c->durable_sent;
     out->durable_delivered = c->durable_delivered;
   }
+  out->ctl_seq = c->tx_seq;
 }
 
 int core_on_resumed(struct core_session *c, uint64_t now,
@@ -371,6 +394,13 @@ int core_on_resumed(struct core_session *c, uint64_t now,
       return rc;
     }
   }
+  c->unconfirmed_give_up_ns = 0; /* the peer proved its keys to resume */
+  /* Datagrams the peer sent before this resume may still be on their way;
+   * after a rollback on either side they speak of a stream that no longer
+   * is (an old delivered count would acknowledge bytes that the peer must
+   * yet check in our replay).  The resume state supersedes them. */
+  if (peer->ctl_seq > c->rx_seq)
+    c->rx_seq = peer->ctl_seq;
   bool settled = peer_settled(c);
   /* Lower than before only if the peer rolled back to a snapshot.  After our
    * own rollback, only up to where the peer's check of our replay starts:
@@ -432,6 +462,18 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   c->backoff_ns = 0;
   enter_closed_if_finished(c, now);
   return 0;
+}
+
+void core_set_unconfirmed(struct core_session *c, uint64_t ns) {
+  c->unconfirmed_give_up_ns = ns ? ns : 1;
+}
+
+void core_confirm(struct core_session *c) { c->unconfirmed_give_up_ns = 0; }
+
+/* How long a suspension may last (0: forever). */
+static uint64_t give_up_after(const struct core_session *c) {
+  uint64_t g = c->cfg.give_up_ns, u = c->unconfirmed_give_up_ns;
+  return u && (g == 0 || u < g) ? u : g;
 }
 
 void core_set_peer_durable(struct core_session *c) {
@@ -502,12 +544,22 @@ static uint64_t done_at(const struct core_session *c) {
   return min64(c->settled_at_ns + CORE_TIME_WAIT_NS(c), cap);
 }
 
+/* CLOSED, and the peer has everything it needs from us: TIME_WAIT only
+ * answers (a peer that missed our last word repeats its own, asking for a
+ * reply) and accepts final resumes; heartbeats would tell nothing new, and
+ * a busy server holds thousands of such sessions.  Durable sessions keep
+ * them: their durable acknowledgements may still move. */
+static bool heartbeats_due(const struct core_session *c) {
+  return c->state == CORE_CONNECTED || !peer_settled(c) || c->peer_durable || c->cfg.durable;
+}
+
 uint64_t core_next_deadline(const struct core_session *c) {
   uint64_t d = UINT64_MAX;
   switch (c->state) {
   case CORE_CONNECTED:
   case CORE_CLOSED:
-    d = c->next_hb_ns;
+    if (heartbeats_due(c))
+      d = c->next_hb_ns;
     if (c->state == CORE_CONNECTED && c->udp_seen)
       d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
     if (acks_by_resume(c))
@@ -522,8 +574,8 @@ uint64_t core_next_deadline(const struct core_session *c) {
       d = min64(d, c->released_at_ns + c->cfg.give_up_ns);
     break;
   case CORE_SUSPENDED:
-    if (c->cfg.give_up_ns)
-      d = c->suspended_at_ns + c->cfg.give_up_ns;
+    if (give_up_after(c))
+      d = c->suspended_at_ns + give_up_after(c);
     if (c->role == CORE_CLIENT)
       d = min64(d, c->next_redial_ns);
     break;
@@ -560,7 +612,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
     }
     /* fall through */
   case CORE_CLOSED:
-    if (now >= c->next_hb_ns)
+    if (now >= c->next_hb_ns && heartbeats_due(c))
       act |= CORE_ACT_HEARTBEAT;
     if (fin_due(c, now)) {
       c->fin_sent = true;
@@ -582,7 +634,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       act |= CORE_ACT_DONE;
     break;
   case CORE_SUSPENDED:
-    if (c->cfg.give_up_ns && now >= c->suspended_at_ns + c->cfg.give_up_ns) {
+    if (give_up_after(c) && now >= c->suspended_at_ns + give_up_after(c)) {
       c->suspended_total_ns += now - c->suspended_at_ns;
       core_fail(c, TETHER_EGIVEUP);
       act |= CORE_ACT_FAILED;

@@ -86,6 +86,8 @@ struct core_resume_state {
                                  it keeps no replay log) */
   uint64_t durable_sent;      /* this side is durable: its last committed */
   uint64_t durable_delivered; /* snapshot's counters (else 0) */
+  uint64_t ctl_seq;           /* the last control sequence number it used:
+                                 the peer drops datagrams sent before */
 };
 
 struct core_session {
@@ -128,6 +130,12 @@ struct core_session {
                               state and does not answer: resume to tell it */
   bool accept_unheard;     /* server: resumed, and no datagram since that
                               shows the client got our ResumeAccept */
+  struct {                         /* what our last datagram acknowledged */
+    uint64_t at_ns, delivered;
+    bool write_closed, read_closed;
+  } last_ctl;
+  uint64_t unconfirmed_give_up_ns; /* server: nonzero until the client proved
+                                      it holds the keys (core_set_unconfirmed) */
   uint64_t ack_poll_at_ns; /* client, no side channel: resume then to learn
                               the acknowledgements of our writes */
   unsigned ack_polls;      /* such resumes so far (the interval doubles) */
@@ -211,8 +219,12 @@ static inline uint64_t core_replay_pending(const struct core_session *c) {
 int core_on_replayed(struct core_session *c, const void *data, size_t n);
 /* Bytes delivered since the last acknowledgement after which an explicit
  * ack is due, so the peer's retention shrinks to about the bytes really in
- * flight instead of the peer's whole receive buffer. */
-#define CORE_ACK_EVERY ((uint64_t)256 * 1024)
+ * flight instead of the peer's whole receive buffer.  Not needed for speed
+ * (a writer trims by the in-flight bound when it runs out of room), only for
+ * memory: each ack costs the reader a MAC and a datagram and wakes the
+ * writer's engine, so at tens of Gbit/s they are kept to a few thousand a
+ * second. */
+#define CORE_ACK_EVERY ((uint64_t)2 * 1024 * 1024)
 /* True when the application read enough since the last ack to send one now. */
 bool core_ack_due(const struct core_session *c);
 /* True if the peer shut down writing and every byte has been delivered. */
@@ -228,6 +240,15 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out);
  * replay (ignore it).  Sets *reply when the peer expects an answer now. */
 int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl,
                 bool *reply);
+
+/* A server session made before the client proved that it holds the
+ * session keys (the engine checks the client's ClientFinish later, on the
+ * session's first read): if its transport is lost before any proof, it
+ * gives up after `ns` rather than give_up_ns -- a client that never
+ * finished its handshake will never resume.  Proofs: an authenticated
+ * datagram, a resume, or core_confirm() (a correct ClientFinish). */
+void core_set_unconfirmed(struct core_session *c, uint64_t ns);
+void core_confirm(struct core_session *c);
 
 /* ---- durable acknowledgements ---- */
 

@@ -1,6 +1,7 @@
 /* The context: configuration, the engine thread and its event loop, and the
  * registry of sessions by id. */
 #include <errno.h>
+#include <sys/epoll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,14 @@ static void on_refill(evutil_socket_t fd, short what, void *arg) {
   ctx->refill_pending = false;
   pthread_mutex_unlock(&ctx->lock);
   x25519_free(k);
+}
+
+/* Engine thread: connections that ended (see struct tether_ctx, hup_ep). */
+static void on_hup(evutil_socket_t fd, short what, void *arg) {
+  struct epoll_event evs[64];
+  int n = epoll_wait(fd, evs, 64, 0);
+  for (int i = 0; i < n; i++)
+    session_on_hangup(evs[i].data.ptr);
 }
 
 /* Key generation costs a scalar multiplication, as much as the key agreement
@@ -171,8 +180,12 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   ctx->base = event_base_new();
   ctx->stop_ev = ctx->base ? event_new(ctx->base, -1, 0, on_stop, ctx) : NULL;
   ctx->refill_ev = ctx->base ? event_new(ctx->base, -1, 0, on_refill, ctx) : NULL;
-  if (!ctx->stop_ev || !ctx->refill_ev) {
-    rc = -ENOMEM;
+  ctx->hup_ep = epoll_create1(EPOLL_CLOEXEC);
+  ctx->hup_ev = ctx->base && ctx->hup_ep >= 0
+                    ? event_new(ctx->base, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
+                    : NULL;
+  if (!ctx->stop_ev || !ctx->refill_ev || !ctx->hup_ev || event_add(ctx->hup_ev, NULL) < 0) {
+    rc = ctx->hup_ep < 0 ? -errno : -ENOMEM;
     goto fail;
   }
   if ((rc = -pthread_create(&ctx->thread, NULL, engine_main, ctx)) < 0)
@@ -183,6 +196,10 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   *out = ctx;
   return 0;
 fail:
+  if (ctx->hup_ev)
+    event_free(ctx->hup_ev);
+  if (ctx->hup_ep >= 0)
+    close(ctx->hup_ep);
   if (ctx->refill_ev)
     event_free(ctx->refill_ev);
   if (ctx->stop_ev)
@@ -237,6 +254,8 @@ void tether_ctx_free(tether_ctx *ctx) {
   udp_close(ctx->udp6);
   x25519_free(ctx->key);
   x25519_free(ctx->next_key);
+  event_free(ctx->hup_ev);
+  close(ctx->hup_ep);
   event_free(ctx->refill_ev);
   event_free(ctx->stop_ev);
   event_base_free(ctx->base);

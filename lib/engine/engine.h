@@ -64,6 +64,7 @@ struct udp_chan {
  * and close notices before it drops them. */
 #define CTX_FREE_LINGER_MS 2000
 #define MAX_PENDING_HANDSHAKES 1024
+#define MAX_HANDSHAKES_PER_HOST 128
 
 struct tether_ctx {
   struct tether_config cfg;
@@ -88,6 +89,13 @@ struct tether_ctx {
   uint64_t key_born_ns;
   bool refill_pending;
   struct event *refill_ev;
+
+  /* The ends of live connections (FIN, reset): an epoll set of its own
+   * holding each connected session's socket with EPOLLRDHUP|EPOLLET only,
+   * so that data never wakes the engine (libevent reports a reset as
+   * readable and writable, not as EV_CLOSED).  Engine thread. */
+  int hup_ep;
+  struct event *hup_ev;
 
   /* Front ends (the preload): called on the engine thread with a redial's
    * socket before it connects. */
@@ -159,6 +167,13 @@ struct tether_session {
   } captured[4];
   unsigned next_captured;
   bool restored_unresumed; /* restored, not yet resumed: peer position unknown */
+  int hup_sock; /* the socket in ctx->hup_ep, -1: none (engine thread) */
+
+  /* Server, no pre-shared key: the client's ClientFinish still heads the
+   * socket (see on_client_hello); read and checked before any byte.  NULL
+   * once read, or once the connection it came on is gone.  rx_lock. */
+  struct hs_reader *finish_rd;
+  uint8_t finish_mac[MAC_LEN]; /* the ClientFinish.confirm expected */
 };
 
 /* What the application's fd refers to.  poll() attaches to the files it
@@ -203,6 +218,8 @@ struct hs_conn {
   socklen_t peer_len;
   struct event *ev, *timeout;
   const char *why;
+  bool finish_later; /* server: done before the ClientFinish; its MAC: */
+  uint8_t finish_mac[MAC_LEN];
 };
 
 #define HS_DONE 1
@@ -214,7 +231,8 @@ void hs_conn_free(struct hs_conn *h);
 /* Advances as far as the socket allows: HS_DONE, HS_WANT_READ/WRITE, or a
  * negative error (h->why says why). */
 int hs_conn_advance(struct hs_conn *h);
-/* Engine-driven handshakes: register events; hs_conn_finish() is called once. */
+/* Engine-driven handshakes: register events; hs_conn_finish() is called once.
+ * Refuses (logged) when the table or the peer host's share of it is full. */
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms);
 void hs_conn_abort(struct hs_conn *h);
 
@@ -230,6 +248,14 @@ struct tether_session *session_restore(struct tether_ctx *ctx,
                                        struct tether_listener *l, int *err);
 /* Registers the session's events with the engine and starts its timer. */
 int session_start(struct tether_session *s);
+/* Server, no pre-shared key: the client's ClientFinish (MAC h->finish_mac)
+ * will head the socket.  -ENOMEM. */
+int session_expect_finish(struct tether_session *s, const struct hs_conn *h);
+/* rx_lock held: reads and checks the ClientFinish if it still heads the
+ * socket, so that what follows is the application's.  Like recv(): 1 when
+ * nothing of ours is left there (or the check failed the session: look at
+ * its state), 0 at EOF, -1 with errno (EAGAIN: not all of it arrived). */
+int session_take_finish_locked(struct tether_session *s);
 /* Both locks held: the transport failed; install the placeholder and let the
  * engine retire the socket. */
 void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why);
@@ -244,6 +270,8 @@ void session_fail(struct tether_session *s, int err);
 void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
                     const struct sockaddr *from, socklen_t fromlen);
 void session_destroy(struct tether_session *s);
+/* Engine thread: the connection of a session in ctx->hup_ep ended. */
+void session_on_hangup(struct tether_session *s);
 void session_lock(struct tether_session *s);
 void session_unlock(struct tether_session *s);
 

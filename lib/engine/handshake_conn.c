@@ -5,7 +5,9 @@
  * send ResumeFinish, await ResumeAccept.  Server: await ClientHello (then
  * send ServerHello, await ClientFinish) or ResumeHello (then send
  * ResumeChallenge, await ResumeFinish, send ResumeAccept).  Nothing is read
- * past the last frame: application bytes may follow it directly. */
+ * past the last frame: application bytes may follow it directly.  Without a
+ * pre-shared key the server's part ends with its ServerHello: the session's
+ * first read takes the ClientFinish (session.c, take_finish_locked). */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -50,7 +52,7 @@ void hs_conn_free(struct hs_conn *h) {
   if (h->fd >= 0)
     close(h->fd);
   x25519_free(h->key);
-  wipe(h, sizeof(*h));
+  wipe(h, sizeof(*h)); /* keys, finish_mac */
   free(h);
 }
 
@@ -278,8 +280,15 @@ static int on_accept(struct hs_conn *h, const Tether__Wire__ResumeAccept *ra) {
  * (without one an active attacker could complete the exchange anyway).
  * Otherwise it answers at once and agrees on keys while its ServerHello
  * travels, so the two sides' X25519 operations overlap.  The client always
- * proves its keys in ClientFinish: nothing of a session exists here before
- * a client completed the handshake. */
+ * proves its keys in ClientFinish.  With a pre-shared key that proof
+ * authenticates the client, and no session exists here before it.  Without
+ * one it proves nothing a client could not: the session is made at once
+ * and queued for accept while the client agrees on keys, and the
+ * ClientFinish, which the client sends right before its first bytes, is
+ * checked when the session reads them -- the accepting side gains the
+ * engine's and the accept's wake-ups on its first bytes.  Until some proof
+ * (that ClientFinish, an authenticated datagram or a resume) a broken
+ * connection ends such a session within connect_timeout_ms. */
 static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *ch) {
   uint8_t th[32], mac[MAC_LEN];
   bool confirm = h->ctx->cfg.psk_len > 0;
@@ -332,6 +341,11 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
     h->why = "bad client key"; /* too late for a Reject: the connection just closes */
     return TETHER_EPROTO;
   }
+  struct buf_part p = {th, sizeof(th)};
+  if (hmac_parts(h->keys.confirm_c, &p, 1, h->finish_mac) < 0)
+    return -EIO;
+  h->finish_later = true;
+  h->step = S_DONE;
   return 0;
 }
 
@@ -559,16 +573,49 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
   finish(h, -ETIMEDOUT);
 }
 
+/* Whether two peers are the same host (addresses compared, ports not). */
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family)
+    return false;
+  if (a->ss_family == AF_INET)
+    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+  if (a->ss_family == AF_INET6)
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+  return false;
+}
+
+/* ctx->lock held: server handshakes in progress from h's host. */
+static unsigned handshakes_from(const struct hs_conn *h) {
+  unsigned n = 0;
+  for (const struct hs_conn *o = h->ctx->handshakes; o; o = o->next)
+    n += o->kind == HS_SERVER && same_host(&o->peer, &h->peer);
+  return n;
+}
+
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   struct tether_ctx *ctx = h->ctx;
   struct timeval tv = {.tv_sec = (time_t)(timeout_ms / 1000),
                        .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000};
   short what = h->connecting || h->step == S_START ? EV_WRITE : EV_READ;
+  char addr[64];
   h->ev = event_new(ctx->base, h->fd, what, on_io, h);
   h->timeout = evtimer_new(ctx->base, on_timeout, h);
-  if (!h->ev || !h->timeout)
+  if (!h->ev || !h->timeout) {
+    LOG_ERR(ctx, "out of memory for a handshake");
     return -ENOMEM;
+  }
   pthread_mutex_lock(&ctx->lock);
+  /* One host may hold only a share of the table: a flood from one address
+   * cannot crowd out everyone else's setups and resumes. */
+  if (h->kind == HS_SERVER && handshakes_from(h) >= MAX_HANDSHAKES_PER_HOST) {
+    pthread_mutex_unlock(&ctx->lock);
+    LOG_WARN(ctx, "connection from %s dropped: %d handshakes from that host in progress",
+             sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr)),
+             MAX_HANDSHAKES_PER_HOST);
+    return -EAGAIN;
+  }
   if (ctx->n_handshakes >= MAX_PENDING_HANDSHAKES) {
     /* Full: evict the oldest connection that has not even sent its first
      * frame (real peers send it at once), so that a flood of idle
@@ -578,8 +625,10 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
       if (o->kind == HS_SERVER && o->step == S_AWAIT_FIRST)
         victim = o;
     pthread_mutex_unlock(&ctx->lock);
-    if (!victim)
+    if (!victim) {
+      LOG_WARN(ctx, "connection dropped: %d handshakes in progress", MAX_PENDING_HANDSHAKES);
       return -EAGAIN;
+    }
     LOG_INFO(ctx, "handshake table full: dropped the oldest idle connection");
     hs_conn_abort(victim); /* frees its events too */
     pthread_mutex_lock(&ctx->lock);
@@ -590,6 +639,11 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   pthread_mutex_unlock(&ctx->lock);
   event_add(h->ev, NULL);
   event_add(h->timeout, &tv);
+  /* Listeners defer accepting until the first bytes arrived
+   * (TCP_DEFER_ACCEPT): read them now rather than after another turn of
+   * the event loop.  h may be gone after this. */
+  if (h->kind == HS_SERVER)
+    on_io(h->fd, EV_READ, h);
   return 0;
 }
 

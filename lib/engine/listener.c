@@ -37,10 +37,8 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     h->listener = l;
     memcpy(&h->peer, &peer, len);
     h->peer_len = len;
-    if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0) {
-      LOG_WARN(ctx, "too many handshakes in progress; connection dropped");
-      hs_conn_free(h);
-    }
+    if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0)
+      hs_conn_free(h); /* logged */
   }
 }
 
@@ -68,6 +66,11 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
     return;
   }
   h->fd = -1; /* the session owns the socket now */
+  if (h->finish_later && session_expect_finish(s, h) < 0) {
+    hs_conn_free(h);
+    session_destroy(s);
+    return;
+  }
   hs_conn_free(h);
   if (session_start(s) < 0) {
     session_destroy(s);

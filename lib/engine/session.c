@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -62,6 +63,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->is_client = is_client;
   s->sock = h->fd;
   s->hold_w = -1;
+  s->hup_sock = -1;
   s->app_kind = APP_FD_SOCK;
   s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
   if (s->app_fd < 0) {
@@ -85,6 +87,62 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   }
   s->reported = TETHER_STATE_CONNECTED;
   return s;
+}
+
+int session_expect_finish(struct tether_session *s, const struct hs_conn *h) {
+  if (!(s->finish_rd = malloc(sizeof(*s->finish_rd))))
+    return -ENOMEM;
+  hs_reader_init(s->finish_rd, false);
+  memcpy(s->finish_mac, h->finish_mac, MAC_LEN);
+  core_set_unconfirmed(&s->core, (uint64_t)s->ctx->cfg.connect_timeout_ms * 1000000);
+  return 0;
+}
+
+static void drop_finish(struct tether_session *s) {
+  free(s->finish_rd);
+  s->finish_rd = NULL;
+  wipe(s->finish_mac, MAC_LEN);
+}
+
+int session_take_finish_locked(struct tether_session *s) {
+  const char *why = NULL;
+  char tag[17];
+  if (!s->finish_rd || s->sock < 0)
+    return 1;
+  int rc = hs_reader_step(s->finish_rd, s->sock, &why);
+  if (rc == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (rc == -ECONNRESET)
+    return 0; /* EOF */
+  int err = 0;
+  if (rc > 0) {
+    hs_msg *m = hs_decode(s->finish_rd->buf, s->finish_rd->have, &why);
+    if (!m || m->msg_case != TETHER__WIRE__HANDSHAKE__MSG_CLIENT_FINISH) {
+      err = TETHER_EPROTO;
+      why = why ? why : "not a ClientFinish";
+    } else if (!mac_equal(m->client_finish->confirm.data, s->finish_mac)) {
+      err = TETHER_EAUTH;
+      why = "client failed key confirmation";
+    }
+    hs_free(m);
+  } else if (rc == -EPROTO || rc == -EMSGSIZE || rc == TETHER_EVERSION) {
+    err = TETHER_EPROTO;
+  } else {
+    errno = -rc;
+    return -1;
+  }
+  drop_finish(s);
+  /* rx_lock excludes the engine, which takes both locks. */
+  if (err == 0) {
+    core_confirm(&s->core);
+    return 1;
+  }
+  LOG_WARN(s->ctx, "session %s: %s: failed", session_tag(s->id, tag), why);
+  core_fail(&s->core, err);
+  session_kick(s);
+  return 1;
 }
 
 /* A session from a snapshot, suspended: the client redials at its first
@@ -113,6 +171,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   memcpy(s->keys.resume_s, m->k_resume_s.data, KEY_LEN);
   s->is_client = m->is_client;
   s->sock = -1;
+  s->hup_sock = -1;
   s->app_fd = p[0]; /* suspended: never ready until resumed */
   s->app_kind = APP_FD_WAIT;
   s->hold_w = p[1];
@@ -279,6 +338,7 @@ void session_fail(struct tether_session *s, int err) {
 void session_retire_locked(struct tether_session *s) {
   if (s->sock < 0)
     return;
+  drop_finish(s); /* it came on this connection, or never will */
   /* shutdown() stops all I/O on the socket at once, even for a poll() that
    * still references it (waking it); the descriptor itself is closed by the
    * engine, which may have an event registered on it. */
@@ -290,9 +350,33 @@ void session_retire_locked(struct tether_session *s) {
   s->sock = -1;
 }
 
+/* Engine thread: watches the end of the live connection while the session
+ * is connected and the end would be news: not after the peer's close (its
+ * FIN then is that close), nor once the application closed (draining reads
+ * see it).  A socket leaves the set before it is closed (its file lives on
+ * in app_fd). */
+static void update_hup_watch(struct tether_session *s) {
+  int want = s->sock >= 0 && s->core.state == CORE_CONNECTED && !s->app_closed &&
+                     !s->core.peer_wr_closed
+                 ? s->sock
+                 : -1;
+  if (want == s->hup_sock)
+    return;
+  if (s->hup_sock >= 0)
+    (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
+  s->hup_sock = -1;
+  struct epoll_event e = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = s};
+  if (want >= 0 && epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_ADD, want, &e) == 0)
+    s->hup_sock = want;
+}
+
 /* Engine thread: closes retired sockets. */
 static void close_retired(struct tether_session *s) {
   for (int i = 0; i < s->n_retired; i++) {
+    if (s->hup_sock == s->retired[i]) {
+      (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
+      s->hup_sock = -1;
+    }
     if (s->sock_ev && s->sock_ev_fd == s->retired[i] && s->sock_ev_flags) {
       event_del(s->sock_ev);
       s->sock_ev_flags = 0;
@@ -411,6 +495,15 @@ static ssize_t take_replay_locked(struct tether_session *s) {
 static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
   for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
+    if (s->finish_rd) {
+      ssize_t n = session_take_finish_locked(s);
+      if (n > 0)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+      session_suspend_locked(s, now_ns(), n == 0 ? "EOF before the ClientFinish" : strerror(errno));
+      return;
+    }
     if (core_replay_pending(&s->core)) {
       ssize_t n = take_replay_locked(s);
       if (n > 0)
@@ -455,6 +548,7 @@ static void settle(struct tether_session *s, bool *destroy) {
   flush_pending_locked(s);
   close_retired(s);
   update_sock_ev(s);
+  update_hup_watch(s);
   *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->done);
   if (!*destroy)
     arm_timer(s);
@@ -466,6 +560,24 @@ static void on_sock(evutil_socket_t fd, short what, void *arg) {
   session_lock(s);
   if (what & EV_READ)
     drain_locked(s);
+  settle(s, &destroy);
+  session_unlock(s);
+  report_state(s);
+  if (destroy)
+    session_destroy(s);
+}
+
+void session_on_hangup(struct tether_session *s) {
+  bool destroy;
+  session_lock(s);
+  /* The peer's host ended the connection and no close of the peer's
+   * explains it (its FIN follows its acknowledged close notice): a crash,
+   * a restart, a reset.  Suspend now, not at the application's next call,
+   * so that an idle session resumes by itself.  Unread bytes die with the
+   * socket; the resume resends them. */
+  if (s->hup_sock >= 0 && s->hup_sock == s->sock && s->core.state == CORE_CONNECTED &&
+      !s->core.peer_wr_closed)
+    session_suspend_locked(s, now_ns(), "connection ended by the peer's host");
   settle(s, &destroy);
   session_unlock(s);
   report_state(s);
@@ -607,6 +719,8 @@ void session_destroy(struct tether_session *s) {
   if (s->kick)
     event_free(s->kick);
   close_retired(s);
+  if (s->hup_sock >= 0)
+    (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
   if (s->sock_ev)
     event_free(s->sock_ev);
   if (s->sock >= 0) {
@@ -621,6 +735,7 @@ void session_destroy(struct tether_session *s) {
   if (s->hold_w >= 0)
     close(s->hold_w);
   core_clear(&s->core);
+  free(s->finish_rd);
   pthread_mutex_destroy(&s->rx_lock);
   pthread_mutex_destroy(&s->tx_lock);
   wipe(s, sizeof(*s));
@@ -666,7 +781,10 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
     }
     if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
       ssize_t n;
-      if (core_replay_pending(c)) {
+      if (s->finish_rd) {
+        if ((n = session_take_finish_locked(s)) > 0)
+          continue;
+      } else if (core_replay_pending(c)) {
         if ((n = take_replay_locked(s)) > 0)
           continue;
       } else if ((n = recv(s->sock, buf, len, MSG_DONTWAIT)) > 0) {

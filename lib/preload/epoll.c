@@ -63,6 +63,8 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     return real.epoll_ctl(epfd, op, fd, ev);
   struct psock *ps = fdt_get(fd);
   bool fresh = false;
+  if (ps && ps_orphan_session(ps) && op != EPOLL_CTL_DEL)
+    (void)fork_claim(ps); /* registers the relay, not the parent's socket */
   if (!ps) {
     /* Not ours: a number the program may close without telling epoll, so
      * it gets a psock whose close we see.  Invalid calls fail in libc. */

@@ -60,6 +60,9 @@ struct psock *ps_new(int kind, int family) {
   ps->placeholder_w = -1;
   ps->abort_efd = -1;
   ps->opts_sock = -1;
+  ps->own_fd = -1;
+  static uint64_t serials;
+  ps->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
   pthread_mutex_lock(&g_lock);
   ps->all_next = g_all;
   if (g_all)
@@ -100,8 +103,15 @@ static int alias_index(const struct psock *ps, int fd) {
 bool ps_has_alias(const struct psock *ps, int fd) { return alias_index(ps, fd) >= 0; }
 
 bool ps_exec_hidden(const struct psock *ps) {
-  return ps->kind == PS_SESSION || ps->kind == PS_CONNECTING;
+  /* An orphan's numbers name the parent's live socket until claimed. */
+  return ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps_orphan_session(ps);
 }
+
+int ps_program_aliases(const struct psock *ps) {
+  return ps->naliases - (ps->own_fd >= 0 && ps_has_alias(ps, ps->own_fd));
+}
+
+bool ps_shared(const struct psock *ps) { return ps->kids > 0 || ps->relays > 0; }
 
 bool ps_get_cloexec(const struct psock *ps, int fd) {
   int i = alias_index(ps, fd);
@@ -441,6 +451,15 @@ void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
   pthread_mutex_unlock(&g_lock);
 }
 
+bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
+  if (pthread_mutex_trylock(&g_lock) != 0)
+    return false;
+  for (struct psock *ps = g_all; ps; ps = ps->all_next)
+    fn(ps, arg);
+  pthread_mutex_unlock(&g_lock);
+  return true;
+}
+
 void fdt_after_fork_child(void) {
   pthread_mutex_init(&g_lock, NULL);
   for (struct psock *ps = g_all; ps; ps = ps->all_next) {
@@ -450,5 +469,17 @@ void fdt_after_fork_child(void) {
     if (ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN)
       ps->kind = PS_ORPHAN;
     ps->s = NULL; /* the parent's; a listener keeps pl for plain accepts */
+    ps->kids = ps->relays = 0;
+    if (ps->kind == PS_RELAY) /* our parent's relay: a plain shared socket here */
+      ps->serial = 0;
+    if (ps->own_fd >= 0) { /* the parent's own number: not the program's */
+      int own = ps->own_fd;
+      ps->own_fd = -1;
+      (void)ps_remove_alias(ps, own);
+      (void)real.close(own);
+    }
+    if (ps_orphan_session(ps)) /* the kernel's are the parent's: forget ours */
+      while (ps->regs)
+        reg_unlink(ps, ps->regs);
   }
 }

@@ -33,7 +33,28 @@ static inline struct psock *data_ps(int fd) {
   if (!ps)
     return NULL;
   int k = ps->kind;
-  return k == PS_SESSION || k == PS_CONNECTING || k == PS_FAILED || k == PS_ORPHAN ? ps : NULL;
+  return k == PS_SESSION || k == PS_CONNECTING || k == PS_FAILED || k == PS_ORPHAN || k == PS_RELAY
+             ? ps
+             : NULL;
+}
+
+/* A relay's EOF is the session's only when the parent said so (fork.c). */
+static ssize_t relay_rd(struct psock *ps, ssize_t n, size_t len) {
+  if (n != 0 || len == 0 || ps->kind != PS_RELAY)
+    return n;
+  int rc = fork_relay_eof(ps);
+  if (rc < 0) {
+    errno = -rc;
+    return -1;
+  }
+  return 0;
+}
+
+static size_t iov_total(const struct iovec *iov, int cnt) {
+  size_t t = 0;
+  for (int i = 0; i < cnt; i++)
+    t += iov[i].iov_len;
+  return t;
 }
 
 static int errno_of(ssize_t rc) {
@@ -70,15 +91,14 @@ static int settle(struct psock *ps, int fd, bool nonblock) {
     }
     return 0;
   case PS_ORPHAN: {
-    static bool said;
-    if (!__atomic_exchange_n(&said, true, __ATOMIC_RELAXED)) {
-      char msg[200];
-      snprintf(msg, sizeof(msg), "fd %d is a session inherited through fork: it belongs to the "
-               "parent, and returns EBADF here (tether-run(1), FORK)", fd);
-      tp_warn(msg);
+    /* Inherited through fork: claimed from the parent, it becomes a relay
+     * (fork_claim warns when it cannot be). */
+    int rc = fork_claim(ps);
+    if (rc < 0) {
+      errno = -rc;
+      return -1;
     }
-    errno = EBADF; /* a session belongs to the process that made it */
-    return -1;
+    return 0;
   }
   default: return 0;
   }
@@ -108,6 +128,8 @@ static ssize_t session_peek(struct tether_session *s, void *buf, size_t len) {
     r = 0;
   } else if (c->state == CORE_FAILED) {
     r = c->error;
+  } else if (s->finish_rd && session_take_finish_locked(s) <= 0) {
+    r = -EAGAIN; /* the client's ClientFinish is still arriving; a read sees errors */
   } else if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
     r = recv(s->sock, buf, len, MSG_PEEK | MSG_DONTWAIT);
     if (r == 0) {
@@ -130,7 +152,7 @@ static ssize_t ps_recv(struct psock *ps, int fd, void *buf, size_t len, int flag
   bool nonblock = ps->nonblock || (flags & MSG_DONTWAIT);
   int st = settle(ps, fd, nonblock);
   if (st <= 0)
-    return st < 0 ? -1 : real.recv(fd, buf, len, flags);
+    return st < 0 ? -1 : relay_rd(ps, real.recv(fd, buf, len, flags), len);
   if (flags & MSG_OOB) {
     errno = EINVAL; /* no urgent data on a session */
     return -1;
@@ -226,7 +248,7 @@ EXPORT ssize_t read(int fd, void *buf, size_t len) {
   if (!ps)
     return real.read(fd, buf, len);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock) == 0)
-    return real.read(fd, buf, len);
+    return relay_rd(ps, real.read(fd, buf, len), len);
   return ps_recv(ps, fd, buf, len, 0);
 }
 
@@ -263,7 +285,7 @@ EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockadd
   if (!ps)
     return real.recvfrom(fd, buf, len, flags, addr, alen);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0)
-    return real.recvfrom(fd, buf, len, flags, addr, alen);
+    return relay_rd(ps, real.recvfrom(fd, buf, len, flags, addr, alen), len);
   ssize_t n = ps_recv(ps, fd, buf, len, flags);
   if (n >= 0 && addr && alen)
     *alen = 0; /* TCP reports no source address */
@@ -347,7 +369,7 @@ EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
   if (!ps)
     return real.readv(fd, iov, cnt);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock) == 0)
-    return real.readv(fd, iov, cnt);
+    return relay_rd(ps, real.readv(fd, iov, cnt), iov_total(iov, cnt));
   return recv_iov(ps, fd, iov, cnt, 0);
 }
 
@@ -367,7 +389,7 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
   if (!ps)
     return real.recvmsg(fd, msg, flags);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0)
-    return real.recvmsg(fd, msg, flags);
+    return relay_rd(ps, real.recvmsg(fd, msg, flags), iov_total(msg->msg_iov, (int)msg->msg_iovlen));
   ssize_t n = recv_iov(ps, fd, msg->msg_iov, (int)msg->msg_iovlen, flags);
   if (n >= 0) {
     msg->msg_namelen = 0;
@@ -518,7 +540,10 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
 EXPORT ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out, size_t len,
                       unsigned int flags) {
   READY();
-  if (data_ps(in) || data_ps(out)) {
+  struct psock *a = data_ps(in), *b = data_ps(out);
+  /* A relay is an ordinary socket (its EOF aside, which splice reports as
+   * 0 like read: a child's splice cannot tell a dead parent from EOF). */
+  if ((a && a->kind != PS_RELAY) || (b && b->kind != PS_RELAY)) {
     errno = EINVAL;
     return -1;
   }

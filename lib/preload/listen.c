@@ -127,10 +127,8 @@ static void resolve(struct pending *p, bool tether) {
       h->listener = &p->pl->l;
       memcpy(&h->peer, &p->peer, p->peer_len);
       h->peer_len = p->peer_len;
-      if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0) {
-        LOG_WARN(ctx, "too many handshakes in progress; connection dropped");
-        hs_conn_free(h);
-      }
+      if (hs_conn_start_async(h, ctx->cfg.connect_timeout_ms) < 0)
+        hs_conn_free(h); /* logged */
     } else {
       real.close(p->sock);
     }

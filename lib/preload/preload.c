@@ -17,6 +17,9 @@
 #include "preload.h"
 
 bool tp_disabled;
+static pid_t tp_pid; /* this process (set at start and after fork) */
+
+bool tp_vforked(void) { return tp_pid != 0 && getpid() != tp_pid; }
 int tp_probe_ms = 20;
 int tp_accept_wait_ms = 1000;
 
@@ -150,11 +153,13 @@ bool tp_restart_after_eintr(void) {
 /* ---- fork and exit ---- */
 
 static void after_fork_child(void) {
+  tp_pid = getpid();
   pthread_mutex_init(&ctx_lock, NULL);
   g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
   g_ctx_failed = false;
   fdt_after_fork_child();
   pl_after_fork_child();
+  fork_child();
 }
 
 struct owned {
@@ -165,7 +170,10 @@ struct owned {
 static void collect(struct psock *ps, void *arg) {
   struct owned *o = arg;
   pthread_mutex_lock(&ps->lock);
-  if (ps->kind == PS_SESSION && ps->s && o->n < o->cap) {
+  /* A session a forked child holds is left alone: it dies with this
+   * process (the child's relay then reports ECONNRESET, the peer an error
+   * after give_up_s), but it is never closed as if everyone were done. */
+  if (ps->kind == PS_SESSION && ps->s && !ps_shared(ps) && o->n < o->cap) {
     o->s[o->n++] = ps->s;
     ps->kind = PS_PLAIN;
     ps->s = NULL;
@@ -179,15 +187,18 @@ static bool closing_sessions(struct tether_ctx *ctx) {
   for (int i = 0; i < SESSION_BUCKETS && !any; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next)
       any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) &&
-            __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED;
+            (__atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED ||
+             __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_SUSPENDED);
   pthread_mutex_unlock(&ctx->lock);
   return any;
 }
 
 /* At exit the kernel would close every socket with a FIN: close the
  * sessions the same way, and give them a moment to deliver what is still
- * queued and their close notices (as tether_ctx_free does). */
+ * queued and their close notices (as tether_ctx_free does), through a
+ * resume if their connection was just lost. */
 __attribute__((destructor)) static void tp_fini(void) {
+  fork_at_exit();
   struct tether_ctx *ctx = __atomic_load_n(&g_ctx, __ATOMIC_ACQUIRE);
   if (!ctx || tp_inside)
     return;
@@ -221,6 +232,7 @@ __attribute__((destructor)) static void tp_fini(void) {
 
 __attribute__((constructor)) static void tp_init(void) {
   real_init();
+  tp_pid = getpid();
   /* OpenSSL's own atexit cleanup would pull the rug from under the engine
    * thread, which runs until tp_fini. */
   (void)OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
@@ -243,5 +255,5 @@ __attribute__((constructor)) static void tp_init(void) {
     tp_warn("TETHER_EXCLUDE is malformed: ignored");
   tp_probe_ms = env_int("TETHER_PROBE_MS", tp_probe_ms, 0, 60000);
   tp_accept_wait_ms = env_int("TETHER_ACCEPT_WAIT_MS", tp_accept_wait_ms, 1, 60000);
-  pthread_atfork(NULL, NULL, after_fork_child);
+  pthread_atfork(fork_prepare, fork_parent, after_fork_child);
 }

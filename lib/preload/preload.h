@@ -101,6 +101,13 @@ struct real_fns {
   ssize_t (*preadv2)(int, const struct iovec *, int, off_t, int);
   ssize_t (*pwritev2)(int, const struct iovec *, int, off_t, int);
   int (*pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+  int (*execve)(const char *, char *const[], char *const[]);
+  int (*execv)(const char *, char *const[]);
+  int (*execvp)(const char *, char *const[]);
+  int (*execvpe)(const char *, char *const[], char *const[]);
+  int (*fexecve)(int, char *const[], char *const[]);
+  void (*_exit)(int) __attribute__((noreturn));
+  void (*_Exit)(int) __attribute__((noreturn));
 };
 extern struct real_fns real;
 /* Resolves every pointer (idempotent; also run by the constructor). */
@@ -120,7 +127,8 @@ enum ps_kind {
   PS_LISTEN,     /* a listener accepting tether sessions and plain connections */
   PS_FAILED,     /* a connect that failed: conn_err until SO_ERROR reads it */
   PS_PLAIN,      /* plain TCP (or excluded): pass through */
-  PS_ORPHAN,     /* inherited through fork: owned by the parent */
+  PS_ORPHAN,     /* inherited through fork, not yet claimed from the parent (fork.c) */
+  PS_RELAY,      /* a session claimed from the parent: a stream socket it relays */
   PS_EPOLL,      /* an epoll instance of the program (its registrations are tracked) */
   PS_OTHER,      /* any other fd registered in a tracked epoll instance: pass through */
 };
@@ -189,6 +197,15 @@ struct psock {
   int nopts;
   int opts_sock; /* the socket the options were last applied to */
   int rcvtimeo_ms, sndtimeo_ms; /* SO_RCVTIMEO/SO_SNDTIMEO, 0 = none */
+  /* Sharing with forked children (fork.c).  serial names the psock across
+   * fork (the child's copy has the same); kids counts children that
+   * inherited the session and may still claim it, relays the claims being
+   * served; own_fd is tether's own number of the session (an alias, made
+   * when the program closes its last number while kids or relays hold the
+   * session; -1 otherwise), which keeps the session's app fd. */
+  uint64_t serial;
+  int kids, relays;
+  int own_fd;
   struct psock *all_next, *all_prev; /* g_all */
 };
 
@@ -224,6 +241,12 @@ bool ps_exec_hidden(const struct psock *ps);
  * alias's close-on-exec flag and epoll registrations. */
 void ps_swap(struct psock *ps, int file);
 
+/* How many of the psock's numbers are the program's (own_fd aside). */
+int ps_program_aliases(const struct psock *ps);
+/* Whether a session must outlive the program's numbers: a forked child
+ * holds it or may still claim it. */
+bool ps_shared(const struct psock *ps);
+
 /* ---- epoll bookkeeping (fdtable.c) ---- */
 
 /* Makes ep (a PS_EPOLL psock whose number is epfd) track registrations.
@@ -254,9 +277,46 @@ int ps_nregs(struct psock *ps);
 
 /* Calls fn for every psock (g_lock held: fn must not take it). */
 void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg);
+/* The same if g_lock is free now (false if not: from a signal handler,
+ * say). */
+bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg);
 /* After fork, in the child: fresh locks; sessions, connects and listeners
- * become orphans (owned by the parent). */
+ * become orphans (owned by the parent), without the parent's own_fd and
+ * without epoll registrations (the parent's, in instances the two share). */
 void fdt_after_fork_child(void);
+
+/* ---- sessions shared with forked children (fork.c) ---- */
+
+/* pthread_atfork handlers (the child's runs after fdt_after_fork_child). */
+void fork_prepare(void);
+void fork_parent(void);
+void fork_child(void);
+/* Child: makes an orphan session a relay of the parent's (every number of
+ * it then names one end of a stream socket the parent relays).  0, or a
+ * negative errno (EBADF: not claimable; a warning says why). */
+int fork_claim(struct psock *ps);
+/* Child: the program closed the last number of an orphan it never claimed. */
+void fork_release(struct psock *ps);
+/* Child: a relay read EOF.  0 if the session really ended (the peer
+ * closed), else the negative errno to report instead. */
+int fork_relay_eof(struct psock *ps);
+/* Child: the program closes the last number of a relay (a close, not a
+ * crash: the parent may end the session gracefully). */
+void fork_closing(struct psock *ps);
+/* At a normal exit.  Child: every relay still open is closed by it.
+ * Parent: relays whose children are gone are ended first. */
+void fork_at_exit(void);
+/* Child: close_range/closefrom is about to close [first, last]: if the
+ * channel to the parent is in it, orphans on fds 0-2 are claimed first. */
+void fork_chan_closing(unsigned first, unsigned last);
+/* Child, before exec: claims the orphans on fds 0-2 that survive exec. */
+void fork_before_exec(void);
+/* Whether an orphan is a session the child may claim (not a listener). */
+static inline bool ps_orphan_session(const struct psock *ps) {
+  return ps->kind == PS_ORPHAN && !ps->pl;
+}
+/* Closes one tracked number as close() does (sockets.c). */
+int tp_close_tracked(struct psock *ps, int fd);
 
 /* ---- detection of tether on the other side (detect.c) ---- */
 
@@ -298,6 +358,11 @@ bool excluded(const struct sockaddr *sa);
 struct psock *tp_track_new(int fd, int kind, int family, bool nonblock, bool cloexec);
 
 extern bool tp_disabled;
+/* Whether this is a child made by vfork(2) (or clone(CLONE_VM)): it shares
+ * our memory but not our descriptors, and will only exec or _exit, so no
+ * bookkeeping may change here (the parent's is the same memory).  A
+ * system call: ask only about tracked numbers. */
+bool tp_vforked(void);
 /* "tether[PID] warn: MSG" on stderr. */
 void tp_warn(const char *msg);
 /* The process's context, made on first use; NULL if tether cannot run. */

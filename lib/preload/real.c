@@ -29,6 +29,7 @@ void real_init(void) {
   R(fcntl); R(ioctl); R(getsockopt); R(setsockopt); R(getpeername); R(getsockname);
   R(poll); R(ppoll); R(select); R(pselect); R(epoll_create); R(epoll_create1); R(epoll_ctl);
   R(epoll_wait); R(epoll_pwait); R(recvmmsg); R(sendmmsg); R(splice); R(preadv2); R(pwritev2);
+  R(execve); R(execv); R(execvp); R(execvpe); R(fexecve); R(_exit); R(_Exit);
 #undef R
   /* Newer than some libcs: optional. */
   *(void **)&real.close_range = dlsym(RTLD_NEXT, "close_range");

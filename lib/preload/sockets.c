@@ -25,7 +25,17 @@
 static struct psock *tracked(int fd) {
   if (tp_inside)
     return NULL;
-  return fdt_get(fd);
+  struct psock *ps = fdt_get(fd);
+  return ps && tp_vforked() ? NULL : ps;
+}
+
+/* In a vfork child (tp_vforked): whether fd is a number that must stay
+ * close-on-exec (a session's), so that its copies are made so too: the
+ * parent's live socket never reaches the new program (tether-run(1), FORK
+ * AND EXEC). */
+static bool hidden_in_vfork(int fd) {
+  struct psock *ps = tp_inside ? NULL : fdt_get(fd);
+  return ps && tp_vforked() && ps_exec_hidden(ps);
 }
 
 /* A number the kernel handed out again was closed behind our back (a raw
@@ -163,8 +173,39 @@ static int close_tracked(struct psock *ps, int fd) {
     session_lock(s);
     pthread_mutex_lock(&ps->lock);
     ps_close_regs(ps, fd);
+    if (ps_shared(ps) && ps->own_fd < 0 && fd != ps->own_fd && ps_program_aliases(ps) == 1 &&
+        ps_has_alias(ps, fd)) {
+      /* The program's last number of a session a child holds: tether keeps
+       * a number of its own for the session (fork.c). */
+      int own = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (own >= 0 && ps_add_alias(ps, own, true) < 0) {
+        real.close(own);
+        own = -1;
+      }
+      if (own < 0) { /* no number to spare: this one stays open, as tether's */
+        ps->own_fd = fd;
+        ps_set_cloexec(ps, fd, true);
+        if (!ps_has_alias(ps, s->app_fd))
+          s->app_fd = fd;
+        pthread_mutex_unlock(&ps->lock);
+        session_unlock(s);
+        TP_LEAVE();
+        return 0;
+      }
+      ps->own_fd = own;
+    }
     left = ps_remove_alias(ps, fd);
-    if (s->app_fd == fd)
+    if (fd == ps->own_fd) {
+      ps->own_fd = -1;
+    } else if (left && !ps_program_aliases(ps) && !ps_shared(ps)) {
+      /* Only tether's own number is left, and no child holds the session:
+       * it ends here, as a socket ends with its last reference. */
+      int own = ps->own_fd;
+      ps->own_fd = -1;
+      left = ps_remove_alias(ps, own);
+      (void)real.close(own);
+    }
+    if (!ps_has_alias(ps, s->app_fd))
       s->app_fd = left ? ps->aliases[0] : -1;
     if (!left) {
       s->app_fd_hook = NULL;
@@ -213,15 +254,22 @@ static int close_tracked(struct psock *ps, int fd) {
   }
   default:
     pthread_mutex_lock(&ps->lock);
+    /* The last number of a relay: said before the parent sees it close. */
+    if (ps->kind == PS_RELAY && ps->naliases == 1 && ps_has_alias(ps, fd))
+      fork_closing(ps);
     ps_close_regs(ps, fd);
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     pthread_mutex_unlock(&ps->lock);
+    if (!left && ps_orphan_session(ps))
+      fork_release(ps); /* the parent need not keep it for us */
     if (!left)
       ps_free(ps); /* an epoll instance's registrations are forgotten there */
     return rc;
   }
 }
+
+int tp_close_tracked(struct psock *ps, int fd) { return close_tracked(ps, fd); }
 
 EXPORT int close(int fd) {
   READY();
@@ -259,8 +307,11 @@ EXPORT int close_range(unsigned first, unsigned last, int flags) {
   }
   if (first > last || (flags & ~(CLOSE_RANGE_CLOEXEC | CLOSE_RANGE_UNSHARE)))
     return real.close_range(first, last, flags); /* EINVAL, closing nothing */
-  if (!tp_inside)
+  if (!tp_inside && !tp_vforked()) {
     close_tracked_range(first, last, flags);
+    if (!(flags & CLOSE_RANGE_CLOEXEC))
+      fork_chan_closing(first, last);
+  }
   return real.close_range(first, last, flags);
 }
 
@@ -268,8 +319,10 @@ EXPORT void closefrom(int lowfd) {
   READY();
   if (lowfd < 0)
     lowfd = 0;
-  if (!tp_inside)
+  if (!tp_inside && !tp_vforked()) {
     close_tracked_range((unsigned)lowfd, ~0u, 0);
+    fork_chan_closing((unsigned)lowfd, ~0u);
+  }
   if (real.closefrom)
     real.closefrom(lowfd);
 }
@@ -294,10 +347,14 @@ static int dup_tracked(struct psock *ps, int fd, int min, bool cloexec, int exac
   return n;
 }
 
-static bool aliasable(const struct psock *ps) { return ps->kind != PS_PLAIN && ps->kind != PS_ORPHAN; }
+static bool aliasable(const struct psock *ps) {
+  return ps->kind != PS_PLAIN && (ps->kind != PS_ORPHAN || ps_orphan_session(ps));
+}
 
 EXPORT int dup(int fd) {
   READY();
+  if (hidden_in_vfork(fd))
+    return real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
   struct psock *ps = tracked(fd);
   if (!ps || !aliasable(ps)) {
     int n = real.dup(fd);
@@ -311,6 +368,10 @@ EXPORT int dup(int fd) {
 static int dup3_common(int oldfd, int newfd, int flags, bool is_dup2) {
   READY();
   if (tp_inside || oldfd == newfd)
+    return is_dup2 ? real.dup2(oldfd, newfd) : real.dup3(oldfd, newfd, flags);
+  if (hidden_in_vfork(oldfd))
+    return real.dup3(oldfd, newfd, flags | O_CLOEXEC);
+  if ((fdt_get(oldfd) || fdt_get(newfd)) && tp_vforked())
     return is_dup2 ? real.dup2(oldfd, newfd) : real.dup3(oldfd, newfd, flags);
   struct psock *old = fdt_get(oldfd);
   if (is_dup2 && real.fcntl(oldfd, F_GETFD) < 0)
@@ -330,11 +391,16 @@ EXPORT int dup3(int oldfd, int newfd, int flags) { return dup3_common(oldfd, new
 
 static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
   READY();
+  if ((cmd == F_DUPFD || cmd == F_SETFD) && hidden_in_vfork(fd))
+    return cmd == F_DUPFD ? fn(fd, F_DUPFD_CLOEXEC, arg)
+                          : fn(fd, F_SETFD, (void *)(intptr_t)((intptr_t)arg | FD_CLOEXEC));
   struct psock *ps = tracked(fd);
   if (!ps || !aliasable(ps))
     return fn(fd, cmd, arg);
   long v = (long)(intptr_t)arg;
-  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  /* An orphan's file is the parent's: its flags are not the child's to change. */
+  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN ||
+                  ps_orphan_session(ps);
   switch (cmd) {
   case F_DUPFD:
   case F_DUPFD_CLOEXEC:
@@ -402,7 +468,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
   struct psock *ps = tracked(fd);
   if (!ps || !aliasable(ps))
     return real.ioctl(fd, req, arg);
-  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN;
+  bool emulated = ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN ||
+                  ps_orphan_session(ps);
   if (req == FIOCLEX || req == FIONCLEX) {
     int r = ps_exec_hidden(ps) ? real.ioctl(fd, FIOCLEX, arg) : real.ioctl(fd, req, arg);
     if (r == 0) {
@@ -411,6 +478,13 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
       pthread_mutex_unlock(&ps->lock);
     }
     return r;
+  }
+  if (ps_orphan_session(ps) && (req == FIONREAD || req == SIOCOUTQ)) {
+    int rc = fork_claim(ps); /* the parent's socket says nothing of ours */
+    if (rc < 0) {
+      errno = -rc;
+      return -1;
+    }
   }
   if (req == FIONBIO && arg) {
     ps->nonblock = *(int *)arg != 0;
@@ -421,7 +495,10 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
     struct tether_session *s = ps->s;
     if (ps->kind == PS_SESSION && s && !ps->rd_shut) {
       pthread_mutex_lock(&s->rx_lock);
-      if (s->sock >= 0 && (s->core.state == CORE_CONNECTED || s->core.state == CORE_CLOSED))
+      if (s->finish_rd) /* not the application's bytes */
+        (void)session_take_finish_locked(s);
+      if (!s->finish_rd && s->sock >= 0 &&
+          (s->core.state == CORE_CONNECTED || s->core.state == CORE_CLOSED))
         (void)real.ioctl(s->sock, FIONREAD, &n);
       pthread_mutex_unlock(&s->rx_lock);
     }
@@ -496,6 +573,19 @@ EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t le
     else
       ps->sndtimeo_ms = ms;
   }
+  if (ps_orphan_session(ps) || (ps->kind == PS_RELAY && level != SOL_SOCKET)) {
+    /* An orphan's socket is the parent's, and a relay's is a stream socket
+     * of another family: options are recorded (a claim applies the socket
+     * level ones to the relay) and reported back. */
+    if (!val && len) {
+      errno = EFAULT;
+      return -1;
+    }
+    pthread_mutex_lock(&ps->lock);
+    record_opt(ps, level, name, val, len);
+    pthread_mutex_unlock(&ps->lock);
+    return 0;
+  }
   if (ps->kind != PS_SESSION) {
     int rc = real.setsockopt(fd, level, name, val, len);
     if (rc == 0) {
@@ -553,6 +643,34 @@ EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   }
   if (ps->kind == PS_LISTEN)
     return real.getsockopt(pl_socket(ps->pl), level, name, val, len);
+  if (ps_orphan_session(ps) || ps->kind == PS_RELAY) {
+    /* What the program set, and a TCP socket's identity. */
+    int iv = 0;
+    if (level == SOL_SOCKET && name == SO_DOMAIN)
+      iv = ps->family;
+    else if (level == SOL_SOCKET && name == SO_PROTOCOL)
+      iv = IPPROTO_TCP;
+    else if (level == SOL_SOCKET && ps->kind == PS_RELAY)
+      return real.getsockopt(fd, level, name, val, len);
+    pthread_mutex_lock(&ps->lock);
+    const struct sopt *o = find_opt(ps, level, name);
+    if (o) {
+      socklen_t n = *len < o->len ? *len : o->len;
+      memcpy(val, o->val, n);
+      *len = n;
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (o)
+      return 0;
+    if (level == SOL_SOCKET && ps->kind == PS_ORPHAN && name != SO_DOMAIN && name != SO_PROTOCOL)
+      return real.getsockopt(fd, level, name, val, len); /* reading is harmless */
+    memset(val, 0, *len);
+    if (*len >= sizeof(int)) {
+      memcpy(val, &iv, sizeof(iv));
+      *len = sizeof(int);
+    }
+    return 0;
+  }
   if (ps->kind != PS_SESSION)
     return real.getsockopt(fd, level, name, val, len);
   const struct sopt *o = NULL;
@@ -619,7 +737,7 @@ EXPORT int getpeername(int fd, struct sockaddr *sa, socklen_t *len) {
   struct psock *ps = tracked(fd);
   if (!ps)
     return real.getpeername(fd, sa, len);
-  if (ps->kind == PS_SESSION && ps->peer_len)
+  if ((ps->kind == PS_SESSION || ps->kind == PS_RELAY || ps_orphan_session(ps)) && ps->peer_len)
     return copy_name(&ps->peer, ps->peer_len, sa, len);
   if (ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN) {
     errno = ENOTCONN;
@@ -635,7 +753,7 @@ EXPORT int getsockname(int fd, struct sockaddr *sa, socklen_t *len) {
     return real.getsockname(fd, sa, len);
   if (ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))
     return real.getsockname(pl_socket(ps->pl), sa, len);
-  if (ps->kind == PS_SESSION && ps->local_len)
+  if ((ps->kind == PS_SESSION || ps->kind == PS_RELAY || ps_orphan_session(ps)) && ps->local_len)
     return copy_name(&ps->local, ps->local_len, sa, len);
   if (ps->kind == PS_CONNECTING) {
     struct sockaddr_storage any;
@@ -658,6 +776,13 @@ EXPORT int shutdown(int fd, int how) {
   }
   if (ps->kind == PS_LISTEN)
     return real.shutdown(pl_socket(ps->pl), how);
+  if (ps_orphan_session(ps)) { /* never the parent's live socket */
+    int rc = fork_claim(ps);
+    if (rc < 0) {
+      errno = -rc;
+      return -1;
+    }
+  }
   if (ps->kind != PS_SESSION)
     return real.shutdown(fd, how);
   if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {

@@ -32,6 +32,15 @@ static struct tether_session *session_of(int fd) {
   return ps && ps->kind == PS_SESSION ? ps->s : NULL;
 }
 
+/* A session inherited through fork is claimed from the parent before its
+ * readiness means anything (fork.c); if it cannot be, its number polls as
+ * the parent's socket, and the data calls say EBADF. */
+static void claim_orphan(int fd) {
+  struct psock *ps = fdt_get(fd);
+  if (ps && ps_orphan_session(ps))
+    (void)fork_claim(ps);
+}
+
 /* Installs the file the session's state calls for. */
 static void sync_session(struct tether_session *s) {
   TP_ENTER();
@@ -123,6 +132,7 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
                      int (*call)(struct pollfd *, nfds_t, int64_t, void *), void *arg) {
   bool any = false;
   for (nfds_t i = 0; i < n; i++) {
+    claim_orphan(fds[i].fd);
     struct tether_session *s = session_of(fds[i].fd);
     if (s) {
       any = true;
@@ -271,8 +281,11 @@ static int select_common(int nfds, fd_set *r, fd_set *w, fd_set *e, int64_t time
 
 static bool any_session(int nfds, fd_set *r, fd_set *w) {
   for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++)
-    if (((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w))) && session_of(fd))
-      return true;
+    if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w))) {
+      struct psock *ps = fdt_get(fd);
+      if (ps && (ps->kind == PS_SESSION || ps_orphan_session(ps)))
+        return true;
+    }
   return false;
 }
 

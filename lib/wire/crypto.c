@@ -1,6 +1,8 @@
 #include "crypto.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,10 +19,27 @@ int crypto_random(void *out, size_t n) {
 
 void wipe(void *p, size_t n) { OPENSSL_cleanse(p, n); }
 
+/* A shared key, and so its agreement with a given peer key, is reused for
+ * up to KEY_REUSE_MAX handshakes (see ctx_take_key); a peer that reuses
+ * its own key too (another tether context, reconnecting or opening several
+ * sessions) would make us repeat the same scalar multiplication.  The last
+ * few results are kept with the key: they live exactly as long as the
+ * private key that can recompute them, and die (wiped) with it. */
+#define X25519_MEMO 4
+
+struct x25519_memo {
+  uint8_t peer[KEY_LEN];
+  uint8_t shared[KEY_LEN];
+  bool used;
+};
+
 struct x25519_key {
   EVP_PKEY *pkey;
   uint8_t pub[KEY_LEN];
   unsigned refs;
+  pthread_mutex_t lock; /* guards memo: handshakes run in several threads */
+  struct x25519_memo memo[X25519_MEMO];
+  unsigned memo_next;
 };
 
 struct x25519_key *x25519_new(void) {
@@ -29,6 +48,7 @@ struct x25519_key *x25519_new(void) {
   if (!k)
     return NULL;
   k->refs = 1;
+  pthread_mutex_init(&k->lock, NULL);
   k->pkey = EVP_PKEY_Q_keygen(NULL, NULL, "X25519");
   if (!k->pkey || EVP_PKEY_get_raw_public_key(k->pkey, k->pub, &len) != 1 || len != KEY_LEN) {
     x25519_free(k);
@@ -46,13 +66,40 @@ void x25519_free(struct x25519_key *k) {
   if (!k || __atomic_sub_fetch(&k->refs, 1, __ATOMIC_ACQ_REL) > 0)
     return;
   EVP_PKEY_free(k->pkey); /* OpenSSL clears private key material */
+  pthread_mutex_destroy(&k->lock);
+  wipe(k->memo, sizeof(k->memo));
   free(k);
 }
 
 const uint8_t *x25519_pub(const struct x25519_key *k) { return k->pub; }
 
-int x25519_shared(const struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
+static bool memo_find(struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
+                      uint8_t shared[KEY_LEN]) {
+  bool found = false;
+  pthread_mutex_lock(&k->lock);
+  for (unsigned i = 0; i < X25519_MEMO && !found; i++)
+    if (k->memo[i].used && CRYPTO_memcmp(k->memo[i].peer, peer_pub, KEY_LEN) == 0) {
+      memcpy(shared, k->memo[i].shared, KEY_LEN);
+      found = true;
+    }
+  pthread_mutex_unlock(&k->lock);
+  return found;
+}
+
+static void memo_add(struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
+                     const uint8_t shared[KEY_LEN]) {
+  pthread_mutex_lock(&k->lock);
+  struct x25519_memo *m = &k->memo[k->memo_next++ % X25519_MEMO];
+  memcpy(m->peer, peer_pub, KEY_LEN);
+  memcpy(m->shared, shared, KEY_LEN);
+  m->used = true;
+  pthread_mutex_unlock(&k->lock);
+}
+
+int x25519_shared(struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
                   uint8_t shared[KEY_LEN]) {
+  if (memo_find(k, peer_pub, shared))
+    return 0; /* only a result that passed the checks below is kept */
   int rc = -EIO;
   EVP_PKEY_CTX *dctx = NULL;
   EVP_PKEY *theirs = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_pub, KEY_LEN);
@@ -68,6 +115,8 @@ int x25519_shared(const struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
     goto out;
   }
   rc = CRYPTO_memcmp(shared, zero, KEY_LEN) == 0 ? -EPROTO : 0;
+  if (rc == 0)
+    memo_add(k, peer_pub, shared);
 out:
   EVP_PKEY_CTX_free(dctx);
   EVP_PKEY_free(theirs);

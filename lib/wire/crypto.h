@@ -43,8 +43,9 @@ struct x25519_key *x25519_ref(struct x25519_key *k);
 /* Drops a reference; the last one frees the key (OpenSSL wipes it). */
 void x25519_free(struct x25519_key *k);
 const uint8_t *x25519_pub(const struct x25519_key *k);
-/* Fails (-EPROTO) on a low-order peer key (all-zero shared secret). */
-int x25519_shared(const struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
+/* Fails (-EPROTO) on a low-order peer key (all-zero shared secret).
+ * Remembers its last few results (a peer may reuse its key too). */
+int x25519_shared(struct x25519_key *k, const uint8_t peer_pub[KEY_LEN],
                   uint8_t shared[KEY_LEN]) __attribute__((warn_unused_result));
 int sha256_parts(const struct buf_part *parts, size_t n, uint8_t out[32])
     __attribute__((warn_unused_result));

@@ -80,8 +80,14 @@ kill9_both() {
   { wait "$1" || true; wait "$2" || true; } 2>/dev/null
 }
 
-# assert_resumed LOG: the process of LOG resumed from its state file.
+# assert_resumed LOG: the process of LOG resumed from its state file (it
+# says so first thing; allow it 10 s to start).
 assert_resumed() {
+  local i
+  for ((i = 0; i < 500; i++)); do
+    grep -q 'resuming .* at byte' "$1" && break
+    sleep 0.02
+  done
   grep -q 'resuming .* at byte' "$1" ||
     fail "$(basename "$1"): the restarted process did not resume from its state file"
   log "$(basename "$1" .log): $(grep -o 'resuming .*' "$1" | sed "s|$TMP/||")"

@@ -29,6 +29,7 @@ wait_listen "$server" "$port"
 
 mkfifo "$TMP/echo.fifo"
 spawn "$TMP/echo.fifo" "$TMP/out" "$TMP/throttle.err" "${THROTTLE[@]}" "$RATE" 65536
+throttle=$BG_PID
 TETHER_LOG=info spawn "$TMP/in" "$TMP/echo.fifo" "$TMP/client.log" \
   "$TETHER_ECHO" client --connect "127.0.0.1:$port" --stats
 client=$BG_PID
@@ -55,6 +56,8 @@ killer_pid=$BG_PID
 wait_exit "$client" 90000 || fail "client still running after 90 s ($(file_size "$TMP/out") of $SIZE bytes echoed)"
 rc=$WAIT_RC
 stop "$killer_pid"
+# The sink writes what the client left in the fifo at its own pace.
+wait_exit "$throttle" 10000 || fail "the output sink still runs 10 s after the client exited"
 
 kills=$(grep -c '^kill ' "$TMP/killer.log" || true)
 # "kill N at ECHOED of SIZE: ESTAB RECV-Q SEND-Q ...": mid-stream = the echo

@@ -19,10 +19,16 @@
  *   chk       __read_chk, __recv_chk, __recvfrom_chk, __poll_chk, __ppoll_chk
  *   fcntl     fcntl64: O_NONBLOCK (EAGAIN while suspended), F_DUPFD_CLOEXEC
  *   close_range  close_range of an alias, CLOSE_RANGE_CLOEXEC, of the session
- *   fork      parent and child keep working; the child's inherited session
- *             is the parent's (EBADF); closefrom in the child
- *   exec      a session's number does not survive exec (EBADF in the new
- *             program); the parent's session is unharmed
+ *   fork      parent and child keep working; the child uses the inherited
+ *             session too (relayed by the parent), also across a resume;
+ *             closefrom in the child
+ *   exec      a session the child puts on fd 0 survives exec (a stream socket
+ *             the parent relays); one merely left open for exec under
+ *             another number does not (the helper must not take its bytes);
+ *             the parent's sessions are unharmed
+ *   vfork     a vfork child that dup2s a session over another number (as
+ *             before an exec) changes nothing in the parent, and its copy
+ *             is close-on-exec
  *   mmsg      sendmmsg/recvmmsg
  *   connect_close  a non-blocking connect closed before it ends: nothing of it
  *             stays (no thread, no descriptor)
@@ -440,11 +446,12 @@ static bool t_fork(void) {
     close(sync[1]);
     int rc = 0;
     char buf[4];
-    /* The inherited session is the parent's. */
-    if (read(fd, buf, sizeof(buf)) >= 0 || errno != EBADF)
+    if (read(sync[0], buf, 1) != 0) /* the parent's echo is done */
+      rc |= 32;
+    /* The inherited session works here too (the parent relays it; it does
+     * not read meanwhile), before and after a resume. */
+    if (!echo(fd, 100000, 20))
       rc |= 1;
-    if (write(fd, "x", 1) >= 0 || errno != EBADF)
-      rc |= 2;
     /* The child's own connection works, and survives a reset (which hits
      * the parent's connection too). */
     int c = dial();
@@ -453,10 +460,10 @@ static bool t_fork(void) {
     kill_conns(port);
     if (c < 0 || !echo(c, 100000, 9))
       rc |= 8;
+    if (!echo(fd, 100000, 21))
+      rc |= 2;
     if (close(fd) != 0)
       rc |= 16;
-    if (read(sync[0], buf, 1) != 0) /* the parent's echo is done */
-      rc |= 32;
     closefrom(3); /* as a child does before exec: tether's descriptors too */
     _exit(rc);
   }
@@ -465,7 +472,7 @@ static bool t_fork(void) {
   close(sync[1]);
   int st = 0;
   CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
-  CHECK(ok, "the parent's echo while the child ran");
+  CHECK(ok, "the parent's echo before the child's");
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed: status %#x", st);
   CHECK(echo(fd, 1000, 11), "echo after the child exited");
   kill_conns(port);
@@ -477,32 +484,69 @@ static bool t_fork(void) {
 static bool t_exec(void) {
   int fd = dial();
   CHECK(fd >= 0, "connect");
-  CHECK(fcntl(fd, F_SETFD, 0) == 0, "F_SETFD 0"); /* meant to survive exec */
+  int other = dial();
+  CHECK(other >= 0, "connect");
+  CHECK(fcntl(other, F_SETFD, 0) == 0, "F_SETFD 0"); /* left open for exec */
   pid_t pid = fork();
   CHECK(pid >= 0, "fork");
   if (pid == 0) {
-    char num[16];
-    snprintf(num, sizeof(num), "%d", fd);
-    execl(self, self, "exec-child", num, (char *)NULL);
+    char num2[16];
+    snprintf(num2, sizeof(num2), "%d", other);
+    if (dup2(fd, 0) != 0) /* inetd style */
+      _exit(98);
+    execl(self, self, "exec-child", "0", num2, (char *)NULL);
     _exit(99);
   }
   int st = 0;
   CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exec'd child: status %#x", st);
   CHECK(echo(fd, 1000, 13), "the parent's session after the exec");
+  CHECK(echo(other, 1000, 16), "the parent's other session after the exec");
+  close(other);
   kill_conns(port);
   CHECK(echo(fd, 1000, 14), "the parent's session after a resume");
   close(fd);
   return true;
 }
 
-/* In the program exec'd with a session's number: the number is closed. */
-static int exec_child(int fd) {
-  if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) {
-    fprintf(stderr, "exec-child: fd %d is open after exec\n", fd);
+/* In the program exec'd with a session on fd 0 (it works) and another
+ * under a number left open for exec (it is closed). */
+static int exec_child(int fd, int hidden) {
+  if (!echo(fd, 100000, 15)) {
+    fprintf(stderr, "exec-child: no echo on fd %d: %s\n", fd, strerror(errno));
+    return 1;
+  }
+  if (fcntl(hidden, F_GETFD) >= 0 || errno != EBADF) {
+    fprintf(stderr, "exec-child: fd %d is open after exec\n", hidden);
     return 1;
   }
   return 0;
+}
+
+static bool t_vfork(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  int p[2];
+  CHECK(pipe(p) == 0, "pipe");
+  pid_t pid = vfork();
+  CHECK(pid >= 0, "vfork");
+  if (pid == 0) {
+    /* Shares the parent's memory, not its descriptors. */
+    if (dup2(fd, p[0]) != p[0])
+      _exit(1);
+    int fl = fcntl(p[0], F_GETFD);
+    _exit(fl >= 0 && (fl & FD_CLOEXEC) ? 0 : 2);
+  }
+  int st = 0;
+  CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "vfork child: status %#x", st);
+  /* The parent's p[0] is still its pipe, and the session still works. */
+  char buf[8];
+  CHECK(write(p[1], "pipe", 4) == 4 && read(p[0], buf, sizeof(buf)) == 4 &&
+            memcmp(buf, "pipe", 4) == 0, "the pipe after the vfork child");
+  CHECK(echo(fd, 1000, 17), "the session after the vfork child");
+  close(p[0]), close(p[1]), close(fd);
+  return true;
 }
 
 static bool t_mmsg(void) {
@@ -665,7 +709,7 @@ static const struct {
     {"peek", t_peek},         {"rcvtimeo", t_rcvtimeo}, {"sndtimeo", t_sndtimeo},
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
-    {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
+    {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
     {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
 };
 
@@ -673,8 +717,8 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   signal(SIGPIPE, SIG_IGN);
   self = argv[0];
-  if (argc == 3 && strcmp(argv[1], "exec-child") == 0)
-    return exec_child(atoi(argv[2]));
+  if (argc == 4 && strcmp(argv[1], "exec-child") == 0)
+    return exec_child(atoi(argv[2]), atoi(argv[3]));
   if (argc < 2) {
     fprintf(stderr, "usage: %s PORT [TEST...]\n", argv[0]);
     return 2;

@@ -2,7 +2,9 @@
  * aliases and the table, close-on-exec per number, and epoll registrations:
  * tokens in the kernel and the program's data out of epoll_wait, and
  * registrations that follow a psock from file to file (level,
- * edge-triggered, one-shot), with real pipes, eventfds and epoll instances. */
+ * edge-triggered, one-shot), with real pipes, eventfds and epoll instances;
+ * and what a fork does to them (tether's own number of a session shared
+ * with children, orphans in the child). */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -12,6 +14,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -403,6 +406,107 @@ static void test_epoll_aliases_close_and_forget(void **state) {
   ep_close(&e1);
 }
 
+/* tether's own number of a session (kept for forked children) follows the
+ * swaps like the program's, stays close-on-exec, and is not counted as the
+ * program's; an orphan's numbers are hidden from exec (they name the
+ * parent's socket), a relay's and an orphan listener's are not. */
+static void test_own_number_and_orphans(void **state) {
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  struct psock *ps = ps_new(PS_SESSION, AF_INET);
+  assert_true(ps->serial != 0);
+  assert_int_equal(ps->own_fd, -1);
+  int a = dup(p[0]);
+  ps_add_alias(ps, a, false);
+  assert_int_equal(ps_program_aliases(ps), 1);
+  assert_false(ps_shared(ps));
+  int own = fcntl(a, F_DUPFD_CLOEXEC, 0);
+  assert_int_equal(ps_add_alias(ps, own, true), 0);
+  ps->own_fd = own;
+  ps->kids = 1;
+  assert_int_equal(ps_program_aliases(ps), 1);
+  assert_true(ps_shared(ps));
+  int e = ready_eventfd();
+  ps_swap(ps, e);
+  assert_true(same_file(own, e));
+  assert_true(same_file(a, e));
+  assert_true(fcntl(own, F_GETFD) & FD_CLOEXEC);
+  /* The program closes its number: only tether's is left. */
+  assert_int_equal(ps_remove_alias(ps, a), 1);
+  assert_int_equal(ps_program_aliases(ps), 0);
+  assert_ptr_equal(fdt_get(own), ps);
+  struct psock *other = ps_new(PS_ORPHAN, AF_INET);
+  assert_true(ps_exec_hidden(other));
+  assert_true(ps_orphan_session(other));
+  other->kind = PS_RELAY;
+  assert_false(ps_exec_hidden(other));
+  other->kind = PS_ORPHAN;
+  other->pl = (struct plisten *)&other; /* a listener's: any non-NULL */
+  assert_false(ps_orphan_session(other));
+  assert_false(ps_exec_hidden(other));
+  other->pl = NULL;
+  assert_int_not_equal(other->serial, ps->serial);
+  ps_free(other);
+  ps_remove_alias(ps, own);
+  close(a), close(own), close(e), close(p[0]), close(p[1]);
+  ps_free(ps);
+}
+
+/* After fork, in the child: a session becomes an orphan with the same
+ * serial, loses tether's own number (closed) and its registrations (the
+ * epoll instance is shared with the parent, whose registration stays); a
+ * relay of our own parent's becomes a plain shared socket (serial 0). */
+static void test_after_fork_child(void **state) {
+  struct ep e = ep_new();
+  int efd = ready_eventfd();
+  struct psock *ps = ps_new(PS_SESSION, AF_INET);
+  ps_add_alias(ps, efd, true);
+  int own = fcntl(efd, F_DUPFD_CLOEXEC, 0);
+  ps_add_alias(ps, own, true);
+  ps->own_fd = own;
+  ps->kids = 2;
+  ps->relays = 1;
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42};
+  assert_int_equal(ep_ctl(e.ps, ps, e.fd, EPOLL_CTL_ADD, efd, &ev), 0);
+  uint64_t serial = ps->serial;
+  struct psock *relay = ps_new(PS_RELAY, AF_INET); /* a relay from our own parent */
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    fdt_after_fork_child();
+    int bad = 0;
+    if (ps->kind != PS_ORPHAN || ps->serial != serial)
+      bad |= 1;
+    if (ps->own_fd != -1 || ps_has_alias(ps, own) || fcntl(own, F_GETFD) >= 0 || fdt_get(own))
+      bad |= 2;
+    if (!ps_has_alias(ps, efd) || ps_program_aliases(ps) != 1 || fdt_get(efd) != ps)
+      bad |= 4;
+    if (ps->kids || ps->relays || ps->regs || ps->s)
+      bad |= 8;
+    if (relay->kind != PS_RELAY || relay->serial != 0) /* nobody here to ask about it */
+      bad |= 16;
+    _exit(bad);
+  }
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  /* The parent's registration survived the child. */
+  uint64_t data = 0;
+  assert_int_equal(events(&e, &data, NULL), 1);
+  assert_int_equal(data, 42);
+  assert_int_equal(ps->kind, PS_SESSION);
+  assert_int_equal(ps->own_fd, own);
+  assert_true(relay->serial != 0);
+  ps_free(relay);
+  ps_close_regs(ps, efd);
+  ps_remove_alias(ps, efd);
+  ps_remove_alias(ps, own);
+  close(efd), close(own);
+  ps_free(ps);
+  ep_close(&e);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_aliases_and_table),
@@ -413,6 +517,8 @@ int main(void) {
       cmocka_unit_test(test_epoll_oneshot),
       cmocka_unit_test(test_epoll_oneshot_disarmed_hangup),
       cmocka_unit_test(test_epoll_aliases_close_and_forget),
+      cmocka_unit_test(test_own_number_and_orphans),
+      cmocka_unit_test(test_after_fork_child),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -411,22 +411,56 @@ static void test_build_ctl(void **state) {
   core_clear(&c);
 }
 
+/* A resume fences off the peer's older datagrams: one sent before it (still
+ * in flight, or replayed) must not acknowledge bytes that the resume said
+ * the peer lacks. */
+static void test_resume_fences_old_datagrams(void **state) {
+  (void)state;
+  struct core_session c;
+  init(&c, CORE_CLIENT);
+  app_write(&c, 300);
+  flush_all(&c);
+  struct core_ctl early = peer_ctl(&c);
+  early.seq = 5;
+  early.delivered = 100;
+  assert_int_equal(on_ctl(&c, T0 + SEC, &early), 0);
+  suspend(&c, T0 + 2 * SEC);
+  struct core_resume_state p = peer_state(100, 0);
+  p.ctl_seq = 9; /* the peer had sent up to #9; #6..#9 never arrived */
+  assert_int_equal(core_on_resumed(&c, T0 + 3 * SEC, &p), 0);
+  assert_int_equal(flush_all(&c), 200);
+  struct core_ctl stale = peer_ctl(&c);
+  stale.seq = 8;
+  stale.delivered = 300;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &stale), -1);
+  assert_int_equal(c.peer_acked, 100);
+  struct core_ctl fresh = peer_ctl(&c);
+  assert_int_equal(fresh.seq, 10);
+  fresh.delivered = 250;
+  assert_int_equal(on_ctl(&c, T0 + 3 * SEC, &fresh), 0);
+  assert_int_equal(c.peer_acked, 250);
+  core_clear(&c);
+}
+
 /* ---- timers --------------------------------------------------------------- */
 
 static void test_heartbeat_schedule(void **state) {
   (void)state;
   struct core_session c;
   init(&c, CORE_CLIENT);
-  /* The first heartbeat goes at once. */
-  assert_int_equal(core_next_deadline(&c), T0);
-  assert_int_equal(core_on_timer(&c, T0, 0), CORE_ACT_HEARTBEAT);
+  /* The first heartbeat goes 50 ms after setup (a short session needs
+   * none), then one every heartbeat_ns. */
+  uint64_t first = T0 + 50 * MS;
+  assert_int_equal(core_next_deadline(&c), first);
+  assert_int_equal(core_on_timer(&c, first - 1, 0), 0);
+  assert_int_equal(core_on_timer(&c, first, 0), CORE_ACT_HEARTBEAT);
   struct core_ctl k;
-  core_build_ctl(&c, T0, &k);
-  assert_int_equal(core_next_deadline(&c), T0 + SEC);
-  assert_int_equal(core_on_timer(&c, T0 + SEC - 1, 0), 0);
-  assert_int_equal(core_on_timer(&c, T0 + SEC, 0), CORE_ACT_HEARTBEAT);
-  core_build_ctl(&c, T0 + SEC + 5, &k);
-  assert_int_equal(core_next_deadline(&c), T0 + 2 * SEC + 5);
+  core_build_ctl(&c, first, &k);
+  assert_int_equal(core_next_deadline(&c), first + SEC);
+  assert_int_equal(core_on_timer(&c, first + SEC - 1, 0), 0);
+  assert_int_equal(core_on_timer(&c, first + SEC, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, first + SEC + 5, &k);
+  assert_int_equal(core_next_deadline(&c), first + 2 * SEC + 5);
   core_clear(&c);
 }
 
@@ -459,13 +493,52 @@ static void test_close_notice_retransmit(void **state) {
   core_clear(&c);
 }
 
+/* Both applications close at once: each answers the other's notice, and
+ * those two answers, which crossed, need no answer of their own -- four
+ * datagrams in all.  An answer that comes late (ours may have been lost)
+ * is answered. */
+static void test_crossing_closes(void **state) {
+  (void)state;
+  struct core_session a, b;
+  struct core_ctl ka, kb;
+  bool reply;
+  init(&a, CORE_CLIENT);
+  init(&b, CORE_SERVER);
+  uint64_t now = T0 + SEC;
+  core_close(&a, now);
+  core_close(&b, now);
+  core_build_ctl(&a, now, &ka);
+  core_build_ctl(&b, now, &kb);
+  assert_true(ka.want_reply && kb.want_reply);
+  assert_int_equal(core_on_ctl(&a, now + 1, &kb, &reply), 0);
+  assert_true(reply); /* a's notice did not acknowledge b's close */
+  assert_int_equal(core_on_ctl(&b, now + 1, &ka, &reply), 0);
+  assert_true(reply);
+  struct core_ctl ka2, kb2;
+  core_build_ctl(&a, now + 2, &ka2);
+  core_build_ctl(&b, now + 2, &kb2);
+  assert_int_equal(core_on_ctl(&a, now + 3, &kb2, &reply), 0);
+  assert_false(reply); /* ka2 already said all of it */
+  assert_int_equal(core_on_ctl(&b, now + 3, &ka2, &reply), 0);
+  assert_false(reply);
+  assert_int_equal(a.state, CORE_CLOSED);
+  assert_int_equal(b.state, CORE_CLOSED);
+  /* b asks again much later (as if ka2 had been lost): answered. */
+  core_build_ctl(&b, now + 20 * MS, &kb2);
+  kb2.want_reply = true;
+  assert_int_equal(core_on_ctl(&a, now + 20 * MS, &kb2, &reply), 0);
+  assert_true(reply);
+  core_clear(&a);
+  core_clear(&b);
+}
+
 static void test_suspend_deadline(void **state) {
   (void)state;
   struct core_session c;
   init(&c, CORE_CLIENT);
   struct core_ctl k;
   /* No datagram ever seen: silence never suspends (UDP may be blocked). */
-  for (uint64_t t = T0; t <= T0 + 100 * SEC; t += SEC) {
+  for (uint64_t t = T0 + 50 * MS; t <= T0 + 100 * SEC; t += SEC) {
     assert_int_equal(core_next_deadline(&c), t);
     assert_int_equal(core_on_timer(&c, t, 0), CORE_ACT_HEARTBEAT);
     core_build_ctl(&c, t, &k);
@@ -1441,8 +1514,10 @@ int main(void) {
       cmocka_unit_test(test_ctl_close_flags),
       cmocka_unit_test(test_ctl_want_reply),
       cmocka_unit_test(test_build_ctl),
+      cmocka_unit_test(test_resume_fences_old_datagrams),
       cmocka_unit_test(test_heartbeat_schedule),
       cmocka_unit_test(test_close_notice_retransmit),
+      cmocka_unit_test(test_crossing_closes),
       cmocka_unit_test(test_suspend_deadline),
       cmocka_unit_test(test_backoff),
       cmocka_unit_test(test_give_up),

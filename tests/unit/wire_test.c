@@ -600,8 +600,37 @@ static void test_x25519(void **state) {
   assert_int_equal(x25519_shared(a, zero, s1), -EPROTO);
   uint8_t one[KEY_LEN] = {1};
   assert_int_equal(x25519_shared(a, one, s1), -EPROTO);
+  /* A refused key is not remembered as agreed. */
+  assert_int_equal(x25519_shared(a, zero, s1), -EPROTO);
   x25519_free(a);
   x25519_free(b);
+}
+
+/* Remembered agreements give the same secrets as fresh ones, also after
+ * more peers than the memo holds pushed the first one out. */
+static void test_x25519_memo(void **state) {
+  (void)state;
+  enum { PEERS = 7 };
+  struct x25519_key *a = x25519_new(), *peer[PEERS];
+  uint8_t first[PEERS][KEY_LEN], again[KEY_LEN], theirs[KEY_LEN];
+  assert_non_null(a);
+  for (int i = 0; i < PEERS; i++) {
+    assert_non_null(peer[i] = x25519_new());
+    assert_int_equal(x25519_shared(a, x25519_pub(peer[i]), first[i]), 0);
+  }
+  for (int round = 0; round < 2; round++)
+    for (int i = PEERS - 1; i >= 0; i--) {
+      assert_int_equal(x25519_shared(a, x25519_pub(peer[i]), again), 0);
+      assert_memory_equal(again, first[i], KEY_LEN);
+      assert_int_equal(x25519_shared(peer[i], x25519_pub(a), theirs), 0);
+      assert_memory_equal(theirs, first[i], KEY_LEN);
+    }
+  for (int i = 0; i < PEERS; i++) {
+    if (i > 0)
+      assert_memory_not_equal(first[i], first[0], KEY_LEN);
+    x25519_free(peer[i]);
+  }
+  x25519_free(a);
 }
 
 static void test_keys_derive(void **state) {
@@ -712,6 +741,7 @@ int main(void) {
       cmocka_unit_test(test_ctl_tamper),
       cmocka_unit_test(test_ctl_seq_zero),
       cmocka_unit_test(test_x25519),
+      cmocka_unit_test(test_x25519_memo),
       cmocka_unit_test(test_keys_derive),
       cmocka_unit_test(test_resume_mac),
       cmocka_unit_test(test_transcript_hash),
