@@ -162,15 +162,23 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   c->resent = m->resent;
   c->reconnects = m->reconnects;
   c->rx_pos = c->delivered;
+  if (m->finished) {
+    /* It was CLOSED: both closes were acknowledged.  It closes again
+     * (core_on_transport_lost), and a client tells its server once more. */
+    c->peer_knows_wr = c->wr_closed;
+    c->peer_knows_rd = c->rd_closed;
+  }
   if (c->cfg.durable) { /* this very snapshot is durable */
     c->durable_sent = c->sent;
     c->durable_delivered = c->delivered;
+    c->durable_finished = m->finished;
   }
   if (m->peer_durable) {
     const Tether__Snap__ReplayLog *pl = m->replay_log;
     core_set_peer_durable(c);
     c->peer_durable_sent = m->peer_durable_sent;
     c->peer_durable_delivered = m->peer_durable_delivered;
+    c->peer_durable_finished = m->peer_durable_finished;
     struct replay_log *rl = &c->rlog;
     if (pl->n_hash && !(rl->hash = malloc(pl->n_hash * sizeof(*rl->hash)))) {
       session_destroy(s);
