@@ -375,7 +375,10 @@ static void update_sock_ev(struct tether_session *s) {
   if (s->sock >= 0 && s->core.state != CORE_FAILED) {
     if (s->core.tx_pos < s->core.sent)
       want |= EV_WRITE;
-    if (s->app_closed && !core_at_eof(&s->core))
+    /* A replay is checked whatever the application does: one that read to
+     * the end may never read again, and the session cannot finish before
+     * the check does. */
+    if ((s->app_closed && !core_at_eof(&s->core)) || core_replay_pending(&s->core))
       want |= EV_READ;
   }
   if (want == s->sock_ev_flags && (!want || s->sock_ev_fd == s->sock))
@@ -393,13 +396,11 @@ static void update_sock_ev(struct tether_session *s) {
   s->sock_ev_fd = s->sock;
 }
 
-/* After the application closed: read and drop what still arrives, so the
- * peer's writes drain and its EOF is seen. */
-/* rx_lock held.  Reads bytes the application already has (the peer's
+/* rx_lock held (tx_lock too if tx_locked).  Reads bytes the application already has (the peer's
  * replay after it rolled back) and checks them instead of delivering them.
  * Returns recv's result; on a difference the session has failed, and the
  * peer is told at once so that it fails with the same error. */
-static ssize_t take_replay_locked(struct tether_session *s) {
+static ssize_t take_replay_locked(struct tether_session *s, bool tx_locked) {
   uint8_t scratch[16384];
   uint64_t want = core_replay_pending(&s->core);
   ssize_t n = recv(s->sock, scratch, want < sizeof(scratch) ? (size_t)want : sizeof(scratch),
@@ -408,19 +409,24 @@ static ssize_t take_replay_locked(struct tether_session *s) {
     char tag[17];
     LOG_WARN(s->ctx, "session %s: the peer's replay differs from what was delivered: failed",
              session_tag(s->id, tag));
-    pthread_mutex_lock(&s->tx_lock);
+    if (!tx_locked)
+      pthread_mutex_lock(&s->tx_lock);
     udp_send_ctl(s, now_ns());
-    pthread_mutex_unlock(&s->tx_lock);
+    if (!tx_locked)
+      pthread_mutex_unlock(&s->tx_lock);
     session_kick(s);
   }
   return n;
 }
 
+/* Engine thread, session_lock() held.  Checks the peer's replay whatever
+ * the application does; after the application closed, also reads and drops
+ * what still arrives, so the peer's writes drain and its EOF is seen. */
 static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
   for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
     if (core_replay_pending(&s->core)) {
-      ssize_t n = take_replay_locked(s);
+      ssize_t n = take_replay_locked(s, true); /* drain: session_lock() held */
       if (n > 0)
         continue;
       if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -428,6 +434,8 @@ static void drain_locked(struct tether_session *s) {
       session_suspend_locked(s, now_ns(), n == 0 ? "EOF during a replay" : strerror(errno));
       return;
     }
+    if (!s->app_closed)
+      return; /* new bytes are the application's to read */
     ssize_t n = recv(s->sock, buf, sizeof(buf), MSG_DONTWAIT);
     if (n > 0) {
       core_on_delivered(&s->core, buf, (size_t)n);
@@ -675,7 +683,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
     if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
       ssize_t n;
       if (core_replay_pending(c)) {
-        if ((n = take_replay_locked(s)) > 0)
+        if ((n = take_replay_locked(s, false)) > 0)
           continue;
       } else if ((n = recv(s->sock, buf, len, MSG_DONTWAIT)) > 0) {
         core_on_delivered(c, buf, (size_t)n);
