@@ -366,7 +366,6 @@ static struct sim {
   int end_div;           /* -1, or the side that saw its peer's restored
                             application end its stream elsewhere than an
                             earlier incarnation did (check_invariants) */
-  bool liveness;         /* the failure is one of liveness (stuck, not finished) */
   int next_crash;
   int div_writer;        /* -1, or the side whose restored application diverges */
   uint64_t div_at;       /* ... at this offset of its stream */
@@ -2246,14 +2245,12 @@ static bool run_seed(uint64_t seed, int verbose, bool linger_check) {
       break;
     ns_t t = next_event();
     if (t == NEVER) {
-      S.liveness = true;
       sim_fail("stuck: nothing left to happen (client %s%s, server %s%s)",
                S.s[0].live ? state_name(S.s[0].c.state) : "DONE", S.s[0].rd_eof ? " eof" : "",
                S.s[1].live ? state_name(S.s[1].c.state) : "DONE", S.s[1].rd_eof ? " eof" : "");
       break;
     }
     if (t > LIMIT) {
-      S.liveness = true;
       sim_fail("not finished after %" PRIu64 " s virtual: client %s%s (delivered %" PRIu64
                "), server %s%s (delivered %" PRIu64 ")",
                LIMIT / SEC, S.s[0].live ? state_name(S.s[0].c.state) : "DONE",
@@ -2279,7 +2276,6 @@ static bool run_seed(uint64_t seed, int verbose, bool linger_check) {
     S.steps++;
   }
   if (!S.fail) {
-    S.liveness = true;
     if (S.div_writer >= 0)
       divergence_checks();
     else if (S.end_div >= 0)
