@@ -410,8 +410,7 @@ static int expect_eof(tether_session *s) {
  * that the server already considers CLOSED: the server still has it (its
  * peer is durable and its last snapshot does not hold the end), reopens it,
  * checks the replay of the client's last bytes and closes again. */
-static void test_durable_rollback_after_close(void **state) {
-  (void)state;
+static void rollback_after_close(const char *replay) {
   struct pair p;
   void *blob;
   size_t len;
@@ -421,20 +420,43 @@ static void test_durable_rollback_after_close(void **state) {
   assert_int_equal(tether_shutdown(p.cli), 0);
   assert_int_equal(expect_str(p.srv, "bye"), 0);
   assert_int_equal(expect_eof(p.srv), 0);
+  send_str(p.srv, "tail");
   assert_int_equal(tether_shutdown(p.srv), 0);
+  assert_int_equal(expect_str(p.cli, "tail"), 0);
   assert_int_equal(expect_eof(p.cli), 0);
   wait_state(p.srv, TETHER_STATE_CLOSED);
   tether_ctx_free(p.cctx); /* the client "crashes" after the end */
   p.cctx = restore(blob, len);
   p.cli = only_session(p.cctx);
-  send_str(p.cli, "bye"); /* the restored application's replay */
+  send_str(p.cli, replay); /* the restored application's replay */
   assert_int_equal(tether_shutdown(p.cli), 0);
-  assert_int_equal(expect_eof(p.cli), 0); /* the server's end, again */
-  wait_state(p.cli, TETHER_STATE_CLOSED);
-  wait_state(p.srv, TETHER_STATE_CLOSED);
+  if (!strcmp(replay, "bye")) {
+    /* The server resends what the client forgot, and its end. */
+    assert_int_equal(expect_str(p.cli, "tail"), 0);
+    assert_int_equal(expect_eof(p.cli), 0);
+    wait_state(p.cli, TETHER_STATE_CLOSED);
+    wait_state(p.srv, TETHER_STATE_CLOSED);
+  } else {
+    /* The reopened server checks the replay: both fail (the server's
+     * application, at its end of stream already, keeps reading EOF). */
+    wait_state(p.srv, TETHER_STATE_FAILED);
+    assert_int_equal(tether_session_error(p.srv), TETHER_EDIVERGED);
+    wait_state(p.cli, TETHER_STATE_FAILED);
+    assert_int_equal(expect_str(p.cli, "tail"), TETHER_EDIVERGED);
+  }
   free(blob);
   tether_ctx_free(p.cctx);
   tether_ctx_free(p.sctx);
+}
+
+static void test_durable_rollback_after_close(void **state) {
+  (void)state;
+  rollback_after_close("bye");
+}
+
+static void test_durable_rollback_after_close_diverges(void **state) {
+  (void)state;
+  rollback_after_close("BYE");
 }
 
 int main(void) {
@@ -444,6 +466,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_durable_server_rollback, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_durable_both_rollback, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_durable_rollback_after_close, durable_on, durable_off),
+      cmocka_unit_test_setup_teardown(test_durable_rollback_after_close_diverges, durable_on,
+                                      durable_off),
       cmocka_unit_test(test_client_restore),
       cmocka_unit_test(test_server_restore),
       cmocka_unit_test(test_stale_snapshot_refused),
