@@ -78,9 +78,11 @@ int core_write_check(const struct core_session *c) {
   /* After our own rollback the peer may have delivered (and discarded, its
    * application having closed) more of our stream than we have written
    * again: the application must still write that part as it did before, or
-   * its replay would end early and diverge. */
-  if (c->wr_closed || c->state == CORE_CLOSED ||
-      (c->peer_rd_closed && c->sent >= c->peer_delivered_max))
+   * its replay would end early and diverge.  How much, only a resume tells
+   * (a restored session has not resumed yet): not while suspended. */
+  if (c->wr_closed || c->state == CORE_CLOSED)
+    return -EPIPE;
+  if (c->peer_rd_closed && c->sent >= c->peer_delivered_max && c->state != CORE_SUSPENDED)
     return -EPIPE;
   if (c->state != CORE_CONNECTED || c->tx_pos < c->sent)
     return -EAGAIN;
@@ -333,8 +335,10 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
       /* Not while suspended: the peer may already have resumed and moved
        * its durable point past where the replay that our own resume will
        * check begins (its state in the handshake is older than this
-       * datagram); core_on_resumed() trims once that replay is known. */
-      if (c->state != CORE_SUSPENDED)
+       * datagram); core_on_resumed() trims once that replay is known.  Nor
+       * while CLOSED: a peer restored behind the end resumes it the same
+       * way (the log goes with the session). */
+      if (c->state != CORE_SUSPENDED && c->state != CORE_CLOSED)
         trim_replay_log(c);
     }
     /* The latest report counts: a finished session that a rollback of ours
@@ -458,7 +462,10 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   uint64_t resend = core_resume_from(&ours, peer);
   c->peer_acked = resend > c->sent ? c->sent : resend;
   c->peer_delivered = peer->delivered;
-  if (peer->delivered > c->peer_delivered_max)
+  /* A peer that reports less than before rolled back, or checks our replay
+   * (it reports how far the check got).  Only the latter, after our own
+   * rollback behind what it had delivered, must keep the larger figure. */
+  if (c->peer_delivered_max <= c->sent || peer->delivered > c->peer_delivered_max)
     c->peer_delivered_max = peer->delivered;
   if (c->peer_durable) {
     c->peer_durable_delivered = min64(peer->durable_delivered, c->peer_acked);

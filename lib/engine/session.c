@@ -144,6 +144,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   }
   c->sent = c->tx_pos = m->sent;
   c->peer_acked = m->peer_acked;
+  c->peer_delivered_max = m->peer_delivered_max;
   c->delivered = c->acked_delivered = m->delivered;
   c->wr_closed = m->wr_closed;
   c->rd_closed = m->rd_closed;

@@ -178,6 +178,7 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   m->retain_max = k->cfg.retain_max;
   m->finished = k->state == CORE_CLOSED;
   m->peer_durable_finished = k->peer_durable_finished;
+  m->peer_delivered_max = k->peer_delivered_max;
   return 0;
 }
 

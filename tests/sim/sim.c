@@ -1264,6 +1264,7 @@ static void core_restore(struct core_session *c, const struct core_session *m, n
   }
   c->sent = c->tx_pos = m->sent;
   c->peer_acked = m->peer_acked;
+  c->peer_delivered_max = m->peer_delivered_max; /* Session.peer_delivered_max */
   c->delivered = c->acked_delivered = m->delivered;
   c->wr_closed = m->wr_closed;
   c->rd_closed = m->rd_closed;
