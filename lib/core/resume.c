@@ -22,7 +22,20 @@ static int direction_check(const struct core_resume_state *tx, const struct core
   return 0;
 }
 
+/* A writer's stream has one end: once shut down at E it may not end below
+ * what its reader delivered, nor, after a rollback, anywhere but at the E
+ * its reader knows of (a replay that ends elsewhere is a divergent one). */
+static bool end_diverged(const struct core_resume_state *tx, const struct core_resume_state *rx) {
+  if (tx->write_closed && tx->sent < rx->delivered)
+    return true;
+  if (!rx->peer_wr_closed)
+    return false;
+  return tx->sent > rx->peer_wr_end || (tx->write_closed && tx->sent != rx->peer_wr_end);
+}
+
 int core_resume_check(const struct core_resume_state *ours, const struct core_resume_state *peer) {
+  if (end_diverged(peer, ours) || end_diverged(ours, peer))
+    return TETHER_EDIVERGED;
   int rc = direction_check(ours, peer);
   return rc < 0 ? rc : direction_check(peer, ours);
 }

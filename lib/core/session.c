@@ -80,14 +80,27 @@ void core_clear(struct core_session *c) {
 int core_write_check(const struct core_session *c) {
   if (c->state == CORE_FAILED)
     return c->error;
-  if (c->wr_closed || c->peer_rd_closed || c->state == CORE_CLOSED)
+  /* After our own rollback the peer may have delivered (and discarded, its
+   * application having closed) more of our stream than we have written
+   * again: the application must still write that part as it did before, or
+   * its replay would end early and diverge.  How much, only a resume tells
+   * (a restored session has not resumed yet): not while suspended. */
+  if (c->wr_closed || c->state == CORE_CLOSED)
+    return -EPIPE;
+  if (c->peer_rd_closed && c->sent >= c->peer_delivered_max && c->state != CORE_SUSPENDED)
     return -EPIPE;
   if (c->state != CORE_CONNECTED || c->tx_pos < c->sent)
     return -EAGAIN;
   return 0;
 }
 
-size_t core_write_room(const struct core_session *c) { return retention_room(&c->ret); }
+size_t core_write_room(const struct core_session *c) {
+  size_t room = retention_room(&c->ret);
+  if (c->peer_rd_closed && c->sent < c->peer_delivered_max &&
+      c->peer_delivered_max - c->sent < room)
+    room = (size_t)(c->peer_delivered_max - c->sent);
+  return room;
+}
 
 int core_reserve(struct core_session *c, size_t n) { return retention_reserve(&c->ret, n); }
 
@@ -153,13 +166,19 @@ bool core_eof_confirmed(const struct core_session *c) { return core_at_eof(c); }
 
 /* ---- close bookkeeping -------------------------------------------------- */
 
+/* A peer that closed needs nothing more of our stream -- except, after our
+ * rollback, what it delivered (and discarded) before: it checks that we
+ * write that again, so it must have acknowledged it (peer_acked reaches
+ * peer_delivered_max only then; they are equal otherwise). */
 static bool write_done(const struct core_session *c) {
-  return c->peer_rd_closed ||
+  return (c->peer_rd_closed && c->peer_acked >= c->peer_delivered_max) ||
          (c->wr_closed && c->peer_acked >= c->sent && c->peer_knows_wr);
 }
 
+/* Not while a replay is being checked: a peer that rolled back behind our
+ * end must write it again, and we must see that it is the same. */
 static bool read_done(const struct core_session *c) {
-  return core_at_eof(c) || (c->rd_closed && c->peer_knows_rd);
+  return (core_at_eof(c) || (c->rd_closed && c->peer_knows_rd)) && !core_replay_pending(c);
 }
 
 bool core_finished(const struct core_session *c) { return write_done(c) && read_done(c); }
@@ -179,6 +198,43 @@ static bool peer_settled(const struct core_session *c) {
          ((c->peer_knows_wr && c->peer_acked >= c->sent) || c->peer_rd_done);
 }
 
+/* ... and, when the peer may roll back, its last committed snapshot holds
+ * the session finished: no restore of the peer can need us any more. */
+static bool peer_done(const struct core_session *c) {
+  return c->linger_over ||
+         (peer_settled(c) && (!c->peer_durable || c->peer_durable_finished));
+}
+
+/* A CLOSED session is done with (TIME_WAIT may start) once the peer is, and,
+ * when we are durable ourselves, once our own committed snapshot holds the
+ * session finished: freed earlier, a restore of an older snapshot would
+ * bring it back behind the end, to a peer that may have let go; and the
+ * peer learns of that snapshot only from this session (durable_finished).
+ * So a peer whose session is gone (ESESSIONGONE) can no longer come back. */
+static bool done_waiting(const struct core_session *c) {
+  return peer_done(c) && (!c->cfg.durable || c->durable_finished || c->linger_over);
+}
+
+/* A peer restored from an older snapshot resumes a session we consider
+ * CLOSED: whether it needs more than our final state (bytes resent, its
+ * replay checked, or its stream's end written again on a transport). */
+static bool peer_behind(const struct core_session *c, const struct core_resume_state *peer) {
+  return peer->delivered < c->sent || peer->sent < c->delivered ||
+         (c->peer_wr_closed && (!peer->write_closed || peer->sent != c->peer_wr_end)) ||
+         (c->peer_rd_closed && !peer->read_closed);
+}
+
+/* The peer's stream ends where we know it does: a restored peer that ends it
+ * below what we delivered, elsewhere than it did before, or writes past
+ * that end, replays divergently (see core_resume_check()). */
+static bool ctl_end_diverged(const struct core_session *c, const struct core_ctl *ctl) {
+  if (ctl->write_closed && ctl->sent < c->delivered)
+    return true;
+  if (!c->peer_wr_closed)
+    return false;
+  return ctl->sent > c->peer_wr_end || (ctl->write_closed && ctl->sent != c->peer_wr_end);
+}
+
 /* Without a side channel the acknowledgements of our closed writing
  * direction come only in a resume: a client that has sent and read all it
  * will and still lacks them resumes to ask (see ack_poll_at_ns). */
@@ -187,9 +243,9 @@ static bool acks_by_resume(const struct core_session *c) {
          c->wr_closed && c->tx_pos >= c->sent && read_done(c) && !write_done(c);
 }
 
-/* TIME_WAIT runs from the moment the peer is known to be settled. */
+/* TIME_WAIT runs from the moment both sides are known to be done. */
 static void note_settled(struct core_session *c, uint64_t now, bool was) {
-  if (c->state == CORE_CLOSED && !was && peer_settled(c))
+  if (c->state == CORE_CLOSED && !was && done_waiting(c))
     c->settled_at_ns = now;
 }
 
@@ -226,6 +282,7 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   if (c->cfg.durable) {
     out->durable_sent = c->durable_sent;
     out->durable_delivered = c->durable_delivered;
+    out->durable_finished = c->durable_finished;
   }
   if (c->state == CORE_FAILED)
     out->failed = (uint32_t)-c->error;
@@ -276,7 +333,12 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     core_fail(c, -(int)ctl->failed);
     return 0;
   }
-  bool settled = peer_settled(c);
+  if (ctl_end_diverged(c, ctl)) {
+    core_fail(c, TETHER_EDIVERGED);
+    *reply = true; /* tell it at once */
+    return 0;
+  }
+  bool settled = done_waiting(c);
 
   /* An authenticated peer never acknowledges bytes we did not send; clamp
    * rather than trust. */
@@ -285,6 +347,8 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     c->peer_acked = acked;
   if (ctl->delivered > c->peer_delivered)
     c->peer_delivered = ctl->delivered;
+  if (ctl->delivered > c->peer_delivered_max)
+    c->peer_delivered_max = ctl->delivered;
   if (c->peer_durable) {
     if (ctl->durable_delivered > c->peer_durable_delivered)
       c->peer_durable_delivered = min64(ctl->durable_delivered, c->peer_acked);
@@ -293,10 +357,15 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
       /* Not while suspended: the peer may already have resumed and moved
        * its durable point past where the replay that our own resume will
        * check begins (its state in the handshake is older than this
-       * datagram); core_on_resumed() trims once that replay is known. */
-      if (c->state != CORE_SUSPENDED)
+       * datagram); core_on_resumed() trims once that replay is known.  Nor
+       * while CLOSED: a peer restored behind the end resumes it the same
+       * way (the log goes with the session). */
+      if (c->state != CORE_SUSPENDED && c->state != CORE_CLOSED)
         trim_replay_log(c);
     }
+    /* The latest report counts: a finished session that a rollback of ours
+     * reopened may be captured unfinished again. */
+    c->peer_durable_finished = ctl->durable_finished;
   }
   trim(c, c->peer_acked);
   if (ctl->write_closed && !c->peer_wr_closed) {
@@ -374,6 +443,8 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
   out->write_closed = c->wr_closed;
   out->read_closed = c->rd_closed;
   out->verify_from = c->peer_durable ? min64(replay_log_start(&c->rlog), c->delivered) : c->delivered;
+  out->peer_wr_closed = c->peer_wr_closed;
+  out->peer_wr_end = c->peer_wr_end;
   if (c->cfg.durable) {
     out->durable_sent = c->durable_sent;
     out->durable_delivered = c->durable_delivered;
@@ -385,6 +456,19 @@ int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer) {
   if (c->state != CORE_SUSPENDED && c->state != CORE_CLOSED)
     return -EINVAL;
+  if (c->state == CORE_CLOSED && peer_behind(c, peer)) {
+    /* The peer restored a snapshot older than the end (we waited for its
+     * durable point to pass the end for this, see done_at()): resume like
+     * a suspended session, from what we still retain. */
+    c->state = CORE_SUSPENDED;
+    c->suspended_at_ns = now;
+    if (c->rd_closed)
+      c->released_at_ns = now; /* its linger cap starts over */
+    c->peer_wr_done = c->peer_rd_done = false;
+    c->final_redial = false;
+    c->peer_knows_wr = c->peer_knows_rd = false;
+    c->linger_over = false;
+  }
   struct core_resume_state ours;
   core_resume_state(c, &ours);
   if (c->state == CORE_SUSPENDED) {
@@ -401,13 +485,18 @@ int core_on_resumed(struct core_session *c, uint64_t now,
    * yet check in our replay).  The resume state supersedes them. */
   if (peer->ctl_seq > c->rx_seq)
     c->rx_seq = peer->ctl_seq;
-  bool settled = peer_settled(c);
+  bool settled = done_waiting(c);
   /* Lower than before only if the peer rolled back to a snapshot.  After our
    * own rollback, only up to where the peer's check of our replay starts:
    * bytes it has yet to check must stay for a resume that interrupts it. */
   uint64_t resend = core_resume_from(&ours, peer);
   c->peer_acked = resend > c->sent ? c->sent : resend;
   c->peer_delivered = peer->delivered;
+  /* A peer that reports less than before rolled back, or checks our replay
+   * (it reports how far the check got).  Only the latter, after our own
+   * rollback behind what it had delivered, must keep the larger figure. */
+  if (c->peer_delivered_max <= c->sent || peer->delivered > c->peer_delivered_max)
+    c->peer_delivered_max = peer->delivered;
   if (c->peer_durable) {
     c->peer_durable_delivered = min64(peer->durable_delivered, c->peer_acked);
     c->peer_durable_sent = min64(peer->durable_sent, c->delivered);
@@ -417,18 +506,19 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     c->peer_wr_closed = true;
     c->peer_wr_end = peer->sent;
   }
-  if (peer->read_closed)
-    c->peer_rd_closed = true;
+  /* The peer's word, even against what we knew: a peer restored from before
+   * its application closed reads again (and closes again). */
+  c->peer_rd_closed = peer->read_closed;
   /* Our state travelled in the authenticated handshake.  (The server's
    * ResumeAccept may yet be lost; then the client resumes again, and a
    * server session that finished meanwhile answers while CLOSED.)  The
    * peer's state says what it still needs from us. */
   c->peer_knows_wr = c->wr_closed;
   c->peer_knows_rd = c->rd_closed;
-  if (peer->write_closed && c->delivered >= peer->sent)
-    c->peer_wr_done = true;
-  if (peer->read_closed)
-    c->peer_rd_done = true;
+  /* (Assigned, not accumulated: what earlier datagrams showed may be
+   * stale, the peer may have rolled back, or reopened a CLOSED session.) */
+  c->peer_wr_done = peer->write_closed && ours.delivered >= peer->sent;
+  c->peer_rd_done = peer->read_closed;
   if (peer->rcvbuf_max && peer->rcvbuf_max != c->peer_rcvbuf_max) {
     c->peer_rcvbuf_max = peer->rcvbuf_max;
     retention_set_max(&c->ret, retention_cap(c));
@@ -437,6 +527,7 @@ int core_on_resumed(struct core_session *c, uint64_t now,
   if (c->state == CORE_CLOSED) {
     /* Only the final states were exchanged: the peer now has ours. */
     c->final_redial = false;
+    c->last_rx_ns = now; /* a client waiting for a durable peer asks again later */
     note_settled(c, now, settled);
     return 0;
   }
@@ -485,18 +576,34 @@ void core_set_peer_durable(struct core_session *c) {
 }
 
 void core_durable_commit(struct core_session *c, uint64_t now, uint64_t sent, uint64_t delivered) {
-  if (sent <= c->durable_sent && delivered <= c->durable_delivered)
+  bool was_finished = c->durable_finished;
+  c->durable_finished = false; /* (core_durable_finished() follows if it was) */
+  if (sent <= c->durable_sent && delivered <= c->durable_delivered && !was_finished)
     return;
-  c->durable_sent = sent;
-  c->durable_delivered = delivered;
-  if (c->state == CORE_CONNECTED)
+  if (sent > c->durable_sent)
+    c->durable_sent = sent;
+  if (delivered > c->durable_delivered)
+    c->durable_delivered = delivered;
+  if (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)
     c->next_hb_ns = now; /* report it at once: the peer's retention waits */
 }
 
+void core_durable_finished(struct core_session *c, uint64_t now) {
+  if (c->durable_finished)
+    return;
+  bool settled = done_waiting(c);
+  c->durable_finished = true;
+  note_settled(c, now, settled); /* TIME_WAIT repeats the report */
+  if (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)
+    c->next_hb_ns = now; /* the peer's finished session waits for it */
+}
+
 void core_fail(struct core_session *c, int err) {
-  if (c->state == CORE_CLOSED) {
-    /* The peer's session is gone: nothing left to tell it. */
+  if (c->state == CORE_CLOSED && err != TETHER_EDIVERGED) {
+    /* The peer's session is gone: nothing left to tell it, and (see
+     * done_waiting()) no restore of it will come back. */
     c->peer_wr_done = c->peer_rd_done = true;
+    c->linger_over = true;
     c->final_redial = false;
     return;
   }
@@ -525,13 +632,17 @@ static bool fin_due(const struct core_session *c, uint64_t now) {
 }
 
 /* A closed client whose server may lack its final state and is silent (or
- * can never be heard: no side channel) resumes to tell it. */
+ * can never be heard: no side channel) resumes to tell it.  One that waits
+ * for a durable server's snapshot to hold the end resumes when the server
+ * has been silent for suspend_ns (it may have restored and wait for us). */
 static uint64_t final_redial_at(const struct core_session *c) {
   if (c->role != CORE_CLIENT)
     return UINT64_MAX;
   if (c->final_redial)
     return c->next_redial_ns;
-  return c->udp_seen ? c->last_rx_ns + c->cfg.suspend_ns : 0;
+  if (!peer_settled(c) && !c->udp_seen)
+    return 0;
+  return c->last_rx_ns + c->cfg.suspend_ns;
 }
 
 /* When a closed session the application let go is freed.  A server that
@@ -539,7 +650,7 @@ static uint64_t final_redial_at(const struct core_session *c) {
  * client may come back for it. */
 static uint64_t done_at(const struct core_session *c) {
   uint64_t cap = c->finished_at_ns + CORE_LINGER_MAX_NS;
-  if (!peer_settled(c) || c->accept_unheard)
+  if (!done_waiting(c) || c->accept_unheard)
     return cap;
   return min64(c->settled_at_ns + CORE_TIME_WAIT_NS(c), cap);
 }
@@ -560,13 +671,15 @@ uint64_t core_next_deadline(const struct core_session *c) {
   case CORE_CLOSED:
     if (heartbeats_due(c))
       d = c->next_hb_ns;
+    if (c->state == CORE_CONNECTED && core_finished(c))
+      d = 0; /* finished by the end of a replay check: close now */
     if (c->state == CORE_CONNECTED && c->udp_seen)
       d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
     if (acks_by_resume(c))
       d = min64(d, c->ack_poll_at_ns);
     if (c->wr_closed && !c->fin_sent && c->tx_pos >= c->sent)
       d = min64(d, c->peer_knows_wr ? 0 : fin_deadline(c));
-    if (c->state == CORE_CLOSED && !peer_settled(c))
+    if (c->state == CORE_CLOSED && !peer_done(c))
       d = min64(d, min64(final_redial_at(c), c->finished_at_ns + CORE_LINGER_MAX_NS));
     if (c->state == CORE_CLOSED && c->rd_closed)
       d = min64(d, done_at(c));
@@ -597,6 +710,7 @@ static unsigned redial(struct core_session *c, uint64_t now, uint32_t rnd) {
 
 unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
   unsigned act = 0;
+  enter_closed_if_finished(c, now); /* a replay check just ended */
   switch (c->state) {
   case CORE_CONNECTED:
     if (c->rd_closed && now >= c->released_at_ns + c->cfg.give_up_ns) {
@@ -618,10 +732,13 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       c->fin_sent = true;
       act |= CORE_ACT_FIN;
     }
-    if (c->state == CORE_CLOSED && !peer_settled(c)) {
+    if (c->state == CORE_CLOSED && !peer_done(c)) {
       if (now >= c->finished_at_ns + CORE_LINGER_MAX_NS) {
-        /* Bounded, like everything after close: stop telling it. */
+        /* Bounded, like everything after close: stop telling it (and
+         * stop waiting for a durable peer's snapshot: a restore of it
+         * from before the end then finds the session gone). */
         c->peer_wr_done = c->peer_rd_done = true;
+        c->linger_over = true;
         c->final_redial = false;
       } else if (now >= final_redial_at(c)) {
         if (!c->final_redial)

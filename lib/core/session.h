@@ -70,6 +70,8 @@ struct core_ctl {
   uint64_t rcvbuf_max;
   uint64_t durable_sent;      /* sender is durable: counters of its last */
   uint64_t durable_delivered; /* committed snapshot */
+  bool durable_finished;      /* ... which holds this session finished
+                                 (CLOSED): it never comes back behind */
   uint32_t failed;            /* sender's session failed: -TETHER_E* code */
 };
 
@@ -88,6 +90,10 @@ struct core_resume_state {
   uint64_t durable_delivered; /* snapshot's counters (else 0) */
   uint64_t ctl_seq;           /* the last control sequence number it used:
                                  the peer drops datagrams sent before */
+  /* Local knowledge, not sent: where this side knows the peer's stream ends
+   * (a peer restored behind it must end it there again). */
+  bool peer_wr_closed;
+  uint64_t peer_wr_end;
 };
 
 struct core_session {
@@ -102,6 +108,10 @@ struct core_session {
   uint64_t peer_acked;
   uint64_t peer_delivered; /* as the peer last reported it: unlike peer_acked
                               it may exceed sent, after our own rollback */
+  uint64_t peer_delivered_max; /* the most the peer ever reported (a peer
+                                  checking our replay reports less): after
+                                  our rollback, how far we must write again
+                                  even though the peer closed */
   uint64_t local_sndbuf_max;
   uint64_t peer_rcvbuf_max;
   struct retention ret;
@@ -126,6 +136,8 @@ struct core_session {
   uint64_t finished_at_ns; /* when the session became CLOSED */
   uint64_t settled_at_ns;  /* CLOSED: when the peer was first known to have
                               all it needs from us (TIME_WAIT runs from it) */
+  bool linger_over;        /* CLOSED: waits no more (past CORE_LINGER_MAX_NS,
+                              or the peer's session is gone) */
   bool final_redial;       /* client, CLOSED: the server may lack our final
                               state and does not answer: resume to tell it */
   bool accept_unheard;     /* server: resumed, and no datagram since that
@@ -146,8 +158,13 @@ struct core_session {
   bool peer_durable;               /* the peer may roll back to a snapshot */
   uint64_t peer_durable_sent;      /* its last committed snapshot's counters */
   uint64_t peer_durable_delivered;
+  bool peer_durable_finished;      /* its last committed snapshot holds the
+                                      session finished (or we stopped
+                                      waiting for that: see done_at()) */
   uint64_t durable_sent;           /* ours (cfg.durable) */
   uint64_t durable_delivered;
+  bool durable_finished;           /* our last committed snapshot holds the
+                                      session CLOSED */
   struct replay_log rlog;          /* peer_durable: hashes of what we delivered */
   uint64_t rx_pos;                 /* offset of the next byte the transport
                                       brings; < delivered during a replay */
@@ -180,10 +197,11 @@ void core_clear(struct core_session *c);
 /* ---- transmit side ---- */
 
 /* 0 if the application may write now; -EPIPE after shutdown or when the
- * peer closed; -EAGAIN while suspended or a resend is pending; a TETHER_E*
+ * peer closed (after our rollback: once we wrote again what it delivered); -EAGAIN while suspended or a resend is pending; a TETHER_E*
  * once failed. */
 int core_write_check(const struct core_session *c);
-/* How many bytes the application may write now (retention room). */
+/* How many bytes the application may write now (retention room; after our
+ * rollback, with the peer closed, no more than it delivered before). */
 size_t core_write_room(const struct core_session *c);
 /* Reserves retention memory for n bytes (call before pushing them into the
  * transport: once the kernel has them they must be kept).  0 or -ENOMEM. */
@@ -215,7 +233,9 @@ static inline uint64_t core_replay_pending(const struct core_session *c) {
   return c->state == CORE_FAILED ? 0 : c->delivered - c->rx_pos;
 }
 /* Checks n <= core_replay_pending() replayed bytes: 0, or TETHER_EDIVERGED
- * when they differ from what was delivered (the session has failed). */
+ * when they differ from what was delivered (the session has failed).  A
+ * check that ends with the session finished makes core_next_deadline() 0:
+ * core_on_timer() then closes it. */
 int core_on_replayed(struct core_session *c, const void *data, size_t n);
 /* Bytes delivered since the last acknowledgement after which an explicit
  * ack is due, so the peer's retention shrinks to about the bytes really in
@@ -258,6 +278,10 @@ void core_set_peer_durable(struct core_session *c);
 /* A snapshot holding our counters sent/delivered is durable now: report them
  * to the peer at once. */
 void core_durable_commit(struct core_session *c, uint64_t now, uint64_t sent, uint64_t delivered);
+/* The snapshot just committed holds this session CLOSED (finished): restored
+ * from it, this side never needs its peer to resend or check anything.
+ * Reported to the peer, which may then let its own finished session go. */
+void core_durable_finished(struct core_session *c, uint64_t now);
 
 /* ---- lifecycle ---- */
 
@@ -267,9 +291,14 @@ void core_shutdown(struct core_session *c, uint64_t now);
  * CORE_LINGER_MAX_NS of suspension: nobody is left to report a failure to. */
 #define CORE_LINGER_MAX_NS ((uint64_t)120 * 1000000000)
 /* A closed session lingers until the peer is known to have all it needs
- * from us (every byte and both closes acknowledged, or shown by a resume),
- * at most CORE_LINGER_MAX_NS after it finished; a client resumes to tell a
- * server that does not answer.  Then it stays this long (like TCP's
+ * from us (every byte and both closes acknowledged, or shown by a resume)
+ * and, when the peer is durable, until the peer's last committed snapshot
+ * holds the session finished (so that no restore of the peer can come back
+ * to it behind the end), at most CORE_LINGER_MAX_NS after it finished; a
+ * client resumes to tell a server that does not answer.  Meanwhile a peer
+ * restored from an older snapshot resumes it like any suspended session
+ * (CLOSED -> CONNECTED): its resend and the check of its replay need what
+ * the session still retains.  Then it stays this long (like TCP's
  * TIME_WAIT) so that its own last acknowledgement can be repeated and a
  * peer that missed it can still resume and learn the outcome: long enough
  * for the peer to notice a lost transport and redial once. */
@@ -281,8 +310,13 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
 /* Whether two sides' resume states can be reconciled: 0, or TETHER_EWINDOW
  * when bytes one side lacks are no longer retained by the other, or when one
  * side rolled back behind what its peer delivered and the peer cannot check
- * the replay (it keeps no replay log that far back).
- * Symmetric, so both sides of a resume reach the same verdict. */
+ * the replay (it keeps no replay log that far back); TETHER_EDIVERGED when a
+ * side shut down writing below what its peer delivered.
+ * Symmetric, so both sides of a resume reach the same verdict -- except that
+ * `ours` also says where we know the peer's stream ends (peer_wr_closed,
+ * peer_wr_end, which do not travel): a peer that rolled back and now ends
+ * it elsewhere, or writes past it, diverged (TETHER_EDIVERGED), which only
+ * we can tell; our Reject, or our failed control datagrams, tell the peer. */
 int core_resume_check(const struct core_resume_state *ours, const struct core_resume_state *peer);
 /* Where tx's resend starts (see resume.c): rx's delivered count, or, after
  * tx rolled back behind it, the chunk boundary below tx's write position. */
@@ -294,8 +328,9 @@ uint64_t core_resume_from(const struct core_resume_state *tx, const struct core_
  * that missed our final acknowledgement finishes that way). */
 int core_on_resumed(struct core_session *c, uint64_t now,
                     const struct core_resume_state *peer);
-/* A CLOSED session stays CLOSED: a failure then only means that the peer's
- * session is gone (it needs nothing more from us). */
+/* A CLOSED session stays CLOSED, except after a divergent replay
+ * (TETHER_EDIVERGED): a failure then only means that the peer's session is
+ * gone (it needs nothing more from us). */
 void core_fail(struct core_session *c, int err);
 /* Whether the session needs no transport any more (both directions done). */
 bool core_finished(const struct core_session *c);

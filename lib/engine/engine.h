@@ -164,6 +164,7 @@ struct tether_session {
   struct {
     uint32_t capture; /* 0: unused */
     uint64_t sent, delivered;
+    bool finished; /* the session was CLOSED */
   } captured[4];
   unsigned next_captured;
   bool restored_unresumed; /* restored, not yet resumed: peer position unknown */

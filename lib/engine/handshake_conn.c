@@ -429,6 +429,8 @@ static int on_resume_finish(struct hs_conn *h, const Tether__Wire__ResumeFinish 
     session_fail(s, rc);
     LOG_WARN(h->ctx, "session %s: the two sides' streams cannot be reconciled: failed",
              session_tag(s->id, tag));
+    if (rc == TETHER_EDIVERGED)
+      return reject(h, TETHER__WIRE__REJECT__CODE__DIVERGED, "divergent replay", rc);
     return reject(h, TETHER__WIRE__REJECT__CODE__WINDOW, "streams cannot be reconciled", rc);
   }
   ours.rcvbuf_max = sock_rcvbuf_max(h->fd);

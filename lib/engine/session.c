@@ -203,6 +203,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   }
   c->sent = c->tx_pos = m->sent;
   c->peer_acked = m->peer_acked;
+  c->peer_delivered_max = m->peer_delivered_max;
   c->delivered = c->acked_delivered = m->delivered;
   c->wr_closed = m->wr_closed;
   c->rd_closed = m->rd_closed;
@@ -221,15 +222,23 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   c->resent = m->resent;
   c->reconnects = m->reconnects;
   c->rx_pos = c->delivered;
+  if (m->finished) {
+    /* It was CLOSED: both closes were acknowledged.  It closes again
+     * (core_on_transport_lost), and a client tells its server once more. */
+    c->peer_knows_wr = c->wr_closed;
+    c->peer_knows_rd = c->rd_closed;
+  }
   if (c->cfg.durable) { /* this very snapshot is durable */
     c->durable_sent = c->sent;
     c->durable_delivered = c->delivered;
+    c->durable_finished = m->finished;
   }
   if (m->peer_durable) {
     const Tether__Snap__ReplayLog *pl = m->replay_log;
     core_set_peer_durable(c);
     c->peer_durable_sent = m->peer_durable_sent;
     c->peer_durable_delivered = m->peer_durable_delivered;
+    c->peer_durable_finished = m->peer_durable_finished;
     struct replay_log *rl = &c->rlog;
     if (pl->n_hash && !(rl->hash = malloc(pl->n_hash * sizeof(*rl->hash)))) {
       session_destroy(s);
@@ -451,7 +460,10 @@ static void update_sock_ev(struct tether_session *s) {
   if (s->sock >= 0 && s->core.state != CORE_FAILED) {
     if (s->core.tx_pos < s->core.sent)
       want |= EV_WRITE;
-    if (s->app_closed && !core_at_eof(&s->core))
+    /* A replay is checked whatever the application does: one that read to
+     * the end may never read again, and the session cannot finish before
+     * the check does. */
+    if ((s->app_closed && !core_at_eof(&s->core)) || core_replay_pending(&s->core))
       want |= EV_READ;
   }
   if (want == s->sock_ev_flags && (!want || s->sock_ev_fd == s->sock))
@@ -469,13 +481,11 @@ static void update_sock_ev(struct tether_session *s) {
   s->sock_ev_fd = s->sock;
 }
 
-/* After the application closed: read and drop what still arrives, so the
- * peer's writes drain and its EOF is seen. */
-/* rx_lock held.  Reads bytes the application already has (the peer's
+/* rx_lock held (tx_lock too if tx_locked).  Reads bytes the application already has (the peer's
  * replay after it rolled back) and checks them instead of delivering them.
  * Returns recv's result; on a difference the session has failed, and the
  * peer is told at once so that it fails with the same error. */
-static ssize_t take_replay_locked(struct tether_session *s) {
+static ssize_t take_replay_locked(struct tether_session *s, bool tx_locked) {
   uint8_t scratch[16384];
   uint64_t want = core_replay_pending(&s->core);
   ssize_t n = recv(s->sock, scratch, want < sizeof(scratch) ? (size_t)want : sizeof(scratch),
@@ -484,14 +494,19 @@ static ssize_t take_replay_locked(struct tether_session *s) {
     char tag[17];
     LOG_WARN(s->ctx, "session %s: the peer's replay differs from what was delivered: failed",
              session_tag(s->id, tag));
-    pthread_mutex_lock(&s->tx_lock);
+    if (!tx_locked)
+      pthread_mutex_lock(&s->tx_lock);
     udp_send_ctl(s, now_ns());
-    pthread_mutex_unlock(&s->tx_lock);
+    if (!tx_locked)
+      pthread_mutex_unlock(&s->tx_lock);
     session_kick(s);
   }
   return n;
 }
 
+/* Engine thread, session_lock() held.  Checks the peer's replay whatever
+ * the application does; after the application closed, also reads and drops
+ * what still arrives, so the peer's writes drain and its EOF is seen. */
 static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
   for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
@@ -505,7 +520,7 @@ static void drain_locked(struct tether_session *s) {
       return;
     }
     if (core_replay_pending(&s->core)) {
-      ssize_t n = take_replay_locked(s);
+      ssize_t n = take_replay_locked(s, true); /* drain: session_lock() held */
       if (n > 0)
         continue;
       if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -513,6 +528,8 @@ static void drain_locked(struct tether_session *s) {
       session_suspend_locked(s, now_ns(), n == 0 ? "EOF during a replay" : strerror(errno));
       return;
     }
+    if (!s->app_closed)
+      return; /* new bytes are the application's to read */
     ssize_t n = recv(s->sock, buf, sizeof(buf), MSG_DONTWAIT);
     if (n > 0) {
       core_on_delivered(&s->core, buf, (size_t)n);
@@ -785,7 +802,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
         if ((n = session_take_finish_locked(s)) > 0)
           continue;
       } else if (core_replay_pending(c)) {
-        if ((n = take_replay_locked(s)) > 0)
+        if ((n = take_replay_locked(s, false)) > 0)
           continue;
       } else if ((n = recv(s->sock, buf, len, MSG_DONTWAIT)) > 0) {
         core_on_delivered(c, buf, (size_t)n);

@@ -62,9 +62,15 @@ static bool queued(const struct tether_ctx *ctx, const struct tether_session *s)
   return false;
 }
 
-/* Sessions a snapshot keeps: every one not yet finished or failed. */
+/* Sessions a snapshot keeps: every one not yet finished or failed, and a
+ * finished one while durable acknowledgements are in play: a durable side's
+ * snapshot of it CLOSED is what tells its peer that no restore will come
+ * back behind the end (core_durable_finished); a partner's, what lets it
+ * serve a durable peer that restores behind the end. */
 static bool worth_keeping(const struct tether_session *s) {
-  return !s->done && s->core.state != CORE_FAILED && s->core.state != CORE_CLOSED;
+  const struct core_session *k = &s->core;
+  return !s->done && k->state != CORE_FAILED &&
+         (k->state != CORE_CLOSED || k->cfg.durable || k->peer_durable);
 }
 
 /* The replay log as the snapshot keeps it (a copy: the session goes on). */
@@ -92,6 +98,7 @@ static void note_capture(struct tether_session *s, uint32_t id, uint64_t sent) {
   s->captured[i].capture = id;
   s->captured[i].sent = sent;
   s->captured[i].delivered = s->core.delivered;
+  s->captured[i].finished = s->core.state == CORE_CLOSED;
 }
 
 /* Where a lean capture puts a session's stream (see tether_snapshot_lean):
@@ -178,6 +185,9 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   m->peer_durable_sent = k->peer_durable_sent;
   m->peer_durable_delivered = min_u64(k->peer_durable_delivered, sent);
   m->retain_max = k->cfg.retain_max;
+  m->finished = k->state == CORE_CLOSED;
+  m->peer_durable_finished = k->peer_durable_finished;
+  m->peer_delivered_max = k->peer_delivered_max;
   return 0;
 }
 
@@ -278,6 +288,8 @@ int tether_snapshot_commit(tether_ctx *ctx, const void *blob, size_t len) {
       for (size_t i = 0; i < sizeof(s->captured) / sizeof(s->captured[0]); i++)
         if (s->captured[i].capture == id) {
           core_durable_commit(&s->core, now, s->captured[i].sent, s->captured[i].delivered);
+          if (s->captured[i].finished)
+            core_durable_finished(&s->core, now);
           session_kick(s); /* the engine reports it */
         }
       session_unlock(s);

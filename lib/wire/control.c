@@ -20,6 +20,7 @@ ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
   m.durable_sent = ctl->durable_sent;
   m.durable_delivered = ctl->durable_delivered;
   m.failed = ctl->failed;
+  m.durable_finished = ctl->durable_finished;
   size_t body = tether__wire__control__get_packed_size(&m);
   size_t total = CTL_HDR_LEN + body + MAC_LEN;
   if (total > cap || total > CTL_MAX)
@@ -59,6 +60,7 @@ int ctl_decode_body(const uint8_t *body, size_t len, struct core_ctl *out) {
   out->durable_sent = m->durable_sent;
   out->durable_delivered = m->durable_delivered;
   out->failed = m->failed;
+  out->durable_finished = m->durable_finished;
   tether__wire__control__free_unpacked(m, NULL);
   return out->seq ? 0 : -EPROTO; /* seq 0 is never sent */
 }

@@ -95,6 +95,11 @@ static const char *check_session(const Tether__Snap__Session *s, size_t n_listen
     return "durable counters beyond the stream";
   if (s->peer_durable != (s->replay_log != NULL))
     return "replay log";
+  if (s->finished && !((s->wr_closed || s->peer_rd_closed) &&
+                       ((s->peer_wr_closed && s->delivered >= s->peer_wr_end) || s->rd_closed)))
+    return "a finished session with a direction still open";
+  if (s->peer_durable_finished && !s->peer_durable)
+    return "durable flags";
   if (s->replay_log) {
     const Tether__Snap__ReplayLog *l = s->replay_log;
     if (!known(&l->base) || l->from % REPLAY_CHUNK || l->cur_len >= REPLAY_CHUNK ||

@@ -334,6 +334,81 @@ static void test_durable_lean_snapshot(void **state) {
   tether_ctx_free(p.sctx);
 }
 
+/* Waits until s reaches state st. */
+static void wait_state(tether_session *s, tether_state st) {
+  for (int i = 0; i < WAIT_MS / 10 && tether_session_state(s) != st; i++)
+    usleep(10000);
+  assert_int_equal(tether_session_state(s), st);
+}
+
+/* Reads until EOF (0) or an error; nothing else may arrive. */
+static int expect_eof(tether_session *s) {
+  char c;
+  for (;;) {
+    ssize_t r = tether_read(s, &c, 1);
+    if (r == -EAGAIN) {
+      if (io_wait(s, POLLIN) <= 0)
+        return -ETIMEDOUT;
+      continue;
+    }
+    assert_true(r <= 0);
+    return (int)r;
+  }
+}
+
+/* The client restarts from a snapshot taken before the end of a session
+ * that the server already considers CLOSED: the server still has it (its
+ * peer is durable and its last snapshot does not hold the end), reopens it,
+ * checks the replay of the client's last bytes and closes again. */
+static void rollback_after_close(const char *replay) {
+  struct pair p;
+  void *blob;
+  size_t len;
+  pair_open(&p);
+  snapshot_committed(p.cctx, &blob, &len);
+  send_str(p.cli, "bye");
+  assert_int_equal(tether_shutdown(p.cli), 0);
+  assert_int_equal(expect_str(p.srv, "bye"), 0);
+  assert_int_equal(expect_eof(p.srv), 0);
+  send_str(p.srv, "tail");
+  assert_int_equal(tether_shutdown(p.srv), 0);
+  assert_int_equal(expect_str(p.cli, "tail"), 0);
+  assert_int_equal(expect_eof(p.cli), 0);
+  wait_state(p.srv, TETHER_STATE_CLOSED);
+  tether_ctx_free(p.cctx); /* the client "crashes" after the end */
+  p.cctx = restore(blob, len);
+  p.cli = only_session(p.cctx);
+  send_str(p.cli, replay); /* the restored application's replay */
+  assert_int_equal(tether_shutdown(p.cli), 0);
+  if (!strcmp(replay, "bye")) {
+    /* The server resends what the client forgot, and its end. */
+    assert_int_equal(expect_str(p.cli, "tail"), 0);
+    assert_int_equal(expect_eof(p.cli), 0);
+    wait_state(p.cli, TETHER_STATE_CLOSED);
+    wait_state(p.srv, TETHER_STATE_CLOSED);
+  } else {
+    /* The reopened server checks the replay: both fail (the server's
+     * application, at its end of stream already, keeps reading EOF). */
+    wait_state(p.srv, TETHER_STATE_FAILED);
+    assert_int_equal(tether_session_error(p.srv), TETHER_EDIVERGED);
+    wait_state(p.cli, TETHER_STATE_FAILED);
+    assert_int_equal(expect_str(p.cli, "tail"), TETHER_EDIVERGED);
+  }
+  free(blob);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+}
+
+static void test_durable_rollback_after_close(void **state) {
+  (void)state;
+  rollback_after_close("bye");
+}
+
+static void test_durable_rollback_after_close_diverges(void **state) {
+  (void)state;
+  rollback_after_close("BYE");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_durable_client_rollback, durable_on, durable_off),
@@ -341,6 +416,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_durable_server_rollback, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_durable_both_rollback, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_durable_lean_snapshot, durable_on, durable_off),
+      cmocka_unit_test_setup_teardown(test_durable_rollback_after_close, durable_on, durable_off),
+      cmocka_unit_test_setup_teardown(test_durable_rollback_after_close_diverges, durable_on,
+                                      durable_off),
       cmocka_unit_test(test_client_restore),
       cmocka_unit_test(test_server_restore),
       cmocka_unit_test(test_stale_snapshot_refused),

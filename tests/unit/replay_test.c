@@ -365,6 +365,232 @@ static void test_durable_retention(void **state) {
   core_clear(&r);
 }
 
+/* A durable ack that arrives while the reader is SUSPENDED must not trim the
+ * replay log below where the pending resume's replay starts: the writer may
+ * already have resumed (from the reader's point of view, its handshake is
+ * still to come) and committed a later snapshot, while the state its
+ * handshake carries is that of its rollback. */
+static void test_durable_ack_while_suspended_keeps_log(void **state) {
+  (void)state;
+  struct core_session w, r, live;
+  pair(&w, &r);
+  write_pat(&w, 3000, UINT64_MAX);
+  deliver_pat(&r, 3000);
+  assert_int_equal(replay_log_start(&r.rlog), 0);
+  /* The writer restored a snapshot taken at 1000; its handshake says so. */
+  core_clear(&w);
+  core_init(&w, &cfg_durable, CORE_CLIENT, T0, 1000, 500);
+  core_set_peer_durable(&w);
+  write_pat(&w, 1000, UINT64_MAX);
+  core_durable_commit(&w, T0, w.sent, w.delivered);
+  core_on_transport_lost(&w, T0);
+  struct core_resume_state ws, rs;
+  core_resume_state(&w, &ws);
+  /* Meanwhile a datagram of a later epoch, sent after a snapshot at 3000. */
+  struct core_ctl ctl;
+  memset(&ctl, 0, sizeof(ctl));
+  ctl.seq = (uint64_t)1 << 40;
+  ctl.sent = 3000;
+  ctl.durable_sent = 3000;
+  bool reply;
+  core_on_transport_lost(&r, T0);
+  assert_int_equal(r.state, CORE_SUSPENDED);
+  /* The same datagram trims a connected reader's log (the check below would
+   * then be refused): what the SUSPENDED case must not do. */
+  memcpy(&live, &r, sizeof(live));
+  live.state = CORE_CONNECTED;
+  live.rlog.hash = malloc(r.rlog.cap * sizeof(*r.rlog.hash));
+  assert_non_null(live.rlog.hash);
+  memcpy(live.rlog.hash, r.rlog.hash, r.rlog.n * sizeof(*r.rlog.hash));
+  live.ret.buf = NULL; /* (the reader wrote nothing) */
+  assert_int_equal(core_on_ctl(&live, T0 + 1, &ctl, &reply), 0);
+  assert_int_equal(replay_log_start(&live.rlog), 2048);
+  replay_log_clear(&live.rlog);
+
+  assert_int_equal(core_on_ctl(&r, T0 + 1, &ctl, &reply), 0);
+  assert_int_equal(r.peer_durable_sent, 3000);
+  assert_int_equal(replay_log_start(&r.rlog), 0); /* kept */
+  core_resume_state(&r, &rs);
+  assert_int_equal(core_resume_check(&ws, &rs), 0);
+  assert_int_equal(core_on_resumed(&w, T0 + 2, &rs), 0);
+  assert_int_equal(core_on_resumed(&r, T0 + 2, &ws), 0);
+  assert_int_equal(r.rx_pos, 0);
+  assert_int_equal(core_replay_pending(&r), 3000);
+  /* The whole replay is checked: what the writer resends, then writes. */
+  assert_int_equal(carry(&w, &r), 0);
+  assert_int_equal(write_pat_to(&w, 2000, UINT64_MAX, &r), 0);
+  assert_int_equal(core_replay_pending(&r), 0);
+  assert_int_equal(r.state, CORE_CONNECTED);
+  assert_int_equal(r.delivered, 3000);
+  core_clear(&w);
+  core_clear(&r);
+}
+
+/* A rolled-back writer's stream may not end anywhere but where it ended
+ * before, nor below what its reader delivered (tether(7), Consistency
+ * model): both are divergent replays. */
+static void test_rolled_back_end_diverges(void **state) {
+  (void)state;
+  struct core_session w, r;
+  struct core_ctl ctl;
+  bool reply;
+  /* Shut down below what the reader delivered: a datagram says so. */
+  pair(&w, &r);
+  write_pat(&w, 3000, UINT64_MAX);
+  deliver_pat(&r, 3000);
+  rollback_and_resume(&w, &r, 2000);
+  assert_int_equal(carry(&w, &r), 0);
+  core_shutdown(&w, T0);
+  core_build_ctl(&w, T0, &ctl);
+  assert_true(ctl.write_closed);
+  assert_int_equal(core_on_ctl(&r, T0, &ctl, &reply), 0);
+  assert_int_equal(r.state, CORE_FAILED);
+  assert_int_equal(r.error, TETHER_EDIVERGED);
+  assert_true(reply);
+  core_build_ctl(&r, T0, &ctl);
+  assert_int_equal(core_on_ctl(&w, T0, &ctl, &reply), 0);
+  assert_int_equal(w.error, TETHER_EDIVERGED);
+  core_clear(&w);
+  core_clear(&r);
+
+  /* The reader knew the end (3000); the restored writer shut down at 2500:
+   * its resume says so, and the check refuses it on both sides. */
+  pair(&w, &r);
+  write_pat(&w, 3000, UINT64_MAX);
+  deliver_pat(&r, 3000);
+  core_shutdown(&w, T0);
+  core_build_ctl(&w, T0, &ctl);
+  assert_int_equal(core_on_ctl(&r, T0, &ctl, &reply), 0);
+  assert_true(r.peer_wr_closed);
+  assert_int_equal(r.peer_wr_end, 3000);
+  core_clear(&w);
+  core_init(&w, &cfg_durable, CORE_CLIENT, T0, 1000, 500);
+  core_set_peer_durable(&w);
+  write_pat(&w, 2500, UINT64_MAX);
+  core_shutdown(&w, T0);
+  core_on_transport_lost(&w, T0);
+  core_on_transport_lost(&r, T0);
+  struct core_resume_state ws, rs;
+  core_resume_state(&w, &ws);
+  core_resume_state(&r, &rs);
+  assert_int_equal(core_resume_check(&rs, &ws), TETHER_EDIVERGED);
+  assert_int_equal(core_on_resumed(&r, T0, &ws), TETHER_EDIVERGED);
+  assert_int_equal(r.error, TETHER_EDIVERGED);
+  /* Ending at the same offset again is no divergence. */
+  core_clear(&w);
+  core_init(&w, &cfg_durable, CORE_CLIENT, T0, 1000, 500);
+  core_set_peer_durable(&w);
+  write_pat(&w, 3000, UINT64_MAX);
+  core_shutdown(&w, T0);
+  core_resume_state(&w, &ws);
+  rs.peer_wr_closed = true;
+  rs.peer_wr_end = 3000;
+  assert_int_equal(core_resume_check(&rs, &ws), 0);
+  /* Writing past the known end is. */
+  w.wr_closed = false;
+  write_pat(&w, 10, UINT64_MAX);
+  core_resume_state(&w, &ws);
+  assert_int_equal(core_resume_check(&rs, &ws), TETHER_EDIVERGED);
+  core_clear(&w);
+  core_clear(&r);
+}
+
+/* Control datagrams both ways, a few rounds (as heartbeats and replies). */
+static void talk(struct core_session *a, struct core_session *b, uint64_t now) {
+  for (int i = 0; i < 3; i++) {
+    struct core_ctl ctl;
+    bool reply;
+    core_build_ctl(a, now, &ctl);
+    (void)core_on_ctl(b, now, &ctl, &reply);
+    core_build_ctl(b, now, &ctl);
+    (void)core_on_ctl(a, now, &ctl, &reply);
+  }
+}
+
+/* Both applications wrote, read everything and closed: both CLOSED. */
+static void close_pair(struct core_session *w, struct core_session *r) {
+  pair(w, r);
+  write_pat(w, 2000, UINT64_MAX);
+  deliver_pat(r, 2000);
+  core_close(w, T0);
+  core_close(r, T0);
+  talk(w, r, T0);
+  assert_int_equal(w->state, CORE_CLOSED);
+  assert_int_equal(r->state, CORE_CLOSED);
+}
+
+/* Gap 1 of issue 3: with a durable peer a CLOSED session is not done (freed)
+ * until the peer's committed snapshot holds the session finished (and, when
+ * durable itself, its own) -- at most CORE_LINGER_MAX_NS -- and keeps what
+ * a restore of the peer needs. */
+static void test_closed_waits_for_durable_finish(void **state) {
+  (void)state;
+  struct core_session w, r;
+  close_pair(&w, &r);
+  uint64_t tw = CORE_TIME_WAIT_NS(&w);
+  assert_int_equal(core_on_timer(&w, T0 + tw + 1, 0) & CORE_ACT_DONE, 0);
+  assert_true(w.ret.base == 0); /* r's snapshot (delivered 0) needs it all */
+  /* The reader's snapshot of the finished session becomes durable. */
+  core_durable_commit(&r, T0 + 2, r.sent, r.delivered);
+  core_durable_finished(&r, T0 + 2);
+  talk(&r, &w, T0 + 2);
+  assert_true(w.peer_durable_finished);
+  /* w is durable too: it also waits for its own snapshot of the end (freed
+   * before, a restore of an older one would come back to a peer that may
+   * have let go), and then repeats the report for TIME_WAIT. */
+  assert_int_equal(core_on_timer(&w, T0 + 2 + tw, 0) & CORE_ACT_DONE, 0);
+  core_durable_commit(&w, T0 + 3, w.sent, w.delivered);
+  core_durable_finished(&w, T0 + 3);
+  struct core_ctl ctl;
+  core_build_ctl(&w, T0 + 3, &ctl);
+  assert_true(ctl.durable_finished);
+  assert_int_equal(core_on_timer(&w, T0 + 3 + tw - 1, 0) & CORE_ACT_DONE, 0);
+  assert_true(core_on_timer(&w, T0 + 3 + tw, 0) & CORE_ACT_DONE);
+  /* Without it, the linger cap still ends it. */
+  assert_int_equal(core_on_timer(&r, T0 + 2 + tw, 0) & CORE_ACT_DONE, 0);
+  assert_true(core_on_timer(&r, T0 + CORE_LINGER_MAX_NS, 0) & CORE_ACT_DONE);
+  core_clear(&w);
+  core_clear(&r);
+}
+
+/* A peer restored from before the end resumes the CLOSED session: it is
+ * reopened, resends what the peer lacks, and closes again. */
+static void test_closed_reopened_by_rollback(void **state) {
+  (void)state;
+  struct core_session w, r;
+  close_pair(&w, &r);
+  /* The reader restores a snapshot taken when it had delivered 1000. */
+  core_clear(&r);
+  core_init(&r, &cfg_durable, CORE_SERVER, T0, 1000, 500);
+  core_set_peer_durable(&r);
+  deliver_pat(&r, 1000);
+  core_durable_commit(&r, T0, 0, 1000);
+  r.tx_seq = (uint64_t)1 << 40; /* a new epoch's control numbers */
+  core_on_transport_lost(&r, T0);
+  struct core_resume_state ws, rs;
+  core_resume_state(&w, &ws);
+  core_resume_state(&r, &rs);
+  assert_int_equal(core_resume_check(&ws, &rs), 0);
+  assert_int_equal(core_on_resumed(&w, T0 + 1, &rs), 0);
+  assert_int_equal(w.state, CORE_CONNECTED);
+  assert_int_equal(w.tx_pos, 1000);
+  assert_int_equal(core_on_resumed(&r, T0 + 1, &ws), 0);
+  assert_true(r.peer_wr_closed);
+  assert_int_equal(r.peer_wr_end, 2000);
+  assert_int_equal(carry(&w, &r), 0);
+  assert_int_equal(r.delivered, 2000);
+  core_close(&r, T0 + 2);
+  talk(&w, &r, T0 + 2);
+  assert_int_equal(w.state, CORE_CLOSED);
+  assert_int_equal(r.state, CORE_CLOSED);
+  /* An up-to-date peer's resume only exchanges final states. */
+  core_resume_state(&r, &rs);
+  assert_int_equal(core_on_resumed(&w, T0 + 3, &rs), 0);
+  assert_int_equal(w.state, CORE_CLOSED);
+  core_clear(&w);
+  core_clear(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hash_split_invariant),
@@ -376,6 +602,10 @@ int main(void) {
       cmocka_unit_test(test_durable_replay_partial_chunk),
       cmocka_unit_test(test_rollback_without_durable_refused),
       cmocka_unit_test(test_durable_retention),
+      cmocka_unit_test(test_durable_ack_while_suspended_keeps_log),
+      cmocka_unit_test(test_rolled_back_end_diverges),
+      cmocka_unit_test(test_closed_waits_for_durable_finish),
+      cmocka_unit_test(test_closed_reopened_by_rollback),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -345,12 +345,29 @@ static void test_ctl_close_flags(void **state) {
   assert_int_equal(on_ctl(&c, T0, &k), 0);
   assert_true(c.peer_wr_closed);
   assert_int_equal(c.peer_wr_end, 700);
-  /* The end, once known, does not move. */
-  k = peer_ctl(&c);
+  /* The end, once known, does not move: a peer that (after a rollback)
+   * announces another one, or writes past it, diverged. */
+  for (int past = 0; past < 2; past++) {
+    struct core_session d;
+    init(&d, CORE_SERVER);
+    k = peer_ctl(&d);
+    k.write_closed = true;
+    k.sent = 700;
+    assert_int_equal(on_ctl(&d, T0, &k), 0);
+    k = peer_ctl(&d);
+    k.write_closed = !past;
+    k.sent = 900;
+    assert_int_equal(on_ctl(&d, T0, &k), 0);
+    assert_int_equal(d.peer_wr_end, 700);
+    assert_int_equal(d.state, CORE_FAILED);
+    assert_int_equal(d.error, TETHER_EDIVERGED);
+    core_clear(&d);
+  }
+  k = peer_ctl(&c); /* the same end again is fine */
   k.write_closed = true;
-  k.sent = 900;
+  k.sent = 700;
   assert_int_equal(on_ctl(&c, T0, &k), 0);
-  assert_int_equal(c.peer_wr_end, 700);
+  assert_int_equal(c.state, CORE_CONNECTED);
   /* Our control messages acknowledge it. */
   struct core_ctl out;
   core_build_ctl(&c, T0, &out);

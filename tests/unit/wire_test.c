@@ -473,6 +473,10 @@ static struct core_ctl sample_ctl(void) {
       .ack_read_closed = false,
       .want_reply = true,
       .rcvbuf_max = 6 << 20,
+      .durable_sent = 7ull << 32,
+      .durable_delivered = (7ull << 32) + 1,
+      .durable_finished = true,
+      .failed = 10004,
   };
   return c;
 }
@@ -487,6 +491,10 @@ static void ctl_equal(const struct core_ctl *a, const struct core_ctl *b) {
   assert_int_equal(a->ack_read_closed, b->ack_read_closed);
   assert_int_equal(a->want_reply, b->want_reply);
   assert_int_equal(a->rcvbuf_max, b->rcvbuf_max);
+  assert_int_equal(a->durable_sent, b->durable_sent);
+  assert_int_equal(a->durable_delivered, b->durable_delivered);
+  assert_int_equal(a->durable_finished, b->durable_finished);
+  assert_int_equal(a->failed, b->failed);
 }
 
 static void test_ctl_round_trip(void **state) {
@@ -506,12 +514,13 @@ static void test_ctl_round_trip(void **state) {
   assert_int_equal(ctl_open(dg, (size_t)n, key, &out), 0);
   ctl_equal(&in, &out);
   /* Every flag combination round-trips. */
-  for (unsigned f = 0; f < 32; f++) {
+  for (unsigned f = 0; f < 64; f++) {
     in.write_closed = f & 1;
     in.read_closed = f & 2;
     in.ack_write_closed = f & 4;
     in.ack_read_closed = f & 8;
     in.want_reply = f & 16;
+    in.durable_finished = f & 32;
     in.seq = f + 1;
     n = ctl_seal(id, &in, key, dg, sizeof(dg));
     assert_true(n > 0);
