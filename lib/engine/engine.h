@@ -169,6 +169,15 @@ struct tether_session {
   unsigned next_captured;
   bool restored_unresumed; /* restored, not yet resumed: peer position unknown */
   int hup_sock; /* the socket in ctx->hup_ep, -1: none (engine thread) */
+  /* A control datagram that arrived while a writer held tx_lock (in send):
+   * the latest, for the writer to apply when done, or the engine at its
+   * next turn.  Set under rx_lock; ctl_deferred also read atomically. */
+  struct {
+    struct core_ctl ctl;
+    struct sockaddr_storage from;
+    socklen_t fromlen;
+  } deferred;
+  bool ctl_deferred;
 
   /* Server, no pre-shared key: the client's ClientFinish still heads the
    * socket (see on_client_hello); read and checked before any byte.  NULL

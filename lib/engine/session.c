@@ -451,6 +451,7 @@ static void flush_pending_locked(struct tether_session *s) {
 }
 
 static void on_sock(evutil_socket_t fd, short what, void *arg);
+static void apply_deferred_locked(struct tether_session *s);
 
 /* The engine watches the socket only when it has work there: a resend to
  * push (EV_WRITE), or bytes to discard after the application closed
@@ -606,6 +607,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
   bool destroy;
   session_lock(s);
+  apply_deferred_locked(s);
   settle(s, &destroy);
   session_unlock(s);
   report_state(s);
@@ -615,9 +617,10 @@ static void on_kick(evutil_socket_t fd, short what, void *arg) {
 
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
-  uint64_t now = now_ns();
   bool destroy;
   session_lock(s);
+  apply_deferred_locked(s); /* before the timers: it may be a heartbeat */
+  uint64_t now = now_ns();
   unsigned act = core_on_timer(&s->core, now, random_u32());
   if (act & CORE_ACT_SUSPEND)
     session_suspend_locked(s, now, "no heartbeat within suspend_ms");
@@ -696,17 +699,10 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
     session_destroy(s);
 }
 
-void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
-                    const struct sockaddr *from, socklen_t fromlen) {
-  bool reply, destroy;
-  uint64_t now = now_ns();
-  char tag[17];
-  LOG_DEBUG(s->ctx, "session %s: control #%llu: delivered %llu sent %llu%s%s%s%s",
-            session_tag(s->id, tag), (unsigned long long)ctl->seq,
-            (unsigned long long)ctl->delivered, (unsigned long long)ctl->sent,
-            ctl->write_closed ? " write-closed" : "", ctl->read_closed ? " read-closed" : "",
-            ctl->ack_write_closed ? " ack-write" : "", ctl->ack_read_closed ? " ack-read" : "");
-  session_lock(s);
+/* Both locks held: what an authenticated datagram says. */
+static void apply_ctl_locked(struct tether_session *s, const struct core_ctl *ctl,
+                             const struct sockaddr *from, socklen_t fromlen, uint64_t now) {
+  bool reply;
   if (core_on_ctl(&s->core, now, ctl, &reply) == 0) {
     /* The server answers wherever the client's authenticated datagrams come
      * from: NAT rebinding and address changes need no handshake. */
@@ -717,6 +713,61 @@ void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
     if (reply)
       udp_send_ctl(s, now);
   }
+}
+
+/* Both locks held: applies a datagram that waited for a writer. */
+static void apply_deferred_locked(struct tether_session *s) {
+  if (!s->ctl_deferred)
+    return;
+  __atomic_store_n(&s->ctl_deferred, false, __ATOMIC_RELAXED);
+  apply_ctl_locked(s, &s->deferred.ctl, (struct sockaddr *)&s->deferred.from,
+                   s->deferred.fromlen, now_ns());
+}
+
+/* Writer thread, tx_lock held, after a write: applies a datagram the
+ * engine left for it, if the reading side is free (else the engine does,
+ * kicked).  The engine is kicked when the datagram changed the state. */
+static void writer_takes_deferred(struct tether_session *s) {
+  if (pthread_mutex_trylock(&s->rx_lock) != 0) {
+    session_kick(s);
+    return;
+  }
+  enum core_state before = s->core.state;
+  apply_deferred_locked(s);
+  bool changed = s->core.state != before;
+  pthread_mutex_unlock(&s->rx_lock);
+  if (changed)
+    session_kick(s);
+}
+
+void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
+                    const struct sockaddr *from, socklen_t fromlen) {
+  bool destroy;
+  char tag[17];
+  LOG_DEBUG(s->ctx, "session %s: control #%llu: delivered %llu sent %llu%s%s%s%s",
+            session_tag(s->id, tag), (unsigned long long)ctl->seq,
+            (unsigned long long)ctl->delivered, (unsigned long long)ctl->sent,
+            ctl->write_closed ? " write-closed" : "", ctl->read_closed ? " read-closed" : "",
+            ctl->ack_write_closed ? " ack-write" : "", ctl->ack_read_closed ? " ack-read" : "");
+  pthread_mutex_lock(&s->rx_lock);
+  if (pthread_mutex_trylock(&s->tx_lock) != 0) {
+    /* A writer is in send(): waiting would stall the engine, and have the
+     * writer wake it after each of its writes while it holds on.  Control
+     * messages are cumulative: keep the latest for the writer to apply. */
+    if (!s->ctl_deferred || ctl->seq > s->deferred.ctl.seq) {
+      s->deferred.ctl = *ctl;
+      s->deferred.fromlen = fromlen <= sizeof(s->deferred.from) ? fromlen : 0;
+      memcpy(&s->deferred.from, from, s->deferred.fromlen);
+      __atomic_store_n(&s->ctl_deferred, true, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&s->rx_lock);
+    /* ... or the engine itself, soon, should the writer be gone by then. */
+    struct timeval soon = {0, 1000};
+    evtimer_add(s->timer, &soon);
+    return;
+  }
+  apply_deferred_locked(s); /* an older one first: it may still count */
+  apply_ctl_locked(s, ctl, from, fromlen, now_ns());
   settle(s, &destroy);
   session_unlock(s);
   report_state(s);
@@ -891,6 +942,8 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
         ssize_t w = send(s->sock, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w > 0) {
           core_on_written(c, buf, (size_t)w);
+          if (__atomic_load_n(&s->ctl_deferred, __ATOMIC_ACQUIRE))
+            writer_takes_deferred(s);
           pthread_mutex_unlock(&s->tx_lock);
           return w;
         }
