@@ -195,14 +195,13 @@ void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc) {
     hs_conn_free(h);
     return;
   }
-  if (rc == TETHER_ESESSIONGONE || rc == TETHER_EVERSION || rc == TETHER_EWINDOW ||
-      rc == TETHER_EDIVERGED) {
+  if (redial_err_final(rc)) {
     LOG_WARN(s->ctx, "session %s: server refused to resume: %s", session_tag(s->id, tag),
              tether_strerror(rc));
     session_fail(s, rc);
   } else if (rc == TETHER_EAUTH) {
-    LOG_WARN(s->ctx, "session %s: redial reached a server that cannot prove the session key; "
-             "retrying", session_tag(s->id, tag));
+    LOG_WARN(s->ctx, "session %s: redial failed authentication: %s; retrying",
+             session_tag(s->id, tag), h->why ? h->why : "");
   } else {
     LOG_DEBUG(s->ctx, "session %s: redial failed: %s (%s)", session_tag(s->id, tag),
               tether_strerror(rc), h->why ? h->why : "");

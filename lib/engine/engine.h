@@ -230,6 +230,9 @@ struct hs_conn {
   const char *why;
   bool finish_later; /* server: done before the ClientFinish; its MAC: */
   uint8_t finish_mac[MAC_LEN];
+  /* Server, resume: the key that MACs our Reject (see hs_reject_mac). */
+  bool reject_keyed;
+  uint8_t reject_key[KEY_LEN];
 };
 
 #define HS_DONE 1
@@ -288,6 +291,12 @@ void session_unlock(struct tether_session *s);
 /* ---- client side (client.c) ---- */
 
 void client_redial(struct tether_session *s);
+/* Whether a redial's error ends the session (the server's verdict) rather
+ * than calling for another attempt. */
+static inline bool redial_err_final(int err) {
+  return err == TETHER_ESESSIONGONE || err == TETHER_EVERSION || err == TETHER_EWINDOW ||
+         err == TETHER_EDIVERGED;
+}
 void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc);
 
 /* ---- server side (listener.c) ---- */

@@ -89,13 +89,19 @@ static int flush(struct hs_conn *h) {
   return 0;
 }
 
-/* Tells the peer why we stop (best effort), and returns err. */
+/* Tells the peer why we stop (best effort), and returns err.  A server's
+ * Reject of a resume carries a MAC when it has a key for one. */
 static int reject(struct hs_conn *h, Tether__Wire__Reject__Code code, const char *reason,
                   int err) {
   Tether__Wire__Reject rj = TETHER__WIRE__REJECT__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
+  uint8_t mac[MAC_LEN];
   rj.code = code;
   rj.reason = (char *)reason;
+  if (h->kind == HS_SERVER && h->reject_keyed &&
+      hs_reject_mac(h->reject_key, (uint32_t)code, h->t.session_id, h->nonce_c, h->nonce_s,
+                    mac) == 0)
+    rj.mac = (ProtobufCBinaryData){MAC_LEN, mac};
   m.msg_case = TETHER__WIRE__HANDSHAKE__MSG_REJECT;
   m.reject = &rj;
   h->out_len = h->out_off = 0;
@@ -382,12 +388,19 @@ static int on_resume_hello(struct hs_conn *h, const Tether__Wire__ResumeHello *r
   if (!s) {
     LOG_INFO(h->ctx, "resume for unknown session %s refused",
              session_tag(h->t.session_id, tag));
+    /* Without the session's key only a pre-shared key can vouch for us. */
+    memset(h->nonce_s, 0, NONCE_LEN);
+    h->reject_keyed = h->ctx->cfg.psk_len > 0 &&
+                      hs_psk_reject_key(h->ctx->cfg.psk, h->ctx->cfg.psk_len, h->reject_key) == 0;
     return reject(h, TETHER__WIRE__REJECT__CODE__UNKNOWN_SESSION, "unknown session",
                   TETHER_ESESSIONGONE);
   }
   if (crypto_random(h->nonce_s, NONCE_LEN) < 0 ||
       hs_resume_mac(s->keys.resume_s, "challenge", s->id, h->nonce_c, h->nonce_s, NULL, mac) < 0)
     return -EIO;
+  /* Kept for our Rejects of this attempt: the session may end before them. */
+  memcpy(h->reject_key, s->keys.resume_s, KEY_LEN);
+  h->reject_keyed = true;
   Tether__Wire__ResumeChallenge ch = TETHER__WIRE__RESUME_CHALLENGE__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
   ch.nonce = (ProtobufCBinaryData){NONCE_LEN, h->nonce_s};
@@ -450,11 +463,47 @@ static int on_resume_finish(struct hs_conn *h, const Tether__Wire__ResumeFinish 
 
 /* ---- the driver ---- */
 
-static int on_frame(struct hs_conn *h, const hs_msg *m) {
-  if (m->msg_case == TETHER__WIRE__HANDSHAKE__MSG_REJECT) {
-    h->why = "peer rejected the handshake";
-    return reject_code_to_err(m->reject->code);
+/* Client, resume: whether the server's Reject proves it comes from the
+ * server that holds the session (after its challenge verified) or one that
+ * knows our pre-shared key. */
+static bool reject_authentic(struct hs_conn *h, const Tether__Wire__Reject *rj) {
+  uint8_t key[KEY_LEN], zeros[NONCE_LEN] = {0}, mac[MAC_LEN];
+  const uint8_t *nonce_s = h->nonce_s;
+  if (rj->mac.len != MAC_LEN)
+    return false;
+  if (h->step == S_AWAIT_ACCEPT)
+    memcpy(key, h->session->keys.resume_s, KEY_LEN);
+  else if (h->ctx->cfg.psk_len == 0 ||
+           hs_psk_reject_key(h->ctx->cfg.psk, h->ctx->cfg.psk_len, key) < 0)
+    return false;
+  else
+    nonce_s = zeros;
+  bool ok = hs_reject_mac(key, (uint32_t)rj->code, h->session->id, h->nonce_c, nonce_s, mac) == 0 &&
+            mac_equal(mac, rj->mac.data);
+  wipe(key, sizeof(key));
+  return ok;
+}
+
+/* A Reject.  During a resume one that would end the session counts only if
+ * it is authentic -- or, before the server proved it holds the session,
+ * when there is no pre-shared key that could make it so (then setup was
+ * unauthenticated too: see tether(7), SECURITY).  Any other is a failed
+ * attempt, retried like a refused connection. */
+static int on_reject(struct hs_conn *h, const Tether__Wire__Reject *rj) {
+  int err = reject_code_to_err(rj->code);
+  h->why = "peer rejected the handshake";
+  if (h->kind != HS_CLIENT_RESUME || reject_authentic(h, rj))
+    return err;
+  if (redial_err_final(err) && (h->step == S_AWAIT_ACCEPT || h->ctx->cfg.psk_len > 0)) {
+    h->why = "ignored a Reject without a valid MAC (forged?)";
+    return TETHER_EAUTH;
   }
+  return err;
+}
+
+static int on_frame(struct hs_conn *h, const hs_msg *m) {
+  if (m->msg_case == TETHER__WIRE__HANDSHAKE__MSG_REJECT)
+    return on_reject(h, m->reject);
   switch (h->step) {
   case S_AWAIT_SERVER_HELLO:
     if (m->msg_case == TETHER__WIRE__HANDSHAKE__MSG_SERVER_HELLO)

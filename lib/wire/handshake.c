@@ -202,6 +202,29 @@ int hs_resume_mac(const uint8_t key[KEY_LEN], const char *label,
   return hmac_parts(key, parts, sizeof(parts) / sizeof(parts[0]), out);
 }
 
+int hs_reject_mac(const uint8_t key[KEY_LEN], uint32_t code, const uint8_t id[SESSION_ID_LEN],
+                  const uint8_t nonce_c[NONCE_LEN], const uint8_t nonce_s[NONCE_LEN],
+                  uint8_t out[MAC_LEN]) {
+  uint8_t c[4] = {(uint8_t)(code >> 24), (uint8_t)(code >> 16), (uint8_t)(code >> 8),
+                  (uint8_t)code};
+  struct buf_part parts[] = {
+      {"reject", sizeof("reject")}, /* with its NUL, as hs_resume_mac's labels */
+      {c, sizeof(c)},
+      {id, SESSION_ID_LEN},
+      {nonce_c, NONCE_LEN},
+      {nonce_s, NONCE_LEN},
+  };
+  return hmac_parts(key, parts, sizeof(parts) / sizeof(parts[0]), out);
+}
+
+int hs_psk_reject_key(const uint8_t *psk, size_t psk_len, uint8_t out[KEY_LEN]) {
+  struct buf_part parts[] = {
+      {"tether/1 reject", sizeof("tether/1 reject")},
+      {psk, psk_len},
+  };
+  return sha256_parts(parts, sizeof(parts) / sizeof(parts[0]), out);
+}
+
 void hs_state_to_pb(const struct core_resume_state *st, Tether__Wire__ResumeState *pb) {
   tether__wire__resume_state__init(pb);
   pb->delivered = st->delivered;

@@ -68,6 +68,16 @@ int hs_resume_mac(const uint8_t key[KEY_LEN], const char *label,
                   const uint8_t nonce_s[NONCE_LEN], const struct core_resume_state *st,
                   uint8_t out[MAC_LEN]) __attribute__((warn_unused_result));
 
+/* MAC of a server's Reject of a resume: "reject" || code || id || nonce_c ||
+ * nonce_s, under k_resume_s or the pre-shared key's reject key. */
+int hs_reject_mac(const uint8_t key[KEY_LEN], uint32_t code, const uint8_t id[SESSION_ID_LEN],
+                  const uint8_t nonce_c[NONCE_LEN], const uint8_t nonce_s[NONCE_LEN],
+                  uint8_t out[MAC_LEN]) __attribute__((warn_unused_result));
+/* The key under which a server that does not know a session (it has no
+ * session key) MACs its Reject: SHA-256("tether/1 reject" || psk). */
+int hs_psk_reject_key(const uint8_t *psk, size_t psk_len, uint8_t out[KEY_LEN])
+    __attribute__((warn_unused_result));
+
 void hs_state_to_pb(const struct core_resume_state *st, Tether__Wire__ResumeState *pb);
 void hs_state_from_pb(const Tether__Wire__ResumeState *pb, struct core_resume_state *st);
 

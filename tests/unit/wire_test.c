@@ -261,6 +261,15 @@ static void test_hs_reject(void **state) {
   hs_msg *d = round_trip(&m);
   assert_int_equal(d->reject->code, TETHER__WIRE__REJECT__CODE__UNKNOWN_SESSION);
   assert_string_equal(d->reject->reason, "unknown session");
+  assert_int_equal(d->reject->mac.len, 0);
+  hs_free(d);
+  /* With a MAC (a server's Reject of a resume). */
+  uint8_t mac[MAC_LEN];
+  fill(mac, sizeof(mac), 7);
+  rj.mac = (ProtobufCBinaryData){MAC_LEN, mac};
+  d = round_trip(&m);
+  assert_int_equal(d->reject->mac.len, MAC_LEN);
+  assert_memory_equal(d->reject->mac.data, mac, MAC_LEN);
   hs_free(d);
 }
 
@@ -709,6 +718,41 @@ static void test_resume_mac(void **state) {
   assert_int_equal(hs_resume_mac(key, "challenge", id, nc, ns, NULL, m3), 0);
 }
 
+static void test_reject_mac(void **state) {
+  (void)state;
+  uint8_t key[KEY_LEN], id[SESSION_ID_LEN], nc[NONCE_LEN], ns[NONCE_LEN];
+  uint8_t m1[MAC_LEN], m2[MAC_LEN];
+  fill(key, sizeof(key), 50);
+  fill(id, sizeof(id), 51);
+  fill(nc, sizeof(nc), 52);
+  fill(ns, sizeof(ns), 53);
+  assert_int_equal(hs_reject_mac(key, 3, id, nc, ns, m1), 0);
+  assert_int_equal(hs_reject_mac(key, 3, id, nc, ns, m2), 0);
+  assert_true(mac_equal(m1, m2));
+  /* The code is covered: a MACed Reject{AUTH} is no Reject{UNKNOWN_SESSION}. */
+  assert_int_equal(hs_reject_mac(key, 4, id, nc, ns, m2), 0);
+  assert_false(mac_equal(m1, m2));
+  /* So are the client's nonce (no replay to a later attempt) and the id. */
+  nc[0] ^= 1;
+  assert_int_equal(hs_reject_mac(key, 3, id, nc, ns, m2), 0);
+  assert_false(mac_equal(m1, m2));
+  nc[0] ^= 1;
+  id[0] ^= 1;
+  assert_int_equal(hs_reject_mac(key, 3, id, nc, ns, m2), 0);
+  assert_false(mac_equal(m1, m2));
+  id[0] ^= 1;
+  /* A resume MAC under the same key never doubles as a Reject's. */
+  assert_int_equal(hs_resume_mac(key, "reject", id, nc, ns, NULL, m2), 0);
+  assert_false(mac_equal(m1, m2));
+  /* The pre-shared key's reject key depends on every byte of the key. */
+  uint8_t k1[KEY_LEN], k2[KEY_LEN];
+  assert_int_equal(hs_psk_reject_key((const uint8_t *)"secret-a", 8, k1), 0);
+  assert_int_equal(hs_psk_reject_key((const uint8_t *)"secret-b", 8, k2), 0);
+  assert_memory_not_equal(k1, k2, KEY_LEN);
+  assert_int_equal(hs_psk_reject_key((const uint8_t *)"secret-a", 8, k2), 0);
+  assert_memory_equal(k1, k2, KEY_LEN);
+}
+
 static void test_transcript_hash(void **state) {
   (void)state;
   struct hs_transcript t;
@@ -739,6 +783,7 @@ int main(void) {
       cmocka_unit_test(test_hs_resume_challenge),
       cmocka_unit_test(test_hs_resume_finish_accept),
       cmocka_unit_test(test_hs_reject),
+      cmocka_unit_test(test_reject_mac),
       cmocka_unit_test(test_hs_encode_preface_and_limits),
       cmocka_unit_test(test_hs_decode_rejects),
       cmocka_unit_test(test_hs_reader_exact),
