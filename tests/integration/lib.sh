@@ -438,3 +438,65 @@ netns_pair() {
 kill_tcp() {
   ss -K -H -tn dst "$1" dport = ":$2" 2>/dev/null || true
 }
+
+# duplex_kill_test NAME SRV_IN SRV_OUT SRV_CMD_ARRAY CLI_IN CLI_OUT CLI_CMD_ARRAY:
+# the preload's streaming test for a program NAME that copies its input to a
+# TCP peer and the peer's bytes to its output.  Both ends run under
+# tether-run (the commands, given as names of arrays, include it), on $port
+# (set by the caller before building the commands), and stream 8 MiB of
+# random bytes each way at once, throttled to 2 MiB/s so the transfer lasts
+# ~4 s, while the live TCP connection is killed (ss -K) every 0.4 s.  The
+# server reads $TMP/s_fifo and writes $TMP/s_out, the client $TMP/c_fifo and
+# $TMP/c_out: through the spawn's stdin/stdout (SRV_IN, SRV_OUT, ...) or its
+# own options (then "-" and /dev/null).  Expect: both directions byte-exact,
+# both ends exit 0, the server's log shows at least 5 resumes.
+duplex_kill_test() {
+  local name=$1 srv_in=$2 srv_out=$3 cli_in=$5 cli_out=$6
+  local -n srv_cmd=$4 cli_cmd=$7
+  local size=$((8 * 1024 * 1024)) rate=$((2 * 1024 * 1024)) kills_wanted=5
+  export TETHER_RECONNECT_MAX_MS=200 TETHER_PROBE_MS=1000
+
+  random_file "$TMP/c_in" "$size"
+  random_file "$TMP/s_in" "$size"
+  spawn "$TMP/s_in" "$TMP/s_fifo" "$TMP/s_throttle.err" "${THROTTLE[@]}" "$rate" 65536
+  TETHER_LOG=info spawn "$srv_in" "$srv_out" "$TMP/server.log" "${srv_cmd[@]}"
+  local server=$BG_PID
+  wait_listen "$server" "$port"
+  spawn "$TMP/c_in" "$TMP/c_fifo" "$TMP/c_throttle.err" "${THROTTLE[@]}" "$rate" 65536
+  TETHER_LOG=info spawn "$cli_in" "$cli_out" "$TMP/client.log" "${cli_cmd[@]}"
+  local client=$BG_PID
+  log "transfer of 2 x $size bytes started (server $server, client $client, port $port)"
+  wait_size "$TMP/c_out" $((128 * 1024)) 20000 "$client"
+
+  duplex_killer() {
+    local i killed n=0
+    for ((i = 0; i < 40; i++)); do
+      sleep 0.4
+      killed=$(kill_tcp 127.0.0.1 "$port")
+      if [ -n "$killed" ]; then
+        n=$((n + 1))
+        echo "kill $n at $(file_size "$TMP/c_out") / $(file_size "$TMP/s_out"): $killed"
+      fi
+      [ "$(file_size "$TMP/c_out")" -ge "$size" ] && [ "$(file_size "$TMP/s_out")" -ge "$size" ] && break
+    done
+    return 0
+  }
+  spawn - "$TMP/killer.log" "$TMP/killer.err" duplex_killer
+  local killer_pid=$BG_PID
+
+  wait_exit "$client" 60000 || fail "client $name still running after 60 s"
+  local crc=$WAIT_RC
+  wait_exit "$server" 10000 || fail "server $name still running 10 s after the client ended"
+  local src=$WAIT_RC
+  stop "$killer_pid"
+  local kills resumes
+  kills=$(grep -c '^kill ' "$TMP/killer.log" || true)
+  resumes=$(state_lines "$TMP/server.log" "$RE_RESUMED" | wc -l)
+  log "connections killed: $kills; server resumes: $resumes"
+  [ "$crc" -eq 0 ] || fail "client $name exited with $crc"
+  [ "$src" -eq 0 ] || fail "server $name exited with $src"
+  assert_same_file "$TMP/c_in" "$TMP/s_out" "client -> server"
+  assert_same_file "$TMP/s_in" "$TMP/c_out" "server -> client"
+  [ "$resumes" -ge "$kills_wanted" ] || fail "only $resumes resumes (wanted $kills_wanted; $kills kills)"
+  pass
+}

@@ -1,65 +1,18 @@
 #!/usr/bin/env bash
 # socat under tether-run on both ends, streaming 8 MiB of random bytes in
-# each direction at once (throttled to 2 MiB/s so the transfer lasts ~4 s)
-# while the live TCP connection is killed (ss -K) every 0.4 s.  socat closes
-# its listening socket after the first accept: resumes must get through
-# anyway.  Expect: both directions byte-exact, both socats exit 0, the
-# server's log shows the session resumed at least 5 times.
+# each direction at once while the live TCP connection is killed every 0.4 s
+# (see duplex_kill_test in lib.sh).  socat closes its listening socket after
+# the first accept: resumes must get through anyway.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
 require_tools TETHER_RUN
 command -v socat >/dev/null || skip "socat not installed"
 
-SIZE=$((8 * 1024 * 1024))
-RATE=$((2 * 1024 * 1024))
-KILLS_WANTED=5
-export TETHER_RECONNECT_MAX_MS=200 TETHER_PROBE_MS=1000
-
-random_file "$TMP/c_in" "$SIZE"
-random_file "$TMP/s_in" "$SIZE"
 mkfifo "$TMP/c_fifo" "$TMP/s_fifo"
 port=$(free_port)
-
-spawn "$TMP/s_in" "$TMP/s_fifo" "$TMP/s_throttle.err" "${THROTTLE[@]}" "$RATE" 65536
-TETHER_LOG=info spawn - /dev/null "$TMP/server.log" "$TETHER_RUN" -- socat -t 100 \
-  "TCP-LISTEN:$port,reuseaddr" "OPEN:$TMP/s_fifo,rdonly!!OPEN:$TMP/s_out,wronly,creat,trunc"
-server=$BG_PID
-wait_listen "$server" "$port"
-spawn "$TMP/c_in" "$TMP/c_fifo" "$TMP/c_throttle.err" "${THROTTLE[@]}" "$RATE" 65536
-TETHER_LOG=info spawn - /dev/null "$TMP/client.log" "$TETHER_RUN" -- socat -t 100 \
-  "OPEN:$TMP/c_fifo,rdonly!!OPEN:$TMP/c_out,wronly,creat,trunc" "TCP:127.0.0.1:$port"
-client=$BG_PID
-log "transfer of 2 x $SIZE bytes started (server $server, client $client, port $port)"
-wait_size "$TMP/c_out" $((128 * 1024)) 20000 "$client"
-
-killer() {
-  local i killed n=0
-  for ((i = 0; i < 40; i++)); do
-    sleep 0.4
-    killed=$(kill_tcp 127.0.0.1 "$port")
-    if [ -n "$killed" ]; then
-      n=$((n + 1))
-      echo "kill $n at $(file_size "$TMP/c_out") / $(file_size "$TMP/s_out"): $killed"
-    fi
-    [ "$(file_size "$TMP/c_out")" -ge "$SIZE" ] && [ "$(file_size "$TMP/s_out")" -ge "$SIZE" ] && break
-  done
-  return 0
-}
-spawn - "$TMP/killer.log" "$TMP/killer.err" killer
-killer_pid=$BG_PID
-
-wait_exit "$client" 60000 || fail "client socat still running after 60 s"
-crc=$WAIT_RC
-wait_exit "$server" 10000 || fail "server socat still running 10 s after the client ended"
-src=$WAIT_RC
-stop "$killer_pid"
-kills=$(grep -c '^kill ' "$TMP/killer.log" || true)
-resumes=$(state_lines "$TMP/server.log" "$RE_RESUMED" | wc -l)
-log "connections killed: $kills; server resumes: $resumes"
-[ "$crc" -eq 0 ] || fail "client socat exited with $crc"
-[ "$src" -eq 0 ] || fail "server socat exited with $src"
-assert_same_file "$TMP/c_in" "$TMP/s_out" "client -> server"
-assert_same_file "$TMP/s_in" "$TMP/c_out" "server -> client"
-[ "$resumes" -ge "$KILLS_WANTED" ] || fail "only $resumes resumes (wanted $KILLS_WANTED; $kills kills)"
-pass
+server_cmd=("$TETHER_RUN" -- socat -t 100 "TCP-LISTEN:$port,reuseaddr"
+  "OPEN:$TMP/s_fifo,rdonly!!OPEN:$TMP/s_out,wronly,creat,trunc")
+client_cmd=("$TETHER_RUN" -- socat -t 100
+  "OPEN:$TMP/c_fifo,rdonly!!OPEN:$TMP/c_out,wronly,creat,trunc" "TCP:127.0.0.1:$port")
+duplex_kill_test socat - /dev/null server_cmd - /dev/null client_cmd
