@@ -13,6 +13,8 @@ nc -h 2>&1 | grep -q -- '-N' || skip "nc is not netcat-openbsd"
 
 mkfifo "$TMP/c_fifo" "$TMP/s_fifo"
 port=$(free_port)
+# shellcheck disable=SC2034 # both arrays are passed by name
 server_cmd=("$TETHER_RUN" -- nc -N -l 127.0.0.1 "$port")
+# shellcheck disable=SC2034
 client_cmd=("$TETHER_RUN" -- nc -N 127.0.0.1 "$port")
 duplex_kill_test nc "$TMP/s_fifo" "$TMP/s_out" server_cmd "$TMP/c_fifo" "$TMP/c_out" client_cmd
