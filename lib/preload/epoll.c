@@ -16,13 +16,6 @@
 #include "engine.h"
 #include "preload.h"
 
-#define EXPORT __attribute__((visibility("default")))
-#define READY() \
-  do { \
-    if (__builtin_expect(!real.pthread_create, 0)) \
-      real_init(); \
-  } while (0)
-
 /* At most this many events per call (epoll_wait may always return fewer). */
 #define EP_BATCH 256
 

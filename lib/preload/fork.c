@@ -53,7 +53,6 @@
 #include "engine.h"
 #include "preload.h"
 
-#define EXPORT __attribute__((visibility("default")))
 #define RELAY_BUF 65536
 /* How long a child waits for its parent's answer to a claim. */
 #define CLAIM_WAIT_MS 5000

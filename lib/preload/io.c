@@ -17,13 +17,6 @@
 #include "engine.h"
 #include "preload.h"
 
-#define EXPORT __attribute__((visibility("default")))
-#define READY() \
-  do { \
-    if (__builtin_expect(!real.pthread_create, 0)) \
-      real_init(); \
-  } while (0)
-
 /* The psock behind fd when its data path is tether's (or must wait for a
  * connect to end), else NULL: the call goes to libc. */
 static inline struct psock *data_ps(int fd) {

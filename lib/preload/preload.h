@@ -98,6 +98,7 @@ struct real_fns {
   int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
   int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
   ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
+  long (*syscall)(long, ...);
   ssize_t (*preadv2)(int, const struct iovec *, int, off_t, int);
   ssize_t (*pwritev2)(int, const struct iovec *, int, off_t, int);
   int (*pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
@@ -112,6 +113,15 @@ struct real_fns {
 extern struct real_fns real;
 /* Resolves every pointer (idempotent; also run by the constructor). */
 void real_init(void);
+
+/* An interposed libc entry point, and how each begins: a call may come
+ * before our constructor ran (from another library's). */
+#define EXPORT __attribute__((visibility("default")))
+#define READY() \
+  do { \
+    if (__builtin_expect(!real.pthread_create, 0)) \
+      real_init(); \
+  } while (0)
 
 /* Set while tether's own code runs on this thread. */
 extern __thread int tp_inside __attribute__((tls_model("initial-exec")));

@@ -28,7 +28,7 @@ void real_init(void) {
   R(recvmsg); R(sendmsg); R(sendfile); R(close); R(shutdown); R(dup); R(dup2); R(dup3);
   R(fcntl); R(ioctl); R(getsockopt); R(setsockopt); R(getpeername); R(getsockname);
   R(poll); R(ppoll); R(select); R(pselect); R(epoll_create); R(epoll_create1); R(epoll_ctl);
-  R(epoll_wait); R(epoll_pwait); R(recvmmsg); R(sendmmsg); R(splice); R(preadv2); R(pwritev2);
+  R(epoll_wait); R(epoll_pwait); R(recvmmsg); R(sendmmsg); R(splice); R(syscall); R(preadv2); R(pwritev2);
   R(execve); R(execv); R(execvp); R(execvpe); R(fexecve); R(_exit); R(_Exit);
 #undef R
   /* Newer than some libcs: optional. */

@@ -15,13 +15,6 @@
 #include "engine.h"
 #include "preload.h"
 
-#define EXPORT __attribute__((visibility("default")))
-#define READY() \
-  do { \
-    if (__builtin_expect(!real.pthread_create, 0)) \
-      real_init(); \
-  } while (0)
-
 static struct psock *tracked(int fd) {
   if (tp_inside)
     return NULL;

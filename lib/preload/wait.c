@@ -20,13 +20,6 @@
 #include "engine.h"
 #include "preload.h"
 
-#define EXPORT __attribute__((visibility("default")))
-#define READY() \
-  do { \
-    if (__builtin_expect(!real.pthread_create, 0)) \
-      real_init(); \
-  } while (0)
-
 static struct tether_session *session_of(int fd) {
   struct psock *ps = fdt_get(fd);
   return ps && ps->kind == PS_SESSION ? ps->s : NULL;

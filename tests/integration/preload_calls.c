@@ -34,6 +34,10 @@
  *             stays (no thread, no descriptor)
  *   handshake_kill  new sessions set up while every connection is reset
  *             every millisecond: none fails
+ *   syscall   syscall(SYS_write/SYS_read/SYS_sendto/SYS_recvfrom/SYS_dup/
+ *             SYS_close) on a session, across a resume: the same bytes as
+ *             the named calls; syscall(SYS_io_uring_setup) is reported
+ *             (preload_calls.sh looks for the warning)
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
@@ -52,6 +56,7 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -702,6 +707,63 @@ static bool t_handshake_kill(void) {
   return true;
 }
 
+/* Writes len bytes with syscall(SYS_write) or, if to_send, SYS_sendto. */
+static bool sys_write_all(int fd, const uint8_t *p, size_t len, bool to_send) {
+  while (len) {
+    long w = to_send ? syscall(SYS_sendto, fd, p, len, 0, NULL, 0) : syscall(SYS_write, fd, p, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return false;
+    p += w;
+    len -= (size_t)w;
+  }
+  return true;
+}
+
+static bool sys_read_all(int fd, uint8_t *p, size_t len, bool from_recv) {
+  while (len) {
+    long r = from_recv ? syscall(SYS_recvfrom, fd, p, len, 0, NULL, NULL)
+                       : syscall(SYS_read, fd, p, len);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return false;
+    p += r;
+    len -= (size_t)r;
+  }
+  return true;
+}
+
+static bool t_syscall(void) {
+  static uint8_t out[1 << 16], in[1 << 16];
+  int fd = dial();
+  CHECK(fd >= 0, "connect: %s", strerror(errno));
+  for (int round = 0; round < 4; round++) {
+    bool sock_calls = round & 1;
+    for (size_t i = 0; i < sizeof(out); i++)
+      out[i] = pat((uint64_t)round << 16 | i);
+    CHECK(sys_write_all(fd, out, sizeof(out), sock_calls), "round %d: write: %s", round,
+          strerror(errno));
+    if (round == 1)
+      kill_conns(port); /* the echo of what was just written comes after a resume */
+    CHECK(sys_read_all(fd, in, sizeof(in), sock_calls), "round %d: read: %s", round,
+          strerror(errno));
+    CHECK(memcmp(in, out, sizeof(in)) == 0, "round %d: the echo differs", round);
+  }
+  long d = syscall(SYS_dup, fd);
+  CHECK(d >= 0, "SYS_dup: %s", strerror(errno));
+  CHECK(syscall(SYS_close, fd) == 0, "SYS_close: %s", strerror(errno));
+  CHECK(echo((int)d, 1000, 77), "echo on the SYS_dup copy after SYS_close of the original");
+  close((int)d);
+  /* Whatever the kernel says (io_uring may be disabled), tether warns. */
+  uint8_t params[120] = {0}; /* struct io_uring_params */
+  long ring = syscall(SYS_io_uring_setup, 1, params);
+  if (ring >= 0)
+    close((int)ring);
+  return true;
+}
+
 static const struct {
   const char *name;
   bool (*fn)(void);
@@ -710,7 +772,7 @@ static const struct {
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
     {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
-    {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
+    {"syscall", t_syscall},   {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
 };
 
 int main(int argc, char **argv) {

@@ -4,7 +4,8 @@
 # -D_FILE_OFFSET_BITS=64), against the epoll echo server under tether-run:
 # MSG_PEEK, SO_RCVTIMEO, SO_SNDTIMEO, sendfile/sendfile64, the fortified
 # __read_chk/__recv_chk/__recvfrom_chk/__poll_chk/__ppoll_chk, fcntl64,
-# close_range/closefrom, fork, exec, vfork, sendmmsg/recvmmsg, a non-blocking connect
+# close_range/closefrom, fork, exec, vfork, sendmmsg/recvmmsg, syscall(2)
+# with the data calls and io_uring_setup, a non-blocking connect
 # closed early, closed listeners released, sessions set up while every
 # connection is reset each millisecond, each across
 # connections reset (ss -K) by the program at the moments that matter.
@@ -35,7 +36,9 @@ wait_exit "$calls" 90000 || fail "preload_calls still running after 90 s: $(tail
 rc=$WAIT_RC
 while read -r line; do log "$line"; done <"$TMP/calls.out"
 [ "$rc" -eq 0 ] || fail "$rc test(s) failed: $(grep '^not ok' "$TMP/calls.out")"
-[ "$(grep -c "^ok " "$TMP/calls.out")" -eq 14 ] || fail "not every test ran"
+[ "$(grep -c "^ok " "$TMP/calls.out")" -eq 15 ] || fail "not every test ran"
+grep -q "uses io_uring, which tether cannot see" "$TMP/calls.log" ||
+  fail "no warning about io_uring_setup through syscall(3)"
 alive "$server" || fail "the echo server died"
 stop "$server"
 ! grep -q VIOLATION "$TMP/server.log" || fail "server: $(grep -m3 VIOLATION "$TMP/server.log")"
