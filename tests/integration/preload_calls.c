@@ -103,33 +103,32 @@ static void kill_conns(int p) {
 
 static uint8_t pat(uint64_t i) { return (uint8_t)(i * 131 + (i >> 9) * 7 + 3); }
 
-static bool write_all(int fd, const void *buf, size_t len) {
-  const char *p = buf;
+/* One transfer call: read or write len bytes at buf, as read(2) does. */
+typedef long (*io_fn)(int fd, void *buf, size_t len);
+
+static long io_read(int fd, void *buf, size_t len) { return read(fd, buf, len); }
+static long io_write(int fd, void *buf, size_t len) { return write(fd, buf, len); }
+
+/* Moves all len bytes with op, retrying after EINTR. */
+static bool io_all(io_fn op, int fd, void *buf, size_t len) {
+  char *p = buf;
   while (len) {
-    ssize_t w = write(fd, p, len);
-    if (w < 0 && errno == EINTR)
+    long n = op(fd, p, len);
+    if (n < 0 && errno == EINTR)
       continue;
-    if (w <= 0)
+    if (n <= 0)
       return false;
-    p += w;
-    len -= (size_t)w;
+    p += n;
+    len -= (size_t)n;
   }
   return true;
 }
 
-static bool read_all(int fd, void *buf, size_t len) {
-  char *p = buf;
-  while (len) {
-    ssize_t r = read(fd, p, len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return false;
-    p += r;
-    len -= (size_t)r;
-  }
-  return true;
+static bool write_all(int fd, const void *buf, size_t len) {
+  return io_all(io_write, fd, (void *)buf, len);
 }
+
+static bool read_all(int fd, void *buf, size_t len) { return io_all(io_read, fd, buf, len); }
 
 /* n bytes there and back, checked. */
 static bool echo(int fd, size_t n, uint64_t seed) {
@@ -707,32 +706,14 @@ static bool t_handshake_kill(void) {
   return true;
 }
 
-/* Writes len bytes with syscall(SYS_write) or, if to_send, SYS_sendto. */
-static bool sys_write_all(int fd, const uint8_t *p, size_t len, bool to_send) {
-  while (len) {
-    long w = to_send ? syscall(SYS_sendto, fd, p, len, 0, NULL, 0) : syscall(SYS_write, fd, p, len);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return false;
-    p += w;
-    len -= (size_t)w;
-  }
-  return true;
+/* The same transfers through syscall(2). */
+static long sys_read(int fd, void *buf, size_t len) { return syscall(SYS_read, fd, buf, len); }
+static long sys_write(int fd, void *buf, size_t len) { return syscall(SYS_write, fd, buf, len); }
+static long sys_recvfrom(int fd, void *buf, size_t len) {
+  return syscall(SYS_recvfrom, fd, buf, len, 0, NULL, NULL);
 }
-
-static bool sys_read_all(int fd, uint8_t *p, size_t len, bool from_recv) {
-  while (len) {
-    long r = from_recv ? syscall(SYS_recvfrom, fd, p, len, 0, NULL, NULL)
-                       : syscall(SYS_read, fd, p, len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return false;
-    p += r;
-    len -= (size_t)r;
-  }
-  return true;
+static long sys_sendto(int fd, void *buf, size_t len) {
+  return syscall(SYS_sendto, fd, buf, len, 0, NULL, 0);
 }
 
 static bool t_syscall(void) {
@@ -743,12 +724,12 @@ static bool t_syscall(void) {
     bool sock_calls = round & 1;
     for (size_t i = 0; i < sizeof(out); i++)
       out[i] = pat((uint64_t)round << 16 | i);
-    CHECK(sys_write_all(fd, out, sizeof(out), sock_calls), "round %d: write: %s", round,
-          strerror(errno));
+    CHECK(io_all(sock_calls ? sys_sendto : sys_write, fd, out, sizeof(out)), "round %d: write: %s",
+          round, strerror(errno));
     if (round == 1)
       kill_conns(port); /* the echo of what was just written comes after a resume */
-    CHECK(sys_read_all(fd, in, sizeof(in), sock_calls), "round %d: read: %s", round,
-          strerror(errno));
+    CHECK(io_all(sock_calls ? sys_recvfrom : sys_read, fd, in, sizeof(in)), "round %d: read: %s",
+          round, strerror(errno));
     CHECK(memcmp(in, out, sizeof(in)) == 0, "round %d: the echo differs", round);
   }
   long d = syscall(SYS_dup, fd);
