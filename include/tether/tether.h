@@ -103,6 +103,11 @@ typedef enum tether_option {
   TETHER_OPT_RETAIN_MAX_BYTES,     /* most bytes a session holds for a durable
                                       peer (writers wait beyond it); default
                                       64 MiB; env TETHER_RETAIN_MAX_BYTES */
+  TETHER_OPT_READ_SPIN_US,         /* a blocking tether_read whose recent
+                                      waits were short polls this long
+                                      before it sleeps (0: never; only
+                                      with more than one CPU); default 50;
+                                      env TETHER_READ_SPIN_US */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

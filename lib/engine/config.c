@@ -15,6 +15,7 @@ void config_defaults(struct tether_config *cfg) {
   cfg->connect_timeout_ms = 10000;
   cfg->log_level = TETHER_LOG_WARN;
   cfg->retain_max = TETHER_RETAIN_MAX_DEFAULT;
+  cfg->read_spin_us = 50;
 }
 
 tether_config *tether_config_new(void) {
@@ -54,6 +55,9 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_RETAIN_MAX_BYTES:
     *lo = 64 * 1024, *hi = (int64_t)1 << 40;
     return 0;
+  case TETHER_OPT_READ_SPIN_US:
+    *lo = 0, *hi = 1000;
+    return 0;
   }
   return -EINVAL;
 }
@@ -71,6 +75,7 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_LOG_LEVEL: cfg->log_level = (int)value; break;
   case TETHER_OPT_DURABLE: cfg->durable = value != 0; break;
   case TETHER_OPT_RETAIN_MAX_BYTES: cfg->retain_max = (uint64_t)value; break;
+  case TETHER_OPT_READ_SPIN_US: cfg->read_spin_us = (uint32_t)value; break;
   }
   return 0;
 }
@@ -87,6 +92,7 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_LOG_LEVEL: *value = cfg->log_level; return 0;
   case TETHER_OPT_DURABLE: *value = cfg->durable; return 0;
   case TETHER_OPT_RETAIN_MAX_BYTES: *value = (int64_t)cfg->retain_max; return 0;
+  case TETHER_OPT_READ_SPIN_US: *value = cfg->read_spin_us; return 0;
   }
   return -EINVAL;
 }
@@ -124,6 +130,7 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_LOG", TETHER_OPT_LOG_LEVEL},
       {"TETHER_DURABLE", TETHER_OPT_DURABLE},
       {"TETHER_RETAIN_MAX_BYTES", TETHER_OPT_RETAIN_MAX_BYTES},
+      {"TETHER_READ_SPIN_US", TETHER_OPT_READ_SPIN_US},
   };
   tether_config tmp;
   if (!cfg)

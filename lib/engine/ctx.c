@@ -1,6 +1,7 @@
 /* The context: configuration, the engine thread and its event loop, and the
  * registry of sessions by id. */
 #include <errno.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -176,6 +177,10 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
       return -EINVAL;
     }
   }
+  /* Spinning pays only where the bytes come from another CPU. */
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 1)
+    ctx->read_spin_ns = (uint64_t)ctx->cfg.read_spin_us * 1000;
   pthread_mutex_init(&ctx->lock, NULL);
   ctx->base = event_base_new();
   ctx->stop_ev = ctx->base ? event_new(ctx->base, -1, 0, on_stop, ctx) : NULL;

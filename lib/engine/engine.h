@@ -36,6 +36,7 @@ struct tether_config {
   int log_level;
   bool durable;        /* this side may restart from snapshots */
   uint64_t retain_max; /* retention cap for a durable peer */
+  uint32_t read_spin_us; /* see tether_read's wait_readable */
   uint8_t psk[PSK_MAX];
   size_t psk_len;
   tether_state_cb state_cb;
@@ -68,6 +69,7 @@ struct udp_chan {
 
 struct tether_ctx {
   struct tether_config cfg;
+  uint64_t read_spin_ns; /* cfg.read_spin_us, or 0 on a single CPU */
   struct event_base *base;
   pthread_t thread;
   bool thread_started;
@@ -131,6 +133,7 @@ struct tether_session {
   int app_kind; /* what app_fd refers to now: an APP_FD_* value */
   int hold_w; /* the WAIT pipe's write end while app_fd is its read end */
   bool nonblocking;
+  bool read_spin; /* the last blocking wait to read was short: spin first */
   bool app_closed; /* the application let go: the engine owns it */
   bool done;       /* closed, finished and past TIME_WAIT: free it */
   /* Sockets taken out of service (shut down) but not yet closed: only the

@@ -820,6 +820,29 @@ static int wait_fd(int fd, short events) {
   return 0;
 }
 
+/* Blocks until the session's number may be readable.  A reader whose last
+ * wait was short first polls for up to ctx->read_spin_ns without sleeping:
+ * in a bulk transfer the next bytes are microseconds away, and a reader that
+ * sleeps between them has the writer's kernel wake it for each (on a
+ * virtual machine, an interrupt to an idle CPU every time), which slows the
+ * writer more than the spin costs the reader.  A wait longer than the spin
+ * turns spinning off until a wait is short again, so an idle session sleeps
+ * at once.  Returns 0 or -EINTR. */
+static int wait_readable(struct tether_session *s) {
+  uint64_t spin = s->ctx->read_spin_ns, start = spin ? now_ns() : 0;
+  if (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) {
+    struct pollfd p = {.fd = s->app_fd, .events = POLLIN};
+    do {
+      if (poll(&p, 1, 0) > 0)
+        return 0;
+    } while (now_ns() - start < spin);
+  }
+  int rc = wait_fd(s->app_fd, POLLIN);
+  if (spin)
+    __atomic_store_n(&s->read_spin, now_ns() - start < spin, __ATOMIC_RELAXED);
+  return rc;
+}
+
 static int transport_error(int err) {
   return err == ECONNRESET || err == EPIPE || err == ETIMEDOUT || err == EHOSTUNREACH ||
          err == ENETUNREACH || err == ECONNABORTED || err == ENOTCONN || err == ENETDOWN ||
@@ -886,7 +909,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
     pthread_mutex_unlock(&s->rx_lock);
     if (s->nonblocking)
       return -EAGAIN;
-    if (wait_fd(s->app_fd, POLLIN) < 0)
+    if (wait_readable(s) < 0)
       return -EINTR;
     app_fd_fixup(s);
     pthread_mutex_lock(&s->rx_lock);

@@ -119,6 +119,35 @@ static uint64_t mono_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* The blocking reader's spin (tether(7), Application bytes) for programs
+ * that wait in poll or select: how long to poll without sleeping first.
+ * Nonzero when a session the program waits to read from had a short last
+ * wait, and the context spins at all (*spins: its read_spin_ns). */
+static uint64_t read_spin(const struct pollfd *fds, nfds_t n, uint64_t *spins) {
+  uint64_t spin = 0;
+  *spins = 0;
+  for (nfds_t i = 0; i < n; i++) {
+    struct tether_session *s = session_of(fds[i].fd);
+    if (!s || !(fds[i].events & POLLIN) || !s->ctx->read_spin_ns)
+      continue;
+    *spins = s->ctx->read_spin_ns;
+    if (__atomic_load_n(&s->read_spin, __ATOMIC_RELAXED))
+      spin = *spins;
+  }
+  return spin;
+}
+
+/* After a wait that began at `start`: a session became readable within the
+ * spin (spin next time) or not (sleep at once next time). */
+static void note_read_waits(const struct pollfd *fds, nfds_t n, uint64_t start, uint64_t spins) {
+  bool short_wait = now_ns() - start < spins;
+  for (nfds_t i = 0; i < n; i++) {
+    struct tether_session *s = session_of(fds[i].fd);
+    if (s && (fds[i].events & POLLIN))
+      __atomic_store_n(&s->read_spin, short_wait && (fds[i].revents & POLLIN), __ATOMIC_RELAXED);
+  }
+}
+
 /* Runs `call` (a poll or ppoll with the given timeout in ms, -1 = none)
  * until it has a truthful answer or times out. */
 static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
@@ -140,9 +169,14 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
   if (!any)
     return call(fds, n, timeout_ms, arg);
   uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
+  uint64_t spins = 0, spin = timeout_ms != 0 ? read_spin(fds, n, &spins) : 0;
+  uint64_t start = spins ? now_ns() : 0;
   for (;;) {
-    int rc = call(fds, n, timeout_ms, arg);
-    if (rc <= 0) {
+    bool spinning = spin && now_ns() - start < spin;
+    int rc = call(fds, n, spinning ? 0 : timeout_ms, arg);
+    if (rc < 0 || (rc == 0 && !spinning)) {
+      if (rc == 0 && spins)
+        note_read_waits(fds, n, start, spins);
       restore_events(fds, n);
       return rc;
     }
@@ -160,9 +194,13 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
         rc--;
     }
     if (rc > 0 || timeout_ms == 0) {
+      if (spins && timeout_ms != 0)
+        note_read_waits(fds, n, start, spins);
       restore_events(fds, n);
       return rc;
     }
+    if (spinning)
+      continue;
     if (timeout_ms > 0) {
       uint64_t now = mono_ms();
       if (now >= deadline) {

@@ -38,6 +38,10 @@
  *             SYS_close) on a session, across a resume: the same bytes as
  *             the named calls; syscall(SYS_io_uring_setup) is reported
  *             (preload_calls.sh looks for the warning)
+ *   spin      poll on a session spins after short waits (TETHER_READ_SPIN_US,
+ *             1000 in preload_calls.sh), and a run of long waits spins at
+ *             most once: 20 waits of 20 ms cost the thread well under
+ *             20 x 1 ms of CPU
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
@@ -745,6 +749,34 @@ static bool t_syscall(void) {
   return true;
 }
 
+static uint64_t thread_cpu_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static bool t_spin(void) {
+  int fd = dial();
+  CHECK(fd >= 0, "connect: %s", strerror(errno));
+  for (int i = 0; i < 50; i++) { /* short waits: polls spin from now on */
+    char c = 's', r;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK(write(fd, &c, 1) == 1, "write: %s", strerror(errno));
+    CHECK(poll(&p, 1, 5000) == 1 && (p.revents & POLLIN), "poll for the echo");
+    CHECK(read(fd, &r, 1) == 1 && r == c, "read the echo");
+  }
+  uint64_t cpu = thread_cpu_us();
+  for (int i = 0; i < 20; i++) { /* nothing comes: 20 waits of 20 ms */
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK(poll(&p, 1, 20) == 0, "poll: nothing should be readable");
+  }
+  cpu = thread_cpu_us() - cpu;
+  close(fd);
+  CHECK(cpu < 10000, "20 waits of 20 ms took %llu us of CPU (a 1 ms spin before each: 20000)",
+        (unsigned long long)cpu);
+  return true;
+}
+
 static const struct {
   const char *name;
   bool (*fn)(void);
@@ -753,7 +785,8 @@ static const struct {
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
     {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
-    {"syscall", t_syscall},   {"listeners", t_listeners}, {"handshake_kill", t_handshake_kill},
+    {"syscall", t_syscall},   {"spin", t_spin},         {"listeners", t_listeners},
+    {"handshake_kill", t_handshake_kill},
 };
 
 int main(int argc, char **argv) {

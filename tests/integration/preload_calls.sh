@@ -5,7 +5,7 @@
 # MSG_PEEK, SO_RCVTIMEO, SO_SNDTIMEO, sendfile/sendfile64, the fortified
 # __read_chk/__recv_chk/__recvfrom_chk/__poll_chk/__ppoll_chk, fcntl64,
 # close_range/closefrom, fork, exec, vfork, sendmmsg/recvmmsg, syscall(2)
-# with the data calls and io_uring_setup, a non-blocking connect
+# with the data calls and io_uring_setup, poll's read spin, a non-blocking connect
 # closed early, closed listeners released, sessions set up while every
 # connection is reset each millisecond, each across
 # connections reset (ss -K) by the program at the moments that matter.
@@ -30,13 +30,15 @@ TETHER_LOG=info spawn - "$TMP/server.out" "$TMP/server.log" "$TETHER_RUN" -- \
   "$EPOLL_ECHO" server "$port" 2 0
 server=$BG_PID
 wait_listen "$server" "$port"
-TETHER_LOG=info spawn - "$TMP/calls.out" "$TMP/calls.log" "$TETHER_RUN" -- "$PRELOAD_CALLS" "$port"
+# The longest read spin, so that the spin case tells spinning from not.
+TETHER_READ_SPIN_US=1000 TETHER_LOG=info spawn - "$TMP/calls.out" "$TMP/calls.log" "$TETHER_RUN" -- \
+  "$PRELOAD_CALLS" "$port"
 calls=$BG_PID
 wait_exit "$calls" 90000 || fail "preload_calls still running after 90 s: $(tail -n 3 "$TMP/calls.out")"
 rc=$WAIT_RC
 while read -r line; do log "$line"; done <"$TMP/calls.out"
 [ "$rc" -eq 0 ] || fail "$rc test(s) failed: $(grep '^not ok' "$TMP/calls.out")"
-[ "$(grep -c "^ok " "$TMP/calls.out")" -eq 15 ] || fail "not every test ran"
+[ "$(grep -c "^ok " "$TMP/calls.out")" -eq 16 ] || fail "not every test ran"
 grep -q "uses io_uring, which tether cannot see" "$TMP/calls.log" ||
   fail "no warning about io_uring_setup through syscall(3)"
 alive "$server" || fail "the echo server died"

@@ -1,0 +1,214 @@
+/* The blocking reader's spin (TETHER_OPT_READ_SPIN_US, tether(7)), over real
+ * loopback sockets in one process.  What must hold whatever the machine's
+ * load, so no assertion here depends on how fast anything runs:
+ *
+ *   - a reader whose waits were short (it spins) and that then waits long
+ *     stops spinning: a run of long waits costs it one spin, not one each;
+ *   - a signal during a long wait still interrupts it (-EINTR);
+ *   - with the spin off, or on, the bytes are the same;
+ *   - the option's range. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include <tether/tether.h>
+
+struct pair {
+  tether_ctx *sctx, *cctx;
+  tether_listener *l;
+  tether_session *srv, *cli;
+};
+
+static void pair_open(struct pair *p, int64_t spin_us) {
+  tether_config *cfg = tether_config_new();
+  char port[16];
+  assert_non_null(cfg);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, spin_us), 0);
+  assert_int_equal(tether_ctx_new(cfg, &p->sctx), 0);
+  assert_int_equal(tether_ctx_new(cfg, &p->cctx), 0);
+  tether_config_free(cfg);
+  assert_int_equal(tether_listen(p->sctx, "127.0.0.1", "0", &p->l), 0);
+  snprintf(port, sizeof(port), "%d", tether_listener_port(p->l));
+  assert_int_equal(tether_connect(p->cctx, "127.0.0.1", port, &p->cli), 0);
+  assert_int_equal(tether_accept(p->l, &p->srv), 0);
+}
+
+static void pair_close(struct pair *p) {
+  tether_close(p->cli);
+  tether_close(p->srv);
+  tether_listener_close(p->l);
+  tether_ctx_free(p->cctx);
+  tether_ctx_free(p->sctx);
+}
+
+static void msleep(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+static uint64_t thread_cpu_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* The server answers each byte it reads with the same byte; a byte 'L'
+ * only after a pause of 20 ms. */
+static void *echo_slowly(void *arg) {
+  struct pair *p = arg;
+  char c;
+  while (tether_read(p->srv, &c, 1) == 1) {
+    if (c == 'L')
+      msleep(20);
+    if (tether_write(p->srv, &c, 1) != 1)
+      break;
+  }
+  return NULL;
+}
+
+static void round_trip(struct pair *p, char c) {
+  char r = 0;
+  assert_int_equal(tether_write(p->cli, &c, 1), 1);
+  assert_int_equal(tether_read(p->cli, &r, 1), 1);
+  assert_int_equal(r, c);
+}
+
+static void test_long_wait_sleeps(void **state) {
+  (void)state;
+  struct pair p;
+  pthread_t t;
+  pair_open(&p, 1000); /* the longest spin: the clearest difference */
+  assert_int_equal(pthread_create(&t, NULL, echo_slowly, &p), 0);
+  for (int i = 0; i < 200; i++) /* short waits: the reader spins */
+    round_trip(&p, 's');
+  uint64_t cpu = thread_cpu_us();
+  for (int i = 0; i < 20; i++) /* long waits: 20 ms each */
+    round_trip(&p, 'L');
+  cpu = thread_cpu_us() - cpu;
+  /* A 1 ms spin before each of the 20 waits would take 20 ms of CPU; only
+   * the first wait may spin, the round trips' own work is well under 1 ms. */
+  if (cpu > 10000)
+    fail_msg("the reader used %llu us of CPU in 20 waits of 20 ms", (unsigned long long)cpu);
+  pair_close(&p); /* the server's read fails: its thread ends */
+  pthread_join(t, NULL);
+}
+
+static void on_usr1(int sig) { (void)sig; }
+
+struct interrupt {
+  pthread_t reader;
+  int delay_ms;
+};
+
+static void *interrupt_later(void *arg) {
+  struct interrupt *it = arg;
+  msleep(it->delay_ms);
+  pthread_kill(it->reader, SIGUSR1);
+  return NULL;
+}
+
+static void test_signal_interrupts_wait(void **state) {
+  (void)state;
+  struct pair p;
+  pthread_t t;
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_usr1; /* no SA_RESTART */
+  assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
+  pair_open(&p, 50);
+  for (int i = 0; i < 3; i++) { /* the server echoes by hand here */
+    char c = 'x', r;
+    assert_int_equal(tether_write(p.cli, &c, 1), 1);
+    assert_int_equal(tether_read(p.srv, &r, 1), 1);
+    assert_int_equal(tether_write(p.srv, &r, 1), 1);
+    assert_int_equal(tether_read(p.cli, &r, 1), 1);
+  }
+  struct interrupt it = {.reader = pthread_self(), .delay_ms = 100};
+  assert_int_equal(pthread_create(&t, NULL, interrupt_later, &it), 0);
+  char c;
+  assert_int_equal(tether_read(p.cli, &c, 1), -EINTR); /* nothing comes */
+  pthread_join(t, NULL);
+  /* And the session still works. */
+  assert_int_equal(tether_write(p.srv, "y", 1), 1);
+  assert_int_equal(tether_read(p.cli, &c, 1), 1);
+  assert_int_equal(c, 'y');
+  pair_close(&p);
+  assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
+}
+
+/* 4 MiB one way, with the spin on and off: the same bytes. */
+static void *send_pattern(void *arg) {
+  struct pair *p = arg;
+  static uint8_t buf[65536];
+  for (uint32_t off = 0; off < 4u << 20; off += sizeof(buf)) {
+    for (size_t i = 0; i < sizeof(buf); i++)
+      buf[i] = (uint8_t)((off + i) * 2654435761u >> 24);
+    for (size_t done = 0; done < sizeof(buf);) {
+      ssize_t w = tether_write(p->srv, buf + done, sizeof(buf) - done);
+      if (w <= 0)
+        return NULL;
+      done += (size_t)w;
+    }
+  }
+  (void)tether_shutdown(p->srv);
+  return NULL;
+}
+
+static void transfer(int64_t spin_us) {
+  struct pair p;
+  pthread_t t;
+  uint8_t buf[7000];
+  uint32_t got = 0;
+  ssize_t n;
+  pair_open(&p, spin_us);
+  assert_int_equal(pthread_create(&t, NULL, send_pattern, &p), 0);
+  while ((n = tether_read(p.cli, buf, sizeof(buf))) > 0) {
+    for (ssize_t i = 0; i < n; i++)
+      if (buf[i] != (uint8_t)((got + (uint32_t)i) * 2654435761u >> 24))
+        fail_msg("byte %u differs (spin %lld us)", got + (unsigned)i, (long long)spin_us);
+    got += (uint32_t)n;
+  }
+  assert_int_equal(n, 0);
+  assert_int_equal(got, 4u << 20);
+  pthread_join(t, NULL);
+  pair_close(&p);
+}
+
+static void test_bytes_same_with_and_without_spin(void **state) {
+  (void)state;
+  transfer(0);
+  transfer(50);
+}
+
+static void test_option_range(void **state) {
+  (void)state;
+  tether_config *cfg = tether_config_new();
+  int64_t v;
+  assert_non_null(cfg);
+  assert_int_equal(tether_config_get(cfg, TETHER_OPT_READ_SPIN_US, &v), 0);
+  assert_int_equal(v, 50);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, 0), 0);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, 1000), 0);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, 1001), -EINVAL);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, -1), -EINVAL);
+  tether_config_free(cfg);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_long_wait_sleeps),
+      cmocka_unit_test(test_signal_interrupts_wait),
+      cmocka_unit_test(test_bytes_same_with_and_without_spin),
+      cmocka_unit_test(test_option_range),
+  };
+  return cmocka_run_group_tests_name("read_spin", tests, NULL, NULL);
+}
