@@ -141,6 +141,21 @@ static int settle_sessions(struct psock *ep, struct epoll_event *evs, struct ep_
   return out;
 }
 
+/* The blocking reader's spin (tether(7), Application bytes) for an epoll
+ * instance: after a wait that began at `start` and ended with a session
+ * readable within its context's spin, the next wait spins that long first;
+ * after any other, it does not. */
+static void note_wait(struct psock *ep, const struct epoll_event *evs, const struct ep_hit *hits,
+                      int n, uint64_t start) {
+  uint64_t spin = 0, waited = mono_ns() - start;
+  for (int i = 0; i < n && !spin; i++) {
+    struct psock *ps = (evs[i].events & EPOLLIN) ? fdt_get(hits[i].fd) : NULL;
+    if (ps && ps->kind == PS_SESSION && waited < ps->s->ctx->read_spin_ns)
+      spin = ps->s->ctx->read_spin_ns;
+  }
+  __atomic_store_n(&ep->ep_spin_ns, spin, __ATOMIC_RELAXED);
+}
+
 static int wait_common(int epfd, struct epoll_event *evs, int max, int64_t timeout_ns,
                        const struct wait_arg *a) {
   struct psock *ep = tracked_epoll(epfd);
@@ -149,15 +164,28 @@ static int wait_common(int epfd, struct epoll_event *evs, int max, int64_t timeo
   if (max > EP_BATCH)
     max = EP_BATCH;
   struct ep_hit hits[EP_BATCH];
-  uint64_t deadline = timeout_ns > 0 ? mono_ns() + (uint64_t)timeout_ns : 0;
+  uint64_t start = mono_ns();
+  uint64_t deadline = timeout_ns > 0 ? start + (uint64_t)timeout_ns : 0;
+  uint64_t spin = timeout_ns != 0 ? __atomic_load_n(&ep->ep_spin_ns, __ATOMIC_RELAXED) : 0;
   for (;;) {
-    int n = call(epfd, evs, max, timeout_ns, a);
-    if (n <= 0)
+    bool spinning = spin && mono_ns() - start < spin;
+    int n = call(epfd, evs, max, spinning ? 0 : timeout_ns, a);
+    if (n < 0 || (n == 0 && !spinning)) {
+      if (n == 0 && timeout_ns != 0)
+        __atomic_store_n(&ep->ep_spin_ns, 0, __ATOMIC_RELAXED); /* a long wait */
       return n;
-    n = ep_translate(ep, evs, n, hits);
-    n = settle_sessions(ep, evs, hits, n);
-    if (n > 0 || timeout_ns == 0)
+    }
+    if (n > 0) {
+      n = ep_translate(ep, evs, n, hits);
+      n = settle_sessions(ep, evs, hits, n);
+    }
+    if (n > 0 || timeout_ns == 0) {
+      if (timeout_ns != 0)
+        note_wait(ep, evs, hits, n, start);
       return n;
+    }
+    if (spinning)
+      continue;
     /* Everything was stale or not ready after all: wait on. */
     if (timeout_ns > 0) {
       uint64_t now = mono_ns();

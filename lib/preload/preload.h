@@ -197,6 +197,7 @@ struct psock {
   int naliases, cap_aliases;
   struct ereg *regs;   /* this psock's epoll registrations */
   struct eptab *tab;   /* PS_EPOLL: the instance's registrations */
+  uint64_t ep_spin_ns; /* PS_EPOLL: how long its next wait spins (epoll.c) */
   struct tether_session *s;
   struct plisten *pl;
   int placeholder_w; /* connecting: the WAIT pipe's write end, or -1 */

@@ -38,10 +38,10 @@
  *             SYS_close) on a session, across a resume: the same bytes as
  *             the named calls; syscall(SYS_io_uring_setup) is reported
  *             (preload_calls.sh looks for the warning)
- *   spin      poll on a session spins after short waits (TETHER_READ_SPIN_US,
- *             1000 in preload_calls.sh), and a run of long waits spins at
- *             most once: 20 waits of 20 ms cost the thread well under
- *             20 x 1 ms of CPU
+ *   spin      poll and epoll_wait on a session spin after short waits
+ *             (TETHER_READ_SPIN_US, 1000 in preload_calls.sh), and a run of
+ *             long waits spins at most once: 20 waits of 20 ms cost the
+ *             thread well under 20 x 1 ms of CPU
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
@@ -58,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -755,25 +756,46 @@ static uint64_t thread_cpu_us(void) {
   return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+/* Waits up to ms for fd to be readable: with poll, or with epoll_wait on ep
+ * (where fd is registered) when ep >= 0.  Returns what the call did. */
+static int wait_in(int ep, int fd, int ms) {
+  if (ep >= 0) {
+    struct epoll_event ev;
+    return epoll_wait(ep, &ev, 1, ms);
+  }
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  return poll(&p, 1, ms);
+}
+
+/* Short waits (spins from then on), then 20 waits of 20 ms for nothing. */
+static bool spin_run(int ep, int fd, const char *how) {
+  for (int i = 0; i < 50; i++) {
+    char c = 's', r;
+    CHECK(write(fd, &c, 1) == 1, "%s: write: %s", how, strerror(errno));
+    CHECK(wait_in(ep, fd, 5000) == 1, "%s: wait for the echo", how);
+    CHECK(read(fd, &r, 1) == 1 && r == c, "%s: read the echo", how);
+  }
+  uint64_t cpu = thread_cpu_us();
+  for (int i = 0; i < 20; i++)
+    CHECK(wait_in(ep, fd, 20) == 0, "%s: nothing should be readable", how);
+  cpu = thread_cpu_us() - cpu;
+  CHECK(cpu < 10000, "%s: 20 waits of 20 ms took %llu us of CPU (a 1 ms spin before each: 20000)",
+        how, (unsigned long long)cpu);
+  return true;
+}
+
 static bool t_spin(void) {
   int fd = dial();
   CHECK(fd >= 0, "connect: %s", strerror(errno));
-  for (int i = 0; i < 50; i++) { /* short waits: polls spin from now on */
-    char c = 's', r;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    CHECK(write(fd, &c, 1) == 1, "write: %s", strerror(errno));
-    CHECK(poll(&p, 1, 5000) == 1 && (p.revents & POLLIN), "poll for the echo");
-    CHECK(read(fd, &r, 1) == 1 && r == c, "read the echo");
-  }
-  uint64_t cpu = thread_cpu_us();
-  for (int i = 0; i < 20; i++) { /* nothing comes: 20 waits of 20 ms */
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    CHECK(poll(&p, 1, 20) == 0, "poll: nothing should be readable");
-  }
-  cpu = thread_cpu_us() - cpu;
+  if (!spin_run(-1, fd, "poll"))
+    return false;
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+  CHECK(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll: %s", strerror(errno));
+  if (!spin_run(ep, fd, "epoll_wait"))
+    return false;
+  close(ep);
   close(fd);
-  CHECK(cpu < 10000, "20 waits of 20 ms took %llu us of CPU (a 1 ms spin before each: 20000)",
-        (unsigned long long)cpu);
   return true;
 }
 
