@@ -15,6 +15,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -318,6 +319,17 @@ void listener_free(struct tether_listener *l);
 /* The context's side channel for sessions it connects (opened on first
  * use); NULL if it cannot be opened. */
 struct udp_chan *client_udp(struct tether_ctx *ctx, int family);
+
+/* ---- the read spin's signals (spin.c) ---- */
+
+struct spin_hold {
+  sigset_t old;
+};
+/* Holds back the thread's signals for a spin. */
+void spin_hold(struct spin_hold *h);
+/* Lets them in again: -EINTR when one came that would have interrupted a
+ * blocking wait (its handler has run by the time this returns), else 0. */
+int spin_release(struct spin_hold *h);
 
 /* ---- context (ctx.c) ---- */
 

@@ -827,15 +827,21 @@ static int wait_fd(int fd, short events) {
  * virtual machine, an interrupt to an idle CPU every time), which slows the
  * writer more than the spin costs the reader.  A wait longer than the spin
  * turns spinning off until a wait is short again, so an idle session sleeps
- * at once.  Returns 0 or -EINTR. */
+ * at once.  Returns 0 or -EINTR (also for a signal during the spin). */
 static int wait_readable(struct tether_session *s) {
   uint64_t spin = s->ctx->read_spin_ns, start = spin ? now_ns() : 0;
   if (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) {
     struct pollfd p = {.fd = s->app_fd, .events = POLLIN};
-    do {
-      if (poll(&p, 1, 0) > 0)
-        return 0;
-    } while (now_ns() - start < spin);
+    struct spin_hold h;
+    bool ready = false;
+    spin_hold(&h); /* a signal must still interrupt the wait: spin.c */
+    do
+      ready = poll(&p, 1, 0) > 0;
+    while (!ready && now_ns() - start < spin);
+    if (spin_release(&h) < 0 && !ready)
+      return -EINTR;
+    if (ready)
+      return 0;
   }
   int rc = wait_fd(s->app_fd, POLLIN);
   if (spin)

@@ -167,33 +167,49 @@ static int wait_common(int epfd, struct epoll_event *evs, int max, int64_t timeo
   uint64_t start = mono_ns();
   uint64_t deadline = timeout_ns > 0 ? start + (uint64_t)timeout_ns : 0;
   uint64_t spin = timeout_ns != 0 ? __atomic_load_n(&ep->ep_spin_ns, __ATOMIC_RELAXED) : 0;
+  struct spin_hold h;
+  bool held = spin != 0;
+  if (held)
+    spin_hold(&h); /* a signal must still interrupt the wait: spin.c */
+  int n;
   for (;;) {
-    bool spinning = spin && mono_ns() - start < spin;
-    int n = call(epfd, evs, max, spinning ? 0 : timeout_ns, a);
-    if (n < 0 || (n == 0 && !spinning)) {
-      if (n == 0 && timeout_ns != 0)
-        __atomic_store_n(&ep->ep_spin_ns, 0, __ATOMIC_RELAXED); /* a long wait */
-      return n;
+    bool spinning = held && mono_ns() - start < spin;
+    if (held && !spinning) {
+      held = false;
+      if (spin_release(&h) < 0) {
+        errno = EINTR;
+        n = -1;
+        break;
+      }
     }
+    n = call(epfd, evs, max, spinning ? 0 : timeout_ns, a);
+    if (n < 0 || (n == 0 && !spinning))
+      break;
     if (n > 0) {
       n = ep_translate(ep, evs, n, hits);
       n = settle_sessions(ep, evs, hits, n);
     }
-    if (n > 0 || timeout_ns == 0) {
-      if (timeout_ns != 0)
-        note_wait(ep, evs, hits, n, start);
-      return n;
-    }
+    if (n > 0 || timeout_ns == 0)
+      break;
     if (spinning)
       continue;
     /* Everything was stale or not ready after all: wait on. */
     if (timeout_ns > 0) {
       uint64_t now = mono_ns();
-      if (now >= deadline)
-        return 0;
+      if (now >= deadline) {
+        n = 0;
+        break;
+      }
       timeout_ns = (int64_t)(deadline - now);
     }
   }
+  int err = errno;
+  if (held)
+    (void)spin_release(&h); /* the spin got its answer: a signal now is too late for it */
+  if (n >= 0 && timeout_ns != 0)
+    note_wait(ep, evs, hits, n, start); /* none ready (n == 0): a long wait */
+  errno = err;
+  return n;
 }
 
 EXPORT int epoll_wait(int epfd, struct epoll_event *evs, int max, int timeout) {

@@ -171,15 +171,24 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
   uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
   uint64_t spins = 0, spin = timeout_ms != 0 ? read_spin(fds, n, &spins) : 0;
   uint64_t start = spins ? now_ns() : 0;
+  struct spin_hold h;
+  bool held = spin != 0;
+  if (held)
+    spin_hold(&h); /* a signal must still interrupt the wait: spin.c */
+  int rc;
   for (;;) {
-    bool spinning = spin && now_ns() - start < spin;
-    int rc = call(fds, n, spinning ? 0 : timeout_ms, arg);
-    if (rc < 0 || (rc == 0 && !spinning)) {
-      if (rc == 0 && spins)
-        note_read_waits(fds, n, start, spins);
-      restore_events(fds, n);
-      return rc;
+    bool spinning = held && now_ns() - start < spin;
+    if (held && !spinning) {
+      held = false;
+      if (spin_release(&h) < 0) {
+        errno = EINTR;
+        rc = -1;
+        break;
+      }
     }
+    rc = call(fds, n, spinning ? 0 : timeout_ms, arg);
+    if (rc < 0 || (rc == 0 && !spinning))
+      break;
     for (nfds_t i = 0; i < n; i++) {
       if (!fds[i].revents)
         continue;
@@ -193,23 +202,27 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
       if (!fds[i].revents)
         rc--;
     }
-    if (rc > 0 || timeout_ms == 0) {
-      if (spins && timeout_ms != 0)
-        note_read_waits(fds, n, start, spins);
-      restore_events(fds, n);
-      return rc;
-    }
+    if (rc > 0 || timeout_ms == 0)
+      break;
     if (spinning)
       continue;
     if (timeout_ms > 0) {
       uint64_t now = mono_ms();
       if (now >= deadline) {
-        restore_events(fds, n);
-        return 0;
+        rc = 0;
+        break;
       }
       timeout_ms = (int64_t)(deadline - now);
     }
   }
+  int err = errno;
+  if (held)
+    (void)spin_release(&h); /* the spin got its answer: a signal now is too late for it */
+  if (spins && rc >= 0)
+    note_read_waits(fds, n, start, spins);
+  restore_events(fds, n);
+  errno = err;
+  return rc;
 }
 
 static int call_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ms, void *arg) {

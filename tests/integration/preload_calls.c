@@ -39,9 +39,10 @@
  *             the named calls; syscall(SYS_io_uring_setup) is reported
  *             (preload_calls.sh looks for the warning)
  *   spin      poll and epoll_wait on a session spin after short waits
- *             (TETHER_READ_SPIN_US, 1000 in preload_calls.sh), and a run of
- *             long waits spins at most once: 20 waits of 20 ms cost the
- *             thread well under 20 x 1 ms of CPU
+ *             (TETHER_READ_SPIN_US, 1000 in preload_calls.sh): a signal
+ *             during the spin still ends the wait with EINTR, and a run of
+ *             long waits spins at most once (20 waits of 20 ms cost the
+ *             thread well under 20 x 1 ms of CPU)
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
@@ -65,6 +66,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "usr1.h"
 
 static int port;
 static const char *self;
@@ -767,14 +770,41 @@ static int wait_in(int ep, int fd, int ms) {
   return poll(&p, 1, ms);
 }
 
-/* Short waits (spins from then on), then 20 waits of 20 ms for nothing. */
-static bool spin_run(int ep, int fd, const char *how) {
+/* Short waits, so that the next wait spins. */
+static bool short_waits(int ep, int fd, const char *how) {
   for (int i = 0; i < 50; i++) {
     char c = 's', r;
     CHECK(write(fd, &c, 1) == 1, "%s: write: %s", how, strerror(errno));
     CHECK(wait_in(ep, fd, 5000) == 1, "%s: wait for the echo", how);
     CHECK(read(fd, &r, 1) == 1 && r == c, "%s: read the echo", how);
   }
+  return true;
+}
+
+/* Short waits (spins from then on), then: a signal 100 us into a wait ends
+ * it with EINTR, though it comes during the spin; 20 waits of 20 ms for
+ * nothing spin at most once. */
+static bool spin_run(int ep, int fd, const char *how) {
+  struct sigaction old;
+  CHECK(usr1_install(&old) == 0, "sigaction");
+  for (int round = 0; round < 5; round++) {
+    if (!short_waits(ep, fd, how))
+      return false;
+    pthread_t t;
+    struct usr1_kick k = {.target = pthread_self(), .delay_us = 100};
+    CHECK(pthread_create(&t, NULL, usr1_kick_run, &k) == 0, "pthread_create");
+    uint64_t wait_ns = mono_ns();
+    int rc = wait_in(ep, fd, 3000);
+    int err = errno;
+    pthread_join(t, NULL);
+    if (usr1_ns < wait_ns)
+      continue; /* a loaded machine ran the signal before the wait */
+    CHECK(rc == -1 && err == EINTR, "%s: a signal during the wait's spin did not end it (%d)", how,
+          rc);
+  }
+  sigaction(SIGUSR1, &old, NULL);
+  if (!short_waits(ep, fd, how))
+    return false;
   uint64_t cpu = thread_cpu_us();
   for (int i = 0; i < 20; i++)
     CHECK(wait_in(ep, fd, 20) == 0, "%s: nothing should be readable", how);

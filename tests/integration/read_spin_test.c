@@ -4,7 +4,8 @@
  *
  *   - a reader whose waits were short (it spins) and that then waits long
  *     stops spinning: a run of long waits costs it one spin, not one each;
- *   - a signal during a long wait still interrupts it (-EINTR);
+ *   - a signal during a long wait still interrupts it (-EINTR), also one
+ *     that comes while the read spins (it is held back, then let in);
  *   - with the spin off, or on, the bytes are the same;
  *   - the option's range. */
 #include <errno.h>
@@ -22,18 +23,23 @@
 
 #include <tether/tether.h>
 
+#include "usr1.h"
+
 struct pair {
   tether_ctx *sctx, *cctx;
   tether_listener *l;
   tether_session *srv, *cli;
 };
 
-static void pair_open(struct pair *p, int64_t spin_us) {
+/* A session over loopback; the client's reads spin up to spin_us, the
+ * server's up to server_spin_us. */
+static void pair_open2(struct pair *p, int64_t spin_us, int64_t server_spin_us) {
   tether_config *cfg = tether_config_new();
   char port[16];
   assert_non_null(cfg);
-  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, spin_us), 0);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, server_spin_us), 0);
   assert_int_equal(tether_ctx_new(cfg, &p->sctx), 0);
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_READ_SPIN_US, spin_us), 0);
   assert_int_equal(tether_ctx_new(cfg, &p->cctx), 0);
   tether_config_free(cfg);
   assert_int_equal(tether_listen(p->sctx, "127.0.0.1", "0", &p->l), 0);
@@ -41,6 +47,8 @@ static void pair_open(struct pair *p, int64_t spin_us) {
   assert_int_equal(tether_connect(p->cctx, "127.0.0.1", port, &p->cli), 0);
   assert_int_equal(tether_accept(p->l, &p->srv), 0);
 }
+
+static void pair_open(struct pair *p, int64_t spin_us) { pair_open2(p, spin_us, spin_us); }
 
 static void pair_close(struct pair *p) {
   tether_close(p->cli);
@@ -102,28 +110,12 @@ static void test_long_wait_sleeps(void **state) {
   pthread_join(t, NULL);
 }
 
-static void on_usr1(int sig) { (void)sig; }
-
-struct interrupt {
-  pthread_t reader;
-  int delay_ms;
-};
-
-static void *interrupt_later(void *arg) {
-  struct interrupt *it = arg;
-  msleep(it->delay_ms);
-  pthread_kill(it->reader, SIGUSR1);
-  return NULL;
-}
-
 static void test_signal_interrupts_wait(void **state) {
   (void)state;
   struct pair p;
   pthread_t t;
-  struct sigaction sa, old;
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = on_usr1; /* no SA_RESTART */
-  assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
+  struct sigaction old;
+  assert_int_equal(usr1_install(&old), 0);
   pair_open(&p, 50);
   for (int i = 0; i < 3; i++) { /* the server echoes by hand here */
     char c = 'x', r;
@@ -132,8 +124,8 @@ static void test_signal_interrupts_wait(void **state) {
     assert_int_equal(tether_write(p.srv, &r, 1), 1);
     assert_int_equal(tether_read(p.cli, &r, 1), 1);
   }
-  struct interrupt it = {.reader = pthread_self(), .delay_ms = 100};
-  assert_int_equal(pthread_create(&t, NULL, interrupt_later, &it), 0);
+  struct usr1_kick k = {.target = pthread_self(), .delay_us = 100000};
+  assert_int_equal(pthread_create(&t, NULL, usr1_kick_run, &k), 0);
   char c;
   assert_int_equal(tether_read(p.cli, &c, 1), -EINTR); /* nothing comes */
   pthread_join(t, NULL);
@@ -142,6 +134,60 @@ static void test_signal_interrupts_wait(void **state) {
   assert_int_equal(tether_read(p.cli, &c, 1), 1);
   assert_int_equal(c, 'y');
   pair_close(&p);
+  assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
+}
+
+struct kick {
+  struct usr1_kick k;
+  struct pair *p;
+};
+
+/* Signals the reader (mostly within its 1 ms spin); if the read is still
+ * waiting 2 s later, sends a byte so that it ends. */
+static void *kick_reader(void *arg) {
+  struct kick *k = arg;
+  usr1_kick_run(&k->k);
+  msleep(2000);
+  (void)tether_write(k->p->srv, "w", 1);
+  return NULL;
+}
+
+static void test_signal_during_spin(void **state) {
+  (void)state;
+  struct pair p;
+  pthread_t echo;
+  struct sigaction old;
+  assert_int_equal(usr1_install(&old), 0);
+  /* The echo thread sleeps while it waits, so that the signalling thread
+   * finds a CPU while the reader spins. */
+  pair_open2(&p, 1000, 0);
+  assert_int_equal(pthread_create(&echo, NULL, echo_slowly, &p), 0);
+  int conclusive = 0;
+  for (int round = 0; round < 10; round++) {
+    for (int i = 0; i < 5; i++) /* short waits (another thread answers): the next read spins */
+      round_trip(&p, 's');
+    pthread_t t;
+    struct kick k = {.k = {.target = pthread_self(), .delay_us = 50 + round * 30}, .p = &p};
+    assert_int_equal(pthread_create(&t, NULL, kick_reader, &k), 0);
+    char c;
+    uint64_t read_ns = mono_ns();
+    ssize_t n = tether_read(p.cli, &c, 1);
+    pthread_cancel(t); /* in its 2 s sleep, unless the read missed the signal */
+    pthread_join(t, NULL);
+    if (usr1_ns < read_ns) { /* a loaded machine ran the signal before the read */
+      assert_int_equal(n, 1); /* the byte that ended the wait */
+      continue;
+    }
+    if (n != -EINTR)
+      fail_msg("round %d: a signal %d us into the read did not interrupt it (%zd)", round,
+               k.k.delay_us, n);
+    conclusive++;
+  }
+  /* Unless the machine was so loaded that no signal came during a read. */
+  if (conclusive == 0)
+    fprintf(stderr, "read_spin_test: no round had its signal during the read\n");
+  pair_close(&p); /* the echo thread's read fails: it ends */
+  pthread_join(echo, NULL);
   assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
 }
 
@@ -207,6 +253,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_long_wait_sleeps),
       cmocka_unit_test(test_signal_interrupts_wait),
+      cmocka_unit_test(test_signal_during_spin),
       cmocka_unit_test(test_bytes_same_with_and_without_spin),
       cmocka_unit_test(test_option_range),
   };
