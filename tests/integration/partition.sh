@@ -66,9 +66,11 @@ size_heal=$(file_size "$TMP/out")
   fail "$((size_heal - size_mid)) echo bytes arrived during the partition: the DROP was not effective"
 
 # ---- heal ----
+# The heal starts with the first rule removed: a resume may complete before
+# the second iptables process has even exited.
+t_heal=$(now_us)
 ip netns exec "$NS_S" iptables -w -D INPUT -j DROP
 ip netns exec "$NS_S" iptables -w -D OUTPUT -j DROP
-t_heal=$(now_us)
 log "healed after $(us_to_s $((t_heal - t_drop))) s; echo had $size_heal bytes"
 
 deadline=$((t_heal + 15000000))
