@@ -47,15 +47,8 @@ a ratio above 1 means tether is slower.  Snapshot: tether only, no ratio.
 EOF
 }
 
-die() {
-  printf '%s: %s\n' "$prog" "$*" >&2
-  exit 1
-}
-
-usage_error() {
-  printf '%s: %s\nTry '\''%s --help'\''.\n' "$prog" "$*" "$prog" >&2
-  exit 2
-}
+# shellcheck source=examples/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -82,12 +75,8 @@ while [ $# -gt 0 ]; do
   *) usage_error "unknown argument '$1'" ;;
   esac
 done
-case $rounds in
-'' | *[!0-9]* | 0) usage_error "bad --rounds '$rounds'" ;;
-esac
-case $run_timeout in
-'' | *[!0-9]* | 0) usage_error "bad --timeout '$run_timeout'" ;;
-esac
+need_count --rounds "$rounds"
+need_count --timeout "$run_timeout"
 case $snap_sessions in
 '' | *[!0-9]* | 0 | 1) usage_error "bad --snap-sessions '$snap_sessions' (2 or more)" ;;
 esac
@@ -123,13 +112,6 @@ elif command -v python3 >/dev/null 2>&1; then
 else
   die "needs jq or python3 to read tether-bench's JSON"
 fi
-
-# median: of the numbers on stdin, one per line.
-median() {
-  sort -g | awk '{ v[NR] = $1 }
-    END { if (NR == 0) exit 1
-          print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 # run_one TEST MODE: one tether-bench run; prints its headline number.
 run_one() {

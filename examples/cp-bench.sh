@@ -42,15 +42,8 @@ A ratio above 1 means the first mode is faster.
 EOF
 }
 
-die() {
-  printf '%s: %s\n' "$prog" "$*" >&2
-  exit 1
-}
-
-usage_error() {
-  printf '%s: %s\nTry '\''%s --help'\''.\n' "$prog" "$*" "$prog" >&2
-  exit 2
-}
+# shellcheck source=examples/bench-lib.sh
+source "$(dirname "$0")/bench-lib.sh"
 
 while [ $# -gt 0 ]; do
   case $1 in
@@ -73,12 +66,8 @@ while [ $# -gt 0 ]; do
   *) usage_error "unknown argument '$1'" ;;
   esac
 done
-case $rounds in
-'' | *[!0-9]* | 0) usage_error "bad --rounds '$rounds'" ;;
-esac
-case $run_timeout in
-'' | *[!0-9]* | 0) usage_error "bad --timeout '$run_timeout'" ;;
-esac
+need_count --rounds "$rounds"
+need_count --timeout "$run_timeout"
 bytes=$(numfmt --from=iec "$size" 2>/dev/null) || usage_error "bad --size '$size'"
 [ "$bytes" -gt 0 ] || usage_error "bad --size '$size'"
 [ "${#modes[@]}" -gt 0 ] || usage_error "no --modes"
@@ -111,13 +100,6 @@ if [ "$(stat -c %s "$in" 2>/dev/null || echo 0)" != "$bytes" ]; then
   printf '%s: writing %s random bytes to %s\n' "$prog" "$bytes" "$in" >&2
   head -c "$bytes" /dev/urandom >"$in"
 fi
-
-# median: of the numbers on stdin, one per line.
-median() {
-  sort -g | awk '{ v[NR] = $1 }
-    END { if (NR == 0) exit 1
-          print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 now_ns() { date +%s%N; }
 

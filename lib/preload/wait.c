@@ -119,24 +119,6 @@ static uint64_t mono_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* The blocking reader's spin (tether(7), Application bytes) for programs
- * that wait in poll or select: how long to poll without sleeping first.
- * Nonzero when a session the program waits to read from had a short last
- * wait, and the context spins at all (*spins: its read_spin_ns). */
-static uint64_t read_spin(const struct pollfd *fds, nfds_t n, uint64_t *spins) {
-  uint64_t spin = 0;
-  *spins = 0;
-  for (nfds_t i = 0; i < n; i++) {
-    struct tether_session *s = session_of(fds[i].fd);
-    if (!s || !(fds[i].events & POLLIN) || !s->ctx->read_spin_ns)
-      continue;
-    *spins = s->ctx->read_spin_ns;
-    if (__atomic_load_n(&s->read_spin, __ATOMIC_RELAXED))
-      spin = *spins;
-  }
-  return spin;
-}
-
 /* After a wait that began at `start`: a session became readable within the
  * spin (spin next time) or not (sleep at once next time). */
 static void note_read_waits(const struct pollfd *fds, nfds_t n, uint64_t start, uint64_t spins) {
@@ -153,11 +135,20 @@ static void note_read_waits(const struct pollfd *fds, nfds_t n, uint64_t start, 
 static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
                      int (*call)(struct pollfd *, nfds_t, int64_t, void *), void *arg) {
   bool any = false;
+  /* The read spin (tether(7), Application bytes): spins is the contexts'
+   * spin if the program waits to read from a session, and spin how long
+   * this wait spins: as long, if one such session's last wait was short. */
+  uint64_t spins = 0, spin = 0;
   for (nfds_t i = 0; i < n; i++) {
     claim_orphan(fds[i].fd);
     struct tether_session *s = session_of(fds[i].fd);
     if (s) {
       any = true;
+      if ((fds[i].events & POLLIN) && timeout_ms != 0 && s->ctx->read_spin_ns) {
+        spins = s->ctx->read_spin_ns;
+        if (__atomic_load_n(&s->read_spin, __ATOMIC_RELAXED))
+          spin = spins;
+      }
       if (!live_session(s))
         sync_session(s);
       /* A FIN must be looked at (see poke), unless the peer said it closed
@@ -169,7 +160,6 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
   if (!any)
     return call(fds, n, timeout_ms, arg);
   uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
-  uint64_t spins = 0, spin = timeout_ms != 0 ? read_spin(fds, n, &spins) : 0;
   uint64_t start = spins ? now_ns() : 0;
   struct spin_hold h;
   bool held = spin != 0;
