@@ -450,6 +450,25 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
     out->durable_delivered = c->durable_delivered;
   }
   out->ctl_seq = c->tx_seq;
+  out->ctl_seq_seen = c->rx_seq;
+}
+
+/* The peer accepted control numbers from us that we have not used yet: we
+ * were restored from a snapshot that an earlier run of ours had been
+ * restored from too, and that run used them.  Continue in a new epoch above
+ * them, so that no (key, number) pair goes out twice and the peer does not
+ * drop our datagrams as replays.  -EPROTO for a number no run of ours can
+ * have sent. */
+static int skip_used_seqs(struct core_session *c, uint64_t seen) {
+  if (seen < c->tx_seq)
+    return 0;
+  uint64_t epoch = (seen >> CORE_EPOCH_SHIFT) + 1;
+  if (epoch > CORE_EPOCH_MAX)
+    return -EPROTO;
+  if (epoch > c->epoch)
+    c->epoch = (uint32_t)epoch;
+  c->tx_seq = (uint64_t)c->epoch << CORE_EPOCH_SHIFT;
+  return 0;
 }
 
 int core_on_resumed(struct core_session *c, uint64_t now,
@@ -477,6 +496,10 @@ int core_on_resumed(struct core_session *c, uint64_t now,
       core_fail(c, rc);
       return rc;
     }
+  }
+  if (skip_used_seqs(c, peer->ctl_seq_seen) < 0) {
+    core_fail(c, TETHER_EPROTO);
+    return TETHER_EPROTO;
   }
   c->unconfirmed_give_up_ns = 0; /* the peer proved its keys to resume */
   /* Datagrams the peer sent before this resume may still be on their way;

@@ -90,11 +90,20 @@ struct core_resume_state {
   uint64_t durable_delivered; /* snapshot's counters (else 0) */
   uint64_t ctl_seq;           /* the last control sequence number it used:
                                  the peer drops datagrams sent before */
+  uint64_t ctl_seq_seen;      /* the last one it accepted from the peer: a
+                                 peer restored again from the same snapshot
+                                 moves above it (core_on_resumed) */
   /* Local knowledge, not sent: where this side knows the peer's stream ends
    * (a peer restored behind it must end it there again). */
   bool peer_wr_closed;
   uint64_t peer_wr_end;
 };
+
+/* Control sequence numbers are epoch << CORE_EPOCH_SHIFT | counter; the
+ * epoch counts restores (and moves past every number a peer has seen from
+ * an earlier run of the same snapshot), so no number is ever used twice. */
+#define CORE_EPOCH_SHIFT 40
+#define CORE_EPOCH_MAX ((1u << 23) - 1)
 
 struct core_session {
   struct core_config cfg;

@@ -111,7 +111,8 @@ int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *o
   return rc;
 }
 
-int tether_listen(tether_ctx *ctx, const char *host, const char *port, tether_listener **out) {
+int listener_open(tether_ctx *ctx, const char *host, const char *port, bool start,
+                  tether_listener **out) {
   struct addrinfo *ai = NULL;
   int rc, fd = -1;
   if (!ctx || !port || !out)
@@ -177,7 +178,8 @@ int tether_listen(tether_ctx *ctx, const char *host, const char *port, tether_li
   l->next = ctx->listeners;
   ctx->listeners = l;
   pthread_mutex_unlock(&ctx->lock);
-  event_add(l->ev, NULL);
+  if (start)
+    listener_start(l);
   char addr[64];
   LOG_INFO(ctx, "listening on %s", sock_addr_str((struct sockaddr *)&bound, addr, sizeof(addr)));
   *out = l;
@@ -199,6 +201,12 @@ out:
   }
   freeaddrinfo(ai);
   return rc;
+}
+
+void listener_start(struct tether_listener *l) { event_add(l->ev, NULL); }
+
+int tether_listen(tether_ctx *ctx, const char *host, const char *port, tether_listener **out) {
+  return listener_open(ctx, host, port, true, out);
 }
 
 int tether_listener_port(const tether_listener *l) { return l ? l->port : -EINVAL; }

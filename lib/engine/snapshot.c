@@ -303,7 +303,7 @@ static int listen_again(tether_ctx *ctx, const Tether__Snap__Address *a, tether_
   if (getnameinfo((const struct sockaddr *)a->sockaddr.data, (socklen_t)a->sockaddr.len, host,
                   sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
     return -EINVAL;
-  return tether_listen(ctx, host, port, out);
+  return listener_open(ctx, host, port, false, out);
 }
 
 int tether_restore(const tether_config *cfg, const void *blob, size_t len, tether_ctx **out) {
@@ -345,6 +345,11 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
     if (sm->queued && l) /* back in the accept queue it was in */
       listener_enqueue(l, s);
   }
+  /* Only now, with every session registered, may resumes come in: a
+   * client that redials the moment the port opens must find its session,
+   * not be told it is unknown (a final verdict). */
+  for (size_t i = 0; i < m->n_listeners; i++)
+    listener_start(ls[i]);
   *out = ctx;
   ctx = NULL;
   rc = 0;

@@ -178,7 +178,7 @@ int hs_resume_mac(const uint8_t key[KEY_LEN], const char *label,
                   const uint8_t id[SESSION_ID_LEN], const uint8_t nonce_c[NONCE_LEN],
                   const uint8_t nonce_s[NONCE_LEN], const struct core_resume_state *st,
                   uint8_t out[MAC_LEN]) {
-  uint8_t s[9 * 8];
+  uint8_t s[10 * 8];
   size_t n = 0;
   if (st) {
     put64(s, st->delivered);
@@ -190,6 +190,7 @@ int hs_resume_mac(const uint8_t key[KEY_LEN], const char *label,
     put64(s + 48, st->durable_sent);
     put64(s + 56, st->durable_delivered);
     put64(s + 64, st->ctl_seq);
+    put64(s + 72, st->ctl_seq_seen);
     n = sizeof(s);
   }
   struct buf_part parts[] = {
@@ -237,6 +238,7 @@ void hs_state_to_pb(const struct core_resume_state *st, Tether__Wire__ResumeStat
   pb->durable_sent = st->durable_sent;
   pb->durable_delivered = st->durable_delivered;
   pb->ctl_seq = st->ctl_seq;
+  pb->ctl_seq_seen = st->ctl_seq_seen;
 }
 
 void hs_state_from_pb(const Tether__Wire__ResumeState *pb, struct core_resume_state *st) {
@@ -251,4 +253,5 @@ void hs_state_from_pb(const Tether__Wire__ResumeState *pb, struct core_resume_st
   st->durable_sent = pb->durable_sent;
   st->durable_delivered = pb->durable_delivered;
   st->ctl_seq = pb->ctl_seq;
+  st->ctl_seq_seen = pb->ctl_seq_seen;
 }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/session.h"
 #include "snapshot.pb-c.h"
 
 #define SNAP_MAGIC "TTHRSNAP"
@@ -23,8 +24,8 @@
 #define SNAP_PAYLOAD_MAX ((uint64_t)1 << 30)
 /* Restores a session may go through: its control sequence numbers start at
  * epoch << SNAP_EPOCH_SHIFT, so no number is ever used twice. */
-#define SNAP_EPOCH_SHIFT 40
-#define SNAP_EPOCH_MAX ((1u << 23) - 1)
+#define SNAP_EPOCH_SHIFT CORE_EPOCH_SHIFT
+#define SNAP_EPOCH_MAX CORE_EPOCH_MAX
 
 typedef Tether__Snap__Snapshot snap_msg;
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # tether-echo server --state survives kill -9: its clients carry on.
 #
-# Two clients stream 24 MiB of random bytes each through a durable echo
+# Two clients stream 40 MiB of random bytes each through a durable echo
 # server, at a limited rate so that every fault lands mid-stream; the
 # second reads its echo slower than it writes (backpressure).  The
-# server is killed with kill -9 four times (at random points, by the size
-# of the first client's output) and stopped once with SIGTERM, and each
-# time started again with the same --state after a random pause: it must
+# server is killed with kill -9 five times (at random points, by the size
+# of the first client's output), twice more the moment it has restored
+# (so the same snapshot is restored twice in a row, and the clients redial
+# while the restored server is still starting), and stopped once with
+# SIGTERM; each time it starts again with the same --state after a random
+# pause (often none, so the clients' redials race the restore): it must
 # restore its listener and both sessions ("restored 2 sessions").  At the
 # end both clients exit 0 and their echoed streams are byte-exact, although
 # every restart rolled the server back to a checkpoint older than what the
@@ -18,7 +21,7 @@
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_ECHO
 
-SIZE=$((24 * 1024 * 1024))
+SIZE=$((40 * 1024 * 1024))
 RATE=$((5 * 1024 * 1024))
 seed=${TETHER_IT_SEED:-$((RANDOM * 32768 + RANDOM))}
 RANDOM=$((seed % 32768))
@@ -67,15 +70,21 @@ grep -q 'restored' "$SERVER_LOG" && fail "a new state directory restored somethi
 start_client 1
 start_client 2 $((RATE / 3))
 
-faults=(kill kill kill kill term)
+faults=(kill kill relapse kill kill relapse kill term)
 mapfile -t points < <(for _ in "${faults[@]}"; do
-  echo $((SIZE / 10 + (RANDOM * 32768 + RANDOM) % (SIZE * 75 / 100)))
+  echo $((SIZE / 10 + (RANDOM * 32768 + RANDOM) % (SIZE * 60 / 100)))
 done | sort -n)
 for ((k = 0; k < ${#faults[@]}; k++)); do
   wait_size "$TMP/out1" "${points[k]}" 60000 "${CLIENT[1]}"
   have=$(file_size "$TMP/out1")
   case ${faults[k]} in
   kill) kill9 "$SERVER" ;;
+  relapse) # killed, restarted at once, killed again the moment it restored
+    kill9 "$SERVER"
+    start_server
+    wait_grep "$SERVER_LOG" 'restored' 5000 || fail "the restarted server did not restore its state"
+    kill9 "$SERVER"
+    ;;
   term)
     kill -TERM "$SERVER"
     wait_exit "$SERVER" 10000 || fail "the server still runs 10 s after SIGTERM"
@@ -83,7 +92,8 @@ for ((k = 0; k < ${#faults[@]}; k++)); do
     grep -q 'state kept' "$SERVER_LOG" || fail "SIGTERM: the server did not keep its state"
     ;;
   esac
-  gap=$(printf '0.%03d' $((RANDOM % 300)))
+  gap=0
+  [ $((RANDOM % 2)) -eq 0 ] && gap=$(printf '0.%03d' $((RANDOM % 300)))
   log "fault $((k + 1))/${#faults[@]}: ${faults[k]} at out1 = $have bytes ($((have * 100 / SIZE))%), restart after ${gap} s"
   alive "${CLIENT[1]}" || fail "client 1 exited while the server was down"
   sleep "$gap"

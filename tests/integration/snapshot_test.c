@@ -254,6 +254,52 @@ static void test_durable_server_rollback(void **state) {
   tether_ctx_free(p.sctx);
 }
 
+static uint64_t reconnects(tether_session *s) {
+  tether_stats st;
+  assert_int_equal(tether_session_stats(s, &st), 0);
+  return st.reconnects;
+}
+
+/* The server crashes twice and is restored from the same snapshot both
+ * times (crash, restore, run, crash before the next checkpoint).  The
+ * second run must not reuse the control sequence numbers of the first:
+ * the client accepted those, and would drop the second run's heartbeats
+ * as replays and suspend over and over until the numbers caught up. */
+static void test_restore_same_snapshot_twice(void **state) {
+  (void)state;
+  struct pair p;
+  void *blob;
+  size_t len;
+  setenv("TETHER_HEARTBEAT_MS", "100", 1);
+  setenv("TETHER_SUSPEND_MS", "1500", 1);
+  pair_open(&p);
+  assert_int_equal(tether_snapshot(p.sctx, &blob, &len), 0);
+  tether_ctx_free(p.sctx);
+  p.sctx = restore(blob, len);
+  p.srv = only_session(p.sctx);
+  assert_true(wait_reconnects(p.cli, 1, WAIT_MS));
+  /* The first run sends about 20 heartbeats, which the client accepts. */
+  usleep(2000 * 1000);
+  uint64_t before = reconnects(p.cli);
+  tether_ctx_free(p.sctx);
+  p.sctx = restore(blob, len);
+  p.srv = only_session(p.sctx);
+  assert_true(wait_reconnects(p.cli, before + 1, WAIT_MS));
+  wait_connected(p.srv);
+  /* Twice the suspend time: the second run's heartbeats must count. */
+  uint64_t resumed = reconnects(p.cli);
+  usleep(3000 * 1000);
+  assert_int_equal(reconnects(p.cli), resumed);
+  assert_int_equal(tether_session_state(p.cli), TETHER_STATE_CONNECTED);
+  send_str(p.cli, "still");
+  assert_int_equal(expect_str(p.srv, "still"), 0);
+  free(blob);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+  unsetenv("TETHER_HEARTBEAT_MS");
+  unsetenv("TETHER_SUSPEND_MS");
+}
+
 /* Both sides restart, each from its own snapshot, taken at different
  * points; each replays what the other already had. */
 static void test_durable_both_rollback(void **state) {
@@ -421,6 +467,7 @@ int main(void) {
                                       durable_off),
       cmocka_unit_test(test_client_restore),
       cmocka_unit_test(test_server_restore),
+      cmocka_unit_test(test_restore_same_snapshot_twice),
       cmocka_unit_test(test_stale_snapshot_refused),
       cmocka_unit_test(test_damaged_snapshots),
       cmocka_unit_test(test_file_store),
