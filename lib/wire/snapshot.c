@@ -180,7 +180,23 @@ snap_msg *snap_open(const uint8_t *buf, size_t len, int *err, const char **why) 
   return m;
 }
 
+static void wipe_bytes(ProtobufCBinaryData *b) {
+  if (b->data)
+    wipe(b->data, b->len);
+}
+
+/* The session keys decoded into m are overwritten before they are freed. */
 void snap_free(snap_msg *m) {
-  if (m)
-    tether__snap__snapshot__free_unpacked(m, NULL);
+  if (!m)
+    return;
+  for (size_t i = 0; i < m->n_sessions; i++) {
+    Tether__Snap__Session *s = m->sessions[i];
+    if (!s)
+      continue;
+    wipe_bytes(&s->k_ctl_c2s);
+    wipe_bytes(&s->k_ctl_s2c);
+    wipe_bytes(&s->k_resume_c);
+    wipe_bytes(&s->k_resume_s);
+  }
+  tether__snap__snapshot__free_unpacked(m, NULL);
 }
