@@ -253,7 +253,11 @@ int hs_conn_advance(struct hs_conn *h);
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms);
 void hs_conn_abort(struct hs_conn *h);
 
-/* ---- sessions (session.c) ---- */
+/* ---- sessions (session.c; data path io.c, app fd appfd.c, control
+ * datagrams session_ctl.c, restores restore.c) ---- */
+
+/* The core's configuration from the context's. */
+struct core_config session_core_config(const struct tether_config *cfg);
 
 struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
                                    bool is_client);
@@ -291,6 +295,27 @@ void session_destroy(struct tether_session *s);
 void session_on_hangup(struct tether_session *s);
 void session_lock(struct tether_session *s);
 void session_unlock(struct tether_session *s);
+/* Engine thread, both locks held: brings the engine's view (app fd, events,
+ * timer) in line with whatever changed, unlocks, reports a new state to the
+ * application's callback, and frees the session if it is over.  Returns
+ * true when it did (s is gone). */
+bool session_settle_unlock(struct tether_session *s);
+/* Both locks held: pushes a pending resend into the socket. */
+void session_flush_locked(struct tether_session *s);
+/* rx_lock held (tx_lock too if tx_locked): reads bytes of the peer's replay
+ * after its rollback and checks them against what was delivered.  recv's
+ * result; on a difference the session has failed and the peer is told. */
+ssize_t session_take_replay_locked(struct tether_session *s, bool tx_locked);
+/* Both locks held: applies a control datagram that waited for a writer. */
+void session_apply_deferred_locked(struct tether_session *s);
+/* Writer thread, tx_lock held, after a write: applies such a datagram if
+ * the reading side is free, else leaves it to the engine (kicked). */
+void session_writer_takes_deferred(struct tether_session *s);
+/* Both locks held: any transition; pollers return (see APP_FD_READY). */
+void app_fd_ready(struct tether_session *s);
+/* Application thread, at the start of every data-path call: installs the
+ * file the current state calls for. */
+void app_fd_fixup(struct tether_session *s);
 
 /* ---- client side (client.c) ---- */
 

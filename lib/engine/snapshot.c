@@ -1,11 +1,9 @@
-/* Snapshots of a context and restores from them (see tether(7), SNAPSHOTS).
+/* Snapshots of a context and their commits (see tether(7), SNAPSHOTS);
+ * restores are in restore.c.
  *
  * A snapshot is taken under ctx->lock and each session's locks in turn, so
  * every session is captured at one consistent point of its own stream (the
- * sessions need no common point: each resumes on its own).  Restoring builds
- * a new context whose sessions start suspended; the ordinary resume protocol
- * does the rest, and refuses (TETHER_EWINDOW, on both sides) a resume whose
- * two states cannot be reconciled. */
+ * sessions need no common point: each resumes on its own). */
 #include <errno.h>
 #include <netdb.h>
 #include <stdlib.h>
@@ -296,69 +294,6 @@ int tether_snapshot_commit(tether_ctx *ctx, const void *blob, size_t len) {
     }
   pthread_mutex_unlock(&ctx->lock);
   return 0;
-}
-
-static int listen_again(tether_ctx *ctx, const Tether__Snap__Address *a, tether_listener **out) {
-  char host[NI_MAXHOST], port[NI_MAXSERV];
-  if (getnameinfo((const struct sockaddr *)a->sockaddr.data, (socklen_t)a->sockaddr.len, host,
-                  sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-    return -EINVAL;
-  return listener_open(ctx, host, port, false, out);
-}
-
-int tether_restore(const tether_config *cfg, const void *blob, size_t len, tether_ctx **out) {
-  int rc;
-  const char *why = NULL;
-  tether_ctx *ctx = NULL;
-  tether_listener **ls = NULL;
-  if (!blob || !out)
-    return -EINVAL;
-  *out = NULL;
-  snap_msg *m = snap_open(blob, len, &rc, &why);
-  if (!m)
-    return rc;
-  if ((rc = tether_ctx_new(cfg, &ctx)) < 0)
-    goto out;
-  ls = calloc(m->n_listeners ? m->n_listeners : 1, sizeof(*ls));
-  if (!ls) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  for (size_t i = 0; i < m->n_listeners; i++)
-    if ((rc = listen_again(ctx, m->listeners[i]->addr, &ls[i])) < 0) {
-      LOG_ERR(ctx, "restore: cannot listen again on a snapshot's address: %s", strerror(-rc));
-      goto out;
-    }
-  for (size_t i = 0; i < m->n_sessions; i++) {
-    const Tether__Snap__Session *sm = m->sessions[i];
-    struct tether_listener *l = sm->listener >= 0 ? ls[sm->listener] : NULL;
-    struct tether_session *s = session_restore(ctx, sm, l, &rc);
-    if (!s)
-      goto out;
-    if ((rc = session_start(s)) < 0) {
-      session_destroy(s);
-      goto out;
-    }
-    char tag[17];
-    LOG_INFO(ctx, "session %s: restored (epoch %u), suspended", session_tag(s->id, tag),
-             s->core.epoch);
-    if (sm->queued && l) /* back in the accept queue it was in */
-      listener_enqueue(l, s);
-  }
-  /* Only now, with every session registered, may resumes come in: a
-   * client that redials the moment the port opens must find its session,
-   * not be told it is unknown (a final verdict). */
-  for (size_t i = 0; i < m->n_listeners; i++)
-    listener_start(ls[i]);
-  *out = ctx;
-  ctx = NULL;
-  rc = 0;
-out:
-  if (ctx)
-    tether_ctx_free(ctx);
-  free(ls);
-  snap_free(m);
-  return rc;
 }
 
 size_t tether_ctx_sessions(tether_ctx *ctx, tether_session **out, size_t cap) {

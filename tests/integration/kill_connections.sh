@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 32 MiB through tether-echo on loopback while the live TCP connection is
-# killed (ss -K: the peer gets a reset) at least 10 times mid-stream.
+# killed (ss -K: the peer gets a reset) 14 times, spread over the stream by
+# its progress (not by the clock), at least 10 of them mid-stream.
 # Expect: byte-exact echo, client exit 0, --stats reconnects >= 10 and
 # bytes_resent reported.
 #
@@ -37,20 +38,7 @@ log "transfer of $SIZE bytes started (server $server, client $client, port $port
 
 wait_size "$TMP/out" $((256 * 1024)) 20000 "$client"
 
-# killer: one ss -K every 0.4 s while the transfer runs; logs each real kill
-# with how much of the echo had arrived then.
-killer() {
-  local n=0 i killed
-  for ((i = 0; i < 100 && n < KILLS_MAX; i++)); do
-    sleep 0.4
-    killed=$(kill_tcp 127.0.0.1 "$port")
-    if [ -n "$killed" ]; then
-      n=$((n + 1))
-      echo "kill $n at $(file_size "$TMP/out") of $SIZE: $killed"
-    fi
-  done
-}
-spawn - "$TMP/killer.log" "$TMP/killer.err" killer
+spawn - "$TMP/killer.log" "$TMP/killer.err" kill_at_progress "$TMP/out" "$SIZE" "$port" "$KILLS_MAX"
 killer_pid=$BG_PID
 
 wait_exit "$client" 90000 || fail "client still running after 90 s ($(file_size "$TMP/out") of $SIZE bytes echoed)"

@@ -439,13 +439,40 @@ kill_tcp() {
   ss -K -H -tn dst "$1" dport = ":$2" 2>/dev/null || true
 }
 
+# kill_at_progress FILE SIZE PORT N [FILE2]: kills the TCP connections to
+# 127.0.0.1:PORT N times, the k-th once FILE (and FILE2, if given) holds
+# k/(N+2) of SIZE bytes -- by progress, not by the clock, so that a slow
+# machine gets as many kills mid-stream as a fast one.  A kill that finds
+# no connection (a resume in progress) is tried again every 20 ms.  Logs
+# "kill K at BYTES [/ BYTES2]: <ss line>" for each real kill on stdout.
+kill_at_progress() {
+  local f=$1 size=$2 port=$3 n=$4 f2=${5:-} k try killed target
+  for ((k = 1; k <= n; k++)); do
+    target=$((size / (n + 2) * k))
+    until [ "$(file_size "$f")" -ge "$target" ] &&
+          { [ -z "$f2" ] || [ "$(file_size "$f2")" -ge "$target" ]; }; do
+      sleep 0.02
+    done
+    killed=
+    for ((try = 0; try < 500; try++)); do
+      killed=$(kill_tcp 127.0.0.1 "$port")
+      [ -n "$killed" ] && break
+      sleep 0.02
+    done
+    [ -n "$killed" ] &&
+      echo "kill $k at $(file_size "$f")${f2:+ / $(file_size "$f2")} of $size: $killed"
+  done
+  return 0
+}
+
 # duplex_kill_test NAME SRV_IN SRV_OUT SRV_CMD_ARRAY CLI_IN CLI_OUT CLI_CMD_ARRAY:
 # the preload's streaming test for a program NAME that copies its input to a
 # TCP peer and the peer's bytes to its output.  Both ends run under
 # tether-run (the commands, given as names of arrays, include it), on $port
 # (set by the caller before building the commands), and stream 8 MiB of
 # random bytes each way at once, throttled to 2 MiB/s so the transfer lasts
-# ~4 s, while the live TCP connection is killed (ss -K) every 0.4 s.  The
+# ~4 s, while the live TCP connection is killed (ss -K) 8 times, spread
+# over the transfer by its progress (kill_at_progress).  The
 # server reads $TMP/s_fifo and writes $TMP/s_out, the client $TMP/c_fifo and
 # $TMP/c_out: through the spawn's stdin/stdout (SRV_IN, SRV_OUT, ...) or its
 # own options (then "-" and /dev/null).  Expect: both directions byte-exact,
@@ -468,20 +495,8 @@ duplex_kill_test() {
   log "transfer of 2 x $size bytes started (server $server, client $client, port $port)"
   wait_size "$TMP/c_out" $((128 * 1024)) 20000 "$client"
 
-  duplex_killer() {
-    local i killed n=0
-    for ((i = 0; i < 40; i++)); do
-      sleep 0.4
-      killed=$(kill_tcp 127.0.0.1 "$port")
-      if [ -n "$killed" ]; then
-        n=$((n + 1))
-        echo "kill $n at $(file_size "$TMP/c_out") / $(file_size "$TMP/s_out"): $killed"
-      fi
-      [ "$(file_size "$TMP/c_out")" -ge "$size" ] && [ "$(file_size "$TMP/s_out")" -ge "$size" ] && break
-    done
-    return 0
-  }
-  spawn - "$TMP/killer.log" "$TMP/killer.err" duplex_killer
+  spawn - "$TMP/killer.log" "$TMP/killer.err" \
+    kill_at_progress "$TMP/c_out" "$size" "$port" 8 "$TMP/s_out"
   local killer_pid=$BG_PID
 
   wait_exit "$client" 60000 || fail "client $name still running after 60 s"

@@ -1,0 +1,80 @@
+/* Control datagrams applied to a session: by the engine, or -- when a
+ * writer holds tx_lock in send() -- handed over to that writer, so that the
+ * engine never waits on the data path. */
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+
+#include "engine.h"
+
+/* Both locks held: what an authenticated datagram says. */
+static void apply_ctl_locked(struct tether_session *s, const struct core_ctl *ctl,
+                             const struct sockaddr *from, socklen_t fromlen, uint64_t now) {
+  bool reply;
+  if (core_on_ctl(&s->core, now, ctl, &reply) == 0) {
+    /* The server answers wherever the client's authenticated datagrams come
+     * from: NAT rebinding and address changes need no handshake. */
+    if (!s->is_client && fromlen <= sizeof(s->udp_peer)) {
+      memcpy(&s->udp_peer, from, fromlen);
+      s->udp_peer_len = fromlen;
+    }
+    if (reply)
+      udp_send_ctl(s, now);
+  }
+}
+
+/* Both locks held: applies a datagram that waited for a writer. */
+void session_apply_deferred_locked(struct tether_session *s) {
+  if (!s->ctl_deferred)
+    return;
+  __atomic_store_n(&s->ctl_deferred, false, __ATOMIC_RELAXED);
+  apply_ctl_locked(s, &s->deferred.ctl, (struct sockaddr *)&s->deferred.from,
+                   s->deferred.fromlen, now_ns());
+}
+
+/* Writer thread, tx_lock held, after a write: applies a datagram the
+ * engine left for it, if the reading side is free (else the engine does,
+ * kicked).  The engine is kicked when the datagram changed the state. */
+void session_writer_takes_deferred(struct tether_session *s) {
+  if (pthread_mutex_trylock(&s->rx_lock) != 0) {
+    session_kick(s);
+    return;
+  }
+  enum core_state before = s->core.state;
+  session_apply_deferred_locked(s);
+  bool changed = s->core.state != before;
+  pthread_mutex_unlock(&s->rx_lock);
+  if (changed)
+    session_kick(s);
+}
+
+void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
+                    const struct sockaddr *from, socklen_t fromlen) {
+  char tag[17];
+  LOG_DEBUG(s->ctx, "session %s: control #%llu: delivered %llu sent %llu%s%s%s%s",
+            session_tag(s->id, tag), (unsigned long long)ctl->seq,
+            (unsigned long long)ctl->delivered, (unsigned long long)ctl->sent,
+            ctl->write_closed ? " write-closed" : "", ctl->read_closed ? " read-closed" : "",
+            ctl->ack_write_closed ? " ack-write" : "", ctl->ack_read_closed ? " ack-read" : "");
+  pthread_mutex_lock(&s->rx_lock);
+  if (pthread_mutex_trylock(&s->tx_lock) != 0) {
+    /* A writer is in send(): waiting would stall the engine, and have the
+     * writer wake it after each of its writes while it holds on.  Control
+     * messages are cumulative: keep the latest for the writer to apply. */
+    if (!s->ctl_deferred || ctl->seq > s->deferred.ctl.seq) {
+      s->deferred.ctl = *ctl;
+      s->deferred.fromlen = fromlen <= sizeof(s->deferred.from) ? fromlen : 0;
+      memcpy(&s->deferred.from, from, s->deferred.fromlen);
+      __atomic_store_n(&s->ctl_deferred, true, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&s->rx_lock);
+    /* ... or the engine itself, soon, should the writer be gone by then. */
+    struct timeval soon = {0, 1000};
+    evtimer_add(s->timer, &soon);
+    return;
+  }
+  session_apply_deferred_locked(s); /* an older one first: it may still count */
+  apply_ctl_locked(s, ctl, from, fromlen, now_ns());
+  session_settle_unlock(s);
+}
