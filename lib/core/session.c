@@ -453,6 +453,21 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
   out->ctl_seq_seen = c->rx_seq;
 }
 
+void core_resume_attempt(struct core_session *c, struct core_resume_state *out) {
+  c->tx_seq++;
+  core_resume_state(c, out);
+}
+
+bool core_resume_stale(const struct core_session *c, const struct core_resume_state *peer) {
+  return peer->ctl_seq <= c->rx_seq;
+}
+
+void core_resume_refused_stale(struct core_session *c) {
+  if (c->epoch < CORE_EPOCH_MAX)
+    c->epoch++;
+  c->tx_seq = (uint64_t)c->epoch << CORE_EPOCH_SHIFT;
+}
+
 /* The peer accepted control numbers from us that we have not used yet: we
  * were restored from a snapshot that an earlier run of ours had been
  * restored from too, and that run used them.  Continue in a new epoch above

@@ -316,6 +316,19 @@ void core_close(struct core_session *c, uint64_t now);
 /* The transport failed or was retired.  No-op unless CONNECTED. */
 void core_on_transport_lost(struct core_session *c, uint64_t now);
 void core_resume_state(const struct core_session *c, struct core_resume_state *out);
+/* Client: our state for a new resume attempt.  Each attempt takes a
+ * control number of its own, so that the server can tell a late attempt,
+ * given up and overtaken by a newer one, from that newer one. */
+void core_resume_attempt(struct core_session *c, struct core_resume_state *out);
+/* Server: whether an authenticated resume attempt is older than something
+ * the client has sent since (a resume or a datagram): it must be refused
+ * (Reject STALE) without touching the session. */
+bool core_resume_stale(const struct core_session *c, const struct core_resume_state *peer);
+/* Client: the server refused our attempt as stale although we gave up none
+ * we did not replace: we are a second run from one snapshot, behind the
+ * numbers the first run used.  Moves to the next epoch (attempts refused
+ * again move further, until past them). */
+void core_resume_refused_stale(struct core_session *c);
 /* Whether two sides' resume states can be reconciled: 0, or TETHER_EWINDOW
  * when bytes one side lacks are no longer retained by the other, or when one
  * side rolled back behind what its peer delivered and the peer cannot check

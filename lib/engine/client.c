@@ -199,6 +199,14 @@ void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc) {
     LOG_WARN(s->ctx, "session %s: server refused to resume: %s", session_tag(s->id, tag),
              tether_strerror(rc));
     session_fail(s, rc);
+  } else if (rc == -ESTALE) {
+    /* Our numbers are behind what the server saw: we were restored again
+     * from a snapshot that an earlier run of ours had resumed from. */
+    LOG_INFO(s->ctx, "session %s: the server has seen newer resumes; redialling in a new epoch",
+             session_tag(s->id, tag));
+    session_lock(s);
+    core_resume_refused_stale(&s->core);
+    session_unlock(s);
   } else if (rc == TETHER_EAUTH) {
     LOG_WARN(s->ctx, "session %s: redial failed authentication: %s; retrying",
              session_tag(s->id, tag), h->why ? h->why : "");

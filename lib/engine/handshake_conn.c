@@ -119,6 +119,7 @@ static int reject_code_to_err(Tether__Wire__Reject__Code c) {
   case TETHER__WIRE__REJECT__CODE__BUSY: return -EAGAIN;
   case TETHER__WIRE__REJECT__CODE__WINDOW: return TETHER_EWINDOW;
   case TETHER__WIRE__REJECT__CODE__DIVERGED: return TETHER_EDIVERGED;
+  case TETHER__WIRE__REJECT__CODE__STALE: return -ESTALE;
   default: return TETHER_EPROTO;
   }
 }
@@ -248,7 +249,7 @@ static int on_challenge(struct hs_conn *h, const Tether__Wire__ResumeChallenge *
   s->finishing = h;
   /* Suspended: the application cannot move these counters now. */
   session_lock(s);
-  core_resume_state(&s->core, &ours);
+  core_resume_attempt(&s->core, &ours);
   session_unlock(s);
   ours.rcvbuf_max = sock_rcvbuf_max(h->fd);
   if (hs_resume_mac(s->keys.resume_c, "finish", s->id, h->nonce_c, h->nonce_s, &ours, mac) < 0)
@@ -428,7 +429,16 @@ static int on_resume_finish(struct hs_conn *h, const Tether__Wire__ResumeFinish 
              session_tag(s->id, tag));
     return reject(h, TETHER__WIRE__REJECT__CODE__AUTH, "authentication failed", TETHER_EAUTH);
   }
-  /* Authenticated: only now may the live session be touched. */
+  /* Authenticated, but perhaps an attempt the client gave up long ago,
+   * delayed on the way: it must not replace the connection of a newer one
+   * (only the newest resume wins). */
+  session_lock(s);
+  bool stale = core_resume_stale(&s->core, &h->peer_state);
+  session_unlock(s);
+  if (stale)
+    return reject(h, TETHER__WIRE__REJECT__CODE__STALE, "an older resume attempt than one seen",
+                  -ESTALE);
+  /* Only now may the live session be touched. */
   h->session = s;
   int rc = listener_resume_authenticated(h, &ours);
   if (rc == TETHER_EDIVERGED)
@@ -494,6 +504,10 @@ static int on_reject(struct hs_conn *h, const Tether__Wire__Reject *rj) {
   h->why = "peer rejected the handshake";
   if (h->kind != HS_CLIENT_RESUME || reject_authentic(h, rj))
     return err;
+  if (err == -ESTALE) { /* moves our epoch on: only the server may say so */
+    h->why = "ignored a Reject{STALE} without a valid MAC (forged?)";
+    return -EAGAIN;
+  }
   if (redial_err_final(err) && (h->step == S_AWAIT_ACCEPT || h->ctx->cfg.psk_len > 0)) {
     h->why = "ignored a Reject without a valid MAC (forged?)";
     return TETHER_EAUTH;

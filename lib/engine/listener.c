@@ -48,7 +48,8 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
   char addr[64], tag[17];
   sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr));
   if (rc < 0) {
-    int level = rc == -ECONNRESET || rc == -ETIMEDOUT ? TETHER_LOG_INFO : TETHER_LOG_WARN;
+    int level = rc == -ECONNRESET || rc == -ETIMEDOUT || rc == -ESTALE ? TETHER_LOG_INFO
+                                                                        : TETHER_LOG_WARN;
     tlog(ctx, level, "handshake from %s refused: %s (%s)", addr, tether_strerror(rc),
          h->why ? h->why : "");
     hs_conn_free(h);

@@ -12,7 +12,11 @@
  *   - The same Reject from a server with another key is ignored.
  *   - Without a pre-shared key a Reject{UNKNOWN_SESSION} before the
  *     server's challenge cannot be authenticated and ends the session: the
- *     documented limit (setup without a key is unauthenticated anyway). */
+ *     documented limit (setup without a key is unauthenticated anyway).
+ *   - A resume attempt's ResumeFinish held back on the path and delivered
+ *     after a newer attempt resumed the session (what someone who can
+ *     only delay packets can do) is refused as STALE: the live session is
+ *     not touched. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -37,7 +41,7 @@
 #define PSK "reject-test key: 32 bytes long.."
 #define OTHER_PSK "another key, also 32 bytes long."
 
-enum mode { RELAY, FORGE };
+enum mode { RELAY, FORGE, HOLD };
 
 struct server {
   tether_ctx *ctx;
@@ -60,6 +64,8 @@ struct proxy {
   int forged;     /* Rejects sent */
   int relayed;    /* connections relayed */
   int a, b;       /* the relayed pair: client side, server side */
+  int held_fd;    /* HOLD: the server side of the attempt held back */
+  hs_msg *held;   /* ... and the client's ResumeFinish it did not pass on */
 };
 
 static uint64_t now_ms(void) {
@@ -181,6 +187,51 @@ static void forge(struct proxy *px, int fd) {
   close(fd);
 }
 
+/* Reads one handshake message (with the preface first if `preface`). */
+static hs_msg *read_msg(int fd, bool preface) {
+  struct timeval tv = {.tv_sec = 5};
+  struct hs_reader rd;
+  const char *why = NULL;
+  int rc;
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  hs_reader_init(&rd, preface);
+  while ((rc = hs_reader_step(&rd, fd, &why)) == 0)
+    ;
+  return rc == 1 ? hs_decode(rd.buf, rd.have, &why) : NULL;
+}
+
+static bool send_msg(int fd, const hs_msg *m, bool preface) {
+  uint8_t out[HS_PREFACE_LEN + 4 + HS_FRAME_MAX];
+  ssize_t n = hs_encode(m, preface, out, sizeof(out));
+  return n > 0 && send(fd, out, (size_t)n, MSG_NOSIGNAL) == n;
+}
+
+/* HOLD, once: relays a resume attempt up to the client's ResumeFinish, which
+ * it keeps, and resets the client's side (the client gives the attempt up
+ * and redials); the server's side stays open, waiting for the ResumeFinish
+ * (proxy_release).  Then relays again. */
+static void hold(struct proxy *px, int fd) {
+  int up = dial(px->target);
+  hs_msg *hello = read_msg(fd, true), *challenge = NULL, *finish = NULL;
+  bool ok = up >= 0 && hello && hello->msg_case == TETHER__WIRE__HANDSHAKE__MSG_RESUME_HELLO &&
+            send_msg(up, hello, true) && (challenge = read_msg(up, true)) != NULL &&
+            send_msg(fd, challenge, true) && (finish = read_msg(fd, false)) != NULL &&
+            finish->msg_case == TETHER__WIRE__HANDSHAKE__MSG_RESUME_FINISH;
+  hs_free(hello);
+  hs_free(challenge);
+  reset_close(fd);
+  pthread_mutex_lock(&px->lock);
+  if (ok) {
+    px->held_fd = up;
+    px->held = finish;
+    px->mode = RELAY;
+  } else {
+    reset_close(up);
+    hs_free(finish);
+  }
+  pthread_mutex_unlock(&px->lock);
+}
+
 /* Copies what is there from one end of the pair to the other; false once
  * the pair is done. */
 static bool pump(int from, int to) {
@@ -242,6 +293,10 @@ static void *proxy_run(void *arg) {
       forge(px, fd);
       continue;
     }
+    if (mode == HOLD) {
+      hold(px, fd);
+      continue;
+    }
     int up = dial(target);
     pthread_mutex_lock(&px->lock);
     reset_close(px->a); /* one pair at a time */
@@ -263,7 +318,7 @@ static void proxy_start(struct proxy *px, int target) {
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   socklen_t alen = sizeof(a);
   memset(px, 0, sizeof(*px));
-  px->a = px->b = -1;
+  px->a = px->b = px->held_fd = -1;
   px->target = target;
   px->mode = RELAY;
   pthread_mutex_init(&px->lock, NULL);
@@ -297,6 +352,31 @@ static int proxy_forged(struct proxy *px) {
   return n;
 }
 
+/* Whether the proxy holds a ResumeFinish back (HOLD). */
+static bool proxy_holds(struct proxy *px) {
+  pthread_mutex_lock(&px->lock);
+  bool held = px->held != NULL;
+  pthread_mutex_unlock(&px->lock);
+  return held;
+}
+
+/* Delivers the ResumeFinish held back to the server, late; returns the
+ * server's answer (NULL if none). */
+static hs_msg *proxy_release(struct proxy *px) {
+  pthread_mutex_lock(&px->lock);
+  int fd = px->held_fd;
+  hs_msg *finish = px->held;
+  px->held_fd = -1;
+  px->held = NULL;
+  pthread_mutex_unlock(&px->lock);
+  assert_non_null(finish);
+  assert_true(send_msg(fd, finish, false));
+  hs_free(finish);
+  hs_msg *answer = read_msg(fd, false);
+  reset_close(fd);
+  return answer;
+}
+
 static void proxy_stop(struct proxy *px) {
   pthread_mutex_lock(&px->lock);
   px->stop = 1;
@@ -305,6 +385,8 @@ static void proxy_stop(struct proxy *px) {
   pthread_join(px->thread, NULL);
   reset_close(px->a);
   reset_close(px->b);
+  reset_close(px->held_fd);
+  hs_free(px->held);
   close(px->lfd);
   close(px->wake[0]);
   close(px->wake[1]);
@@ -455,12 +537,60 @@ static void test_without_psk_forged_reject_is_final(void **state) {
   server_stop(&sv);
 }
 
+static uint64_t client_reconnects(struct client *c) {
+  tether_stats st;
+  assert_int_equal(tether_session_stats(c->s, &st), 0);
+  return st.reconnects;
+}
+
+static void test_late_resume_attempt_refused(void **state) {
+  (void)state;
+  struct server sv;
+  struct proxy px;
+  struct client c;
+  server_start(&sv, PSK, true);
+  proxy_start(&px, sv.port);
+  client_connect(&c, PSK, px.port);
+  round_trip(&c, 'a');
+
+  /* Attempt A: its ResumeFinish is held back; the client redials (B). */
+  proxy_set(&px, HOLD, -1, true);
+  uint64_t end = now_ms() + 10000;
+  while (!proxy_holds(&px) && now_ms() < end)
+    msleep(10);
+  assert_true(proxy_holds(&px));
+  assert_true(wait_state(&c, TETHER_STATE_CONNECTED, 10000));
+  uint64_t resumes = client_reconnects(&c);
+  assert_true(resumes >= 1);
+  /* Both streams move on past what attempt A knows, and the heartbeats'
+   * acknowledgements let the server drop what A would need resent. */
+  for (char x = 'b'; x < 'k'; x++)
+    round_trip(&c, x);
+  msleep(500);
+
+  hs_msg *answer = proxy_release(&px);
+  assert_non_null(answer);
+  assert_int_equal(answer->msg_case, TETHER__WIRE__HANDSHAKE__MSG_REJECT);
+  assert_int_equal(answer->reject->code, TETHER__WIRE__REJECT__CODE__STALE);
+  hs_free(answer);
+  /* The live connection was not touched. */
+  msleep(500);
+  assert_int_equal(tether_session_state(c.s), TETHER_STATE_CONNECTED);
+  assert_int_equal(client_reconnects(&c), resumes);
+  round_trip(&c, 'z');
+
+  client_close(&c);
+  proxy_stop(&px);
+  server_stop(&sv);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_forged_reject_ignored_with_psk),
       cmocka_unit_test(test_authentic_reject_ends_session),
       cmocka_unit_test(test_reject_under_another_key_ignored),
       cmocka_unit_test(test_without_psk_forged_reject_is_final),
+      cmocka_unit_test(test_late_resume_attempt_refused),
   };
   return cmocka_run_group_tests_name("reject", tests, NULL, NULL);
 }
