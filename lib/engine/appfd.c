@@ -5,14 +5,22 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "engine.h"
 
 /* Both locks held.  Points app_fd at `fd` (consumed) of the given kind, and
- * wakes pollers of a WAIT pipe by closing its write end. */
+ * wakes pollers of the old file: of a WAIT pipe by closing its write end,
+ * of a HELD set (and a blocking writer) through its eventfd. */
 static void app_fd_install(struct tether_session *s, int fd, int kind) {
+  if (s->held_wake >= 0) {
+    uint64_t one = 1;
+    (void)!write(s->held_wake, &one, sizeof(one));
+    close(s->held_wake);
+    s->held_wake = -1;
+  }
   if (s->app_fd >= 0 && s->app_fd_hook)
     s->app_fd_hook(s, fd, kind);
   else if (s->app_fd >= 0 && dup3(fd, s->app_fd, O_CLOEXEC) < 0)
@@ -39,7 +47,11 @@ void app_fd_ready(struct tether_session *s) {
 
 static int app_fd_wanted(const struct tether_session *s) {
   switch (s->core.state) {
-  case CORE_CONNECTED: return s->sock >= 0 ? APP_FD_SOCK : APP_FD_READY;
+  case CORE_CONNECTED:
+    if (s->sock < 0)
+      return APP_FD_READY;
+    return s->app_kind == APP_FD_HELD && core_write_room(&s->core) == 0 ? APP_FD_HELD
+                                                                        : APP_FD_SOCK;
   case CORE_SUSPENDED: return APP_FD_WAIT;
   default: return APP_FD_READY;
   }
@@ -69,4 +81,32 @@ void app_fd_fixup(struct tether_session *s) {
     }
   }
   session_unlock(s);
+}
+
+int app_fd_hold(struct tether_session *s, bool want_wake) {
+  if (s->app_fd < 0 || s->sock < 0 || s->core.state != CORE_CONNECTED)
+    return -1;
+  if (s->app_kind != APP_FD_HELD) {
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    int w = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event rd = {.events = EPOLLIN | EPOLLRDHUP}, wk = {.events = EPOLLIN};
+    if (ep < 0 || w < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, s->sock, &rd) < 0 ||
+        epoll_ctl(ep, EPOLL_CTL_ADD, w, &wk) < 0) {
+      LOG_ERR(s->ctx, "cannot hold a writer back: %s", strerror(errno));
+      if (ep >= 0)
+        close(ep);
+      if (w >= 0)
+        close(w);
+      return -1;
+    }
+    app_fd_install(s, ep, APP_FD_HELD);
+    s->held_wake = w;
+  }
+  return want_wake ? fcntl(s->held_wake, F_DUPFD_CLOEXEC, 0) : -1;
+}
+
+void app_fd_release(struct tether_session *s) {
+  if (s->app_kind == APP_FD_HELD &&
+      (s->core.state != CORE_CONNECTED || core_write_room(&s->core) > 0))
+    app_fd_ready(s);
 }

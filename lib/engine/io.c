@@ -130,6 +130,19 @@ static int write_failed(struct tether_session *s, int err) {
   return 0;
 }
 
+/* No locks held.  The socket may be writable while retention has no room
+ * (a durable peer that does not commit, a peer that does not acknowledge):
+ * then app_fd must not say "writable", or every poller would spin on
+ * EAGAIN.  Returns what a blocking writer waits on (see app_fd_hold). */
+static int hold_writer(struct tether_session *s) {
+  int wake = -1;
+  session_lock(s);
+  if (s->core.state == CORE_CONNECTED && core_write_room(&s->core) == 0)
+    wake = app_fd_hold(s, !s->nonblocking);
+  session_unlock(s);
+  return wake;
+}
+
 ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
   if (!s || (!buf && len))
     return -EINVAL;
@@ -152,6 +165,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
       pthread_mutex_unlock(&s->tx_lock);
       return 0;
     }
+    bool no_room = false;
     if (rc == 0) {
       size_t room = core_write_room(c);
       if (room < len) {
@@ -159,6 +173,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
         room = core_write_room(c);
       }
       size_t n = len < room ? len : room;
+      no_room = n == 0;
       if (n > 0) {
         /* Reserve retention memory first: once the kernel has the bytes we
          * must be able to keep them. */
@@ -186,9 +201,13 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
       }
     }
     pthread_mutex_unlock(&s->tx_lock);
+    int wake = no_room ? hold_writer(s) : -1;
     if (s->nonblocking)
       return -EAGAIN;
-    if (wait_fd(s->app_fd, POLLOUT) < 0)
+    int w = wake >= 0 ? wait_fd(wake, POLLIN) : wait_fd(s->app_fd, POLLOUT);
+    if (wake >= 0)
+      close(wake);
+    if (w < 0)
       return -EINTR;
     app_fd_fixup(s);
     pthread_mutex_lock(&s->tx_lock);

@@ -64,7 +64,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->keys = h->keys;
   s->is_client = is_client;
   s->sock = h->fd;
-  s->hold_w = -1;
+  s->hold_w = s->held_wake = -1;
   s->hup_sock = -1;
   s->app_kind = APP_FD_SOCK;
   s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
@@ -371,6 +371,7 @@ static void report_state(struct tether_session *s) {
 
 /* Engine thread: everything the data path or a timer may have changed. */
 static void settle(struct tether_session *s, bool *destroy) {
+  app_fd_release(s); /* a writer held back may have room now */
   if ((s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED) &&
       s->app_kind != APP_FD_READY && (s->sock < 0 || s->core.state == CORE_FAILED))
     enter_final_locked(s);
@@ -521,6 +522,8 @@ void session_destroy(struct tether_session *s) {
     close(s->app_fd);
   if (s->hold_w >= 0)
     close(s->hold_w);
+  if (s->held_wake >= 0)
+    close(s->held_wake);
   core_clear(&s->core);
   free(s->finish_rd);
   pthread_mutex_destroy(&s->rx_lock);
