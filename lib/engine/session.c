@@ -35,6 +35,7 @@ static struct core_config core_cfg(const struct tether_config *cfg) {
       .give_up_ns = (uint64_t)cfg->give_up_s * 1000000000,
       .durable = cfg->durable,
       .retain_max = cfg->retain_max,
+      .peer_rcvbuf_cap = cfg->peer_rcvbuf_max ? cfg->peer_rcvbuf_max : sock_host_rcvbuf_max(),
   };
   return c;
 }
@@ -192,7 +193,10 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   opts.retain_max = m->retain_max;
   struct core_config cc = core_cfg(&opts);
   struct core_session *c = &s->core;
-  core_init(c, &cc, s->is_client ? CORE_CLIENT : CORE_SERVER, now, m->local_sndbuf_max,
+  /* (core_init caps the snapshot's peer_rcvbuf_max like a declared one.) */
+  core_init(c, &cc, s->is_client ? CORE_CLIENT : CORE_SERVER, now,
+            m->local_sndbuf_max < sock_host_sndbuf_max() ? m->local_sndbuf_max
+                                                         : sock_host_sndbuf_max(),
             m->peer_rcvbuf_max);
   retention_init(&c->ret, c->ret.max, m->retained_from);
   if (m->retained.len > c->ret.max)
@@ -627,8 +631,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   if (act & CORE_ACT_HEARTBEAT) {
     if (s->sock >= 0)
       core_trim_inflight(&s->core, sock_outq(s->sock));
-    if (s->core.ret.len == 0)
-      retention_shrink(&s->core.ret);
+    retention_shrink(&s->core.ret); /* an idle ring gives its memory back */
     udp_send_ctl(s, now);
   }
   if ((act & CORE_ACT_FIN) && s->sock >= 0) {
