@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,14 +128,20 @@ void retention_copy(const struct retention *r, uint64_t from, void *out, size_t 
 }
 
 void retention_shrink(struct retention *r) {
-  /* Empty: nothing to keep.  Else only when the ring stayed well below its
-   * size since the last call (hysteresis: a flow whose retention rises and
-   * falls between two calls keeps its ring), down to what it needed. */
+  /* Empty: nothing to keep.  Untouched since the last call (idle): exactly
+   * its content.  Else only when the ring stayed well below its size since
+   * the last call (hysteresis: a flow whose retention rises and falls
+   * between two calls keeps its ring), down to what it needed. */
+  bool idle = r->base == r->shrunk_base && retention_end(r) == r->shrunk_end;
   if (r->len == 0 && r->buf)
     retention_clear(r);
+  else if (idle && r->cap > r->len)
+    retention_fit(r);
   else if (r->buf && r->peak <= r->cap / 4)
     (void)resize(r, r->peak); /* -ENOMEM: keeps the larger ring */
   r->peak = r->len;
+  r->shrunk_base = r->base;
+  r->shrunk_end = retention_end(r);
 }
 
 void retention_fit(struct retention *r) {

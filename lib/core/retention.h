@@ -17,6 +17,7 @@ struct retention {
   size_t len;    /* bytes held */
   uint64_t base; /* stream offset of the oldest byte held */
   size_t peak;   /* most bytes held since the last shrink or fit */
+  uint64_t shrunk_base, shrunk_end; /* base and end at the last shrink */
 };
 
 void retention_init(struct retention *r, size_t max, uint64_t base);
@@ -37,11 +38,12 @@ void retention_trim(struct retention *r, uint64_t upto);
 size_t retention_peek(const struct retention *r, uint64_t from, const uint8_t **p);
 /* Copies len bytes starting at offset `from` into out. from..from+len must be held. */
 void retention_copy(const struct retention *r, uint64_t from, void *out, size_t len);
-/* Gives memory back, with hysteresis: frees the storage if nothing is held,
- * else shrinks it to the most bytes held since the last call if that stayed
- * at or below a quarter of its size.  Call now and then (the engine: at each
- * heartbeat), not per write: an idle ring is down to its content after two
- * calls, while a busy one keeps its size. */
+/* Gives memory back, with hysteresis: frees the storage if nothing is held;
+ * shrinks it to what is held if nothing was appended or trimmed since the
+ * last call (idle); else to the most bytes held since the last call if that
+ * stayed at or below a quarter of its size.  Call now and then (the engine:
+ * at each heartbeat), not per write: an idle ring is down to its content
+ * after two calls, while a busy one keeps its size. */
 void retention_shrink(struct retention *r);
 /* Shrinks the storage to exactly what is held (none when empty): for a ring
  * that will not grow for a while (a suspended or finished session). */

@@ -287,6 +287,33 @@ static void test_shrink_after_burst(void **state) {
   retention_clear(&r);
 }
 
+/* An idle ring (nothing appended or trimmed between two calls) is fitted to
+ * its content, however full: storage beyond what it holds is not needed
+ * until it moves again.  One that moves keeps its storage. */
+static void test_shrink_idle_fits(void **state) {
+  (void)state;
+  struct retention r;
+  retention_init(&r, 1024 * KiB, 0);
+  append_pat(&r, 600 * KiB);
+  append_pat(&r, 200 * KiB);
+  assert_int_equal(r.cap, 1024 * KiB);
+  retention_shrink(&r); /* it moved since the start */
+  assert_int_equal(r.cap, 1024 * KiB);
+  append_pat(&r, 1);
+  retention_shrink(&r); /* it moved */
+  assert_int_equal(r.cap, 1024 * KiB);
+  retention_trim(&r, 1);
+  retention_shrink(&r); /* it moved */
+  assert_int_equal(r.cap, 1024 * KiB);
+  retention_shrink(&r); /* idle */
+  assert_int_equal(r.cap, 800 * KiB);
+  assert_int_equal(r.len, 800 * KiB);
+  check_content(&r);
+  retention_shrink(&r); /* nothing more to give back */
+  assert_int_equal(r.cap, 800 * KiB);
+  retention_clear(&r);
+}
+
 /* Shrinking while wrapped keeps every byte, at the new head. */
 static void test_shrink_wrapped(void **state) {
   (void)state;
@@ -555,6 +582,7 @@ int main(void) {
       cmocka_unit_test(test_shrink),
       cmocka_unit_test(test_shrink_after_burst),
       cmocka_unit_test(test_shrink_wrapped),
+      cmocka_unit_test(test_shrink_idle_fits),
       cmocka_unit_test(test_growth_capped_at_max),
       cmocka_unit_test(test_set_max),
       cmocka_unit_test(test_reserve),
