@@ -108,6 +108,12 @@ typedef enum tether_option {
                                       before it sleeps (0: never; only
                                       with more than one CPU); default 50;
                                       env TETHER_READ_SPIN_US */
+  TETHER_OPT_PEER_RCVBUF_MAX_BYTES, /* most of a peer's declared receive
+                                      buffer that is believed: a session
+                                      retains up to its own send buffer
+                                      plus this (0, the default: this
+                                      host's net.ipv4.tcp_rmem maximum);
+                                      env TETHER_PEER_RCVBUF_MAX_BYTES */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

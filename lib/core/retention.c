@@ -2,8 +2,16 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The invariant every function keeps: the bytes of offsets [base, base + len)
+ * sit in buf from index head on, wrapping at cap; len <= cap; head < cap
+ * whenever cap > 0; peak >= len.  The ring grows geometrically but never
+ * past max (a write is held back at max, never dropped), and shrinks only in
+ * retention_shrink() and retention_fit(): appending never gives memory back,
+ * so a writer's copy into the ring reallocates only while the ring grows. */
 
 #define MIN_CAP ((size_t)64 * 1024)
 
@@ -17,20 +25,21 @@ void retention_clear(struct retention *r) {
   free(r->buf);
   r->buf = NULL;
   r->cap = r->head = r->len = 0;
+  r->peak = 0;
 }
 
-static size_t round_pow2(size_t n) {
-  size_t c = MIN_CAP;
-  while (c < n)
-    c <<= 1;
-  return c;
+/* The index in buf of the byte `off` bytes past head (off <= cap). */
+static size_t wrap(const struct retention *r, size_t off) {
+  size_t i = r->head + off;
+  return i >= r->cap ? i - r->cap : i;
 }
 
-/* Reallocates to hold at least `need` bytes, unwrapping the ring. */
-static int grow(struct retention *r, size_t need) {
-  size_t cap = round_pow2(need);
-  uint8_t *nb = malloc(cap);
-  if (!nb)
+/* Moves the content into new storage of exactly `cap` >= len bytes (none
+ * for 0), unwrapping the ring.  0, or -ENOMEM with the ring unchanged. */
+static int resize(struct retention *r, size_t cap) {
+  assert(cap >= r->len);
+  uint8_t *nb = NULL;
+  if (cap && !(nb = malloc(cap)))
     return -ENOMEM;
   if (r->len) {
     size_t first = r->cap - r->head < r->len ? r->cap - r->head : r->len;
@@ -44,6 +53,15 @@ static int grow(struct retention *r, size_t need) {
   return 0;
 }
 
+/* Twice the current size (at least MIN_CAP), but no more than max unless
+ * `need` itself is more (a restored ring may hold more than max). */
+static int grow(struct retention *r, size_t need) {
+  size_t cap = r->cap > r->max / 2 ? r->max : 2 * r->cap;
+  if (cap < MIN_CAP)
+    cap = MIN_CAP < r->max ? MIN_CAP : r->max;
+  return resize(r, cap < need ? need : cap);
+}
+
 int retention_reserve(struct retention *r, size_t n) {
   return r->len + n > r->cap ? grow(r, r->len + n) : 0;
 }
@@ -55,11 +73,13 @@ int retention_append(struct retention *r, const void *data, size_t n) {
   int rc = retention_reserve(r, n);
   if (rc < 0)
     return rc;
-  size_t tail = (r->head + r->len) & (r->cap - 1);
+  size_t tail = wrap(r, r->len);
   size_t first = r->cap - tail < n ? r->cap - tail : n;
   memcpy(r->buf + tail, data, first);
   memcpy(r->buf, (const uint8_t *)data + first, n - first);
   r->len += n;
+  if (r->len > r->peak)
+    r->peak = r->len;
   return 0;
 }
 
@@ -76,7 +96,7 @@ void retention_trim(struct retention *r, uint64_t upto) {
   }
   r->base += drop;
   r->len -= (size_t)drop;
-  r->head = (r->head + (size_t)drop) & (r->cap - 1);
+  r->head = wrap(r, (size_t)drop);
 }
 
 size_t retention_peek(const struct retention *r, uint64_t from, const uint8_t **p) {
@@ -87,7 +107,7 @@ size_t retention_peek(const struct retention *r, uint64_t from, const uint8_t **
     *p = NULL;
     return 0;
   }
-  size_t idx = (r->head + off) & (r->cap - 1);
+  size_t idx = wrap(r, off);
   *p = r->buf + idx;
   return r->cap - idx < avail ? r->cap - idx : avail;
 }
@@ -108,8 +128,26 @@ void retention_copy(const struct retention *r, uint64_t from, void *out, size_t 
 }
 
 void retention_shrink(struct retention *r) {
+  /* Empty: nothing to keep.  Untouched since the last call (idle): exactly
+   * its content.  Else only when the ring stayed well below its size since
+   * the last call (hysteresis: a flow whose retention rises and falls
+   * between two calls keeps its ring), down to what it needed. */
+  bool idle = r->base == r->shrunk_base && retention_end(r) == r->shrunk_end;
   if (r->len == 0 && r->buf)
     retention_clear(r);
+  else if (idle && r->cap > r->len)
+    retention_fit(r);
+  else if (r->buf && r->peak <= r->cap / 4)
+    (void)resize(r, r->peak); /* -ENOMEM: keeps the larger ring */
+  r->peak = r->len;
+  r->shrunk_base = r->base;
+  r->shrunk_end = retention_end(r);
+}
+
+void retention_fit(struct retention *r) {
+  if (r->cap > r->len)
+    (void)resize(r, r->len); /* -ENOMEM: keeps the larger ring */
+  r->peak = r->len;
 }
 
 void retention_set_max(struct retention *r, size_t max) {

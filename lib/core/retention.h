@@ -10,11 +10,14 @@
 
 struct retention {
   uint8_t *buf;  /* ring storage, NULL while empty */
-  size_t cap;    /* allocated size, a power of two (0 while buf is NULL) */
+  size_t cap;    /* allocated size (0 while buf is NULL); grows
+                    geometrically but not past max */
   size_t max;    /* most bytes it may hold */
   size_t head;   /* index in buf of the byte at offset `base` */
   size_t len;    /* bytes held */
   uint64_t base; /* stream offset of the oldest byte held */
+  size_t peak;   /* most bytes held since the last shrink or fit */
+  uint64_t shrunk_base, shrunk_end; /* base and end at the last shrink */
 };
 
 void retention_init(struct retention *r, size_t max, uint64_t base);
@@ -35,8 +38,16 @@ void retention_trim(struct retention *r, uint64_t upto);
 size_t retention_peek(const struct retention *r, uint64_t from, const uint8_t **p);
 /* Copies len bytes starting at offset `from` into out. from..from+len must be held. */
 void retention_copy(const struct retention *r, uint64_t from, void *out, size_t len);
-/* Frees the storage if nothing is held (call when idle). */
+/* Gives memory back, with hysteresis: frees the storage if nothing is held;
+ * shrinks it to what is held if nothing was appended or trimmed since the
+ * last call (idle); else to the most bytes held since the last call if that
+ * stayed at or below a quarter of its size.  Call now and then (the engine:
+ * at each heartbeat), not per write: an idle ring is down to its content
+ * after two calls, while a busy one keeps its size. */
 void retention_shrink(struct retention *r);
+/* Shrinks the storage to exactly what is held (none when empty): for a ring
+ * that will not grow for a while (a suspended or finished session). */
+void retention_fit(struct retention *r);
 /* Raises or lowers the maximum (never below what is held). */
 void retention_set_max(struct retention *r, size_t max);
 

@@ -18,9 +18,22 @@ static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
  * retain_max, after which writers wait for its next durable ack. */
 static size_t retention_cap(const struct core_session *c) {
   uint64_t m = c->local_sndbuf_max + c->peer_rcvbuf_max;
+  if (m < c->local_sndbuf_max) /* overflowed */
+    m = UINT64_MAX;
   if (c->peer_durable && c->cfg.retain_max > m)
     m = c->cfg.retain_max;
   return m > SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)m;
+}
+
+/* Every receive buffer size the peer declares (hello, control datagram,
+ * resume, or a snapshot of any of them) comes in here: believed up to the
+ * local policy's cap only, since it sizes our retention -- a peer claiming
+ * a huge buffer and withholding acknowledgements would otherwise make us
+ * keep all we write. */
+static void set_peer_rcvbuf(struct core_session *c, uint64_t declared) {
+  uint64_t cap = c->cfg.peer_rcvbuf_cap ? c->cfg.peer_rcvbuf_cap : CORE_PEER_RCVBUF_CAP;
+  c->peer_rcvbuf_max = min64(declared, cap);
+  retention_set_max(&c->ret, retention_cap(c));
 }
 
 uint64_t core_trim_floor(const struct core_session *c) {
@@ -60,8 +73,8 @@ void core_init(struct core_session *c, const struct core_config *cfg,
   c->role = role;
   c->state = CORE_CONNECTED;
   c->local_sndbuf_max = local_sndbuf_max;
-  c->peer_rcvbuf_max = peer_rcvbuf_max;
-  retention_init(&c->ret, retention_cap(c), 0);
+  retention_init(&c->ret, 0, 0);
+  set_peer_rcvbuf(c, peer_rcvbuf_max);
   c->last_rx_ns = now;
   /* Soon, to prove the side channel early, but not at once: a short
    * session (a request and its answer) ends before it and never needs a
@@ -263,6 +276,8 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
     c->state = CORE_CLOSED;
     c->finished_at_ns = now;
     c->settled_at_ns = now;
+    retention_fit(&c->ret); /* no more writes: keep what a restored peer
+                               may need, in storage of its size */
   }
 }
 
@@ -382,10 +397,8 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     c->peer_wr_done |= ctl->write_closed;
     c->peer_rd_done |= ctl->read_closed;
   }
-  if (ctl->rcvbuf_max && ctl->rcvbuf_max != c->peer_rcvbuf_max) {
-    c->peer_rcvbuf_max = ctl->rcvbuf_max;
-    retention_set_max(&c->ret, retention_cap(c));
-  }
+  if (ctl->rcvbuf_max)
+    set_peer_rcvbuf(c, ctl->rcvbuf_max);
   *reply = ctl->want_reply && !answered_by_last(c, now, ctl);
   enter_closed_if_finished(c, now);
   note_settled(c, now, settled);
@@ -433,6 +446,7 @@ void core_on_transport_lost(struct core_session *c, uint64_t now) {
   c->next_redial_ns = now; /* first retry at once */
   c->backoff_ns = 0;
   c->fin_sent = false;
+  retention_fit(&c->ret); /* no writes until resumed, maybe for long */
 }
 
 void core_resume_state(const struct core_session *c, struct core_resume_state *out) {
@@ -557,10 +571,8 @@ int core_on_resumed(struct core_session *c, uint64_t now,
    * stale, the peer may have rolled back, or reopened a CLOSED session.) */
   c->peer_wr_done = peer->write_closed && ours.delivered >= peer->sent;
   c->peer_rd_done = peer->read_closed;
-  if (peer->rcvbuf_max && peer->rcvbuf_max != c->peer_rcvbuf_max) {
-    c->peer_rcvbuf_max = peer->rcvbuf_max;
-    retention_set_max(&c->ret, retention_cap(c));
-  }
+  if (peer->rcvbuf_max)
+    set_peer_rcvbuf(c, peer->rcvbuf_max);
   c->accept_unheard = c->role == CORE_SERVER;
   if (c->state == CORE_CLOSED) {
     /* Only the final states were exchanged: the peer now has ours. */

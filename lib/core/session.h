@@ -33,7 +33,14 @@ struct core_config {
   bool durable;        /* we may restart from snapshots: keep the tail our
                           peer needs to check a replay (core_trim_floor) */
   uint64_t retain_max; /* retention cap while the peer is durable */
+  uint64_t peer_rcvbuf_cap; /* most of a peer's declared receive buffer
+                               that is believed (0: CORE_PEER_RCVBUF_CAP):
+                               what a peer declares sizes our retention */
 };
+
+/* The cap on a peer's declared receive buffer when the configuration sets
+ * none (the engine always sets one: see TETHER_OPT_PEER_RCVBUF_MAX_BYTES). */
+#define CORE_PEER_RCVBUF_CAP ((uint64_t)64 << 20)
 
 enum core_role { CORE_CLIENT, CORE_SERVER };
 
@@ -122,8 +129,10 @@ struct core_session {
                                   our rollback, how far we must write again
                                   even though the peer closed */
   uint64_t local_sndbuf_max;
-  uint64_t peer_rcvbuf_max;
-  struct retention ret;
+  uint64_t peer_rcvbuf_max; /* as declared, capped by cfg.peer_rcvbuf_cap */
+  struct retention ret;     /* at most local_sndbuf_max + peer_rcvbuf_max
+                               bytes, or cfg.retain_max if more while the
+                               peer is durable: writers wait beyond */
 
   /* receive side */
   uint64_t delivered;

@@ -58,6 +58,9 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_READ_SPIN_US:
     *lo = 0, *hi = 1000;
     return 0;
+  case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: /* 0, or 64 KiB and up */
+    *lo = 0, *hi = (int64_t)1 << 40;
+    return 0;
   }
   return -EINVAL;
 }
@@ -65,6 +68,8 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
 int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   int64_t lo, hi;
   if (!cfg || option_range(opt, &lo, &hi) < 0 || value < lo || value > hi)
+    return -EINVAL;
+  if (opt == TETHER_OPT_PEER_RCVBUF_MAX_BYTES && value && value < 64 * 1024)
     return -EINVAL;
   switch (opt) {
   case TETHER_OPT_HEARTBEAT_MS: cfg->heartbeat_ms = (uint32_t)value; break;
@@ -76,6 +81,7 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_DURABLE: cfg->durable = value != 0; break;
   case TETHER_OPT_RETAIN_MAX_BYTES: cfg->retain_max = (uint64_t)value; break;
   case TETHER_OPT_READ_SPIN_US: cfg->read_spin_us = (uint32_t)value; break;
+  case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: cfg->peer_rcvbuf_max = (uint64_t)value; break;
   }
   return 0;
 }
@@ -93,6 +99,7 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_DURABLE: *value = cfg->durable; return 0;
   case TETHER_OPT_RETAIN_MAX_BYTES: *value = (int64_t)cfg->retain_max; return 0;
   case TETHER_OPT_READ_SPIN_US: *value = cfg->read_spin_us; return 0;
+  case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: *value = (int64_t)cfg->peer_rcvbuf_max; return 0;
   }
   return -EINVAL;
 }
@@ -131,6 +138,7 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_DURABLE", TETHER_OPT_DURABLE},
       {"TETHER_RETAIN_MAX_BYTES", TETHER_OPT_RETAIN_MAX_BYTES},
       {"TETHER_READ_SPIN_US", TETHER_OPT_READ_SPIN_US},
+      {"TETHER_PEER_RCVBUF_MAX_BYTES", TETHER_OPT_PEER_RCVBUF_MAX_BYTES},
   };
   tether_config tmp;
   if (!cfg)

@@ -37,6 +37,8 @@ struct tether_config {
   int log_level;
   bool durable;        /* this side may restart from snapshots */
   uint64_t retain_max; /* retention cap for a durable peer */
+  uint64_t peer_rcvbuf_max; /* cap on a peer's declared receive buffer
+                               (0: sock_host_rcvbuf_max()) */
   uint32_t read_spin_us; /* see tether_read's wait_readable */
   uint8_t psk[PSK_MAX];
   size_t psk_len;
@@ -406,6 +408,9 @@ void sock_setup_session(int fd, const struct tether_config *cfg);
 /* The most this socket's kernel may buffer for receiving / sending. */
 uint64_t sock_rcvbuf_max(int fd);
 uint64_t sock_sndbuf_max(int fd);
+/* The largest buffers sockets on this host autotune to (tcp_rmem, tcp_wmem). */
+uint64_t sock_host_rcvbuf_max(void);
+uint64_t sock_host_sndbuf_max(void);
 uint64_t sock_outq(int fd);
 int sock_resolve(const char *host, const char *port, bool passive, struct addrinfo **out);
 const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len);

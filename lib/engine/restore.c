@@ -57,10 +57,17 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   opts.reconnect_max_ms = m->reconnect_max_ms;
   opts.give_up_s = m->give_up_s;
   opts.durable = m->durable;
-  opts.retain_max = m->retain_max;
+  /* A snapshot is input too: its cap is believed only up to ours (and
+   * covers at least what it holds). */
+  opts.retain_max = m->retain_max < ctx->cfg.retain_max ? m->retain_max : ctx->cfg.retain_max;
+  if (opts.retain_max < m->retained.len)
+    opts.retain_max = m->retained.len;
   struct core_config cc = session_core_config(&opts);
   struct core_session *c = &s->core;
-  core_init(c, &cc, s->is_client ? CORE_CLIENT : CORE_SERVER, now, m->local_sndbuf_max,
+  /* (core_init caps the snapshot's peer_rcvbuf_max like a declared one.) */
+  core_init(c, &cc, s->is_client ? CORE_CLIENT : CORE_SERVER, now,
+            m->local_sndbuf_max < sock_host_sndbuf_max() ? m->local_sndbuf_max
+                                                         : sock_host_sndbuf_max(),
             m->peer_rcvbuf_max);
   retention_init(&c->ret, c->ret.max, m->retained_from);
   if (m->retained.len > c->ret.max)

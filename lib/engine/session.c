@@ -37,6 +37,7 @@ struct core_config session_core_config(const struct tether_config *cfg) {
       .give_up_ns = (uint64_t)cfg->give_up_s * 1000000000,
       .durable = cfg->durable,
       .retain_max = cfg->retain_max,
+      .peer_rcvbuf_cap = cfg->peer_rcvbuf_max ? cfg->peer_rcvbuf_max : sock_host_rcvbuf_max(),
   };
   return c;
 }
@@ -433,8 +434,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   if (act & CORE_ACT_HEARTBEAT) {
     if (s->sock >= 0)
       core_trim_inflight(&s->core, sock_outq(s->sock));
-    if (s->core.ret.len == 0)
-      retention_shrink(&s->core.ret);
+    retention_shrink(&s->core.ret); /* an idle ring gives its memory back */
     udp_send_ctl(s, now);
   }
   if ((act & CORE_ACT_FIN) && s->sock >= 0) {

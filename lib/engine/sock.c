@@ -78,6 +78,16 @@ uint64_t sock_sndbuf_max(int fd) {
   return buf_max(fd, SO_SNDBUF, wmem_max);
 }
 
+uint64_t sock_host_rcvbuf_max(void) {
+  pthread_once(&sysctl_once, read_sysctls);
+  return rmem_max;
+}
+
+uint64_t sock_host_sndbuf_max(void) {
+  pthread_once(&sysctl_once, read_sysctls);
+  return wmem_max;
+}
+
 uint64_t sock_outq(int fd) {
   int q = 0;
   if (ioctl(fd, SIOCOUTQ, &q) < 0 || q < 0)

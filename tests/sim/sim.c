@@ -1587,8 +1587,7 @@ static void handle_timer(int i) {
     if (act & CORE_ACT_HEARTBEAT) {
       if (sd->conn)
         core_trim_inflight(&sd->c, pipe_outq(&sd->conn->p[i]));
-      if (sd->c.ret.len == 0)
-        retention_shrink(&sd->c.ret);
+      retention_shrink(&sd->c.ret); /* as the engine does */
       udp_send(i);
     }
     if (act & CORE_ACT_FIN) {

@@ -6,6 +6,7 @@
  * randomized model test prints its seed on failure; replay one with
  * RETENTION_SEED=N ./retention_test. */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -151,16 +152,49 @@ static void test_growth_while_wrapped(void **state) {
   append_pat(&r, 50 * KiB); /* wraps: head 50 KiB, len 60 KiB */
   assert_int_equal(r.cap, MIN_CAP);
   assert_true(r.head + r.len > r.cap);
-  append_pat(&r, 100 * KiB); /* 160 KiB: grows to 256 KiB, unwrapped */
-  assert_int_equal(r.cap, 256 * KiB);
+  append_pat(&r, 100 * KiB); /* 160 KiB: more than double, unwrapped */
+  assert_int_equal(r.cap, 160 * KiB);
   assert_int_equal(r.head, 0);
   assert_int_equal(r.len, 160 * KiB);
   check_content(&r);
-  /* Growth to a non-power-of-two max still rounds the storage up. */
-  append_pat(&r, 864 * KiB);
+  append_pat(&r, 10 * KiB); /* doubles */
+  assert_int_equal(r.cap, 320 * KiB);
+  append_pat(&r, 854 * KiB); /* to exactly max */
   assert_int_equal(r.len, 1024 * KiB);
   assert_int_equal(r.cap, 1024 * KiB);
   check_content(&r);
+  retention_clear(&r);
+}
+
+/* The storage never exceeds the maximum: a ring allowed 36 MiB (a 4 MiB send
+ * buffer plus a peer's 32 MiB receive buffer) is never 64 MiB. */
+static void test_growth_capped_at_max(void **state) {
+  (void)state;
+  struct retention r;
+  size_t max = 36 * 1024 * KiB;
+  retention_init(&r, max, 0);
+  uint8_t *chunk = malloc(1024 * KiB);
+  assert_non_null(chunk);
+  memset(chunk, 7, 1024 * KiB);
+  while (retention_room(&r) > 0) {
+    size_t n = retention_room(&r) < 1024 * KiB ? retention_room(&r) : 1024 * KiB;
+    assert_int_equal(retention_append(&r, chunk, n), 0);
+    assert_true(r.cap <= max);
+  }
+  assert_int_equal(r.len, max);
+  assert_int_equal(r.cap, max);
+  free(chunk);
+  retention_clear(&r);
+  /* Nor does a reservation, nor a maximum below the smallest allocation. */
+  retention_init(&r, 3 * MIN_CAP, 0);
+  assert_int_equal(retention_reserve(&r, 2 * MIN_CAP + 1), 0);
+  assert_int_equal(r.cap, 2 * MIN_CAP + 1);
+  assert_int_equal(retention_reserve(&r, 2 * MIN_CAP + 2), 0);
+  assert_int_equal(r.cap, 3 * MIN_CAP);
+  retention_clear(&r);
+  retention_init(&r, 1500, 0);
+  append_pat(&r, 10);
+  assert_int_equal(r.cap, 1500);
   retention_clear(&r);
 }
 
@@ -205,6 +239,103 @@ static void test_shrink(void **state) {
   retention_clear(&r);
 }
 
+/* A burst of 4 MiB + 1 byte, then all but its last byte consumed (a durable
+ * writer keeps the chunk holding its write position): the ring does not stay
+ * at the burst's size.  A busy ring keeps its storage across one call. */
+static void test_shrink_after_burst(void **state) {
+  (void)state;
+  struct retention r;
+  size_t burst = 4 * 1024 * KiB + 1;
+  retention_init(&r, 8 * 1024 * KiB, 0);
+  uint8_t *tmp = malloc(burst);
+  assert_non_null(tmp);
+  fill(tmp, 0, burst);
+  assert_int_equal(retention_append(&r, tmp, burst), 0);
+  size_t peak_cap = r.cap;
+  assert_true(peak_cap >= burst);
+  retention_trim(&r, burst - 1);
+  assert_int_equal(r.len, 1);
+  retention_shrink(&r); /* the burst was this interval's peak: kept */
+  assert_int_equal(r.cap, peak_cap);
+  retention_shrink(&r); /* idle for an interval: down to its content */
+  assert_int_equal(r.len, 1);
+  assert_int_equal(r.cap, 1);
+  check_content(&r);
+  /* It grows again as needed, never below the smallest allocation. */
+  append_pat(&r, 10);
+  assert_int_equal(r.cap, MIN_CAP);
+  check_content(&r);
+  /* A ring whose content rises and falls between calls keeps its size. */
+  retention_trim(&r, retention_end(&r));
+  for (int i = 0; i < 4; i++) {
+    fill(tmp, retention_end(&r), 300 * KiB);
+    assert_int_equal(retention_append(&r, tmp, 300 * KiB), 0);
+    size_t cap = r.cap;
+    retention_trim(&r, retention_end(&r) - 10);
+    retention_shrink(&r);
+    assert_int_equal(r.cap, cap);
+  }
+  /* Fitting gives back all but the content at once. */
+  retention_fit(&r);
+  assert_int_equal(r.cap, 10);
+  check_content(&r);
+  retention_trim(&r, retention_end(&r));
+  retention_fit(&r);
+  assert_null(r.buf);
+  assert_int_equal(r.cap, 0);
+  free(tmp);
+  retention_clear(&r);
+}
+
+/* An idle ring (nothing appended or trimmed between two calls) is fitted to
+ * its content, however full: storage beyond what it holds is not needed
+ * until it moves again.  One that moves keeps its storage. */
+static void test_shrink_idle_fits(void **state) {
+  (void)state;
+  struct retention r;
+  retention_init(&r, 1024 * KiB, 0);
+  append_pat(&r, 600 * KiB);
+  append_pat(&r, 200 * KiB);
+  assert_int_equal(r.cap, 1024 * KiB);
+  retention_shrink(&r); /* it moved since the start */
+  assert_int_equal(r.cap, 1024 * KiB);
+  append_pat(&r, 1);
+  retention_shrink(&r); /* it moved */
+  assert_int_equal(r.cap, 1024 * KiB);
+  retention_trim(&r, 1);
+  retention_shrink(&r); /* it moved */
+  assert_int_equal(r.cap, 1024 * KiB);
+  retention_shrink(&r); /* idle */
+  assert_int_equal(r.cap, 800 * KiB);
+  assert_int_equal(r.len, 800 * KiB);
+  check_content(&r);
+  retention_shrink(&r); /* nothing more to give back */
+  assert_int_equal(r.cap, 800 * KiB);
+  retention_clear(&r);
+}
+
+/* Shrinking while wrapped keeps every byte, at the new head. */
+static void test_shrink_wrapped(void **state) {
+  (void)state;
+  struct retention r;
+  retention_init(&r, 1024 * KiB, 0);
+  append_pat(&r, 500 * KiB);
+  assert_int_equal(r.cap, 500 * KiB);
+  retention_trim(&r, 490 * KiB);
+  append_pat(&r, 30 * KiB); /* wraps: all 30 KiB at the start */
+  assert_true(r.head + r.len > r.cap);
+  retention_shrink(&r); /* peak 500 KiB */
+  assert_int_equal(r.cap, 500 * KiB);
+  retention_shrink(&r); /* peak 40 KiB */
+  assert_int_equal(r.cap, 40 * KiB);
+  assert_int_equal(r.head, 0);
+  assert_int_equal(r.len, 40 * KiB);
+  check_content(&r);
+  append_pat(&r, 50 * KiB);
+  check_content(&r);
+  retention_clear(&r);
+}
+
 static void test_set_max(void **state) {
   (void)state;
   struct retention r;
@@ -228,16 +359,16 @@ static void test_reserve(void **state) {
   retention_init(&r, 1024 * KiB, 0);
   assert_int_equal(retention_reserve(&r, 0), 0);
   assert_int_equal(retention_reserve(&r, 100 * KiB), 0);
-  assert_int_equal(r.cap, 128 * KiB);
+  assert_int_equal(r.cap, 100 * KiB);
   uint8_t *buf = r.buf;
   append_pat(&r, 100 * KiB);
   assert_ptr_equal(r.buf, buf); /* the append did not reallocate */
   /* Reserve while wrapped keeps content. */
   retention_trim(&r, 90 * KiB);
-  append_pat(&r, 100 * KiB); /* wraps in 128 KiB */
+  append_pat(&r, 50 * KiB); /* wraps in 100 KiB */
   assert_true(r.head + r.len > r.cap);
   assert_int_equal(retention_reserve(&r, 200 * KiB), 0);
-  assert_int_equal(r.cap, 512 * KiB);
+  assert_int_equal(r.cap, 260 * KiB);
   assert_int_equal(r.head, 0);
   check_content(&r);
   buf = r.buf;
@@ -344,7 +475,9 @@ static void run_model(uint64_t seed, int steps) {
       if (below(3) == 0 && n > 16)
         n = (size_t)below(16);
       fill(tmp, m.end, n);
+      size_t cap = r.cap;
       CHECK(retention_append(&r, tmp, n) == 0, "append %zu", n);
+      CHECK(r.cap == cap || r.cap <= m.max, "grew to %zu past max %zu", r.cap, m.max);
       m.end += n;
     } else if (op < 65) { /* trim */
       uint64_t len = m.end - m.base;
@@ -371,12 +504,20 @@ static void run_model(uint64_t seed, int steps) {
       retention_copy(&r, from, tmp, n);
       for (size_t i = 0; i < n; i++)
         CHECK(tmp[i] == pattern(from + i), "copied byte at %llu", (unsigned long long)(from + i));
-    } else if (op < 94) { /* shrink */
-      retention_shrink(&r);
+    } else if (op < 94) { /* shrink or fit */
+      size_t cap = r.cap;
+      bool fit = below(2);
+      if (fit)
+        retention_fit(&r);
+      else
+        retention_shrink(&r);
       if (m.end == m.base)
         CHECK(r.buf == NULL, "shrink of an empty ring kept its memory");
       else
         CHECK(r.buf != NULL, "shrink freed a non-empty ring");
+      CHECK(r.cap <= cap, "shrink grew the ring from %zu to %zu", cap, r.cap);
+      CHECK(!fit || r.cap == r.len, "fit left cap %zu for len %zu", r.cap, r.len);
+      CHECK(r.peak == r.len, "peak %zu after shrink, len %zu", r.peak, r.len);
     } else if (op < 97) { /* set_max */
       size_t nm = (size_t)below(300 * KiB);
       retention_set_max(&r, nm);
@@ -401,7 +542,7 @@ static void run_model(uint64_t seed, int steps) {
     CHECK(r.max == m.max, "max %zu, model %zu", r.max, m.max);
     CHECK(r.len <= r.max, "len %zu above max %zu", r.len, r.max);
     CHECK(r.len <= r.cap, "len %zu above cap %zu", r.len, r.cap);
-    CHECK(r.cap == 0 || (r.cap & (r.cap - 1)) == 0, "cap %zu not a power of two", r.cap);
+    CHECK(r.peak >= r.len, "peak %zu below len %zu", r.peak, r.len);
     CHECK(r.cap == 0 || r.head < r.cap, "head %zu out of the ring", r.head);
     CHECK((r.buf == NULL) == (r.cap == 0), "buf/cap disagree");
   }
@@ -439,6 +580,10 @@ int main(void) {
       cmocka_unit_test(test_growth_while_wrapped),
       cmocka_unit_test(test_trim_beyond_end),
       cmocka_unit_test(test_shrink),
+      cmocka_unit_test(test_shrink_after_burst),
+      cmocka_unit_test(test_shrink_wrapped),
+      cmocka_unit_test(test_shrink_idle_fits),
+      cmocka_unit_test(test_growth_capped_at_max),
       cmocka_unit_test(test_set_max),
       cmocka_unit_test(test_reserve),
       cmocka_unit_test(test_offsets_64bit),

@@ -274,6 +274,145 @@ static void test_peer_ack_trims(void **state) {
   core_clear(&c);
 }
 
+/* ---- bounded memory ------------------------------------------------------- */
+
+#define KIB ((uint64_t)1024)
+#define MIB (1024 * KIB)
+
+/* The application writes n bytes (any size), all accepted by the kernel. */
+static void app_write_big(struct core_session *c, uint64_t n) {
+  while (n) {
+    size_t k = n < 4096 ? (size_t)n : 4096;
+    app_write(c, k);
+    n -= k;
+  }
+}
+
+/* A peer's declared receive buffer sizes our retention, so every way one
+ * comes in is capped by local policy: the hello (core_init, also what a
+ * restore from a snapshot goes through), a control datagram, a resume. */
+static void test_peer_rcvbuf_capped(void **state) {
+  (void)state;
+  struct core_config cfg = cfg_default;
+  cfg.peer_rcvbuf_cap = 2000;
+  struct core_session c;
+  core_init(&c, &cfg, CORE_SERVER, T0, SNDBUF, UINT64_MAX / 2);
+  assert_int_equal(c.peer_rcvbuf_max, 2000);
+  assert_int_equal(c.ret.max, SNDBUF + 2000);
+  assert_int_equal(core_write_room(&c), SNDBUF + 2000);
+  /* A control datagram: capped too; a smaller value is believed. */
+  struct core_ctl k = peer_ctl(&c);
+  k.rcvbuf_max = UINT64_MAX;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_rcvbuf_max, 2000);
+  assert_int_equal(c.ret.max, SNDBUF + 2000);
+  k = peer_ctl(&c);
+  k.rcvbuf_max = 700;
+  assert_int_equal(on_ctl(&c, T0, &k), 0);
+  assert_int_equal(c.peer_rcvbuf_max, 700);
+  assert_int_equal(c.ret.max, SNDBUF + 700);
+  /* A resume state. */
+  suspend(&c, T0 + SEC);
+  struct core_resume_state p = peer_state(0, 0);
+  p.rcvbuf_max = (uint64_t)1 << 62;
+  assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
+  assert_int_equal(c.peer_rcvbuf_max, 2000);
+  assert_int_equal(c.ret.max, SNDBUF + 2000);
+  core_clear(&c);
+  /* Without a configured cap, CORE_PEER_RCVBUF_CAP applies. */
+  core_init(&c, &cfg_default, CORE_CLIENT, T0, SNDBUF, UINT64_MAX);
+  assert_int_equal(c.peer_rcvbuf_max, CORE_PEER_RCVBUF_CAP);
+  assert_int_equal(c.ret.max, SNDBUF + CORE_PEER_RCVBUF_CAP);
+  core_clear(&c);
+}
+
+/* A peer that claims a huge receive buffer and never acknowledges (its
+ * kernel takes everything, its side channel stays silent) cannot make us
+ * retain more than our send buffer plus the cap.  At the cap the writer
+ * is held back (no room), never lets go of a byte the rule must keep. */
+static void test_silent_peer_bounded_retention(void **state) {
+  (void)state;
+  struct core_config cfg = cfg_default;
+  cfg.peer_rcvbuf_cap = 64 * KIB;
+  struct core_session c;
+  core_init(&c, &cfg, CORE_SERVER, T0, 16 * KIB, (uint64_t)1 << 40);
+  uint64_t bound = 16 * KIB + 64 * KIB;
+  for (int i = 0; i < 64; i++) { /* 64 x 16 KiB: far more than the bound */
+    core_trim_inflight(&c, 0); /* everything left our kernel */
+    assert_true(core_write_room(&c) >= 16 * KIB);
+    app_write_big(&c, 16 * KIB);
+    assert_true(c.ret.len <= bound);
+    assert_true(c.ret.cap <= c.ret.max);
+  }
+  /* With the kernel's queue full, the writer waits at the cap... */
+  core_trim_inflight(&c, 16 * KIB);
+  app_write_big(&c, core_write_room(&c));
+  assert_int_equal(core_write_room(&c), 0);
+  assert_int_equal(c.ret.len, bound);
+  /* ... and whatever the peer may still not have read stays. */
+  core_trim_inflight(&c, 16 * KIB);
+  assert_int_equal(c.ret.base, c.tx_pos - 16 * KIB - 64 * KIB);
+  assert_int_equal(c.ret.len, bound);
+  core_clear(&c);
+}
+
+/* A durable writer keeps the chunk holding its write position (its own
+ * rollback resends from that chunk's start).  After a burst of 4 MiB + 1
+ * byte, all of it acknowledged, an idle session holds that one byte, and
+ * its ring gives the burst's memory back at the engine's heartbeats
+ * (retention_shrink), at once when it suspends. */
+static void test_idle_durable_ring_after_burst(void **state) {
+  (void)state;
+  struct core_config cfg = cfg_default;
+  cfg.durable = true;
+  cfg.retain_max = 64 * MIB;
+  cfg.peer_rcvbuf_cap = 6 * MIB;
+  struct core_session c;
+  core_init(&c, &cfg, CORE_SERVER, T0, 4 * MIB, 6 * MIB);
+  app_write_big(&c, 4 * MIB + 1);
+  struct core_ctl k = peer_ctl(&c);
+  k.delivered = c.sent;
+  assert_int_equal(on_ctl(&c, T0 + SEC, &k), 0);
+  assert_int_equal(c.ret.base, 4 * MIB);
+  assert_int_equal(c.ret.len, 1);
+  /* Two heartbeats of idleness. */
+  retention_shrink(&c.ret);
+  retention_shrink(&c.ret);
+  assert_int_equal(c.ret.len, 1);
+  assert_true(c.ret.cap <= REPLAY_CHUNK);
+  /* It still serves a resend of that byte, and writes go on. */
+  app_write_big(&c, 10);
+  assert_int_equal(c.ret.len, 11);
+  core_clear(&c);
+
+  /* Suspended right after the burst: fitted at once. */
+  core_init(&c, &cfg, CORE_SERVER, T0, 4 * MIB, 6 * MIB);
+  app_write_big(&c, 4 * MIB + 1);
+  k = peer_ctl(&c);
+  k.delivered = c.sent - 100;
+  assert_int_equal(on_ctl(&c, T0 + SEC, &k), 0);
+  suspend(&c, T0 + 2 * SEC);
+  assert_int_equal(c.ret.len, 100);
+  assert_int_equal(c.ret.cap, 100);
+  core_clear(&c);
+}
+
+/* With a 4 MiB send buffer and a peer's 32 MiB receive buffer, the ring may
+ * hold 36 MiB: filled to that, it is 36 MiB, not rounded up to 64 MiB. */
+static void test_ring_not_above_max(void **state) {
+  (void)state;
+  struct core_config cfg = cfg_default;
+  cfg.peer_rcvbuf_cap = 32 * MIB;
+  struct core_session c;
+  core_init(&c, &cfg, CORE_SERVER, T0, 4 * MIB, 32 * MIB);
+  assert_int_equal(c.ret.max, 36 * MIB);
+  app_write_big(&c, 36 * MIB);
+  assert_int_equal(core_write_room(&c), 0);
+  assert_int_equal(c.ret.len, 36 * MIB);
+  assert_true(c.ret.cap <= 36 * MIB);
+  core_clear(&c);
+}
+
 /* ---- side channel --------------------------------------------------------- */
 
 static void test_ctl_replay(void **state) {
@@ -1526,6 +1665,10 @@ int main(void) {
       cmocka_unit_test(test_trim_inflight_huge_outq),
       cmocka_unit_test(test_trim_inflight_during_resend),
       cmocka_unit_test(test_peer_ack_trims),
+      cmocka_unit_test(test_peer_rcvbuf_capped),
+      cmocka_unit_test(test_silent_peer_bounded_retention),
+      cmocka_unit_test(test_idle_durable_ring_after_burst),
+      cmocka_unit_test(test_ring_not_above_max),
       cmocka_unit_test(test_ctl_replay),
       cmocka_unit_test(test_ctl_ack_clamped),
       cmocka_unit_test(test_ctl_close_flags),
