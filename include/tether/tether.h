@@ -108,6 +108,11 @@ typedef enum tether_option {
                                       before it sleeps (0: never; only
                                       with more than one CPU); default 50;
                                       env TETHER_READ_SPIN_US */
+  TETHER_OPT_ACCEPT_BACKLOG,       /* new sessions a listener holds for
+                                      tether_accept (those set up and those
+                                      past their ClientHello); more clients
+                                      wait; 1..65535, default 1024; env
+                                      TETHER_ACCEPT_BACKLOG */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

@@ -16,6 +16,7 @@ void config_defaults(struct tether_config *cfg) {
   cfg->log_level = TETHER_LOG_WARN;
   cfg->retain_max = TETHER_RETAIN_MAX_DEFAULT;
   cfg->read_spin_us = 50;
+  cfg->accept_backlog = ACCEPT_BACKLOG_DEFAULT;
 }
 
 tether_config *tether_config_new(void) {
@@ -58,6 +59,9 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_READ_SPIN_US:
     *lo = 0, *hi = 1000;
     return 0;
+  case TETHER_OPT_ACCEPT_BACKLOG:
+    *lo = 1, *hi = 65535;
+    return 0;
   }
   return -EINVAL;
 }
@@ -76,6 +80,7 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_DURABLE: cfg->durable = value != 0; break;
   case TETHER_OPT_RETAIN_MAX_BYTES: cfg->retain_max = (uint64_t)value; break;
   case TETHER_OPT_READ_SPIN_US: cfg->read_spin_us = (uint32_t)value; break;
+  case TETHER_OPT_ACCEPT_BACKLOG: cfg->accept_backlog = (uint32_t)value; break;
   }
   return 0;
 }
@@ -93,6 +98,7 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_DURABLE: *value = cfg->durable; return 0;
   case TETHER_OPT_RETAIN_MAX_BYTES: *value = (int64_t)cfg->retain_max; return 0;
   case TETHER_OPT_READ_SPIN_US: *value = cfg->read_spin_us; return 0;
+  case TETHER_OPT_ACCEPT_BACKLOG: *value = cfg->accept_backlog; return 0;
   }
   return -EINVAL;
 }
@@ -131,6 +137,7 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_DURABLE", TETHER_OPT_DURABLE},
       {"TETHER_RETAIN_MAX_BYTES", TETHER_OPT_RETAIN_MAX_BYTES},
       {"TETHER_READ_SPIN_US", TETHER_OPT_READ_SPIN_US},
+      {"TETHER_ACCEPT_BACKLOG", TETHER_OPT_ACCEPT_BACKLOG},
   };
   tether_config tmp;
   if (!cfg)

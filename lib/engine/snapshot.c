@@ -343,7 +343,7 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
     LOG_INFO(ctx, "session %s: restored (epoch %u), suspended", session_tag(s->id, tag),
              s->core.epoch);
     if (sm->queued && l) /* back in the accept queue it was in */
-      listener_enqueue(l, s);
+      listener_enqueue(l, s, false);
   }
   *out = ctx;
   ctx = NULL;
