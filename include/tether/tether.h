@@ -114,6 +114,11 @@ typedef enum tether_option {
                                       plus this (0, the default: this
                                       host's net.ipv4.tcp_rmem maximum);
                                       env TETHER_PEER_RCVBUF_MAX_BYTES */
+  TETHER_OPT_ACCEPT_BACKLOG,       /* new sessions a listener holds for
+                                      tether_accept (those set up and those
+                                      past their ClientHello); more clients
+                                      wait; 1..65535, default 1024; env
+                                      TETHER_ACCEPT_BACKLOG */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

@@ -16,6 +16,7 @@ void config_defaults(struct tether_config *cfg) {
   cfg->log_level = TETHER_LOG_WARN;
   cfg->retain_max = TETHER_RETAIN_MAX_DEFAULT;
   cfg->read_spin_us = 50;
+  cfg->accept_backlog = ACCEPT_BACKLOG_DEFAULT;
 }
 
 tether_config *tether_config_new(void) {
@@ -61,6 +62,9 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: /* 0, or 64 KiB and up */
     *lo = 0, *hi = (int64_t)1 << 40;
     return 0;
+  case TETHER_OPT_ACCEPT_BACKLOG:
+    *lo = 1, *hi = 65535;
+    return 0;
   }
   return -EINVAL;
 }
@@ -82,6 +86,7 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_RETAIN_MAX_BYTES: cfg->retain_max = (uint64_t)value; break;
   case TETHER_OPT_READ_SPIN_US: cfg->read_spin_us = (uint32_t)value; break;
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: cfg->peer_rcvbuf_max = (uint64_t)value; break;
+  case TETHER_OPT_ACCEPT_BACKLOG: cfg->accept_backlog = (uint32_t)value; break;
   }
   return 0;
 }
@@ -100,6 +105,7 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_RETAIN_MAX_BYTES: *value = (int64_t)cfg->retain_max; return 0;
   case TETHER_OPT_READ_SPIN_US: *value = cfg->read_spin_us; return 0;
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: *value = (int64_t)cfg->peer_rcvbuf_max; return 0;
+  case TETHER_OPT_ACCEPT_BACKLOG: *value = cfg->accept_backlog; return 0;
   }
   return -EINVAL;
 }
@@ -139,6 +145,7 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_RETAIN_MAX_BYTES", TETHER_OPT_RETAIN_MAX_BYTES},
       {"TETHER_READ_SPIN_US", TETHER_OPT_READ_SPIN_US},
       {"TETHER_PEER_RCVBUF_MAX_BYTES", TETHER_OPT_PEER_RCVBUF_MAX_BYTES},
+      {"TETHER_ACCEPT_BACKLOG", TETHER_OPT_ACCEPT_BACKLOG},
   };
   tether_config tmp;
   if (!cfg)

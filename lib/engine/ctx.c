@@ -189,7 +189,8 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   ctx->hup_ev = ctx->base && ctx->hup_ep >= 0
                     ? event_new(ctx->base, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
                     : NULL;
-  if (!ctx->stop_ev || !ctx->refill_ev || !ctx->hup_ev || event_add(ctx->hup_ev, NULL) < 0) {
+  if (!ctx->stop_ev || !ctx->refill_ev || !ctx->hup_ev || event_add(ctx->hup_ev, NULL) < 0 ||
+      hs_table_init(ctx) < 0) {
     rc = ctx->hup_ep < 0 ? -errno : -ENOMEM;
     goto fail;
   }
@@ -201,6 +202,7 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   *out = ctx;
   return 0;
 fail:
+  hs_table_clear(ctx);
   if (ctx->hup_ev)
     event_free(ctx->hup_ev);
   if (ctx->hup_ep >= 0)
@@ -255,6 +257,7 @@ void tether_ctx_free(tether_ctx *ctx) {
     ctx->listeners = l->next;
     listener_free(l);
   }
+  hs_table_clear(ctx);
   udp_close(ctx->udp4);
   udp_close(ctx->udp6);
   x25519_free(ctx->key);

@@ -40,6 +40,7 @@ struct tether_config {
   uint64_t peer_rcvbuf_max; /* cap on a peer's declared receive buffer
                                (0: sock_host_rcvbuf_max()) */
   uint32_t read_spin_us; /* see tether_read's wait_readable */
+  uint32_t accept_backlog; /* sessions a listener queues for tether_accept */
   uint8_t psk[PSK_MAX];
   size_t psk_len;
   tether_state_cb state_cb;
@@ -67,8 +68,63 @@ struct udp_chan {
 /* How long tether_ctx_free lets closed sessions deliver their last bytes
  * and close notices before it drops them. */
 #define CTX_FREE_LINGER_MS 2000
-#define MAX_PENDING_HANDSHAKES 1024
-#define MAX_HANDSHAKES_PER_HOST 128
+/* The server's handshake table (hs_table.c, tether(7) "Handshake slots"):
+ * slots for handshakes not known to be resumes, a budget of its own for
+ * resumes of known sessions, the share of the slots beyond which a host's
+ * stalled handshakes are evicted first, and how long a handshake may wait
+ * for its peer's next message before it may be evicted from a full table. */
+#define HS_TABLE_SLOTS 1024
+#define HS_RESUME_SLOTS 1024
+#define HS_HOST_SHARE (HS_TABLE_SLOTS / 8)
+#define HS_STALL_MS 1000
+#define HS_HOST_BUCKETS 256
+#define ACCEPT_BACKLOG_DEFAULT 1024
+
+/* At most one message a second of one kind, telling how many were left out. */
+struct log_limit {
+  uint64_t next_ns;
+  unsigned suppressed;
+};
+
+/* A listening socket's accept event, paused (a) after accept() ran out of
+ * descriptors or memory: for 10 ms, doubling up to 1 s, back to 10 ms after
+ * a success; (b) while the handshake table has no slot (listener.c only).
+ * Engine thread. */
+struct accept_gate {
+  struct tether_ctx *ctx;
+  struct event *accept_ev; /* the listening socket's (EV_READ|EV_PERSIST) */
+  struct event *retry_ev;
+  uint32_t backoff_ms;
+  bool paused;
+  bool wait_room; /* paused for want of a handshake slot */
+  struct log_limit log;
+};
+
+struct hs_host;
+
+/* Intrusive lists of handshakes (hs_table.c). */
+struct hs_link {
+  struct hs_conn *prev, *next;
+};
+struct hs_list {
+  struct hs_conn *head, *tail;
+};
+
+/* Server handshakes in progress (hs_table.c).  Under ctx->lock, changed on
+ * the engine thread only. */
+struct hs_table {
+  struct hs_list general; /* general slots, least recent progress first */
+  struct hs_list parked;  /* waiting for room in an accept queue, in order */
+  unsigned n_general, n_resume, n_parked;
+  struct hs_host *hosts[HS_HOST_BUCKETS];
+  /* Hosts holding more than HS_HOST_SHARE general slots (at most
+   * HS_TABLE_SLOTS / HS_HOST_SHARE of them). */
+  struct hs_host *big[HS_TABLE_SLOTS / HS_HOST_SHARE];
+  unsigned n_big;
+  bool room_wanted;       /* a listener waits for a free slot */
+  struct event *room_ev;  /* accept queues have room: unpark */
+  struct log_limit evict_log, refuse_log, fail_log;
+};
 
 struct tether_ctx {
   struct tether_config cfg;
@@ -82,7 +138,7 @@ struct tether_ctx {
   struct tether_session *buckets[SESSION_BUCKETS];
   struct tether_listener *listeners;
   struct hs_conn *handshakes; /* in progress, server side and redials */
-  unsigned n_handshakes;
+  struct hs_table hst;        /* the server side's share of them */
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
   uint32_t captures; /* snapshots taken (numbers them; under lock) */
@@ -118,12 +174,18 @@ struct tether_listener {
   bool nonblocking;
   bool closed;
   struct tether_session *queue_head, *queue_tail;
+  /* The accept queue's bound (cfg.accept_backlog) counts the sessions in it
+   * and the new ones whose setup has gone past the ClientHello (reserved).
+   * Under ctx->lock. */
+  unsigned queued, reserved;
+  struct accept_gate gate;
 };
 
 struct tether_session {
   struct tether_ctx *ctx;
   struct tether_session *hash_next;  /* registry chain */
   struct tether_session *queue_next; /* listener accept queue */
+  struct tether_listener *queued_on; /* the listener whose queue holds it (ctx->lock) */
   pthread_mutex_t rx_lock, tx_lock;
 
   struct core_session core;
@@ -192,6 +254,9 @@ struct tether_session {
    * once read, or once the connection it came on is gone.  rx_lock. */
   struct hs_reader *finish_rd;
   uint8_t finish_mac[MAC_LEN]; /* the ClientFinish.confirm expected */
+  /* Fires connect_timeout_ms after setup: a ClientFinish still missing then
+   * (read or not) drops the session (listener.c).  Engine thread. */
+  struct event *confirm_ev;
 };
 
 /* What the application's fd refers to.  poll() attaches to the files it
@@ -216,7 +281,7 @@ enum hs_kind { HS_CLIENT_NEW, HS_CLIENT_RESUME, HS_SERVER };
  * blocking loop (tether_connect) or the engine's events. */
 struct hs_conn {
   struct tether_ctx *ctx;
-  struct hs_conn *next; /* ctx->handshakes */
+  struct hs_conn *next, *prev; /* ctx->handshakes */
   enum hs_kind kind;
   int fd;
   int step;
@@ -244,11 +309,23 @@ struct hs_conn {
   /* Server, resume: the key that MACs our Reject (see hs_reject_mac). */
   bool reject_keyed;
   uint8_t reject_key[KEY_LEN];
+  /* Server: its place in ctx->hst (hs_table.c). */
+  struct {
+    enum { HS_SLOT_NONE, HS_SLOT_GENERAL, HS_SLOT_RESUME } kind;
+    struct hs_link by_age;  /* general slots, by last progress */
+    struct hs_link by_host; /* its host's, likewise */
+    struct hs_link parked_link;
+    bool parked;
+    bool reserved; /* holds a place in its listener's accept queue */
+    struct hs_host *host;
+    uint64_t progress_ns; /* admitted, or the peer's last complete message */
+  } slot;
 };
 
 #define HS_DONE 1
 #define HS_WANT_READ 2
 #define HS_WANT_WRITE 3
+#define HS_WANT_ROOM 4 /* server: the listener's accept queue is full */
 
 struct hs_conn *hs_conn_new(struct tether_ctx *ctx, enum hs_kind kind, int fd);
 void hs_conn_free(struct hs_conn *h);
@@ -256,9 +333,42 @@ void hs_conn_free(struct hs_conn *h);
  * negative error (h->why says why). */
 int hs_conn_advance(struct hs_conn *h);
 /* Engine-driven handshakes: register events; hs_conn_finish() is called once.
- * Refuses (logged) when the table or the peer host's share of it is full. */
+ * A server handshake takes a slot in ctx->hst (hs_table_admit_locked): -EAGAIN
+ * (logged) when there is none. */
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms);
 void hs_conn_abort(struct hs_conn *h);
+/* Engine thread: ends a server handshake to make room for another (a
+ * Reject{BUSY} if the peer speaks tether, then hs_conn_abort). */
+void hs_conn_evict(struct hs_conn *h);
+/* Engine thread: a parked server handshake carries on (or parks again). */
+void hs_conn_unpark(struct hs_conn *h);
+
+/* ---- the server's handshake table (hs_table.c) ---- */
+
+int hs_table_init(struct tether_ctx *ctx);
+/* Context teardown (engine stopped, handshakes freed). */
+void hs_table_clear(struct tether_ctx *ctx);
+/* How long a handshake may stall before a full table evicts it. */
+uint64_t hs_stall_ns(const struct tether_ctx *ctx);
+/* Engine thread: whether a new connection can have a slot now (one is free,
+ * or can be freed by evicting a stalled handshake); if not, *wait_ns is how
+ * long until one may be. */
+bool hs_table_room(struct tether_ctx *ctx, uint64_t *wait_ns);
+/* Engine thread, ctx->lock held: takes a slot for a server handshake,
+ * choosing in *victim the handshake to evict if the table is full.
+ * -EAGAIN when it is full and none has stalled. */
+int hs_table_admit_locked(struct hs_conn *h, struct hs_conn **victim);
+/* ctx->lock held: gives up h's slot (and its place among the parked). */
+void hs_table_leave_locked(struct hs_conn *h);
+/* Engine thread: a complete message from the peer. */
+void hs_table_progress(struct hs_conn *h);
+/* Engine thread: h resumes a known session: it moves to the resume budget
+ * if that has room. */
+void hs_table_resume(struct hs_conn *h);
+/* Engine thread: h waits for room in its listener's accept queue. */
+void hs_table_park(struct hs_conn *h);
+/* Any thread: an accept queue has room again (ctx->lock held). */
+void hs_table_room_freed_locked(struct tether_ctx *ctx);
 
 /* ---- sessions (session.c; data path io.c, app fd appfd.c, control
  * datagrams session_ctl.c, restores restore.c) ---- */
@@ -355,8 +465,17 @@ int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *o
 int listener_open(struct tether_ctx *ctx, const char *host, const char *port, bool start,
                   struct tether_listener **out);
 void listener_start(struct tether_listener *l);
-/* Appends a new session to l's accept queue and wakes acceptors. */
-void listener_enqueue(struct tether_listener *l, struct tether_session *s);
+/* Appends a new session to l's accept queue and wakes acceptors; reserved:
+ * it takes the place its setup reserved (listener_reserve). */
+void listener_enqueue(struct tether_listener *l, struct tether_session *s, bool reserved);
+/* Engine thread: whether h's listener can take one more new session (its
+ * setup then goes on; true also when the listener is closed, for the
+ * setup to be refused).  Reserves the place. */
+bool listener_reserve(struct hs_conn *h);
+/* Gives back h's reserved place. */
+void listener_unreserve(struct hs_conn *h);
+/* ctx->lock held: whether listener_reserve would succeed. */
+bool listener_has_room_locked(const struct tether_listener *l);
 /* Context teardown (engine stopped). */
 void listener_free(struct tether_listener *l);
 
@@ -415,6 +534,21 @@ uint64_t sock_outq(int fd);
 int sock_resolve(const char *host, const char *port, bool passive, struct addrinfo **out);
 const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len);
 
+/* ---- accepting without spinning (accept_gate.c) ---- */
+
+int accept_gate_init(struct accept_gate *g, struct tether_ctx *ctx, struct event *accept_ev);
+void accept_gate_clear(struct accept_gate *g);
+/* accept() succeeded. */
+static inline void accept_gate_ok(struct accept_gate *g) { g->backoff_ms = 0; }
+/* accept() failed with err: returns true when the caller should go on
+ * accepting (a connection's own failure), false when it must stop (the
+ * gate paused the event, and logged the error at a bounded rate). */
+bool accept_gate_failed(struct accept_gate *g, int err);
+/* No handshake slot: pause for wait_ns or until hs_table frees one. */
+void accept_gate_wait_room(struct accept_gate *g, uint64_t wait_ns);
+/* A slot is free: watch again at once (ctx->lock may be held). */
+void accept_gate_room(struct accept_gate *g);
+
 /* ---- logging (log.c) ---- */
 
 void tlog(const struct tether_ctx *ctx, int level, const char *fmt, ...)
@@ -423,6 +557,10 @@ void tlog(const struct tether_ctx *ctx, int level, const char *fmt, ...)
 #define LOG_WARN(ctx, ...) tlog(ctx, TETHER_LOG_WARN, __VA_ARGS__)
 #define LOG_INFO(ctx, ...) tlog(ctx, TETHER_LOG_INFO, __VA_ARGS__)
 #define LOG_DEBUG(ctx, ...) tlog(ctx, TETHER_LOG_DEBUG, __VA_ARGS__)
+/* tlog() at most once a second per lim; the next line that passes tells how
+ * many were suppressed meanwhile. */
+void tlog_limited(const struct tether_ctx *ctx, struct log_limit *lim, int level, const char *fmt,
+                  ...) __attribute__((format(printf, 4, 5)));
 /* A short printable form of a session id for logs. */
 const char *session_tag(const uint8_t id[SESSION_ID_LEN], char buf[17]);
 

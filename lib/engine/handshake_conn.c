@@ -7,7 +7,9 @@
  * ResumeChallenge, await ResumeFinish, send ResumeAccept).  Nothing is read
  * past the last frame: application bytes may follow it directly.  Without a
  * pre-shared key the server's part ends with its ServerHello: the session's
- * first read takes the ClientFinish (session.c, take_finish_locked). */
+ * first read takes the ClientFinish (session.c, take_finish_locked).  The
+ * server answers a ClientHello only once its listener's accept queue has
+ * room for the session (S_AWAIT_ROOM: parked meanwhile, hs_table.c). */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -27,6 +29,7 @@ enum {
   S_AWAIT_FIRST = 10,
   S_AWAIT_CLIENT_FINISH,
   S_AWAIT_RESUME_FINISH,
+  S_AWAIT_ROOM, /* a ClientHello read, its listener's accept queue full */
   S_DONE = 99,
 };
 
@@ -45,6 +48,8 @@ struct hs_conn *hs_conn_new(struct tether_ctx *ctx, enum hs_kind kind, int fd) {
 void hs_conn_free(struct hs_conn *h) {
   if (!h)
     return;
+  if (h->slot.reserved)
+    listener_unreserve(h);
   if (h->ev)
     event_free(h->ev);
   if (h->timeout)
@@ -297,9 +302,6 @@ static int on_accept(struct hs_conn *h, const Tether__Wire__ResumeAccept *ra) {
  * (that ClientFinish, an authenticated datagram or a resume) a broken
  * connection ends such a session within connect_timeout_ms. */
 static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *ch) {
-  uint8_t th[32], mac[MAC_LEN];
-  bool confirm = h->ctx->cfg.psk_len > 0;
-  int rc;
   if (h->listener && h->listener->closed)
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "listener closed", -ECONNREFUSED);
   memcpy(h->t.client_pub, ch->x25519_pub.data, KEY_LEN);
@@ -310,6 +312,20 @@ static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *c
   h->peer_durable = ch->flags & HELLO_DURABLE;
   h->peer_rcvbuf = ch->rcvbuf_max;
   h->peer_udp_port = ch->udp_port;
+  /* Answered once the listener's accept queue can take the session
+   * (hs_conn_advance); until then the client waits, as for a full TCP
+   * backlog. */
+  h->step = S_AWAIT_ROOM;
+  return 0;
+}
+
+/* The ServerHello, once the accept queue has a place for the session. */
+static int answer_client_hello(struct hs_conn *h) {
+  uint8_t th[32], mac[MAC_LEN];
+  bool confirm = h->ctx->cfg.psk_len > 0;
+  int rc;
+  if (h->listener && h->listener->closed)
+    return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "listener closed", -ECONNREFUSED);
   h->key = ctx_take_key(h->ctx);
   if (!h->key || crypto_random(h->nonce_s, NONCE_LEN) < 0 ||
       crypto_random(h->t.session_id, SESSION_ID_LEN) < 0)
@@ -402,6 +418,7 @@ static int on_resume_hello(struct hs_conn *h, const Tether__Wire__ResumeHello *r
   /* Kept for our Rejects of this attempt: the session may end before them. */
   memcpy(h->reject_key, s->keys.resume_s, KEY_LEN);
   h->reject_keyed = true;
+  hs_table_resume(h); /* out of the slots new setups compete for */
   Tether__Wire__ResumeChallenge ch = TETHER__WIRE__RESUME_CHALLENGE__INIT;
   hs_msg m = TETHER__WIRE__HANDSHAKE__INIT;
   ch.nonce = (ProtobufCBinaryData){NONCE_LEN, h->nonce_s};
@@ -581,6 +598,13 @@ int hs_conn_advance(struct hs_conn *h) {
         return rc;
       continue;
     }
+    if (h->step == S_AWAIT_ROOM) {
+      if (!listener_reserve(h))
+        return HS_WANT_ROOM;
+      if ((rc = answer_client_hello(h)) < 0)
+        return rc;
+      continue;
+    }
     rc = hs_reader_step(&h->rd, h->fd, &h->why);
     if (rc == 0)
       return HS_WANT_READ;
@@ -597,20 +621,30 @@ int hs_conn_advance(struct hs_conn *h) {
     hs_free(m);
     if (rc < 0)
       return rc;
+    if (h->kind == HS_SERVER)
+      hs_table_progress(h);
   }
 }
 
 /* ---- engine-driven handshakes ---- */
 
+/* ctx->lock held: out of ctx->handshakes and the table. */
+static void unlink_locked(struct hs_conn *h) {
+  struct tether_ctx *ctx = h->ctx;
+  if (h->prev)
+    h->prev->next = h->next;
+  else if (ctx->handshakes == h)
+    ctx->handshakes = h->next;
+  if (h->next)
+    h->next->prev = h->prev;
+  h->next = h->prev = NULL;
+  hs_table_leave_locked(h);
+}
+
 static void finish(struct hs_conn *h, int rc) {
   struct tether_ctx *ctx = h->ctx;
   pthread_mutex_lock(&ctx->lock);
-  for (struct hs_conn **pp = &ctx->handshakes; *pp; pp = &(*pp)->next)
-    if (*pp == h) {
-      *pp = h->next;
-      ctx->n_handshakes--;
-      break;
-    }
+  unlink_locked(h);
   pthread_mutex_unlock(&ctx->lock);
   event_del(h->ev);
   event_del(h->timeout);
@@ -629,6 +663,11 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
     event_add(h->ev, NULL);
     return;
   }
+  if (rc == HS_WANT_ROOM) {
+    event_del(h->ev); /* the peer waits for our ServerHello: nothing to read */
+    hs_table_park(h);
+    return;
+  }
   finish(h, rc == HS_DONE ? 0 : rc);
 }
 
@@ -638,32 +677,14 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
   finish(h, -ETIMEDOUT);
 }
 
-/* Whether two peers are the same host (addresses compared, ports not). */
-static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-  if (a->ss_family != b->ss_family)
-    return false;
-  if (a->ss_family == AF_INET)
-    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-  if (a->ss_family == AF_INET6)
-    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                  &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
-  return false;
-}
-
-/* ctx->lock held: server handshakes in progress from h's host. */
-static unsigned handshakes_from(const struct hs_conn *h) {
-  unsigned n = 0;
-  for (const struct hs_conn *o = h->ctx->handshakes; o; o = o->next)
-    n += o->kind == HS_SERVER && same_host(&o->peer, &h->peer);
-  return n;
-}
+void hs_conn_unpark(struct hs_conn *h) { on_io(h->fd, EV_READ, h); }
 
 int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   struct tether_ctx *ctx = h->ctx;
   struct timeval tv = {.tv_sec = (time_t)(timeout_ms / 1000),
                        .tv_usec = (suseconds_t)(timeout_ms % 1000) * 1000};
   short what = h->connecting || h->step == S_START ? EV_WRITE : EV_READ;
+  struct hs_conn *victim = NULL;
   char addr[64];
   h->ev = event_new(ctx->base, h->fd, what, on_io, h);
   h->timeout = evtimer_new(ctx->base, on_timeout, h);
@@ -672,36 +693,29 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
     return -ENOMEM;
   }
   pthread_mutex_lock(&ctx->lock);
-  /* One host may hold only a share of the table: a flood from one address
-   * cannot crowd out everyone else's setups and resumes. */
-  if (h->kind == HS_SERVER && handshakes_from(h) >= MAX_HANDSHAKES_PER_HOST) {
-    pthread_mutex_unlock(&ctx->lock);
-    LOG_WARN(ctx, "connection from %s dropped: %d handshakes from that host in progress",
-             sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr)),
-             MAX_HANDSHAKES_PER_HOST);
-    return -EAGAIN;
-  }
-  if (ctx->n_handshakes >= MAX_PENDING_HANDSHAKES) {
-    /* Full: evict the oldest connection that has not even sent its first
-     * frame (real peers send it at once), so that a flood of idle
-     * connections cannot lock out new sessions and resumes. */
-    struct hs_conn *victim = NULL;
-    for (struct hs_conn *o = ctx->handshakes; o; o = o->next) /* newest first */
-      if (o->kind == HS_SERVER && o->step == S_AWAIT_FIRST)
-        victim = o;
-    pthread_mutex_unlock(&ctx->lock);
-    if (!victim) {
-      LOG_WARN(ctx, "connection dropped: %d handshakes in progress", MAX_PENDING_HANDSHAKES);
-      return -EAGAIN;
+  if (h->kind == HS_SERVER) {
+    int rc = hs_table_admit_locked(h, &victim);
+    if (rc < 0) {
+      pthread_mutex_unlock(&ctx->lock);
+      tlog_limited(ctx, &ctx->hst.refuse_log, TETHER_LOG_WARN, "connection from %s refused: %s",
+                   sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr)),
+                   rc == -EAGAIN ? "every handshake slot is held by one making progress"
+                                 : "out of memory");
+      return rc;
     }
-    LOG_INFO(ctx, "handshake table full: dropped the oldest idle connection");
-    hs_conn_abort(victim); /* frees its events too */
-    pthread_mutex_lock(&ctx->lock);
   }
+  h->prev = NULL;
   h->next = ctx->handshakes;
+  if (h->next)
+    h->next->prev = h;
   ctx->handshakes = h;
-  ctx->n_handshakes++;
   pthread_mutex_unlock(&ctx->lock);
+  if (victim) { /* evicted once h holds the slot it frees */
+    sock_addr_str((struct sockaddr *)&victim->peer, addr, sizeof(addr));
+    tlog_limited(ctx, &ctx->hst.evict_log, TETHER_LOG_INFO,
+                 "handshake table full: evicted a stalled handshake from %s", addr);
+    hs_conn_evict(victim);
+  }
   event_add(h->ev, NULL);
   event_add(h->timeout, &tv);
   /* Listeners defer accepting until the first bytes arrived
@@ -716,12 +730,15 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
 void hs_conn_abort(struct hs_conn *h) {
   struct tether_ctx *ctx = h->ctx;
   pthread_mutex_lock(&ctx->lock);
-  for (struct hs_conn **pp = &ctx->handshakes; *pp; pp = &(*pp)->next)
-    if (*pp == h) {
-      *pp = h->next;
-      ctx->n_handshakes--;
-      break;
-    }
+  unlink_locked(h);
   pthread_mutex_unlock(&ctx->lock);
   hs_conn_free(h);
+}
+
+void hs_conn_evict(struct hs_conn *h) {
+  /* A peer that has spoken tether learns why: a client's setup fails with
+   * -EAGAIN, a redial tries again later. */
+  if (h->step != S_AWAIT_FIRST)
+    (void)reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "server busy", -EAGAIN);
+  hs_conn_abort(h);
 }

@@ -21,12 +21,20 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
   for (int i = 0; i < 64; i++) {
     struct sockaddr_storage peer;
     socklen_t len = sizeof(peer);
-    int c = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c < 0) {
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-        LOG_WARN(ctx, "accept: %s", strerror(errno));
+    uint64_t wait_ns;
+    if (!hs_table_room(ctx, &wait_ns)) {
+      /* Every slot is taken by a handshake still making progress: the
+       * connection waits in the kernel's backlog rather than be refused. */
+      accept_gate_wait_room(&l->gate, wait_ns);
       return;
     }
+    int c = accept4(l->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) {
+      if (accept_gate_failed(&l->gate, errno))
+        continue;
+      return;
+    }
+    accept_gate_ok(&l->gate);
     int one = 1;
     (void)setsockopt(c, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof(one));
     struct hs_conn *h = hs_conn_new(ctx, HS_SERVER, c);
@@ -42,16 +50,116 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
   }
 }
 
+/* ---- the accept queue's bound ---- */
+
+bool listener_has_room_locked(const struct tether_listener *l) {
+  return l->closed || l->queued + l->reserved < l->ctx->cfg.accept_backlog;
+}
+
+bool listener_reserve(struct hs_conn *h) {
+  struct tether_listener *l = h->listener;
+  if (!l || h->slot.reserved)
+    return true;
+  pthread_mutex_lock(&l->ctx->lock);
+  bool room = listener_has_room_locked(l);
+  if (room && !l->closed) {
+    l->reserved++;
+    h->slot.reserved = true;
+  }
+  pthread_mutex_unlock(&l->ctx->lock);
+  return room;
+}
+
+static void give_back(struct tether_listener *l) {
+  pthread_mutex_lock(&l->ctx->lock);
+  l->reserved--;
+  hs_table_room_freed_locked(l->ctx);
+  pthread_mutex_unlock(&l->ctx->lock);
+}
+
+void listener_unreserve(struct hs_conn *h) {
+  h->slot.reserved = false;
+  give_back(h->listener);
+}
+
+/* ---- sessions that never confirm ---- */
+
+/* Engine thread: if s is still in an accept queue, takes it out (with the
+ * wake-up it queued) and returns true: nobody else holds it then. */
+static bool unqueue(struct tether_session *s) {
+  struct tether_ctx *ctx = s->ctx;
+  uint64_t v;
+  pthread_mutex_lock(&ctx->lock);
+  struct tether_listener *l = s->queued_on;
+  if (l) {
+    struct tether_session *prev = NULL;
+    for (struct tether_session *q = l->queue_head; q && q != s; q = q->queue_next)
+      prev = q;
+    if (prev)
+      prev->queue_next = s->queue_next;
+    else
+      l->queue_head = s->queue_next;
+    if (l->queue_tail == s)
+      l->queue_tail = prev;
+    s->queue_next = NULL;
+    s->queued_on = NULL;
+    l->queued--;
+    /* One count fewer (an acceptor that already took it finds the queue
+     * shorter, and looks again). */
+    (void)!read(l->ready_fd, &v, sizeof(v));
+    hs_table_room_freed_locked(ctx);
+  }
+  pthread_mutex_unlock(&ctx->lock);
+  return l != NULL;
+}
+
+/* Server, no pre-shared key: connect_timeout_ms after setup the client's
+ * ClientFinish must have arrived, whether or not the application has read
+ * yet: the engine takes it now if it is there.  A session without one is
+ * dropped -- still queued, it goes unseen; accepted, it fails with
+ * TETHER_EAUTH -- so that a client holding a connection open without ever
+ * confirming its keys cannot hold a session (and a place in the accept
+ * queue) for longer. */
+static void on_confirm_due(evutil_socket_t fd, short what, void *arg) {
+  struct tether_session *s = arg;
+  char tag[17];
+  pthread_mutex_lock(&s->rx_lock);
+  if (s->finish_rd)
+    (void)session_take_finish_locked(s);
+  bool missing = s->finish_rd != NULL;
+  pthread_mutex_unlock(&s->rx_lock);
+  if (!missing)
+    return;
+  bool queued = unqueue(s);
+  LOG_INFO(s->ctx, "session %s: no ClientFinish within connect_timeout_ms: %s",
+           session_tag(s->id, tag), queued ? "dropped before accept" : "failed");
+  session_fail(s, TETHER_EAUTH);
+  if (queued)
+    tether_close(s); /* the engine frees it */
+}
+
+static int expect_finish_by(struct tether_session *s) {
+  uint64_t ms = s->ctx->cfg.connect_timeout_ms;
+  struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+  s->confirm_ev = evtimer_new(s->ctx->base, on_confirm_due, s);
+  if (!s->confirm_ev)
+    return -ENOMEM;
+  return evtimer_add(s->confirm_ev, &tv);
+}
+
 void listener_handshake_done(struct hs_conn *h, int rc) {
   struct tether_ctx *ctx = h->ctx;
   struct tether_listener *l = h->listener;
   char addr[64], tag[17];
   sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr));
   if (rc < 0) {
-    int level = rc == -ECONNRESET || rc == -ETIMEDOUT || rc == -ESTALE ? TETHER_LOG_INFO
-                                                                        : TETHER_LOG_WARN;
-    tlog(ctx, level, "handshake from %s refused: %s (%s)", addr, tether_strerror(rc),
-         h->why ? h->why : "");
+    /* (A flood of garbage must not flood the log too.) */
+    if (rc == -ECONNRESET || rc == -ETIMEDOUT || rc == -ESTALE)
+      LOG_INFO(ctx, "handshake from %s refused: %s (%s)", addr, tether_strerror(rc),
+               h->why ? h->why : "");
+    else
+      tlog_limited(ctx, &ctx->hst.fail_log, TETHER_LOG_WARN, "handshake from %s refused: %s (%s)",
+                   addr, tether_strerror(rc), h->why ? h->why : "");
     hs_conn_free(h);
     return;
   }
@@ -67,29 +175,44 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
     return;
   }
   h->fd = -1; /* the session owns the socket now */
-  if (h->finish_later && session_expect_finish(s, h) < 0) {
+  if (h->finish_later && (session_expect_finish(s, h) < 0 || expect_finish_by(s) < 0)) {
     hs_conn_free(h);
     session_destroy(s);
     return;
   }
+  bool reserved = h->slot.reserved;
+  h->slot.reserved = false; /* the session takes its place */
   hs_conn_free(h);
   if (session_start(s) < 0) {
+    if (reserved)
+      give_back(l);
     session_destroy(s);
     return;
   }
   LOG_INFO(ctx, "session %s: accepted from %s", session_tag(s->id, tag), addr);
-  listener_enqueue(l, s);
+  listener_enqueue(l, s, reserved);
 }
 
-void listener_enqueue(struct tether_listener *l, struct tether_session *s) {
+void listener_enqueue(struct tether_listener *l, struct tether_session *s, bool reserved) {
   uint64_t one = 1;
   pthread_mutex_lock(&l->ctx->lock);
-  if (l->queue_tail)
-    l->queue_tail->queue_next = s;
-  else
-    l->queue_head = s;
-  l->queue_tail = s;
+  if (reserved)
+    l->reserved--;
+  bool closed = l->closed;
+  if (!closed) {
+    if (l->queue_tail)
+      l->queue_tail->queue_next = s;
+    else
+      l->queue_head = s;
+    l->queue_tail = s;
+    s->queued_on = l;
+    l->queued++;
+  }
   pthread_mutex_unlock(&l->ctx->lock);
+  if (closed) { /* set up while the listener closed: as its queue did */
+    tether_close(s);
+    return;
+  }
   (void)!write(l->ready_fd, &one, sizeof(one));
 }
 
@@ -171,7 +294,7 @@ int listener_open(tether_ctx *ctx, const char *host, const char *port, bool star
              "TCP signals only", l->port);
   l->ready_fd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
   l->ev = event_new(ctx->base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
-  if (l->ready_fd < 0 || !l->ev) {
+  if (l->ready_fd < 0 || !l->ev || accept_gate_init(&l->gate, ctx, l->ev) < 0) {
     rc = -ENOMEM;
     goto out;
   }
@@ -190,6 +313,7 @@ out:
   if (fd >= 0)
     close(fd);
   if (l) {
+    accept_gate_clear(&l->gate);
     if (l->ev)
       event_free(l->ev);
     if (l->udp)
@@ -238,6 +362,9 @@ int tether_accept(tether_listener *l, tether_session **out) {
       if (!l->queue_head)
         l->queue_tail = NULL;
       s->queue_next = NULL;
+      s->queued_on = NULL;
+      l->queued--;
+      hs_table_room_freed_locked(l->ctx); /* parked setups may go on */
       pthread_mutex_unlock(&l->ctx->lock);
       *out = s;
       return 0;
@@ -263,6 +390,10 @@ void tether_listener_close(tether_listener *l) {
   pthread_mutex_lock(&l->ctx->lock);
   struct tether_session *q = l->queue_head;
   l->queue_head = l->queue_tail = NULL;
+  l->queued = 0;
+  for (struct tether_session *s = q; s; s = s->queue_next)
+    s->queued_on = NULL;
+  hs_table_room_freed_locked(l->ctx); /* parked setups are refused now */
   pthread_mutex_unlock(&l->ctx->lock);
   while (q) {
     struct tether_session *next = q->queue_next;
@@ -273,6 +404,7 @@ void tether_listener_close(tether_listener *l) {
 }
 
 void listener_free(struct tether_listener *l) {
+  accept_gate_clear(&l->gate);
   if (l->ev)
     event_free(l->ev);
   if (l->udp)

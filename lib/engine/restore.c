@@ -192,7 +192,7 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
     LOG_INFO(ctx, "session %s: restored (epoch %u), suspended", session_tag(s->id, tag),
              s->core.epoch);
     if (sm->queued && l) /* back in the accept queue it was in */
-      listener_enqueue(l, s);
+      listener_enqueue(l, s, false);
   }
   /* Only now, with every session registered, may resumes come in: a
    * client that redials the moment the port opens must find its session,

@@ -506,6 +506,8 @@ void session_destroy(struct tether_session *s) {
     event_free(s->timer);
   if (s->kick)
     event_free(s->kick);
+  if (s->confirm_ev)
+    event_free(s->confirm_ev);
   close_retired(s);
   if (s->hup_sock >= 0)
     (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);

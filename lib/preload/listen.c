@@ -35,7 +35,7 @@ struct plisten {
   int *plainq;
   int nq, capq;
   bool closed;
-  struct event *ev; /* the engine's accept event on l.fd */
+  struct event *ev; /* the engine's accept event on l.fd (paused by l.gate) */
   struct event *reap_ev; /* closed: looks whether it is still needed */
   struct plisten *next;
 };
@@ -215,8 +215,12 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     struct sockaddr_storage peer;
     socklen_t plen = sizeof(peer);
     int c = real.accept4(pl->l.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c < 0)
+    if (c < 0) {
+      if (accept_gate_failed(&pl->l.gate, errno))
+        continue;
       return;
+    }
+    accept_gate_ok(&pl->l.gate);
     struct ipport who;
     char addr[64];
     bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms(), false);
@@ -305,6 +309,7 @@ static struct udp_chan *udp_for(struct tether_ctx *ctx, const struct sockaddr_st
 
 /* Frees a listener that never served (pl_listen failed). */
 static void pl_discard(struct plisten *pl, bool udp_new) {
+  accept_gate_clear(&pl->l.gate);
   if (pl->ev)
     event_free(pl->ev);
   if (pl->l.udp && udp_new)
@@ -362,7 +367,7 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
     int fl = real.fcntl(pl->l.fd, F_GETFL);
     (void)real.fcntl(pl->l.fd, F_SETFL, (fl < 0 ? 0 : fl) | O_NONBLOCK);
     pl->ev = event_new(ctx->base, pl->l.fd, EV_READ | EV_PERSIST, on_accept, pl);
-    ok = pl->ev != NULL;
+    ok = pl->ev != NULL && accept_gate_init(&pl->l.gate, ctx, pl->ev) == 0;
   }
   if (!ok) {
     if (ep >= 0)
@@ -543,6 +548,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg) {
     udp_shared = o->l.udp == pl->l.udp;
   pthread_mutex_unlock(&pl_lock);
   LOG_DEBUG(pl->l.ctx, "closed listener on port %d: freed", pl->l.port);
+  accept_gate_clear(&pl->l.gate);
   if (pl->ev)
     event_free(pl->ev);
   if (pl->l.fd >= 0)

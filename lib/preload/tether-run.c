@@ -27,6 +27,7 @@ static void usage(FILE *f) {
           "  --probe-ms N            TETHER_PROBE_MS\n"
           "  --accept-wait-ms N      TETHER_ACCEPT_WAIT_MS\n"
           "  --read-spin-us N        TETHER_READ_SPIN_US (0: waits never spin)\n"
+          "  --accept-backlog N      TETHER_ACCEPT_BACKLOG (sessions queued for accept)\n"
           "  --exclude LIST          TETHER_EXCLUDE (addresses/ports left plain)\n"
           "  --log LEVEL             TETHER_LOG: none, error, warn, info, debug\n"
           "  --preload PATH          the interposer (default: found next to tether-run)\n"
@@ -116,6 +117,7 @@ int main(int argc, char **argv) {
       {"probe-ms", required_argument, NULL, 'P'},
       {"accept-wait-ms", required_argument, NULL, 'A'},
       {"read-spin-us", required_argument, NULL, 'W'},
+      {"accept-backlog", required_argument, NULL, 'B'},
       {"exclude", required_argument, NULL, 'x'},
       {"log", required_argument, NULL, 'l'},
       {"preload", required_argument, NULL, 'p'},
@@ -136,6 +138,7 @@ int main(int argc, char **argv) {
     case 'P': var = "TETHER_PROBE_MS"; break;
     case 'A': var = "TETHER_ACCEPT_WAIT_MS"; break;
     case 'W': var = "TETHER_READ_SPIN_US"; break;
+    case 'B': var = "TETHER_ACCEPT_BACKLOG"; break;
     case 'x': var = "TETHER_EXCLUDE"; break;
     case 'l': var = "TETHER_LOG"; break;
     case 'p': preload = optarg; break;
