@@ -60,7 +60,9 @@ TETHER_API const char *tether_version(void);
   X(TETHER_EVERSION, -10007, TETHER_ERRKIND_FINAL,                              \
     "unsupported tether protocol version")                                      \
   X(TETHER_ECLOSED, -10008, TETHER_ERRKIND_USAGE,                               \
-    "session or listener is closed")
+    "session or listener is closed")                                            \
+  X(TETHER_EABORTED, -10009, TETHER_ERRKIND_FINAL,                              \
+    "session failed: the peer gave up delivering its last bytes (linger time)")
 
 typedef enum tether_errkind {
   TETHER_ERRKIND_NONE = 0,  /* not an error (>= 0) */
@@ -119,6 +121,11 @@ typedef enum tether_option {
                                       past their ClientHello); more clients
                                       wait; 1..65535, default 1024; env
                                       TETHER_ACCEPT_BACKLOG */
+  TETHER_OPT_LINGER_S,             /* how long tether_ctx_free (and exit)
+                                      waits for closed sessions to deliver
+                                      their last bytes; then their peers
+                                      fail with TETHER_EABORTED; 0..3600,
+                                      default 30; env TETHER_LINGER_S */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

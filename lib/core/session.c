@@ -348,6 +348,12 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     core_fail(c, -(int)ctl->failed);
     return 0;
   }
+  if (ctl->failed == (uint32_t)-TETHER_EABORTED) {
+    /* The peer's application closed and went away before all its bytes
+     * reached us (its linger time ran out): they never will. */
+    core_fail(c, TETHER_EABORTED);
+    return 0;
+  }
   if (ctl_end_diverged(c, ctl)) {
     core_fail(c, TETHER_EDIVERGED);
     *reply = true; /* tell it at once */

@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "engine.h"
@@ -123,19 +125,133 @@ struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SE
   return NULL;
 }
 
-/* Whether a session the application closed has not finished yet. */
+/* Whether a session the application closed has not finished yet: it
+ * delivers its last bytes and close notices, or has bytes to deliver and
+ * waits for a resume to do so (one with nothing left to say does not keep
+ * the process: its peer learns the rest from its own resume). */
 static bool closing_sessions(struct tether_ctx *ctx) {
   bool any = false;
   pthread_mutex_lock(&ctx->lock);
   for (int i = 0; i < SESSION_BUCKETS && !any; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next) {
-      int st = __atomic_load_n(&s->core.state, __ATOMIC_RELAXED);
-      /* A suspended session cannot progress without a reconnect: only
-       * connected ones are worth waiting for. */
-      any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) && st == CORE_CONNECTED;
+      if (!__atomic_load_n(&s->app_closed, __ATOMIC_RELAXED))
+        continue;
+      session_lock(s);
+      const struct core_session *c = &s->core;
+      any = c->state == CORE_CONNECTED || (c->state == CORE_SUSPENDED && c->peer_acked < c->sent);
+      session_unlock(s);
     }
   pthread_mutex_unlock(&ctx->lock);
   return any;
+}
+
+/* Closed sessions that did not finish within the linger time fail, and
+ * say so to their peers at once (twice: a datagram may be lost), so that
+ * they do not wait give_up_s for bytes that will never come. */
+static void abort_closing(struct tether_ctx *ctx) {
+  char tag[17];
+  pthread_mutex_lock(&ctx->lock);
+  for (int i = 0; i < SESSION_BUCKETS; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next) {
+      session_lock(s);
+      if (s->app_closed && (s->core.state == CORE_CONNECTED ||
+                            (s->core.state == CORE_SUSPENDED && s->core.peer_acked < s->core.sent))) {
+        LOG_WARN(ctx, "session %s: linger time over with %llu bytes undelivered: aborted",
+                 session_tag(s->id, tag),
+                 (unsigned long long)(s->core.sent - s->core.peer_acked));
+        core_fail(&s->core, TETHER_EABORTED);
+        udp_send_ctl(s, now_ns());
+        udp_send_ctl(s, now_ns());
+        session_kick(s);
+      }
+      session_unlock(s);
+    }
+  pthread_mutex_unlock(&ctx->lock);
+}
+
+void ctx_linger(struct tether_ctx *ctx) {
+  if (!ctx->thread_started)
+    return;
+  uint64_t end = now_ns() + (uint64_t)ctx->cfg.linger_s * 1000000000;
+  while (closing_sessions(ctx) && now_ns() < end) {
+    struct timespec ts = {0, 5 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  abort_closing(ctx);
+}
+
+void ctx_stop_engine(struct tether_ctx *ctx) {
+  if (!ctx->thread_started || pthread_equal(pthread_self(), ctx->thread))
+    return;
+  event_active(ctx->stop_ev, EV_READ, 0);
+  pthread_join(ctx->thread, NULL);
+  ctx->thread_started = false;
+}
+
+/* ---- process exit ----------------------------------------------------------
+ * A process that returns from main or calls exit() with contexts alive ends
+ * them the way the kernel ends its sockets: the sessions of a context that
+ * is not durable close (their peers read end of stream, after every byte),
+ * and every closed session lingers; a durable context's open sessions stay
+ * as they are (the process may come back from its snapshot: its peers see
+ * a crash and wait).  Then the engine threads stop, before the libraries
+ * they use (OpenSSL) tear down. */
+
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tether_ctx *live_head;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+static void close_open_sessions(struct tether_ctx *ctx) {
+  pthread_mutex_lock(&ctx->lock);
+  for (int i = 0; i < SESSION_BUCKETS; i++)
+    for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
+      if (!__atomic_load_n(&s->app_closed, __ATOMIC_RELAXED))
+        (void)tether_close(s);
+  pthread_mutex_unlock(&ctx->lock);
+}
+
+static void at_exit(void) {
+  pid_t me = getpid();
+  pthread_mutex_lock(&live_lock);
+  for (struct tether_ctx *ctx = live_head; ctx; ctx = ctx->live_next) {
+    /* A forked child has the parent's contexts in memory, not their
+     * engine threads: they are the parent's to end. */
+    if (ctx->pid != me || ctx->exit_by_front_end || !ctx->thread_started)
+      continue;
+    if (!ctx->cfg.durable)
+      close_open_sessions(ctx);
+    ctx_linger(ctx);
+    ctx_stop_engine(ctx);
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void exit_init(void) {
+  /* Handlers run last registered first: OpenSSL's cleanup (registered by
+   * its initialisation, here if nobody did it before) must run after ours,
+   * which stops the engine threads that use it.  (With no option asked for,
+   * OPENSSL_init_crypto returns at once without initialising anything.) */
+  (void)OPENSSL_init_crypto(OPENSSL_INIT_ADD_ALL_DIGESTS, NULL);
+  (void)atexit(at_exit);
+}
+
+static void live_add(struct tether_ctx *ctx) {
+  pthread_once(&exit_once, exit_init);
+  ctx->pid = getpid();
+  pthread_mutex_lock(&live_lock);
+  ctx->live_next = live_head;
+  live_head = ctx;
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(struct tether_ctx *ctx) {
+  pthread_mutex_lock(&live_lock);
+  for (struct tether_ctx **pp = &live_head; *pp; pp = &(*pp)->live_next)
+    if (*pp == ctx) {
+      *pp = ctx->live_next;
+      break;
+    }
+  pthread_mutex_unlock(&live_lock);
 }
 
 static void *engine_main(void *arg) {
@@ -199,6 +315,7 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   ctx->thread_started = true;
   ctx->refill_pending = true;
   event_active(ctx->refill_ev, EV_READ, 0);
+  live_add(ctx);
   *out = ctx;
   return 0;
 fail:
@@ -221,19 +338,12 @@ fail:
 void tether_ctx_free(tether_ctx *ctx) {
   if (!ctx)
     return;
+  live_remove(ctx);
   /* Sessions the application closed may still be delivering their last
-   * bytes and close notices: give them a moment, or their peers would see
-   * a failure (and wait give_up_s) instead of a clean close. */
-  for (int waited = 0; ctx->thread_started && waited < CTX_FREE_LINGER_MS; waited += 5) {
-    if (!closing_sessions(ctx))
-      break;
-    struct timespec ts = {0, 5 * 1000000};
-    nanosleep(&ts, NULL);
-  }
-  if (ctx->thread_started) {
-    event_active(ctx->stop_ev, EV_READ, 0);
-    pthread_join(ctx->thread, NULL);
-  }
+   * bytes and close notices: their peers would otherwise see a failure
+   * (and wait give_up_s) instead of a clean close. */
+  ctx_linger(ctx);
+  ctx_stop_engine(ctx);
   /* Finished sessions still in TIME_WAIT: repeat their final state once, so
    * a peer that missed it need not wait for a resume. */
   for (int i = 0; i < SESSION_BUCKETS; i++)

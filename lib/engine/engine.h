@@ -41,6 +41,7 @@ struct tether_config {
                                (0: sock_host_rcvbuf_max()) */
   uint32_t read_spin_us; /* see tether_read's wait_readable */
   uint32_t accept_backlog; /* sessions a listener queues for tether_accept */
+  uint32_t linger_s; /* closed sessions' last bytes: see ctx_linger() */
   uint8_t psk[PSK_MAX];
   size_t psk_len;
   tether_state_cb state_cb;
@@ -65,9 +66,6 @@ struct udp_chan {
  * long (see ctx_take_key). */
 #define KEY_REUSE_MAX 64
 #define KEY_REUSE_NS (10 * 1000000000ull)
-/* How long tether_ctx_free lets closed sessions deliver their last bytes
- * and close notices before it drops them. */
-#define CTX_FREE_LINGER_MS 2000
 /* The server's handshake table (hs_table.c, tether(7) "Handshake slots"):
  * slots for handshakes not known to be resumes, a budget of its own for
  * resumes of known sessions, the share of the slots beyond which a host's
@@ -132,6 +130,12 @@ struct tether_ctx {
   struct event_base *base;
   pthread_t thread;
   bool thread_started;
+  /* The process's live contexts, for the exit handler (ctx.c): the one
+   * that made this context, and whether a front end (the preload) ends it
+   * at exit itself. */
+  struct tether_ctx *live_next;
+  pid_t pid;
+  bool exit_by_front_end;
   struct event *stop_ev;
 
   pthread_mutex_t lock; /* registry, listener queues */
@@ -499,6 +503,13 @@ int spin_release(struct spin_hold *h);
 /* ---- context (ctx.c) ---- */
 
 uint64_t now_ns(void);
+/* Waits, up to cfg.linger_s, while sessions the application closed still
+ * deliver their last bytes and close notices (also across a resume); those
+ * still unfinished then fail with TETHER_EABORTED, and their peers are told
+ * at once.  Application thread, engine running. */
+void ctx_linger(struct tether_ctx *ctx);
+/* Stops the engine thread (not from the engine thread itself). */
+void ctx_stop_engine(struct tether_ctx *ctx);
 /* A reference to the current ephemeral key (made now if there is none);
  * NULL on failure. */
 struct x25519_key *ctx_take_key(struct tether_ctx *ctx);

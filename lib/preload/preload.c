@@ -64,6 +64,7 @@ struct tether_ctx *tp_ctx(void) {
       tp_warn("cannot start tether (bad TETHER_* setting?): connections stay plain TCP");
     } else {
       c->redial_hook = pl_redial_hook;
+      c->exit_by_front_end = true; /* tp_fini */
       __atomic_store_n(&g_ctx, c, __ATOMIC_RELEASE);
     }
     TP_LEAVE();
@@ -181,22 +182,11 @@ static void collect(struct psock *ps, void *arg) {
   pthread_mutex_unlock(&ps->lock);
 }
 
-static bool closing_sessions(struct tether_ctx *ctx) {
-  bool any = false;
-  pthread_mutex_lock(&ctx->lock);
-  for (int i = 0; i < SESSION_BUCKETS && !any; i++)
-    for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next)
-      any = __atomic_load_n(&s->app_closed, __ATOMIC_RELAXED) &&
-            (__atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_CONNECTED ||
-             __atomic_load_n(&s->core.state, __ATOMIC_RELAXED) == CORE_SUSPENDED);
-  pthread_mutex_unlock(&ctx->lock);
-  return any;
-}
-
 /* At exit the kernel would close every socket with a FIN: close the
- * sessions the same way, and give them a moment to deliver what is still
- * queued and their close notices (as tether_ctx_free does), through a
- * resume if their connection was just lost. */
+ * sessions the same way, and let them deliver what is still queued and
+ * their close notices (ctx_linger, as tether_ctx_free does), through a
+ * resume if their connection was just lost.  The library's own exit
+ * handler leaves this context to us (exit_by_front_end). */
 __attribute__((destructor)) static void tp_fini(void) {
   fork_at_exit();
   struct tether_ctx *ctx = __atomic_load_n(&g_ctx, __ATOMIC_ACQUIRE);
@@ -216,17 +206,10 @@ __attribute__((destructor)) static void tp_fini(void) {
     }
     free(o.s);
   }
-  for (int waited = 0; waited < CTX_FREE_LINGER_MS && closing_sessions(ctx); waited += 5) {
-    struct timespec ts = {0, 5 * 1000000};
-    nanosleep(&ts, NULL);
-  }
+  ctx_linger(ctx);
   /* The engine stops here: nothing of tether runs while the process's
    * libraries tear down. */
-  if (ctx->thread_started && !pthread_equal(pthread_self(), ctx->thread)) {
-    event_active(ctx->stop_ev, EV_READ, 0);
-    pthread_join(ctx->thread, NULL);
-    ctx->thread_started = false;
-  }
+  ctx_stop_engine(ctx);
   TP_LEAVE();
 }
 
