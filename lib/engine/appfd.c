@@ -5,22 +5,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "engine.h"
 
 /* Both locks held.  Points app_fd at `fd` (consumed) of the given kind, and
- * wakes pollers of the old file: of a WAIT pipe by closing its write end,
- * of a HELD set (and a blocking writer) through its eventfd. */
+ * wakes pollers of a WAIT or HELD pipe by closing its write end (POLLHUP
+ * wakes a poller whatever it waits for). */
 static void app_fd_install(struct tether_session *s, int fd, int kind) {
-  if (s->held_wake >= 0) {
-    uint64_t one = 1;
-    (void)!write(s->held_wake, &one, sizeof(one));
-    close(s->held_wake);
-    s->held_wake = -1;
-  }
   if (s->app_fd >= 0 && s->app_fd_hook)
     s->app_fd_hook(s, fd, kind);
   else if (s->app_fd >= 0 && dup3(fd, s->app_fd, O_CLOEXEC) < 0)
@@ -43,6 +37,18 @@ void app_fd_ready(struct tether_session *s) {
     return;
   }
   app_fd_install(s, fd, APP_FD_READY);
+}
+
+/* Both locks held: installs a fresh pipe of kind `kind` (WAIT or HELD). */
+static int install_pipe(struct tether_session *s, int kind) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
+    LOG_ERR(s->ctx, "cannot create a placeholder descriptor: %s", strerror(errno));
+    return -1;
+  }
+  app_fd_install(s, p[0], kind);
+  s->hold_w = p[1];
+  return 0;
 }
 
 static int app_fd_wanted(const struct tether_session *s) {
@@ -69,13 +75,7 @@ void app_fd_fixup(struct tether_session *s) {
     if (want == APP_FD_SOCK) {
       app_fd_install(s, s->sock, APP_FD_SOCK);
     } else if (want == APP_FD_WAIT) {
-      int p[2];
-      if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
-        app_fd_install(s, p[0], APP_FD_WAIT);
-        s->hold_w = p[1];
-      } else {
-        LOG_ERR(s->ctx, "cannot create a placeholder descriptor: %s", strerror(errno));
-      }
+      (void)install_pipe(s, APP_FD_WAIT);
     } else {
       app_fd_ready(s);
     }
@@ -87,22 +87,26 @@ int app_fd_hold(struct tether_session *s, bool want_wake) {
   if (s->app_fd < 0 || s->sock < 0 || s->core.state != CORE_CONNECTED)
     return -1;
   if (s->app_kind != APP_FD_HELD) {
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    int w = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct epoll_event rd = {.events = EPOLLIN | EPOLLRDHUP}, wk = {.events = EPOLLIN};
-    if (ep < 0 || w < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, s->sock, &rd) < 0 ||
-        epoll_ctl(ep, EPOLL_CTL_ADD, w, &wk) < 0) {
-      LOG_ERR(s->ctx, "cannot hold a writer back: %s", strerror(errno));
-      if (ep >= 0)
-        close(ep);
-      if (w >= 0)
-        close(w);
+    if (install_pipe(s, APP_FD_HELD) < 0)
       return -1;
-    }
-    app_fd_install(s, ep, APP_FD_HELD);
-    s->held_wake = w;
+    s->held_marked = false;
+    app_fd_held_sync(s);
+    session_kick(s); /* the engine watches the socket's reads for us */
   }
-  return want_wake ? fcntl(s->held_wake, F_DUPFD_CLOEXEC, 0) : -1;
+  return want_wake ? fcntl(s->app_fd, F_DUPFD_CLOEXEC, 0) : -1;
+}
+
+void app_fd_held_sync(struct tether_session *s) {
+  int unread = 0;
+  uint8_t b = 'r';
+  if (s->app_kind != APP_FD_HELD || s->app_fd < 0)
+    return;
+  if (s->sock >= 0 && ioctl(s->sock, FIONREAD, &unread) < 0)
+    unread = 1; /* an error is news for a reader too */
+  if (unread > 0 && !s->held_marked)
+    s->held_marked = write(s->hold_w, &b, 1) == 1;
+  else if (unread == 0 && s->held_marked)
+    s->held_marked = read(s->app_fd, &b, 1) != 1;
 }
 
 void app_fd_release(struct tether_session *s) {

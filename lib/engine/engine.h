@@ -200,9 +200,9 @@ struct tether_session {
   int sock;   /* current TCP socket, -1 while suspended */
   int app_fd; /* the stable number the application polls, -1 after close */
   int app_kind; /* what app_fd refers to now: an APP_FD_* value */
-  int hold_w; /* the WAIT pipe's write end while app_fd is its read end */
-  int held_wake; /* HELD: an eventfd in app_fd's epoll set; written when the
-                    writer may go on (room, or a transition) */
+  int hold_w; /* the WAIT or HELD pipe's write end while app_fd is its
+                 read end */
+  bool held_marked; /* HELD: the pipe holds a byte (the socket is readable) */
   bool nonblocking;
   bool read_spin; /* the last blocking wait to read was short: spin first */
   bool app_closed; /* the application let go: the engine owns it */
@@ -273,8 +273,10 @@ enum {
   APP_FD_READY, /* an eventfd holding 1: readable and writable */
   APP_FD_WAIT,  /* a pipe's read end: never ready until its writer closes */
   APP_FD_HELD,  /* connected, but a writer is held back (no retention room):
-                   an epoll set of the socket (for reading) and held_wake,
-                   readable when the socket is, never writable */
+                   a pipe's read end, never writable, readable (a byte in
+                   the pipe, held_marked) while the socket has bytes to
+                   read -- kept so by the engine, which watches the socket
+                   meanwhile, and by tether_read; READY once there is room */
 };
 
 /* ---- handshakes (handshake_conn.c) ---- */
@@ -440,9 +442,12 @@ void app_fd_fixup(struct tether_session *s);
 /* Both locks held, connected, no retention room: installs HELD so that
  * pollers are not told "writable" while a write would fail with EAGAIN.
  * With `want_wake`, returns a descriptor (the caller's to close) that becomes
- * readable when the writer may try again, for a blocking writer to wait on;
+ * ready when the writer may try again, for a blocking writer to wait on;
  * else, or if it cannot, -1. */
 int app_fd_hold(struct tether_session *s, bool want_wake);
+/* Both locks held: a HELD app fd is readable exactly while the socket has
+ * bytes to read (after bytes arrived, or the application read them). */
+void app_fd_held_sync(struct tether_session *s);
 /* Engine thread, both locks held: ends HELD once there is room again, or
  * the session left CONNECTED. */
 void app_fd_release(struct tether_session *s);

@@ -109,6 +109,11 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
         pthread_mutex_unlock(&s->rx_lock);
         return -err;
       }
+      if (__atomic_load_n(&s->app_kind, __ATOMIC_RELAXED) == APP_FD_HELD) {
+        pthread_mutex_lock(&s->tx_lock);
+        app_fd_held_sync(s); /* nothing left to read: not readable */
+        pthread_mutex_unlock(&s->tx_lock);
+      }
     }
     pthread_mutex_unlock(&s->rx_lock);
     if (s->nonblocking)

@@ -39,7 +39,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   memcpy(s->keys.resume_s, m->k_resume_s.data, KEY_LEN);
   s->is_client = m->is_client;
   s->sock = -1;
-  s->hup_sock = s->held_wake = -1;
+  s->hup_sock = -1;
   s->app_fd = p[0]; /* suspended: never ready until resumed */
   s->app_kind = APP_FD_WAIT;
   s->hold_w = p[1];

@@ -65,7 +65,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->keys = h->keys;
   s->is_client = is_client;
   s->sock = h->fd;
-  s->hold_w = s->held_wake = -1;
+  s->hold_w = -1;
   s->hup_sock = -1;
   s->app_kind = APP_FD_SOCK;
   s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
@@ -278,6 +278,11 @@ static void update_sock_ev(struct tether_session *s) {
      * the check does. */
     if ((s->app_closed && !core_at_eof(&s->core)) || core_replay_pending(&s->core))
       want |= EV_READ;
+    /* A writer is held back: arriving bytes must still make the app fd
+     * (a placeholder then) readable.  Edge-triggered: once per arrival,
+     * not for as long as the application leaves them unread. */
+    else if (s->app_kind == APP_FD_HELD)
+      want |= EV_READ | EV_ET;
   }
   if (want == s->sock_ev_flags && (!want || s->sock_ev_fd == s->sock))
     return;
@@ -398,6 +403,8 @@ bool session_settle_unlock(struct tether_session *s) {
 static void on_sock(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
   session_lock(s);
+  if (what & EV_READ)
+    app_fd_held_sync(s);
   if (what & EV_READ)
     drain_locked(s);
   session_settle_unlock(s);
@@ -524,8 +531,6 @@ void session_destroy(struct tether_session *s) {
     close(s->app_fd);
   if (s->hold_w >= 0)
     close(s->hold_w);
-  if (s->held_wake >= 0)
-    close(s->held_wake);
   core_clear(&s->core);
   free(s->finish_rd);
   pthread_mutex_destroy(&s->rx_lock);

@@ -1,7 +1,7 @@
 /* What a peer sees when a process ends with sessions alive, over real
- * loopback sockets: the server is this process, each client a forked child
- * that makes its own context and then leaves through exit() -- as a program
- * returning from main does.
+ * loopback sockets: the server is this process, each client another process
+ * (this program run again) that makes its own context and then leaves
+ * through exit() -- as a program returning from main does.
  *
  *   - Not durable, sessions open: exit closes them like the kernel closes
  *     sockets; the server reads every byte, then end of stream.
@@ -21,7 +21,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -74,22 +73,15 @@ static void server_start(struct server *sv) {
   snprintf(sv->port, sizeof(sv->port), "%d", tether_listener_port(sv->l));
 }
 
-/* ---- the children (no cmocka there: a failure is a non-zero exit) ---- */
+/* ---- the children ----------------------------------------------------------
+ * Each is this program run again ("exit_test child ROLE PORT ARG"): a fresh
+ * process, as a client program would be.  (A plain fork() would inherit
+ * the parent's engine thread's locks, OpenSSL's among them, in whatever
+ * state they were.)  No cmocka there: a failure is a non-zero exit. */
 
-/* cmocka catches crashes to report them and go on with the next test: in a
- * child, a crash must end the child, for its parent to see the signal. */
-static pid_t fork_child(void) {
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    const int sigs[] = {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE};
-    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-      signal(sigs[i], SIG_DFL);
-  }
-  return pid;
-}
+static char self[4096];
 
-static int child_connect(const struct server *sv, int durable, int linger_s, tether_ctx **ctx,
+static int child_connect(const char *port, int durable, int linger_s, tether_ctx **ctx,
                          tether_session **s) {
   tether_config *cfg = tether_config_new();
   if (!cfg || tether_config_set(cfg, TETHER_OPT_DURABLE, durable) < 0 ||
@@ -97,7 +89,7 @@ static int child_connect(const struct server *sv, int durable, int linger_s, tet
       tether_ctx_new(cfg, ctx) < 0)
     return -1;
   tether_config_free(cfg);
-  return tether_connect(*ctx, "127.0.0.1", sv->port, s) < 0 ? -1 : 0;
+  return tether_connect(*ctx, "127.0.0.1", port, s) < 0 ? -1 : 0;
 }
 
 static int write_all(tether_session *s, const uint8_t *p, size_t n) {
@@ -113,53 +105,90 @@ static int write_all(tether_session *s, const uint8_t *p, size_t n) {
 
 static uint8_t pattern(size_t i) { return (uint8_t)(i * 7 + i / 4099); }
 
-static uint8_t *bulk_bytes(void) {
+/* "open PORT DURABLE": writes "bye now", then leaves through exit() with
+ * the session open. */
+static int child_open(const char *port, int durable) {
+  tether_ctx *ctx;
+  tether_session *s;
+  if (child_connect(port, durable, -1, &ctx, &s) < 0 ||
+      write_all(s, (const uint8_t *)"bye now", 7) < 0)
+    return 2;
+  exit(0);
+}
+
+/* "write PORT LINGER_S REPORT_FD": writes as many of BULK bytes as the
+ * kernel's buffers take without waiting (the reader reads nothing yet),
+ * tells how many on REPORT_FD, closes, frees its context and exits. */
+static int child_write(const char *port, int linger_s, int report) {
+  tether_ctx *ctx;
+  tether_session *s;
   uint8_t *b = malloc(BULK);
-  for (size_t i = 0; b && i < BULK; i++)
+  size_t off = 0;
+  if (!b || child_connect(port, 0, linger_s, &ctx, &s) < 0)
+    return 2;
+  for (size_t i = 0; i < BULK; i++)
     b[i] = pattern(i);
-  return b;
-}
-
-/* Writes `msg`, then leaves through exit() with the session open. */
-static pid_t spawn_exit_open(const struct server *sv, int durable, const char *msg) {
-  pid_t pid = fork_child();
-  if (pid == 0) {
-    tether_ctx *ctx;
-    tether_session *s;
-    if (child_connect(sv, durable, -1, &ctx, &s) < 0 || write_all(s, (const uint8_t *)msg,
-                                                                  strlen(msg)) < 0)
-      _exit(2);
-    exit(0);
+  tether_set_nonblocking(s, 1);
+  while (off < BULK) {
+    ssize_t w = tether_write(s, b + off, BULK - off);
+    if (w == -EAGAIN)
+      break;
+    if (w <= 0)
+      return 3;
+    off += (size_t)w;
   }
-  return pid;
+  if (write(report, &off, sizeof(off)) != (ssize_t)sizeof(off))
+    return 4;
+  tether_close(s);
+  tether_ctx_free(ctx);
+  exit(0);
 }
 
-/* Writes as many of BULK bytes as the kernel's buffers take without waiting
- * (the reader reads nothing yet), tells how many on `report`,
- * closes, frees its context and exits. */
-static pid_t spawn_write_close_exit(const struct server *sv, int linger_s, int report) {
-  pid_t pid = fork_child();
+/* "busy - ROUND": a server of its own and 64 sessions to it; the server
+ * goes, the sessions redial (each attempt draws random numbers from
+ * OpenSSL), and the process exits meanwhile. */
+static int child_busy(int round) {
+  tether_config *cfg = tether_config_new();
+  tether_ctx *cctx, *sctx;
+  tether_listener *l;
+  tether_session *s[64];
+  char port[16];
+  if (!cfg || tether_config_set(cfg, TETHER_OPT_RECONNECT_MAX_MS, 1) < 0 ||
+      tether_config_set(cfg, TETHER_OPT_LINGER_S, 0) < 0 || tether_ctx_new(cfg, &cctx) < 0 ||
+      tether_ctx_new(NULL, &sctx) < 0 || tether_listen(sctx, "127.0.0.1", "0", &l) < 0)
+    return 2;
+  tether_config_free(cfg);
+  snprintf(port, sizeof(port), "%d", tether_listener_port(l));
+  for (int i = 0; i < 64; i++)
+    if (tether_connect(cctx, "127.0.0.1", port, &s[i]) < 0)
+      return 3;
+  tether_ctx_free(sctx); /* the server is gone: 64 sessions redial */
+  msleep(round % 4 * 5);
+  exit(0);
+}
+
+static int child_main(char **argv) {
+  const char *role = argv[2], *port = argv[3];
+  int arg = atoi(argv[4]), arg2 = argv[5] ? atoi(argv[5]) : 0;
+  if (!strcmp(role, "open"))
+    return child_open(port, arg);
+  if (!strcmp(role, "write"))
+    return child_write(port, arg, arg2);
+  if (!strcmp(role, "busy"))
+    return child_busy(arg);
+  return 100;
+}
+
+/* Runs "child ROLE PORT A [B]" in a new process. */
+static pid_t spawn(const char *role, const char *port, int a, int b) {
+  char sa[16], sb[16];
+  snprintf(sa, sizeof(sa), "%d", a);
+  snprintf(sb, sizeof(sb), "%d", b);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
   if (pid == 0) {
-    tether_ctx *ctx;
-    tether_session *s;
-    uint8_t *b = bulk_bytes();
-    size_t off = 0;
-    if (!b || child_connect(sv, 0, linger_s, &ctx, &s) < 0)
-      _exit(2);
-    tether_set_nonblocking(s, 1);
-    while (off < BULK) {
-      ssize_t w = tether_write(s, b + off, BULK - off);
-      if (w == -EAGAIN)
-        break;
-      if (w <= 0)
-        _exit(3);
-      off += (size_t)w;
-    }
-    if (write(report, &off, sizeof(off)) != (ssize_t)sizeof(off))
-      _exit(4);
-    tether_close(s);
-    tether_ctx_free(ctx);
-    exit(0);
+    execl(self, self, "child", role, port, sa, sb, (char *)NULL);
+    _exit(127);
   }
   return pid;
 }
@@ -207,7 +236,7 @@ static void test_exit_closes_open_sessions(void **state) {
   (void)state;
   struct server sv;
   server_start(&sv);
-  pid_t pid = spawn_exit_open(&sv, 0, "bye now");
+  pid_t pid = spawn("open", sv.port, 0, 0);
   tether_session *s = accept_one(&sv);
   uint8_t buf[64];
   size_t got;
@@ -223,7 +252,7 @@ static void test_exit_of_durable_process_is_a_crash(void **state) {
   (void)state;
   struct server sv;
   server_start(&sv);
-  pid_t pid = spawn_exit_open(&sv, 1, "bye now");
+  pid_t pid = spawn("open", sv.port, 1, 0);
   tether_session *s = accept_one(&sv);
   uint8_t buf[64];
   size_t got;
@@ -252,7 +281,7 @@ static void test_write_close_exit_delivers_everything(void **state) {
   int p[2];
   assert_int_equal(pipe(p), 0);
   server_start(&sv);
-  pid_t pid = spawn_write_close_exit(&sv, -1, p[1]);
+  pid_t pid = spawn("write", sv.port, -1, p[1]);
   tether_session *s = accept_one(&sv);
   size_t wrote = reported(p[0]);
   /* Part of it is still in the writer's send queue when it closes: its
@@ -282,7 +311,7 @@ static void test_linger_over_aborts_the_reader(void **state) {
   int p[2];
   assert_int_equal(pipe(p), 0);
   server_start(&sv);
-  pid_t pid = spawn_write_close_exit(&sv, 1, p[1]);
+  pid_t pid = spawn("write", sv.port, 1, p[1]);
   tether_session *s = accept_one(&sv);
   size_t wrote = reported(p[0]);
   uint64_t closed = now_ms();
@@ -304,31 +333,21 @@ static void test_linger_over_aborts_the_reader(void **state) {
 /* exit() while the engine thread redials many sessions: rounds of it. */
 static void test_exit_while_engine_busy(void **state) {
   (void)state;
-  for (int round = 0; round < 20; round++) {
-    pid_t pid = fork_child();
-    if (pid == 0) {
-      struct server own;
-      tether_ctx *cctx = ctx_with(0, 0);
-      tether_session *s[16];
-      own.ctx = ctx_with(0, -1);
-      if (tether_listen(own.ctx, "127.0.0.1", "0", &own.l) < 0)
-        _exit(2);
-      snprintf(own.port, sizeof(own.port), "%d", tether_listener_port(own.l));
-      for (int i = 0; i < 16; i++)
-        if (tether_connect(cctx, "127.0.0.1", own.port, &s[i]) < 0)
-          _exit(3);
-      tether_ctx_free(own.ctx); /* the server is gone: 16 sessions redial */
-      msleep(round % 5 * 10);
-      exit(0);
-    }
-    int st = wait_child(pid);
+  for (int round = 0; round < 40; round++) {
+    int st = wait_child(spawn("busy", "-", round, 0));
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
       fail_msg("round %d: the child ended with status %#x (signal %d)", round, st,
                WIFSIGNALED(st) ? WTERMSIG(st) : 0);
   }
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  if (argc >= 5 && !strcmp(argv[1], "child"))
+    return child_main(argv);
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0)
+    return 1;
+  self[n] = 0;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_exit_closes_open_sessions),
       cmocka_unit_test(test_exit_of_durable_process_is_a_crash),

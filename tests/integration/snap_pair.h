@@ -37,7 +37,8 @@ int expect_str(tether_session *s, const char *want);
 /* Two contexts, a listener, a session between them, "hello"/"world"
  * exchanged; both sessions non-blocking. */
 void pair_open(struct pair *p);
-/* The only session of a restored context (suspended), non-blocking. */
+/* The only session of a restored context (suspended, or a client already
+ * resumed), non-blocking. */
 tether_session *only_session(tether_ctx *ctx);
 /* Waits until s is connected again (a restored session resumes). */
 void wait_connected(tether_session *s);
