@@ -16,6 +16,8 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -333,6 +335,27 @@ static double cpu_seconds(void) {
          (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
+/* Writes until the client's retention is full: the durable server (drained
+ * by a drain_run thread) reads everything but never commits a snapshot, so
+ * the writes return EAGAIN although the socket itself could take more. */
+static void fill_to_cap(struct pair *p) {
+  static char chunk[65536];
+  for (;;) {
+    ssize_t w = tether_write(p->cli, chunk, sizeof(chunk));
+    if (w > 0)
+      continue;
+    assert_int_equal(w, -EAGAIN);
+    /* Held back by the kernel, or by retention?  Let the server drain. */
+    uint64_t sent = stat_of(p->cli, false);
+    for (int i = 0; i < WAIT_MS / 10 && stat_of(p->srv, true) < sent; i++)
+      usleep(10000);
+    assert_int_equal(stat_of(p->srv, true), sent);
+    if ((w = tether_write(p->cli, chunk, sizeof(chunk))) == -EAGAIN)
+      break; /* nothing in flight, still no room: retention's cap */
+    assert_true(w > 0);
+  }
+}
+
 /* The durable server reads everything but never commits a snapshot: the
  * client's retention fills up to its cap and its writes return EAGAIN
  * although the socket itself could take more.  Its descriptor must not
@@ -346,20 +369,7 @@ static void test_writer_held_back_not_writable(void **state) {
   struct drain d = {.s = p.srv};
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, drain_run, &d), 0);
-  for (;;) {
-    ssize_t w = tether_write(p.cli, chunk, sizeof(chunk));
-    if (w > 0)
-      continue;
-    assert_int_equal(w, -EAGAIN);
-    /* Held back by the kernel, or by retention?  Let the server drain. */
-    uint64_t sent = stat_of(p.cli, false);
-    for (int i = 0; i < WAIT_MS / 10 && stat_of(p.srv, true) < sent; i++)
-      usleep(10000);
-    assert_int_equal(stat_of(p.srv, true), sent);
-    if ((w = tether_write(p.cli, chunk, sizeof(chunk))) == -EAGAIN)
-      break; /* nothing in flight, still no room: retention's cap */
-    assert_true(w > 0);
-  }
+  fill_to_cap(&p);
   struct pollfd pf = {.fd = tether_fd(p.cli), .events = POLLOUT};
   double cpu = cpu_seconds();
   assert_int_equal(poll(&pf, 1, 1000), 0);
@@ -372,6 +382,73 @@ static void test_writer_held_back_not_writable(void **state) {
   assert_int_equal(tether_snapshot_commit(p.sctx, blob, len), 0);
   free(blob);
   assert_true(poll(&pf, 1, WAIT_MS) > 0);
+  assert_true(tether_write(p.cli, chunk, sizeof(chunk)) > 0);
+  d.stop = 1;
+  pthread_join(t, NULL);
+  tether_ctx_free(p.cctx);
+  tether_ctx_free(p.sctx);
+}
+
+struct commit_later {
+  struct pair *p;
+  pid_t poller; /* the thread that waits in poll() */
+};
+
+/* Whether thread tid sleeps in poll(2) (its wait channel says so). */
+static bool in_poll(pid_t tid) {
+  char path[64], wchan[64] = "";
+  snprintf(path, sizeof(path), "/proc/self/task/%d/wchan", (int)tid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return false;
+  size_t n = fread(wchan, 1, sizeof(wchan) - 1, f);
+  fclose(f);
+  wchan[n] = '\0';
+  return strstr(wchan, "poll") != NULL;
+}
+
+/* Once the writer sleeps in poll(), the server commits: room again. */
+static void *commit_later_run(void *arg) {
+  struct commit_later *c = arg;
+  void *blob;
+  size_t len;
+  for (int i = 0; i < WAIT_MS && !in_poll(c->poller); i++)
+    usleep(1000);
+  usleep(50 * 1000); /* (and stays there: poll() is not about to return) */
+  if (tether_snapshot(c->p->sctx, &blob, &len) == 0) {
+    (void)tether_snapshot_commit(c->p->sctx, blob, len);
+    free(blob);
+  }
+  return NULL;
+}
+
+/* The same, with the writer already asleep in poll(POLLOUT) when the commit
+ * makes room, as an event loop's writer is: its poll() must return then (a
+ * writer that sleeps on until some other event would stall the session
+ * forever). */
+static void test_held_writer_asleep_in_poll_woken(void **state) {
+  (void)state;
+  struct pair p;
+  static char chunk[65536];
+  pair_open(&p);
+  struct drain d = {.s = p.srv};
+  struct commit_later c = {.p = &p, .poller = (pid_t)syscall(SYS_gettid)};
+  pthread_t t, ct;
+  assert_int_equal(pthread_create(&t, NULL, drain_run, &d), 0);
+  fill_to_cap(&p);
+  assert_int_equal(pthread_create(&ct, NULL, commit_later_run, &c), 0);
+  struct pollfd pf = {.fd = tether_fd(p.cli), .events = POLLOUT};
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int r = poll(&pf, 1, 10000);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  long ms = (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+  pthread_join(ct, NULL);
+  printf("held writer asleep in poll(POLLOUT): poll returned %d after %ld ms\n", r, ms);
+  /* (At its timeout, poll() looks at the descriptor's new file and returns
+   * 1 too: the wake-up itself must come long before.) */
+  assert_true(r > 0);
+  assert_true(ms < 5000);
   assert_true(tether_write(p.cli, chunk, sizeof(chunk)) > 0);
   d.stop = 1;
   pthread_join(t, NULL);
@@ -545,6 +622,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_durable_both_rollback, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_durable_lean_snapshot, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_writer_held_back_not_writable, durable_on,
+                                      durable_off),
+      cmocka_unit_test_setup_teardown(test_held_writer_asleep_in_poll_woken, durable_on,
                                       durable_off),
       cmocka_unit_test_setup_teardown(test_durable_rollback_after_close, durable_on, durable_off),
       cmocka_unit_test_setup_teardown(test_durable_rollback_after_close_diverges, durable_on,
