@@ -764,7 +764,7 @@ static void throughput(int fd, const struct dg *mixed, uint64_t rate, double *qu
                        double *flooded) {
   struct window w;
   STORE(H.rate, rate);
-  sleep_ms(300); /* to speed */
+  sleep_ms(1000); /* to speed (unpaced, the first few hundred ms are slow) */
   uint64_t drops0 = server_proc_udp_drops(&srv);
   for (int r = 0; r < ROUNDS; r++) {
     window_open(&w);
