@@ -1,14 +1,15 @@
 /* Hostile peers against a live server.  The server under test is the
  * tether-echo example in its own process (server_proc.h: connect_timeout_ms
  * 3000, everything else default, no pre-shared key).  One honest session
- * streams through it all along -- a 64 MiB random pattern over and over,
- * paced at 16 MiB/s (unpaced while its throughput is measured), every byte
- * of the echo compared -- while the attacks come in turn:
+ * (honest.h) streams through it all along -- a 64 MiB random pattern over
+ * and over, paced at 16 MiB/s, every byte of the echo compared -- while the
+ * attacks come in turn:
  *
  *   1. a client that declares a 2^40-byte receive buffer, reads everything
  *      the echo sends and never acknowledges (no side channel at all), then
- *      stops reading: the server retains no more than its own send buffer
- *      plus this host's tcp_rmem ceiling, and does not spin while held;
+ *      stops reading: the server's memory stays bounded by its retention cap
+ *      (its own send buffer plus this host's tcp_rmem ceiling), not by what
+ *      it wrote, and it does not spin while its echo waits;
  *   2. a flood of 1,500 handshakes from 127.0.0.2-9 (1,100 ClientHellos cut
  *      short, 400 whole ones never confirmed): a new client still connects,
  *      and every flooder is gone after connect_timeout_ms;
@@ -16,16 +17,18 @@
  *   4. control datagrams at 50,000 a second: MACs forged for the honest
  *      session's id, unknown ids, and replays (authentic datagrams, sealed
  *      with the honest session's real key taken from a snapshot of the
- *      client's context, whose sequence numbers the server has already
+ *      client's context, with sequence numbers the server has already
  *      seen): the server's CPU per datagram, and the honest throughput with
- *      and without the flood (medians of interleaved windows);
+ *      and without the flood (medians of interleaved windows, unpaced, then
+ *      paced at 60% of that);
  *   5. peers that finish their ClientHello and never send the ClientFinish,
  *      holding their connections: dropped after connect_timeout_ms.
  *
  * After each: the server's resident memory stayed within a stated bound of
- * where it was, its CPU time within a stated bound, and the honest session
- * is byte-exact and was never suspended.  Prints one line of figures per
- * attack.  Runs as any user; needs TETHER_ECHO (set by ctest). */
+ * where it was, its CPU time within a stated bound, its descriptors and
+ * threads are back, and the honest session is byte-exact and was never
+ * suspended.  Prints one line of figures per attack.  Needs TETHER_ECHO
+ * (set by ctest); raw sockets are not used, root is not needed. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
