@@ -135,14 +135,30 @@ static int write_failed(struct tether_session *s, int err) {
   return 0;
 }
 
+/* Whether the kernel would take more bytes on fd now. */
+static bool sock_writable(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLOUT);
+}
+
 /* No locks held.  The socket may be writable while retention has no room
- * (a durable peer that does not commit, a peer that does not acknowledge):
- * then app_fd must not say "writable", or every poller would spin on
- * EAGAIN.  Returns what a blocking writer waits on (see app_fd_hold). */
+ * (a durable peer that does not commit): then app_fd must not say
+ * "writable", or every poller would spin on EAGAIN.  Returns what a
+ * blocking writer waits on (see app_fd_hold).
+ *
+ * Not while the socket itself is full: its own POLLOUT wakes every poller
+ * once it drains -- a poll() already asleep on a HELD app_fd (an epoll set,
+ * which only ever reports POLLIN) is not woken when the session leaves HELD
+ * if it waits for POLLOUT alone.  Then the writer trims again (the in-flight
+ * rule), and for a peer that is not durable finds room: after the trim
+ * retention holds at most outq + peer_rcvbuf_max (+ 1 KiB when we are
+ * durable), so its room is at least local_sndbuf_max - outq, more than
+ * nothing whenever the socket is writable.  Such a session is never held. */
 static int hold_writer(struct tether_session *s) {
   int wake = -1;
   session_lock(s);
-  if (s->core.state == CORE_CONNECTED && core_write_room(&s->core) == 0)
+  if (s->core.state == CORE_CONNECTED && core_write_room(&s->core) == 0 && s->sock >= 0 &&
+      sock_writable(s->sock))
     wake = app_fd_hold(s, !s->nonblocking);
   session_unlock(s);
   return wake;

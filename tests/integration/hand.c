@@ -55,12 +55,16 @@ int hand_dial(int port, const char *src) {
 }
 
 void hand_hello_from(struct hand *c, int port, const char *src) {
+  hand_hello_rcvbuf(c, port, src, 65536);
+}
+
+void hand_hello_rcvbuf(struct hand *c, int port, const char *src, uint64_t rcvbuf_max) {
   memset(c, 0, sizeof(*c));
   c->fd = hand_dial(port, src);
   assert_non_null(c->key = x25519_new());
   memcpy(c->t.client_pub, x25519_pub(c->key), KEY_LEN);
   assert_int_equal(crypto_random(c->t.client_nonce, NONCE_LEN), 0);
-  c->t.client_rcvbuf = 65536;
+  c->t.client_rcvbuf = rcvbuf_max;
   hs_reader_init(&c->rd, true);
 
   Tether__Wire__ClientHello ch = TETHER__WIRE__CLIENT_HELLO__INIT;

@@ -28,6 +28,8 @@ int hand_dial(int port, const char *src);
 void hand_send_all(int fd, const void *p, size_t n);
 /* Connects from src and sends a ClientHello (no side channel). */
 void hand_hello_from(struct hand *c, int port, const char *src);
+/* The same, declaring rcvbuf_max as this side's receive buffer. */
+void hand_hello_rcvbuf(struct hand *c, int port, const char *src, uint64_t rcvbuf_max);
 /* Reads the ServerHello (blocking, 5 s at most) and derives the keys; with
  * psk, checks the server's confirm. */
 void hand_server_hello(struct hand *c, const char *psk);
