@@ -146,14 +146,12 @@ static bool sock_writable(int fd) {
  * "writable", or every poller would spin on EAGAIN.  Returns what a
  * blocking writer waits on (see app_fd_hold).
  *
- * Not while the socket itself is full: its own POLLOUT wakes every poller
- * once it drains -- a poll() already asleep on a HELD app_fd (an epoll set,
- * which only ever reports POLLIN) is not woken when the session leaves HELD
- * if it waits for POLLOUT alone.  Then the writer trims again (the in-flight
- * rule), and for a peer that is not durable finds room: after the trim
- * retention holds at most outq + peer_rcvbuf_max (+ 1 KiB when we are
- * durable), so its room is at least local_sndbuf_max - outq, more than
- * nothing whenever the socket is writable.  Such a session is never held. */
+ * Not while the socket itself is full: its own POLLOUT is truthful then.
+ * Retried once it drains, the writer trims again (the in-flight rule), and
+ * for a peer that is not durable finds room: after the trim retention holds
+ * at most outq + peer_rcvbuf_max (+ 1 KiB when we are durable), so its room
+ * is at least local_sndbuf_max - outq, more than nothing whenever the socket
+ * is writable.  Such a session is never held. */
 static int hold_writer(struct tether_session *s) {
   int wake = -1;
   session_lock(s);
