@@ -50,6 +50,9 @@ static void pair_open2(struct pair *p, int64_t spin_us, int64_t server_spin_us) 
 
 static void pair_open(struct pair *p, int64_t spin_us) { pair_open2(p, spin_us, spin_us); }
 
+/* No other call may race with tether_close (tether_close(3)): a thread still
+ * in tether_read on a session that is closed may use freed memory, or poll
+ * a closed descriptor forever. */
 static void pair_close(struct pair *p) {
   tether_close(p->cli);
   tether_close(p->srv);
@@ -70,7 +73,7 @@ static uint64_t thread_cpu_us(void) {
 }
 
 /* The server answers each byte it reads with the same byte; a byte 'L'
- * only after a pause of 20 ms. */
+ * only after a pause of 20 ms.  Ends at the client's end of stream. */
 static void *echo_slowly(void *arg) {
   struct pair *p = arg;
   char c;
@@ -81,6 +84,14 @@ static void *echo_slowly(void *arg) {
       break;
   }
   return NULL;
+}
+
+/* Ends the echo thread t (the client's shutdown: its read returns 0), then
+ * the pair. */
+static void pair_close_echo(struct pair *p, pthread_t t) {
+  assert_int_equal(tether_shutdown(p->cli), 0);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  pair_close(p);
 }
 
 static void round_trip(struct pair *p, char c) {
@@ -106,8 +117,7 @@ static void test_long_wait_sleeps(void **state) {
    * the first wait may spin, the round trips' own work is well under 1 ms. */
   if (cpu > 10000)
     fail_msg("the reader used %llu us of CPU in 20 waits of 20 ms", (unsigned long long)cpu);
-  pair_close(&p); /* the server's read fails: its thread ends */
-  pthread_join(t, NULL);
+  pair_close_echo(&p, t);
 }
 
 static void test_signal_interrupts_wait(void **state) {
@@ -186,8 +196,7 @@ static void test_signal_during_spin(void **state) {
   /* Unless the machine was so loaded that no signal came during a read. */
   if (conclusive == 0)
     fprintf(stderr, "read_spin_test: no round had its signal during the read\n");
-  pair_close(&p); /* the echo thread's read fails: it ends */
-  pthread_join(echo, NULL);
+  pair_close_echo(&p, echo);
   assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
 }
 
