@@ -5,11 +5,14 @@
  *   - a reader whose waits were short (it spins) and that then waits long
  *     stops spinning: a run of long waits costs it one spin, not one each;
  *   - a signal during a long wait still interrupts it (-EINTR), also one
- *     that comes while the read spins (it is held back, then let in);
+ *     that comes while the read spins (it is held back, then let in): the
+ *     signalling thread looks at the reader (/proc, usr1.h) and signals
+ *     once it sleeps in poll, or once it holds signals back (spins);
  *   - with the spin off, or on, the bytes are the same;
  *   - the option's range. */
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -134,11 +137,14 @@ static void test_signal_interrupts_wait(void **state) {
     assert_int_equal(tether_write(p.srv, &r, 1), 1);
     assert_int_equal(tether_read(p.cli, &r, 1), 1);
   }
-  struct usr1_kick k = {.target = pthread_self(), .delay_us = 100000};
+  struct usr1_kick k = {
+      .target = pthread_self(), .when = USR1_ASLEEP, .tid = gettid(), .give_up_ms = 20000};
   assert_int_equal(pthread_create(&t, NULL, usr1_kick_run, &k), 0);
   char c;
+  usr1_arm(&k);
   assert_int_equal(tether_read(p.cli, &c, 1), -EINTR); /* nothing comes */
   pthread_join(t, NULL);
+  assert_true(k.seen);
   /* And the session still works. */
   assert_int_equal(tether_write(p.srv, "y", 1), 1);
   assert_int_equal(tether_read(p.cli, &c, 1), 1);
@@ -150,15 +156,25 @@ static void test_signal_interrupts_wait(void **state) {
 struct kick {
   struct usr1_kick k;
   struct pair *p;
+  sem_t done;  /* the read returned */
+  bool wrote;  /* the byte that ended a read the signal did not */
 };
 
-/* Signals the reader (mostly within its 1 ms spin); if the read is still
- * waiting 2 s later, sends a byte so that it ends. */
+/* Signals the reader once it has seen it spin (within 1 ms, or past its
+ * end: then the read must still end with -EINTR); if the read has not returned 2 s later,
+ * sends a byte so that it ends.  Never cancelled: it could be in
+ * tether_write, holding the session's locks. */
 static void *kick_reader(void *arg) {
   struct kick *k = arg;
+  struct timespec ts;
   usr1_kick_run(&k->k);
-  msleep(2000);
-  (void)tether_write(k->p->srv, "w", 1);
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 2;
+  while (sem_timedwait(&k->done, &ts) != 0)
+    if (errno == ETIMEDOUT) {
+      k->wrote = tether_write(k->p->srv, "w", 1) == 1;
+      break;
+    }
   return NULL;
 }
 
@@ -177,25 +193,34 @@ static void test_signal_during_spin(void **state) {
     for (int i = 0; i < 5; i++) /* short waits (another thread answers): the next read spins */
       round_trip(&p, 's');
     pthread_t t;
-    struct kick k = {.k = {.target = pthread_self(), .delay_us = 50 + round * 30}, .p = &p};
+    struct kick k = {
+        .k = {.target = pthread_self(), .when = USR1_IN_SPIN, .tid = gettid(), .give_up_ms = 200,
+              .after_us = round * 150}, /* within the spin, at its end, after it */
+        .p = &p};
+    assert_int_equal(sem_init(&k.done, 0, 0), 0);
     assert_int_equal(pthread_create(&t, NULL, kick_reader, &k), 0);
-    char c;
-    uint64_t read_ns = mono_ns();
+    char c = 0;
+    usr1_arm(&k.k);
     ssize_t n = tether_read(p.cli, &c, 1);
-    pthread_cancel(t); /* in its 2 s sleep, unless the read missed the signal */
+    sem_post(&k.done);
     pthread_join(t, NULL);
-    if (usr1_ns < read_ns) { /* a loaded machine ran the signal before the read */
-      assert_int_equal(n, 1); /* the byte that ended the wait */
+    sem_destroy(&k.done);
+    if (n == -EINTR && k.wrote) { /* interrupted just as the byte went: take it */
+      assert_int_equal(tether_read(p.cli, &c, 1), 1);
+      assert_int_equal(c, 'w');
+    }
+    if (!k.k.seen) { /* the signal may have come before the read waited */
+      if (n != -EINTR && (n != 1 || c != 'w'))
+        fail_msg("round %d: %zd ('%c')", round, n, c);
       continue;
     }
     if (n != -EINTR)
-      fail_msg("round %d: a signal %d us into the read did not interrupt it (%zd)", round,
-               k.k.delay_us, n);
+      fail_msg("round %d: a signal while the read spun did not interrupt it (%zd)", round, n);
     conclusive++;
   }
   /* Unless the machine was so loaded that no signal came during a read. */
   if (conclusive == 0)
-    fprintf(stderr, "read_spin_test: no round had its signal during the read\n");
+    fprintf(stderr, "read_spin_test: no round had its signal while the read spun\n");
   pair_close_echo(&p, echo);
   assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
 }
