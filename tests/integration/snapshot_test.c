@@ -189,7 +189,14 @@ static void test_durable_client_rollback(void **state) {
   tether_ctx_free(p.cctx);
   p.cctx = restore(blob, len);
   p.cli = only_session(p.cctx);
-  assert_int_equal(tether_session_peer_received(p.cli, &got), -EAGAIN);
+  /* Unknown until it resumes, which may already have happened. */
+  int rc = tether_session_peer_received(p.cli, &got);
+  if (rc != -EAGAIN) {
+    tether_stats st;
+    assert_int_equal(rc, 0);
+    assert_int_equal(tether_session_stats(p.cli, &st), 0);
+    assert_true(st.reconnects >= 1);
+  }
   send_str(p.cli, "after-1"); /* the restored application's replay */
   send_str(p.cli, "new");
   assert_int_equal(expect_str(p.srv, "new"), 0); /* not "after-1" again */
@@ -379,7 +386,10 @@ static void rollback_after_close(const char *replay) {
   p.cctx = restore(blob, len);
   p.cli = only_session(p.cctx);
   send_str(p.cli, replay); /* the restored application's replay */
-  assert_int_equal(tether_shutdown(p.cli), 0);
+  int rc = tether_shutdown(p.cli);
+  /* A divergent replay may have been caught, and the client told, already. */
+  if (rc != 0 && (rc != TETHER_EDIVERGED || !strcmp(replay, "bye")))
+    fail_msg("tether_shutdown after the replay: %s", tether_strerror(rc));
   if (!strcmp(replay, "bye")) {
     /* The server resends what the client forgot, and its end. */
     assert_int_equal(expect_str(p.cli, "tail"), 0);
