@@ -309,6 +309,12 @@ void listener_handshake_done(struct hs_conn *h, int rc);
 /* Server resume: the client proved the key; retire the old transport and
  * capture our state.  Returns 0 or a negative error. */
 int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *ours);
+/* tether_listen without its last step: the socket listens (connections
+ * wait in its backlog) but the engine does not accept yet. */
+int listener_open(struct tether_ctx *ctx, const char *host, const char *port,
+                  struct tether_listener **out);
+/* The last step: the engine accepts on l from now on. */
+void listener_start(struct tether_listener *l);
 /* Appends a new session to l's accept queue and wakes acceptors. */
 void listener_enqueue(struct tether_listener *l, struct tether_session *s);
 /* Context teardown (engine stopped). */

@@ -112,6 +112,15 @@ int listener_resume_authenticated(struct hs_conn *h, struct core_resume_state *o
 }
 
 int tether_listen(tether_ctx *ctx, const char *host, const char *port, tether_listener **out) {
+  int rc = listener_open(ctx, host, port, out);
+  if (rc == 0)
+    listener_start(*out);
+  return rc;
+}
+
+void listener_start(struct tether_listener *l) { event_add(l->ev, NULL); }
+
+int listener_open(tether_ctx *ctx, const char *host, const char *port, tether_listener **out) {
   struct addrinfo *ai = NULL;
   int rc, fd = -1;
   if (!ctx || !port || !out)
@@ -177,7 +186,6 @@ int tether_listen(tether_ctx *ctx, const char *host, const char *port, tether_li
   l->next = ctx->listeners;
   ctx->listeners = l;
   pthread_mutex_unlock(&ctx->lock);
-  event_add(l->ev, NULL);
   char addr[64];
   LOG_INFO(ctx, "listening on %s", sock_addr_str((struct sockaddr *)&bound, addr, sizeof(addr)));
   *out = l;

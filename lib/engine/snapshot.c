@@ -303,7 +303,7 @@ static int listen_again(tether_ctx *ctx, const Tether__Snap__Address *a, tether_
   if (getnameinfo((const struct sockaddr *)a->sockaddr.data, (socklen_t)a->sockaddr.len, host,
                   sizeof(host), port, sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
     return -EINVAL;
-  return tether_listen(ctx, host, port, out);
+  return listener_open(ctx, host, port, out);
 }
 
 int tether_restore(const tether_config *cfg, const void *blob, size_t len, tether_ctx **out) {
@@ -324,6 +324,9 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
     rc = -ENOMEM;
     goto out;
   }
+  /* The listeners accept only once every session is back: a client's
+   * resume that came earlier would find no session and end it for good
+   * (TETHER_ESESSIONGONE).  Meanwhile connections wait in the backlog. */
   for (size_t i = 0; i < m->n_listeners; i++)
     if ((rc = listen_again(ctx, m->listeners[i]->addr, &ls[i])) < 0) {
       LOG_ERR(ctx, "restore: cannot listen again on a snapshot's address: %s", strerror(-rc));
@@ -345,6 +348,8 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
     if (sm->queued && l) /* back in the accept queue it was in */
       listener_enqueue(l, s);
   }
+  for (size_t i = 0; i < m->n_listeners; i++)
+    listener_start(ls[i]);
   *out = ctx;
   ctx = NULL;
   rc = 0;
