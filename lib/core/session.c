@@ -13,6 +13,15 @@
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
+/* Every change of state.  The engine holds its locks around every call
+ * here, but it also looks at the state without them where a stale answer
+ * is harmless (tether_session_state, the data path's first check): those
+ * are atomic loads, so the stores are atomic too.  A compiler builtin, no
+ * thread library: the core stays free of I/O and threads. */
+static void set_state(struct core_session *c, enum core_state st) {
+  __atomic_store_n(&c->state, st, __ATOMIC_RELAXED);
+}
+
 /* Local send buffer plus the peer's receive buffer: a writer never blocks
  * earlier than with TCP.  A durable peer's rollback needs more: up to
  * retain_max, after which writers wait for its next durable ack. */
@@ -71,7 +80,7 @@ void core_init(struct core_session *c, const struct core_config *cfg,
   memset(c, 0, sizeof(*c));
   c->cfg = *cfg;
   c->role = role;
-  c->state = CORE_CONNECTED;
+  set_state(c, CORE_CONNECTED);
   c->local_sndbuf_max = local_sndbuf_max;
   retention_init(&c->ret, 0, 0);
   set_peer_rcvbuf(c, peer_rcvbuf_max);
@@ -273,7 +282,7 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
   if ((c->state == CORE_CONNECTED || c->state == CORE_SUSPENDED) && core_finished(c)) {
     if (c->state == CORE_SUSPENDED)
       c->suspended_total_ns += now - c->suspended_at_ns;
-    c->state = CORE_CLOSED;
+    set_state(c, CORE_CLOSED);
     c->finished_at_ns = now;
     c->settled_at_ns = now;
     retention_fit(&c->ret); /* no more writes: keep what a restored peer
@@ -447,7 +456,7 @@ void core_on_transport_lost(struct core_session *c, uint64_t now) {
   }
   if (c->state != CORE_CONNECTED)
     return;
-  c->state = CORE_SUSPENDED;
+  set_state(c, CORE_SUSPENDED);
   c->suspended_at_ns = now;
   c->next_redial_ns = now; /* first retry at once */
   c->backoff_ns = 0;
@@ -514,7 +523,7 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     /* The peer restored a snapshot older than the end (we waited for its
      * durable point to pass the end for this, see done_at()): resume like
      * a suspended session, from what we still retain. */
-    c->state = CORE_SUSPENDED;
+    set_state(c, CORE_SUSPENDED);
     c->suspended_at_ns = now;
     if (c->rd_closed)
       c->released_at_ns = now; /* its linger cap starts over */
@@ -601,7 +610,7 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     wait *= 2;
   c->ack_poll_at_ns = now + wait;
   c->fin_sent = false;
-  c->state = CORE_CONNECTED;
+  set_state(c, CORE_CONNECTED);
   c->reconnects++;
   c->suspended_total_ns += now - c->suspended_at_ns;
   c->last_rx_ns = now;
@@ -665,7 +674,7 @@ void core_fail(struct core_session *c, int err) {
   }
   if (c->state == CORE_FAILED)
     return;
-  c->state = CORE_FAILED;
+  set_state(c, CORE_FAILED);
   c->error = err;
 }
 

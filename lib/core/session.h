@@ -115,7 +115,7 @@ struct core_resume_state {
 struct core_session {
   struct core_config cfg;
   enum core_role role;
-  enum core_state state;
+  enum core_state state; /* atomic stores (set_state): read lock-free too */
   int error; /* TETHER_E* once FAILED */
 
   /* transmit side */

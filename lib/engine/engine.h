@@ -504,6 +504,11 @@ void spin_hold(struct spin_hold *h);
 /* Lets them in again: -EINTR when one came that would have interrupted a
  * blocking wait (its handler has run by the time this returns), else 0. */
 int spin_release(struct spin_hold *h);
+/* The spin found nothing: sleeps until fd may be ready for `events`, with
+ * the thread's own signal mask back in place atomically (ppoll), so that a
+ * signal that came during the spin, or comes now, ends it: -EINTR, else 0.
+ * The signals are held back again on return: spin_release. */
+int spin_wait(struct spin_hold *h, int fd, short events);
 
 /* ---- context (ctx.c) ---- */
 

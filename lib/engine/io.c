@@ -28,6 +28,7 @@ static int wait_fd(int fd, short events) {
  * at once.  Returns 0 or -EINTR (also for a signal during the spin). */
 static int wait_readable(struct tether_session *s) {
   uint64_t spin = s->ctx->read_spin_ns, start = spin ? now_ns() : 0;
+  int rc;
   if (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) {
     struct pollfd p = {.fd = s->app_fd, .events = POLLIN};
     struct spin_hold h;
@@ -36,12 +37,13 @@ static int wait_readable(struct tether_session *s) {
     do
       ready = poll(&p, 1, 0) > 0;
     while (!ready && now_ns() - start < spin);
-    if (spin_release(&h) < 0 && !ready)
-      return -EINTR;
+    rc = ready ? 0 : spin_wait(&h, s->app_fd, POLLIN);
+    (void)spin_release(&h); /* a signal now came after the wait ended */
     if (ready)
       return 0;
+  } else {
+    rc = wait_fd(s->app_fd, POLLIN);
   }
-  int rc = wait_fd(s->app_fd, POLLIN);
   if (spin)
     __atomic_store_n(&s->read_spin, now_ns() - start < spin, __ATOMIC_RELAXED);
   return rc;
@@ -279,7 +281,11 @@ tether_state tether_session_state(const tether_session *s) {
 int tether_session_error(const tether_session *s) {
   if (!s)
     return -EINVAL;
-  return s->core.state == CORE_FAILED ? s->core.error : 0;
+  struct tether_session *m = (struct tether_session *)s;
+  session_lock(m); /* the engine may be failing it */
+  int err = s->core.state == CORE_FAILED ? s->core.error : 0;
+  session_unlock(m);
+  return err;
 }
 
 const char *tether_state_name(tether_state st) {

@@ -349,7 +349,7 @@ int tether_accept(tether_listener *l, tether_session **out) {
     return -EINVAL;
   for (;;) {
     uint64_t v;
-    if (l->closed)
+    if (__atomic_load_n(&l->closed, __ATOMIC_ACQUIRE)) /* tether_listener_close: any thread */
       return TETHER_ECLOSED;
     if (read(l->ready_fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
       pthread_mutex_lock(&l->ctx->lock);
@@ -385,7 +385,7 @@ void tether_listener_close(tether_listener *l) {
   uint64_t one = 1;
   if (!l)
     return;
-  l->closed = true;
+  __atomic_store_n(&l->closed, true, __ATOMIC_RELEASE);
   /* Sessions nobody accepted end now, closed, rather than idle forever. */
   pthread_mutex_lock(&l->ctx->lock);
   struct tether_session *q = l->queue_head;

@@ -107,7 +107,9 @@ static void drop_finish(struct tether_session *s) {
   wipe(s->finish_mac, MAC_LEN);
 }
 
-int session_take_finish_locked(struct tether_session *s) {
+/* session_take_finish_locked, also for the engine, which holds tx_lock too
+ * (tx_locked). */
+static int take_finish(struct tether_session *s, bool tx_locked) {
   const char *why = NULL;
   char tag[17];
   if (!s->finish_rd || s->sock < 0)
@@ -137,16 +139,23 @@ int session_take_finish_locked(struct tether_session *s) {
     return -1;
   }
   drop_finish(s);
-  /* rx_lock excludes the engine, which takes both locks. */
+  /* Confirmed, or failed: a state change, under both locks (engine.h), as
+   * writers look at the state under tx_lock alone. */
+  if (!tx_locked)
+    pthread_mutex_lock(&s->tx_lock);
   if (err == 0) {
     core_confirm(&s->core);
-    return 1;
+  } else {
+    LOG_WARN(s->ctx, "session %s: %s: failed", session_tag(s->id, tag), why);
+    core_fail(&s->core, err);
+    session_kick(s);
   }
-  LOG_WARN(s->ctx, "session %s: %s: failed", session_tag(s->id, tag), why);
-  core_fail(&s->core, err);
-  session_kick(s);
+  if (!tx_locked)
+    pthread_mutex_unlock(&s->tx_lock);
   return 1;
 }
+
+int session_take_finish_locked(struct tether_session *s) { return take_finish(s, false); }
 
 void session_kick(struct tether_session *s) { event_active(s->kick, EV_READ, 0); }
 
@@ -308,17 +317,20 @@ ssize_t session_take_replay_locked(struct tether_session *s, bool tx_locked) {
   uint64_t want = core_replay_pending(&s->core);
   ssize_t n = recv(s->sock, scratch, want < sizeof(scratch) ? (size_t)want : sizeof(scratch),
                    MSG_DONTWAIT);
-  if (n > 0 && core_on_replayed(&s->core, scratch, (size_t)n) < 0) {
+  if (n <= 0)
+    return n;
+  /* A difference fails the session: a state change, under both locks. */
+  if (!tx_locked)
+    pthread_mutex_lock(&s->tx_lock);
+  if (core_on_replayed(&s->core, scratch, (size_t)n) < 0) {
     char tag[17];
     LOG_WARN(s->ctx, "session %s: the peer's replay differs from what was delivered: failed",
              session_tag(s->id, tag));
-    if (!tx_locked)
-      pthread_mutex_lock(&s->tx_lock);
     udp_send_ctl(s, now_ns());
-    if (!tx_locked)
-      pthread_mutex_unlock(&s->tx_lock);
     session_kick(s);
   }
+  if (!tx_locked)
+    pthread_mutex_unlock(&s->tx_lock);
   return n;
 }
 
@@ -329,7 +341,7 @@ static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
   for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
     if (s->finish_rd) {
-      ssize_t n = session_take_finish_locked(s);
+      ssize_t n = take_finish(s, true);
       if (n > 0)
         continue;
       if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -362,17 +374,22 @@ static void drain_locked(struct tether_session *s) {
   }
 }
 
+/* Engine thread, no lock held (the callback may call tether_*): reads the
+ * state under the locks that guard its changes. */
 static void report_state(struct tether_session *s) {
+  session_lock(s);
   tether_state st = (tether_state)s->core.state;
+  int err = st == TETHER_STATE_FAILED ? s->core.error : 0;
+  bool tell = s->ctx->cfg.state_cb && !s->app_closed;
+  session_unlock(s);
   char tag[17];
   if (st == s->reported)
     return;
   s->reported = st;
   if (st == TETHER_STATE_CLOSED)
     LOG_INFO(s->ctx, "session %s: closed", session_tag(s->id, tag));
-  if (s->ctx->cfg.state_cb && !s->app_closed)
-    s->ctx->cfg.state_cb(s, st, st == TETHER_STATE_FAILED ? s->core.error : 0,
-                         s->ctx->cfg.state_cb_arg);
+  if (tell)
+    s->ctx->cfg.state_cb(s, st, err, s->ctx->cfg.state_cb_arg);
 }
 
 /* Engine thread: everything the data path or a timer may have changed. */

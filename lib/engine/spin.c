@@ -6,8 +6,13 @@
  * the wiser, and the blocking wait that follows would not return.  So a spin
  * runs with the thread's signals held back; if it ends without an answer, a
  * signal that came meanwhile and would have interrupted the wait is let in
- * and the wait ends with EINTR, as it would have without the spin. */
+ * and the wait ends with EINTR, as it would have without the spin.
+ *
+ * spin_wait lets them in and sleeps in one step (ppoll), so that none can
+ * come between the two and be lost; spin_release lets them in for callers
+ * that sleep on their own (the preload's poll and epoll_wait). */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 
 #include "engine.h"
@@ -30,6 +35,15 @@ static bool interrupts(const sigset_t *pending, const sigset_t *old) {
       return true;
   }
   return false;
+}
+
+int spin_wait(struct spin_hold *h, int fd, short events) {
+  struct pollfd p = {.fd = fd, .events = events};
+  /* The kernel decides as for a plain poll: a signal with a handler ends
+   * it (EINTR), an ignored one restarts it. */
+  if (ppoll(&p, 1, NULL, &h->old) < 0 && errno == EINTR)
+    return -EINTR;
+  return 0;
 }
 
 int spin_release(struct spin_hold *h) {

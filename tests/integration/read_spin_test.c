@@ -5,11 +5,14 @@
  *   - a reader whose waits were short (it spins) and that then waits long
  *     stops spinning: a run of long waits costs it one spin, not one each;
  *   - a signal during a long wait still interrupts it (-EINTR), also one
- *     that comes while the read spins (it is held back, then let in);
+ *     that comes while the read spins (it is held back, then let in): the
+ *     signalling thread looks at the reader (/proc, usr1.h) and signals
+ *     once it sleeps in poll, or once it holds signals back (spins);
  *   - with the spin off, or on, the bytes are the same;
  *   - the option's range. */
 #include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -50,6 +53,9 @@ static void pair_open2(struct pair *p, int64_t spin_us, int64_t server_spin_us) 
 
 static void pair_open(struct pair *p, int64_t spin_us) { pair_open2(p, spin_us, spin_us); }
 
+/* No other call may race with tether_close (tether_close(3)): a thread still
+ * in tether_read on a session that is closed may use freed memory, or poll
+ * a closed descriptor forever. */
 static void pair_close(struct pair *p) {
   tether_close(p->cli);
   tether_close(p->srv);
@@ -70,7 +76,7 @@ static uint64_t thread_cpu_us(void) {
 }
 
 /* The server answers each byte it reads with the same byte; a byte 'L'
- * only after a pause of 20 ms. */
+ * only after a pause of 20 ms.  Ends at the client's end of stream. */
 static void *echo_slowly(void *arg) {
   struct pair *p = arg;
   char c;
@@ -81,6 +87,14 @@ static void *echo_slowly(void *arg) {
       break;
   }
   return NULL;
+}
+
+/* Ends the echo thread t (the client's shutdown: its read returns 0), then
+ * the pair. */
+static void pair_close_echo(struct pair *p, pthread_t t) {
+  assert_int_equal(tether_shutdown(p->cli), 0);
+  assert_int_equal(pthread_join(t, NULL), 0);
+  pair_close(p);
 }
 
 static void round_trip(struct pair *p, char c) {
@@ -106,8 +120,7 @@ static void test_long_wait_sleeps(void **state) {
    * the first wait may spin, the round trips' own work is well under 1 ms. */
   if (cpu > 10000)
     fail_msg("the reader used %llu us of CPU in 20 waits of 20 ms", (unsigned long long)cpu);
-  pair_close(&p); /* the server's read fails: its thread ends */
-  pthread_join(t, NULL);
+  pair_close_echo(&p, t);
 }
 
 static void test_signal_interrupts_wait(void **state) {
@@ -124,11 +137,14 @@ static void test_signal_interrupts_wait(void **state) {
     assert_int_equal(tether_write(p.srv, &r, 1), 1);
     assert_int_equal(tether_read(p.cli, &r, 1), 1);
   }
-  struct usr1_kick k = {.target = pthread_self(), .delay_us = 100000};
+  struct usr1_kick k = {
+      .target = pthread_self(), .when = USR1_ASLEEP, .tid = gettid(), .give_up_ms = 20000};
   assert_int_equal(pthread_create(&t, NULL, usr1_kick_run, &k), 0);
   char c;
+  usr1_arm(&k);
   assert_int_equal(tether_read(p.cli, &c, 1), -EINTR); /* nothing comes */
   pthread_join(t, NULL);
+  assert_true(k.seen);
   /* And the session still works. */
   assert_int_equal(tether_write(p.srv, "y", 1), 1);
   assert_int_equal(tether_read(p.cli, &c, 1), 1);
@@ -140,15 +156,25 @@ static void test_signal_interrupts_wait(void **state) {
 struct kick {
   struct usr1_kick k;
   struct pair *p;
+  sem_t done;  /* the read returned */
+  bool wrote;  /* the byte that ended a read the signal did not */
 };
 
-/* Signals the reader (mostly within its 1 ms spin); if the read is still
- * waiting 2 s later, sends a byte so that it ends. */
+/* Signals the reader once it has seen it spin (within 1 ms, or past its
+ * end: then the read must still end with -EINTR); if the read has not returned 2 s later,
+ * sends a byte so that it ends.  Never cancelled: it could be in
+ * tether_write, holding the session's locks. */
 static void *kick_reader(void *arg) {
   struct kick *k = arg;
+  struct timespec ts;
   usr1_kick_run(&k->k);
-  msleep(2000);
-  (void)tether_write(k->p->srv, "w", 1);
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 2;
+  while (sem_timedwait(&k->done, &ts) != 0)
+    if (errno == ETIMEDOUT) {
+      k->wrote = tether_write(k->p->srv, "w", 1) == 1;
+      break;
+    }
   return NULL;
 }
 
@@ -167,27 +193,35 @@ static void test_signal_during_spin(void **state) {
     for (int i = 0; i < 5; i++) /* short waits (another thread answers): the next read spins */
       round_trip(&p, 's');
     pthread_t t;
-    struct kick k = {.k = {.target = pthread_self(), .delay_us = 50 + round * 30}, .p = &p};
+    struct kick k = {
+        .k = {.target = pthread_self(), .when = USR1_IN_SPIN, .tid = gettid(), .give_up_ms = 200,
+              .after_us = round * 150}, /* within the spin, at its end, after it */
+        .p = &p};
+    assert_int_equal(sem_init(&k.done, 0, 0), 0);
     assert_int_equal(pthread_create(&t, NULL, kick_reader, &k), 0);
-    char c;
-    uint64_t read_ns = mono_ns();
+    char c = 0;
+    usr1_arm(&k.k);
     ssize_t n = tether_read(p.cli, &c, 1);
-    pthread_cancel(t); /* in its 2 s sleep, unless the read missed the signal */
+    sem_post(&k.done);
     pthread_join(t, NULL);
-    if (usr1_ns < read_ns) { /* a loaded machine ran the signal before the read */
-      assert_int_equal(n, 1); /* the byte that ended the wait */
+    sem_destroy(&k.done);
+    if (n == -EINTR && k.wrote) { /* interrupted just as the byte went: take it */
+      assert_int_equal(tether_read(p.cli, &c, 1), 1);
+      assert_int_equal(c, 'w');
+    }
+    if (!k.k.seen) { /* the signal may have come before the read waited */
+      if (n != -EINTR && (n != 1 || c != 'w'))
+        fail_msg("round %d: %zd ('%c')", round, n, c);
       continue;
     }
     if (n != -EINTR)
-      fail_msg("round %d: a signal %d us into the read did not interrupt it (%zd)", round,
-               k.k.delay_us, n);
+      fail_msg("round %d: a signal while the read spun did not interrupt it (%zd)", round, n);
     conclusive++;
   }
   /* Unless the machine was so loaded that no signal came during a read. */
   if (conclusive == 0)
-    fprintf(stderr, "read_spin_test: no round had its signal during the read\n");
-  pair_close(&p); /* the echo thread's read fails: it ends */
-  pthread_join(echo, NULL);
+    fprintf(stderr, "read_spin_test: no round had its signal while the read spun\n");
+  pair_close_echo(&p, echo);
   assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
 }
 

@@ -49,7 +49,7 @@ struct server {
   int port;
   pthread_t thread;
   bool serving;
-  volatile int stop;
+  int stop; /* set by server_stop, read by serve: atomic */
 };
 
 struct proxy {
@@ -88,7 +88,7 @@ static void *serve(void *arg) {
     return NULL;
   (void)tether_set_nonblocking(s, 1);
   char buf[256];
-  while (!sv->stop) {
+  while (!__atomic_load_n(&sv->stop, __ATOMIC_ACQUIRE)) {
     struct pollfd p = {.fd = tether_fd(s), .events = POLLIN};
     (void)poll(&p, 1, 50);
     ssize_t n = tether_read(s, buf, sizeof(buf));
@@ -125,7 +125,7 @@ static void server_start(struct server *sv, const char *psk, bool serving) {
 }
 
 static void server_stop(struct server *sv) {
-  sv->stop = 1;
+  __atomic_store_n(&sv->stop, 1, __ATOMIC_RELEASE);
   tether_listener_close(sv->l); /* ends an accept still waiting */
   if (sv->serving)
     pthread_join(sv->thread, NULL);

@@ -9,13 +9,16 @@
  * TETHER_EPROTO, without delivering a byte; a client that vanishes before
  * its ClientFinish ends the session within connect_timeout_ms, not
  * give_up_s; one that keeps its connection open without ever sending its
- * ClientFinish is dropped after connect_timeout_ms too, accepted or not.
- * And one host's burst of setups is not capped while slots are free. */
+ * ClientFinish is dropped after connect_timeout_ms too, accepted or not; a
+ * thread writing meanwhile learns the failure too (the read that fails the
+ * session takes the writers' lock: run under TSan).  And one host's burst
+ * of setups is not capped while slots are free. */
 #include <errno.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -157,6 +160,38 @@ static void test_wrong_finish(void **state) {
   hand_free(&c);
 }
 
+/* Writes bytes until a write fails (the client reads none: it may block
+ * once the buffers are full); returns the error. */
+static void *write_until_failed(void *arg) {
+  tether_session *s = arg;
+  ssize_t w;
+  while ((w = tether_write(s, "w", 1)) == 1)
+    ;
+  return (void *)(intptr_t)w;
+}
+
+/* A wrong MAC while another thread writes: the read that checks the
+ * ClientFinish fails the session under both locks, and the writer gets
+ * TETHER_EAUTH too. */
+static void test_wrong_finish_while_writing(void **state) {
+  struct server *sv = *state;
+  struct hand c;
+  uint8_t frame[128];
+  char buf[16];
+  pthread_t t;
+  void *w;
+  tether_session *s = hand_setup(sv, &c);
+  assert_int_equal(pthread_create(&t, NULL, write_until_failed, s), 0);
+  assert_int_equal(recv(c.fd, buf, 1, 0), 1); /* it writes */
+  size_t n = hand_finish_frame(&c, true, frame, sizeof(frame));
+  send_all(c.fd, frame, n);
+  assert_int_equal(tether_read(s, buf, sizeof(buf)), TETHER_EAUTH);
+  assert_int_equal(pthread_join(t, &w), 0);
+  assert_int_equal((intptr_t)w, TETHER_EAUTH);
+  tether_close(s);
+  hand_free(&c);
+}
+
 /* Application bytes where the ClientFinish belongs: TETHER_EPROTO. */
 static void test_malformed_finish(void **state) {
   struct server *sv = *state;
@@ -292,6 +327,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_accepted_before_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_split_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_wrong_finish, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_wrong_finish_while_writing, setup, teardown),
       cmocka_unit_test_setup_teardown(test_malformed_finish, setup, teardown),
       cmocka_unit_test_setup_teardown(test_vanished_client, setup, teardown),
       cmocka_unit_test_setup_teardown(test_never_confirms_queued, setup, teardown),

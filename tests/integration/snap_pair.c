@@ -91,13 +91,15 @@ void pair_open(struct pair *p) {
   assert_int_equal(expect_str(p->cli, "world"), 0);
 }
 
-/* The only session of a restored context: suspended, or -- a client
- * redials at once -- already resumed. */
+/* The only session of a restored context.  It was restored suspended, but
+ * its engine redials at once: on a loaded machine the resume (or its
+ * refusal) may be through before we look. */
 tether_session *only_session(tether_ctx *ctx) {
   tether_session *s[2];
   assert_int_equal(tether_ctx_sessions(ctx, s, 2), 1);
   tether_state st = tether_session_state(s[0]);
-  assert_true(st == TETHER_STATE_SUSPENDED || st == TETHER_STATE_CONNECTED);
+  if (st != TETHER_STATE_SUSPENDED && st != TETHER_STATE_CONNECTED && st != TETHER_STATE_FAILED)
+    fail_msg("a restored session is %s", tether_state_name(st));
   tether_set_nonblocking(s[0], 1);
   return s[0];
 }

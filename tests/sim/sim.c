@@ -67,10 +67,13 @@
  * Nothing is excused: a seed that does not end as expected fails.
  *
  * A failing seed prints `seed N: FAIL <reason>` and the command that replays
- * it with a trace: `sim --seed N -v`.  Run `sim --help` for the options.
+ * it with a trace: `sim --seed N -v`; one that kills the simulator (a failed
+ * assert, a sanitizer's report) prints `sim: died in seed N` and the same
+ * command on stderr.  Run `sim --help` for the options.
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -78,6 +81,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/session.h"
 #include "tether/tether.h"
@@ -1180,16 +1184,77 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-/* A deep copy of a core: its retention ring and replay log included. */
+/* Snapshots' retention copies are recycled: a seed takes snapshots by the
+ * hundred thousand, some of megabytes, and under ASan every large
+ * allocation is an mmap and its release an munmap (minutes per seed where
+ * glibc takes a second).  At most 4 snapshots live at once (pending and
+ * committed, per side); a few spare buffers serve them all. */
+static struct {
+  uint8_t *buf;
+  size_t cap;
+} spare[6];
+
+/* A buffer of at least `need` bytes (a power of two): *cap gets its size. */
+static uint8_t *ret_buf_get(size_t need, size_t *cap) {
+  int best = -1;
+  for (int k = 0; k < 6; k++)
+    if (spare[k].buf && spare[k].cap >= need && (best < 0 || spare[k].cap < spare[best].cap))
+      best = k;
+  if (best >= 0) {
+    uint8_t *b = spare[best].buf;
+    *cap = spare[best].cap;
+    spare[best].buf = NULL;
+    return b;
+  }
+  *cap = 1;
+  while (*cap < need)
+    *cap <<= 1;
+  return xmalloc(*cap);
+}
+
+/* Keeps b (cap bytes) for ret_buf_get, in place of a smaller spare if all
+ * are taken. */
+static void ret_buf_put(uint8_t *b, size_t cap) {
+  int slot = 0; /* an empty one, else the smallest */
+  for (int k = 0; k < 6; k++) {
+    if (!spare[k].buf) {
+      slot = k;
+      break;
+    }
+    if (spare[k].cap < spare[slot].cap)
+      slot = k;
+  }
+  if (spare[slot].buf && spare[slot].cap >= cap) {
+    free(b);
+    return;
+  }
+  free(spare[slot].buf);
+  spare[slot].buf = b;
+  spare[slot].cap = cap;
+}
+
+static void ret_bufs_free(void) {
+  for (int k = 0; k < 6; k++) {
+    free(spare[k].buf);
+    spare[k].buf = NULL;
+  }
+}
+
+/* A deep copy of a core: its retention ring and replay log included.  The
+ * ring keeps only the bytes it holds (as a snapshot does: capture_session
+ * stores `retained`), unwrapped at its start, in a recycled buffer: rings
+ * of 128 KiB that hold a few hundred bytes are common.  Only its bytes are
+ * read back (core_restore). */
 static void core_copy(struct core_session *dst, const struct core_session *src) {
   *dst = *src;
   dst->ret.buf = NULL;
-  if (src->ret.buf) {
-    dst->ret.buf = xmalloc(src->ret.cap);
+  dst->ret.cap = dst->ret.head = 0;
+  if (src->ret.len) {
+    dst->ret.buf = ret_buf_get(src->ret.len, &dst->ret.cap);
     size_t first = src->ret.cap - src->ret.head < src->ret.len ? src->ret.cap - src->ret.head
                                                                 : src->ret.len;
-    memcpy(dst->ret.buf + src->ret.head, src->ret.buf + src->ret.head, first);
-    memcpy(dst->ret.buf, src->ret.buf, src->ret.len - first);
+    memcpy(dst->ret.buf, src->ret.buf + src->ret.head, first);
+    memcpy(dst->ret.buf + first, src->ret.buf, src->ret.len - first);
   }
   dst->rlog.hash = NULL;
   if (src->rlog.hash) {
@@ -1199,6 +1264,11 @@ static void core_copy(struct core_session *dst, const struct core_session *src) 
 }
 
 static void snap_free(struct snap *sn) {
+  if (sn->valid && sn->c.ret.buf) {
+    ret_buf_put(sn->c.ret.buf, sn->c.ret.cap);
+    sn->c.ret.buf = NULL;
+    sn->c.ret.cap = 0;
+  }
   if (sn->valid)
     core_clear(&sn->c);
   memset(sn, 0, sizeof(*sn));
@@ -2309,6 +2379,7 @@ static bool run_seed(uint64_t seed, int verbose, bool linger_check) {
     snap_free(&S.s[i].committed);
     snap_free(&S.s[i].pending);
   }
+  ret_bufs_free();
   conn_free_all();
   return !S.fail;
 }
@@ -2335,6 +2406,59 @@ static void usage(void) {
           "                     (expects TETHER_EDIVERGED)\n"
           "  --diverge          --restore with a divergent restore in every seed\n");
   exit(2);
+}
+
+/* ---- a seed that kills the simulator still names itself ------------------ */
+
+static volatile uint64_t running_seed;
+static char replay_flags[160]; /* the options that reproduce the run */
+
+/* Async-signal-safe: write(2) only. */
+static void say_running_seed(void) {
+  char num[24], line[320];
+  size_t n = 0, k = sizeof(num);
+  uint64_t v = running_seed;
+  do
+    num[--k] = (char)('0' + v % 10);
+  while ((v /= 10) && k > 0);
+  const char *parts[] = {"sim: died in seed ", "; replay: sim --seed ", " -v", "\n"};
+  for (int i = 0; i < 4; i++) {
+    for (const char *c = parts[i]; *c && n < sizeof(line); c++)
+      line[n++] = *c;
+    if (i < 2)
+      for (size_t j = k; j < sizeof(num) && n < sizeof(line); j++)
+        line[n++] = num[j];
+    if (i == 2)
+      for (const char *c = replay_flags; *c && n < sizeof(line); c++)
+        line[n++] = *c;
+  }
+  (void)!write(STDERR_FILENO, line, n);
+}
+
+static void on_fatal_signal(int sig) {
+  say_running_seed();
+  raise(sig); /* SA_RESETHAND: the default action now */
+}
+
+/* Defined by the sanitizers' runtime (ASan, UBSan, TSan), absent otherwise.
+ * A sanitizer reports a crash itself (a handler of ours would replace its
+ * report) and then exits without a signal: it calls this back.  It leaves
+ * abort() alone (a failed assert). */
+extern void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
+
+static void name_seed_on_death(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_fatal_signal;
+  sa.sa_flags = (int)SA_RESETHAND;
+  sigaction(SIGABRT, &sa, NULL);
+  if (__sanitizer_set_death_callback) {
+    __sanitizer_set_death_callback(say_running_seed);
+    return;
+  }
+  const int sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+  for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+    sigaction(sigs[i], &sa, NULL);
 }
 
 int main(int argc, char **argv) {
@@ -2369,10 +2493,16 @@ int main(int argc, char **argv) {
     else
       usage();
   }
+  snprintf(replay_flags, sizeof(replay_flags), "%s%s%s%s%s%s", linger ? "" : " --no-linger",
+           force_giveup ? " --giveup" : "", short_backoff ? " --short-backoff" : "",
+           tight_timeouts ? " --tight-timeouts" : "",
+           restore_mode && !force_diverge ? " --restore" : "", force_diverge ? " --diverge" : "");
+  name_seed_on_death();
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   uint64_t passed = 0, failed = 0;
   for (uint64_t seed = first; seed < first + count; seed++) {
+    running_seed = seed;
     bool ok = run_seed(seed, verbose && one, linger);
     if (ok) {
       passed++;
@@ -2381,10 +2511,8 @@ int main(int argc, char **argv) {
     } else {
       failed++;
       if (!quiet || failed <= 20)
-        printf("seed %" PRIu64 ": FAIL %s\n  replay: sim --seed %" PRIu64 " -v%s%s%s%s%s%s\n", seed,
-               S.why, seed, linger ? "" : " --no-linger", force_giveup ? " --giveup" : "",
-               short_backoff ? " --short-backoff" : "", tight_timeouts ? " --tight-timeouts" : "",
-               restore_mode && !force_diverge ? " --restore" : "", force_diverge ? " --diverge" : "");
+        printf("seed %" PRIu64 ": FAIL %s\n  replay: sim --seed %" PRIu64 " -v%s\n", seed, S.why,
+               seed, replay_flags);
     }
     fflush(stdout);
   }
