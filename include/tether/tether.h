@@ -60,7 +60,10 @@ TETHER_API const char *tether_version(void);
   X(TETHER_EVERSION, -10007, TETHER_ERRKIND_FINAL,                              \
     "unsupported tether protocol version")                                      \
   X(TETHER_ECLOSED, -10008, TETHER_ERRKIND_USAGE,                               \
-    "session or listener is closed")
+    "session or listener is closed")                                            \
+  X(TETHER_EEVICTED, -10010, TETHER_ERRKIND_FINAL,                              \
+    "session failed: let go while suspended to make room for others "           \
+    "(TETHER_OPT_MAX_SUSPENDED)")
 
 typedef enum tether_errkind {
   TETHER_ERRKIND_NONE = 0,  /* not an error (>= 0) */
@@ -119,6 +122,11 @@ typedef enum tether_option {
                                       past their ClientHello); more clients
                                       wait; 1..65535, default 1024; env
                                       TETHER_ACCEPT_BACKLOG */
+  TETHER_OPT_MAX_SUSPENDED,        /* most sessions the context keeps
+                                      suspended: beyond it the one
+                                      suspended longest fails with
+                                      TETHER_EEVICTED; 1..1000000, default
+                                      4096; env TETHER_MAX_SUSPENDED */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

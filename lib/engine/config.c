@@ -17,6 +17,7 @@ void config_defaults(struct tether_config *cfg) {
   cfg->retain_max = TETHER_RETAIN_MAX_DEFAULT;
   cfg->read_spin_us = 50;
   cfg->accept_backlog = ACCEPT_BACKLOG_DEFAULT;
+  cfg->max_suspended = MAX_SUSPENDED_DEFAULT;
 }
 
 tether_config *tether_config_new(void) {
@@ -65,6 +66,9 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_ACCEPT_BACKLOG:
     *lo = 1, *hi = 65535;
     return 0;
+  case TETHER_OPT_MAX_SUSPENDED:
+    *lo = 1, *hi = 1000000;
+    return 0;
   }
   return -EINVAL;
 }
@@ -87,6 +91,7 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_READ_SPIN_US: cfg->read_spin_us = (uint32_t)value; break;
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: cfg->peer_rcvbuf_max = (uint64_t)value; break;
   case TETHER_OPT_ACCEPT_BACKLOG: cfg->accept_backlog = (uint32_t)value; break;
+  case TETHER_OPT_MAX_SUSPENDED: cfg->max_suspended = (uint32_t)value; break;
   }
   return 0;
 }
@@ -106,6 +111,7 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_READ_SPIN_US: *value = cfg->read_spin_us; return 0;
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: *value = (int64_t)cfg->peer_rcvbuf_max; return 0;
   case TETHER_OPT_ACCEPT_BACKLOG: *value = cfg->accept_backlog; return 0;
+  case TETHER_OPT_MAX_SUSPENDED: *value = cfg->max_suspended; return 0;
   }
   return -EINVAL;
 }
@@ -146,6 +152,7 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_READ_SPIN_US", TETHER_OPT_READ_SPIN_US},
       {"TETHER_PEER_RCVBUF_MAX_BYTES", TETHER_OPT_PEER_RCVBUF_MAX_BYTES},
       {"TETHER_ACCEPT_BACKLOG", TETHER_OPT_ACCEPT_BACKLOG},
+      {"TETHER_MAX_SUSPENDED", TETHER_OPT_MAX_SUSPENDED},
   };
   tether_config tmp;
   if (!cfg)

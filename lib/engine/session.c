@@ -389,6 +389,7 @@ bool session_settle_unlock(struct tether_session *s) {
   bool destroy;
   settle(s, &destroy);
   session_unlock(s);
+  suspended_note(s);
   report_state(s);
   if (destroy)
     session_destroy(s);
@@ -498,6 +499,7 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
 void session_destroy(struct tether_session *s) {
   if (!s)
     return;
+  suspended_forget(s);
   registry_remove(s->ctx, s);
   for (int i = 0; i < 2; i++)
     if (s->redials[i])
