@@ -373,6 +373,10 @@ static void report_state(struct tether_session *s) {
 /* Engine thread: everything the data path or a timer may have changed. */
 static void settle(struct tether_session *s, bool *destroy) {
   app_fd_release(s); /* a writer held back may have room now */
+  if (s->app_closed && s->hold_w >= 0) {
+    close(s->hold_w); /* the WAIT pipe's: its read end, app_fd, is closed */
+    s->hold_w = -1;
+  }
   if ((s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED) &&
       s->app_kind != APP_FD_READY && (s->sock < 0 || s->core.state == CORE_FAILED))
     enter_final_locked(s);
