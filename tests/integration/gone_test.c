@@ -97,6 +97,8 @@ static int client_main(const char *port, bool durable, int n) {
     for (;;)
       pause();
   ssize_t r = tether_read(s, &c, 1);
+  tether_close(s);
+  tether_ctx_free(ctx);
   if (r == 1 && c == 'q')
     return 0;
   char msg[32];
