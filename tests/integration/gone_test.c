@@ -424,16 +424,11 @@ static void test_evict_oldest(void **state) {
 
 #define FIG_N 1000
 
-static void test_figures(void **state) {
-  (void)state;
-  struct server sv;
+/* A client process holding FIG_N sessions (durable or not), accepted into
+ * s[]; returns its pid. */
+static pid_t many_start(struct server *sv, tether_session **s, bool durable) {
   int p[2];
   char r;
-  server_open(&sv, 0, TETHER_LOG_WARN);
-  tether_session **s = calloc(FIG_N, sizeof(*s));
-  assert_non_null(s);
-  int base = fd_count();
-  long rss0 = rss_kib();
   assert_int_equal(pipe2(p, O_CLOEXEC), 0);
   pid_t pid = fork();
   assert_true(pid >= 0);
@@ -441,45 +436,93 @@ static void test_figures(void **state) {
     dup2(p[1], STDOUT_FILENO);
     char n[16];
     snprintf(n, sizeof(n), "%d", FIG_N);
-    execl(self, self, "client", sv.port, "1", n, (char *)NULL);
+    execl(self, self, "client", sv->port, durable ? "1" : "0", n, (char *)NULL);
     _exit(2);
   }
   close(p[1]);
   kids[n_kids++] = pid;
   for (int i = 0; i < FIG_N; i++) {
-    struct pollfd pl = {tether_listener_fd(sv.l), POLLIN, 0};
+    struct pollfd pl = {tether_listener_fd(sv->l), POLLIN, 0};
     assert_int_equal(poll(&pl, 1, WAIT_MS), 1);
-    assert_int_equal(tether_accept(sv.l, &s[i]), 0);
+    assert_int_equal(tether_accept(sv->l, &s[i]), 0);
     assert_int_equal(tether_write(s[i], "h", 1), 1);
   }
   struct pollfd pc = {p[0], POLLIN, 0};
   assert_int_equal(poll(&pc, 1, WAIT_MS), 1);
   assert_int_equal(read(p[0], &r, 1), 1);
+  close(p[0]);
+  /* Heard on the side channel: each acknowledged its byte. */
+  for (int i = 0; i < FIG_N; i++) {
+    uint64_t got = 0, t0 = now_ms();
+    while (tether_session_peer_received(s[i], &got) == 0 && got < 1 && now_ms() - t0 < WAIT_MS)
+      nap_ms(5);
+    assert_int_equal(got, 1);
+  }
+  return pid;
+}
+
+static double cpu_percent_over(unsigned ms) {
+  uint64_t cpu0 = cpu_us(), t0 = now_ms();
+  nap_ms(ms);
+  return 100.0 * (double)(cpu_us() - cpu0) / 1000.0 / (double)(now_ms() - t0);
+}
+
+static void test_figures(void **state) {
+  (void)state;
+  struct server sv;
+  char b;
+  server_open(&sv, 0, TETHER_LOG_WARN);
+  tether_session **s = calloc(FIG_N, sizeof(*s));
+  assert_non_null(s);
+  int base = fd_count();
+  long rss0 = rss_kib();
+
+  /* A durable client's sessions: kept, suspended. */
+  pid_t pid = many_start(&sv, s, true);
   int live_fds = fd_count();
   long live_rss = rss_kib();
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
   n_kids--;
-  close(p[0]);
   /* Suspended, each as an application that polls it holds it: its
    * descriptor a never-ready placeholder (installed by the next call). */
-  char b;
   for (int i = 0; i < FIG_N; i++) {
     wait_state(s[i], TETHER_STATE_SUSPENDED, WAIT_MS);
     assert_int_equal(tether_set_nonblocking(s[i], 1), 0);
     assert_int_equal(tether_read(s[i], &b, 1), -EAGAIN);
   }
-  uint64_t cpu0 = cpu_us(), t0 = now_ms();
-  nap_ms(2000);
-  uint64_t cpu = cpu_us() - cpu0, wall = now_ms() - t0;
+  double cpu = cpu_percent_over(2000);
   int susp_fds = fd_count();
   long susp_rss = rss_kib();
   printf("# %d sessions of a durable client: connected %.2f fds and %.1f KiB each; suspended "
          "%.2f fds and %.1f KiB each; CPU while suspended %.2f%%\n",
          FIG_N, (double)(live_fds - base) / FIG_N, (double)(live_rss - rss0) / FIG_N,
-         (double)(susp_fds - base) / FIG_N, (double)(susp_rss - rss0) / FIG_N,
-         100.0 * (double)cpu / 1000.0 / (double)wall);
+         (double)(susp_fds - base) / FIG_N, (double)(susp_rss - rss0) / FIG_N, cpu);
   assert_true(susp_fds - base <= 2 * FIG_N);
+  for (int i = 0; i < FIG_N; i++)
+    tether_close(s[i]);
+  wait_fds(base);
+
+  /* A non-durable client's sessions: probed while it is frozen, let go
+   * once it is killed (its host's ICMP errors: only the global rate limit
+   * on loopback). */
+  pid = many_start(&sv, s, false);
+  kill(pid, SIGSTOP);
+  for (int i = 0; i < FIG_N; i++)
+    wait_state(s[i], TETHER_STATE_SUSPENDED, WAIT_MS);
+  cpu = cpu_percent_over(2000);
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  n_kids--;
+  uint64_t t0 = now_ms(), last = 0;
+  for (int i = 0; i < FIG_N; i++) {
+    wait_state(s[i], TETHER_STATE_FAILED, 60000);
+    assert_int_equal(tether_session_error(s[i]), TETHER_ESESSIONGONE);
+  }
+  last = now_ms() - t0;
+  printf("# %d sessions of a non-durable client: CPU while they are suspended and probed every "
+         "%d ms %.2f%%; killed, all failed after %llu ms\n",
+         FIG_N, HEARTBEAT_MS, cpu, (unsigned long long)last);
   for (int i = 0; i < FIG_N; i++)
     tether_close(s[i]);
   wait_fds(base);
