@@ -115,9 +115,13 @@ static void drain_errors(struct udp_chan *u) {
       if (!((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
             (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
         continue;
-      if (cm->cmsg_len < CMSG_LEN(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in)))
-        continue;
+      /* The error, then its offender's address (SO_EE_OFFENDER). */
       const struct sock_extended_err *ee = (const void *)CMSG_DATA(cm);
+      size_t need = sizeof(*ee) + sizeof(struct sockaddr_in);
+      if (cm->cmsg_len < CMSG_LEN(need) ||
+          (SO_EE_OFFENDER(ee)->sa_family == AF_INET6 &&
+           cm->cmsg_len < CMSG_LEN(sizeof(*ee) + sizeof(struct sockaddr_in6))))
+        break;
       if (port_unreachable(ee, (struct sockaddr *)&dst, mh.msg_namelen))
         on_refused(u, buf, (size_t)n, (struct sockaddr *)&dst, mh.msg_namelen);
       break;

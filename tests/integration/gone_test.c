@@ -79,16 +79,16 @@ static tether_ctx *client_ctx(bool durable) {
   return ctx;
 }
 
-/* client PORT DURABLE N: N sessions to 127.0.0.1:PORT; reads one byte on
+/* client PORT DURABLE N HOST: N sessions to HOST:PORT; reads one byte on
  * each, then says 'r' on stdout.  With N = 1, then reads on: 'q' ends it
  * (exit 0), a failure is printed ("E<code>") and ends it (exit 3).  With
  * more, it waits to be killed. */
-static int client_main(const char *port, bool durable, int n) {
+static int client_main(const char *host, const char *port, bool durable, int n) {
   tether_ctx *ctx = client_ctx(durable);
   tether_session *s = NULL;
   char c;
   for (int i = 0; i < n; i++) {
-    if (tether_connect(ctx, "127.0.0.1", port, &s) < 0 || tether_read(s, &c, 1) != 1)
+    if (tether_connect(ctx, host, port, &s) < 0 || tether_read(s, &c, 1) != 1)
       return 2;
   }
   if (write(STDOUT_FILENO, "r", 1) != 1)
@@ -124,9 +124,12 @@ struct server {
   tether_ctx *ctx;
   tether_listener *l;
   char port[16];
+  const char *listen, *dial; /* its address; where its clients connect */
 };
 
 static void server_open(struct server *sv, int max_suspended, int log_level) {
+  if (!sv->listen)
+    sv->listen = sv->dial = "127.0.0.1";
   tether_config *cfg = tether_config_new();
   assert_non_null(cfg);
   assert_int_equal(tether_config_set(cfg, TETHER_OPT_HEARTBEAT_MS, HEARTBEAT_MS), 0);
@@ -137,7 +140,7 @@ static void server_open(struct server *sv, int max_suspended, int log_level) {
     assert_int_equal(tether_config_set(cfg, TETHER_OPT_MAX_SUSPENDED, max_suspended), 0);
   assert_int_equal(tether_ctx_new(cfg, &sv->ctx), 0);
   tether_config_free(cfg);
-  assert_int_equal(tether_listen(sv->ctx, "127.0.0.1", "0", &sv->l), 0);
+  assert_int_equal(tether_listen(sv->ctx, sv->listen, "0", &sv->l), 0);
   assert_int_equal(tether_listener_set_nonblocking(sv->l, 1), 0);
   snprintf(sv->port, sizeof(sv->port), "%d", tether_listener_port(sv->l));
 }
@@ -157,7 +160,7 @@ static tether_session *client_start(struct server *sv, struct client *c, bool du
   assert_true(c->pid >= 0);
   if (c->pid == 0) {
     dup2(p[1], STDOUT_FILENO);
-    execl(self, self, "client", sv->port, durable ? "1" : "0", "1", (char *)NULL);
+    execl(self, self, "client", sv->port, durable ? "1" : "0", "1", sv->dial, (char *)NULL);
     _exit(2);
   }
   close(p[1]);
@@ -284,9 +287,8 @@ static void sh(const char *fmt, ...) {
 
 /* ---- tests ----------------------------------------------------------------- */
 
-static void test_killed_nondurable(void **state) {
-  (void)state;
-  struct server sv;
+static void killed_nondurable(const char *listen, const char *dial) {
+  struct server sv = {.listen = listen, .dial = dial};
   struct client c;
   server_open(&sv, 0, TETHER_LOG_INFO);
   int base = fd_count();
@@ -295,8 +297,9 @@ static void test_killed_nondurable(void **state) {
   client_kill(&c);
   uint64_t t0 = now_ms();
   uint64_t took = wait_state(s, TETHER_STATE_FAILED, WAIT_MS);
-  printf("# non-durable client killed: its session failed after %llu ms (heartbeat %d ms): %s\n",
-         (unsigned long long)took, HEARTBEAT_MS, tether_strerror(tether_session_error(s)));
+  printf("# non-durable client killed (%s): its session failed after %llu ms (heartbeat %d ms): "
+         "%s\n",
+         sv.dial, (unsigned long long)took, HEARTBEAT_MS, tether_strerror(tether_session_error(s)));
   assert_int_equal(tether_session_error(s), TETHER_ESESSIONGONE);
   assert_true(now_ms() - t0 < 3000); /* about 2 heartbeats; generous */
   tether_close(s);
@@ -304,6 +307,19 @@ static void test_killed_nondurable(void **state) {
   printf("# server descriptors: %d before, %d with the session, %d after\n", base, live,
          fd_count());
   tether_ctx_free(sv.ctx);
+}
+
+static void test_killed_nondurable(void **state) {
+  (void)state;
+  killed_nondurable(NULL, NULL);
+}
+
+/* The same over IPv6 (ICMPv6), and to a dual-stack listener over IPv4
+ * (IPv4-mapped addresses on an IPv6 socket). */
+static void test_killed_nondurable_ipv6(void **state) {
+  (void)state;
+  killed_nondurable("::1", "::1");
+  killed_nondurable("::", "127.0.0.1");
 }
 
 static void test_killed_durable(void **state) {
@@ -436,7 +452,7 @@ static pid_t many_start(struct server *sv, tether_session **s, bool durable) {
     dup2(p[1], STDOUT_FILENO);
     char n[16];
     snprintf(n, sizeof(n), "%d", FIG_N);
-    execl(self, self, "client", sv->port, durable ? "1" : "0", n, (char *)NULL);
+    execl(self, self, "client", sv->port, durable ? "1" : "0", n, sv->dial, (char *)NULL);
     _exit(2);
   }
   close(p[1]);
@@ -553,8 +569,8 @@ static bool own_netns(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 5 && strcmp(argv[1], "client") == 0)
-    return client_main(argv[2], argv[3][0] == '1', atoi(argv[4]));
+  if (argc == 6 && strcmp(argv[1], "client") == 0)
+    return client_main(argv[5], argv[2], argv[3][0] == '1', atoi(argv[4]));
   ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
   if (n <= 0)
     return 1;
@@ -572,6 +588,7 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_killed_nondurable, no_rules, kill_kids),
+      cmocka_unit_test_setup_teardown(test_killed_nondurable_ipv6, no_rules, kill_kids),
       cmocka_unit_test_setup_teardown(test_killed_durable, no_rules, kill_kids),
       cmocka_unit_test_setup_teardown(test_rejected_alive, no_rules, kill_kids),
       cmocka_unit_test_setup_teardown(test_evict_oldest, no_rules, kill_kids),
