@@ -301,7 +301,9 @@ bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq) {
   if (c->unreach.n++ == 0)
     c->unreach.first_ns = now;
   c->unreach.seq = seq;
-  if (c->unreach.n < 2 || now - c->unreach.first_ns < core_unreach_span(c))
+  /* (Less an eighth of a heartbeat: the probes' timers and the reports'
+   * handling run a little late or early.) */
+  if (c->unreach.n < 2 || now + c->cfg.heartbeat_ns / 8 < c->unreach.first_ns + core_unreach_span(c))
     return false;
   c->suspended_total_ns += now - c->suspended_at_ns;
   core_fail(c, TETHER_ESESSIONGONE);
@@ -479,7 +481,10 @@ void core_on_transport_lost(struct core_session *c, uint64_t now) {
   c->fin_sent = false;
   c->unreach.seq = c->tx_seq; /* probes come after */
   c->unreach.n = 0;
-  c->next_hb_ns = now; /* the first probe, if any, at once */
+  /* The first probe, if any, a moment later: a dying peer's kernel closes
+   * its connection (which suspends us) and its side channel one after the
+   * other. */
+  c->next_hb_ns = now + min64(FIRST_HEARTBEAT_NS, c->cfg.heartbeat_ns);
   retention_fit(&c->ret); /* no writes until resumed, maybe for long */
 }
 

@@ -315,9 +315,10 @@ void core_confirm(struct core_session *c);
  * firewall's REJECT does) count for nothing.  Returns true when the session
  * just failed. */
 bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq);
-/* How long the evidence of core_on_unreachable() must span: two heartbeat
- * intervals, and at least our own reconnect_max_ns (taken for the peer's
- * longest pause between redials). */
+/* How long the evidence of core_on_unreachable() must span (less an eighth
+ * of a heartbeat, for timer jitter): two heartbeat intervals, and at least
+ * our own reconnect_max_ns (taken for the peer's longest pause between
+ * redials). */
 uint64_t core_unreach_span(const struct core_session *c);
 
 /* ---- durable acknowledgements ---- */

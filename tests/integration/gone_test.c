@@ -324,7 +324,7 @@ static void test_killed_nondurable_ipv6(void **state) {
 
 static void test_killed_durable(void **state) {
   (void)state;
-  struct server sv;
+  struct server sv = {0};
   struct client gone, dur;
   server_open(&sv, 0, TETHER_LOG_INFO);
   int base = fd_count();
@@ -349,7 +349,7 @@ static void test_killed_durable(void **state) {
 
 static void test_rejected_alive(void **state) {
   (void)state;
-  struct server sv;
+  struct server sv = {0};
   struct client c;
   char msg[32];
   tether_stats st;
@@ -394,7 +394,7 @@ static void test_rejected_alive(void **state) {
 
 static void test_evict_oldest(void **state) {
   (void)state;
-  struct server sv;
+  struct server sv = {0};
   struct client c[EVICT_N];
   tether_session *s[EVICT_N];
   char msg[32];
@@ -485,7 +485,7 @@ static double cpu_percent_over(unsigned ms) {
 
 static void test_figures(void **state) {
   (void)state;
-  struct server sv;
+  struct server sv = {0};
   char b;
   server_open(&sv, 0, TETHER_LOG_WARN);
   tether_session **s = calloc(FIG_N, sizeof(*s));

@@ -847,10 +847,10 @@ static void test_unreachable_peer_gone(void **state) {
   assert_false(core_on_unreachable(&c, t, before)); /* sent before the suspension */
   assert_int_equal(c.unreach.n, 0);
   assert_int_equal(core_unreach_span(&c), 2 * SEC);
-  /* Probes at once, then every heartbeat. */
-  uint64_t seq[3];
+  /* Probes 50 ms after the suspension, then every heartbeat. */
+  uint64_t seq[3], p0 = t + 50 * MS;
   for (int i = 0; i < 3; i++) {
-    uint64_t at = t + (uint64_t)i * SEC;
+    uint64_t at = p0 + (uint64_t)i * SEC;
     assert_int_equal(core_next_deadline(&c), at);
     assert_int_equal(core_on_timer(&c, at - 1, 0), 0);
     assert_int_equal(core_on_timer(&c, at, 0), CORE_ACT_HEARTBEAT);
@@ -865,13 +865,36 @@ static void test_unreachable_peer_gone(void **state) {
       assert_int_equal(c.unreach.n, 2);
     }
   }
-  assert_false(core_on_unreachable(&c, t + 2 * SEC, seq[0])); /* older than the last */
+  assert_false(core_on_unreachable(&c, p0 + 2 * SEC, seq[0])); /* older than the last */
   assert_int_equal(c.state, CORE_SUSPENDED);
-  assert_true(core_on_unreachable(&c, t + 2 * SEC + MS, seq[2]));
+  /* 2 s after the first report, less an eighth of a heartbeat (jitter). */
+  uint64_t first = p0 + MS, slack = SEC / 8;
+  assert_false(core_on_unreachable(&c, first + 2 * SEC - slack - 1, seq[2]));
+  assert_int_equal(c.unreach.n, 3);
+  assert_int_equal(core_on_timer(&c, p0 + 3 * SEC, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, p0 + 3 * SEC, &k);
+  assert_true(core_on_unreachable(&c, p0 + 3 * SEC, k.seq));
   assert_int_equal(c.state, CORE_FAILED);
   assert_int_equal(c.error, TETHER_ESESSIONGONE);
-  assert_int_equal(c.suspended_total_ns, 2 * SEC + MS);
+  assert_int_equal(c.suspended_total_ns, p0 + 3 * SEC - t);
   assert_int_equal(core_next_deadline(&c), UINT64_MAX);
+  core_clear(&c);
+
+  /* At the span less the slack: gone. */
+  init(&c, CORE_SERVER);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &in), 0);
+  suspend(&c, t);
+  for (int i = 0; i < 3; i++) {
+    uint64_t at = p0 + (uint64_t)i * SEC;
+    assert_int_equal(core_on_timer(&c, at, 0), CORE_ACT_HEARTBEAT);
+    core_build_ctl(&c, at, &k);
+    seq[i] = k.seq;
+  }
+  assert_false(core_on_unreachable(&c, first, seq[0]));
+  assert_false(core_on_unreachable(&c, first + SEC, seq[1]));
+  assert_true(core_on_unreachable(&c, first + 2 * SEC - slack, seq[2]));
+  assert_int_equal(c.error, TETHER_ESESSIONGONE);
   core_clear(&c);
 
   /* A datagram from the peer in between: the evidence starts over. */
@@ -879,9 +902,9 @@ static void test_unreachable_peer_gone(void **state) {
   in = peer_ctl(&c);
   assert_int_equal(on_ctl(&c, T0, &in), 0);
   suspend(&c, t);
-  assert_int_equal(core_on_timer(&c, t, 0), CORE_ACT_HEARTBEAT);
-  core_build_ctl(&c, t, &k);
-  assert_false(core_on_unreachable(&c, t + MS, k.seq));
+  assert_int_equal(core_on_timer(&c, p0, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, p0, &k);
+  assert_false(core_on_unreachable(&c, p0 + MS, k.seq));
   in = peer_ctl(&c);
   assert_int_equal(on_ctl(&c, t + 500 * MS, &in), 0); /* it lives (and now distrusts) */
   assert_int_equal(c.unreach.n, 0);
@@ -930,7 +953,7 @@ static void test_unreachable_ignored(void **state) {
     suspend(&c, t);
     if (variant != 2)
       assert_int_equal(core_next_deadline(&c), t + cfg_default.give_up_ns); /* no probes */
-    assert_int_equal(core_on_timer(&c, t, 0) & CORE_ACT_HEARTBEAT, 0);
+    assert_int_equal(core_on_timer(&c, t + 50 * MS, 0) & CORE_ACT_HEARTBEAT, 0);
     for (uint64_t i = 1; i <= 10; i++)
       assert_false(core_on_unreachable(&c, t + i * SEC, c.tx_seq + i));
     assert_int_equal(c.state, CORE_SUSPENDED);
