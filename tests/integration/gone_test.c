@@ -233,12 +233,24 @@ static int fd_count(void) {
   return n - 3; /* ".", "..", and the directory's own */
 }
 
-/* Waits (bounded) until the process holds n descriptors. */
+/* The engine opens descriptors for moments (a /proc file, a placeholder
+ * on its way in): a baseline is the least of a few counts. */
+static int fd_base(void) {
+  int n = fd_count();
+  for (int i = 0; i < 5; i++) {
+    nap_ms(10);
+    int m = fd_count();
+    n = m < n ? m : n;
+  }
+  return n;
+}
+
+/* Waits (bounded) until the process holds no more than n descriptors. */
 static void wait_fds(int n) {
   uint64_t t0 = now_ms();
-  while (fd_count() != n && now_ms() - t0 < WAIT_MS)
+  while (fd_count() > n && now_ms() - t0 < WAIT_MS)
     nap_ms(5);
-  assert_int_equal(fd_count(), n);
+  assert_true(fd_count() <= n);
 }
 
 static long rss_kib(void) {
@@ -296,11 +308,13 @@ static void sh(const char *fmt, ...) {
 
 /* ---- tests ----------------------------------------------------------------- */
 
+static double cpu_percent_over(unsigned ms);
+
 static void killed_nondurable(const char *listen, const char *dial) {
   struct server sv = {.listen = listen, .dial = dial};
   struct client c;
   server_open(&sv, 0, TETHER_LOG_INFO);
-  int base = fd_count();
+  int base = fd_base();
   tether_session *s = client_start(&sv, &c, false);
   int live = fd_count();
   client_kill(&c);
@@ -336,7 +350,7 @@ static void test_killed_durable(void **state) {
   struct server sv = {0};
   struct client gone, dur;
   server_open(&sv, 0, TETHER_LOG_INFO);
-  int base = fd_count();
+  int base = fd_base();
   tether_session *sd = client_start(&sv, &dur, true);
   tether_session *sg = client_start(&sv, &gone, false);
   client_kill(&dur);
@@ -374,6 +388,10 @@ static void test_rejected_alive(void **state) {
   while (icmp_in_unreach() - icmp0 < 5 && now_ms() - t0 < WAIT_MS)
     nap_ms(10);
   assert_true(icmp_in_unreach() - icmp0 >= 5);
+  /* Errors keep coming (one per heartbeat): read from the socket's error
+   * queue, they do not make the engine spin. */
+  double cpu = cpu_percent_over(1000);
+  assert_true(cpu < 30.0);
   assert_int_equal(tether_session_state(s), TETHER_STATE_CONNECTED);
   /* Cut the connection while the client cannot redial for a while. */
   sh("iptables -w -A INPUT -p tcp --dport %s --syn -j REJECT --reject-with tcp-reset", sv.port);
@@ -381,9 +399,10 @@ static void test_rejected_alive(void **state) {
   wait_state(s, TETHER_STATE_SUSPENDED, WAIT_MS);
   long icmp1 = icmp_in_unreach();
   nap_ms(10 * HEARTBEAT_MS); /* five times the evidence's span */
-  printf("# client alive behind a REJECT: %ld unreachables while connected, %ld while "
-         "suspended; session %s\n",
-         icmp1 - icmp0, icmp_in_unreach() - icmp1, tether_state_name(tether_session_state(s)));
+  printf("# client alive behind a REJECT: %ld unreachables while connected (CPU %.2f%%), %ld "
+         "while suspended; session %s\n",
+         icmp1 - icmp0, cpu, icmp_in_unreach() - icmp1,
+         tether_state_name(tether_session_state(s)));
   assert_int_equal(tether_session_state(s), TETHER_STATE_SUSPENDED);
   sh("iptables -w -D INPUT -p tcp --dport %s --syn -j REJECT --reject-with tcp-reset", sv.port);
   wait_state(s, TETHER_STATE_CONNECTED, WAIT_MS);
@@ -501,7 +520,7 @@ static void test_figures(void **state) {
   server_open(&sv, 0, TETHER_LOG_WARN);
   tether_session **s = calloc(FIG_N, sizeof(*s));
   assert_non_null(s);
-  int base = fd_count();
+  int base = fd_base();
   long rss0 = rss_kib();
 
   /* A durable client's sessions: kept, suspended. */
