@@ -62,7 +62,10 @@ TETHER_API const char *tether_version(void);
   X(TETHER_ECLOSED, -10008, TETHER_ERRKIND_USAGE,                               \
     "session or listener is closed")                                            \
   X(TETHER_EABORTED, -10009, TETHER_ERRKIND_FINAL,                              \
-    "session failed: the peer gave up delivering its last bytes (linger time)")
+    "session failed: the peer gave up delivering its last bytes (linger time)")  \
+  X(TETHER_EEVICTED, -10010, TETHER_ERRKIND_FINAL,                              \
+    "session failed: let go while suspended to make room for others "           \
+    "(TETHER_OPT_MAX_SUSPENDED)")
 
 typedef enum tether_errkind {
   TETHER_ERRKIND_NONE = 0,  /* not an error (>= 0) */
@@ -126,6 +129,11 @@ typedef enum tether_option {
                                       their last bytes; then their peers
                                       fail with TETHER_EABORTED; 0..3600,
                                       default 30; env TETHER_LINGER_S */
+  TETHER_OPT_MAX_SUSPENDED,        /* most sessions the context keeps
+                                      suspended: beyond it the one
+                                      suspended longest fails with
+                                      TETHER_EEVICTED; 1..1000000, default
+                                      4096; env TETHER_MAX_SUSPENDED */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

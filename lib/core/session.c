@@ -290,6 +290,35 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
   }
 }
 
+/* Server, suspended, peer not durable: probes go to its side channel (see
+ * core_on_unreachable), once it has been heard there (a peer whose
+ * datagrams never arrived may be behind a firewall that rejects ours). */
+static bool probing(const struct core_session *c) {
+  return c->state == CORE_SUSPENDED && c->role == CORE_SERVER && !c->peer_durable &&
+         c->udp_seen && !c->unreach.distrust;
+}
+
+uint64_t core_unreach_span(const struct core_session *c) {
+  uint64_t span = 2 * c->cfg.heartbeat_ns;
+  return span > c->cfg.reconnect_max_ns ? span : c->cfg.reconnect_max_ns;
+}
+
+bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq) {
+  c->unreach.since_rx = true;
+  if (!probing(c) || seq <= c->unreach.seq)
+    return false; /* not a probe, or one reported already */
+  if (c->unreach.n++ == 0)
+    c->unreach.first_ns = now;
+  c->unreach.seq = seq;
+  /* (Less an eighth of a heartbeat: the probes' timers and the reports'
+   * handling run a little late or early.) */
+  if (c->unreach.n < 2 || now + c->cfg.heartbeat_ns / 8 < c->unreach.first_ns + core_unreach_span(c))
+    return false;
+  c->suspended_total_ns += now - c->suspended_at_ns;
+  core_fail(c, TETHER_ESESSIONGONE);
+  return true;
+}
+
 /* ---- side channel ------------------------------------------------------- */
 
 void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) {
@@ -343,6 +372,10 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     return -1; /* replayed or reordered: heartbeats are cumulative, drop it */
   c->rx_seq = ctl->seq;
   c->udp_seen = true;
+  /* The peer lives: reports that nothing listens there were wrong. */
+  c->unreach.distrust |= c->unreach.since_rx;
+  c->unreach.since_rx = false;
+  c->unreach.n = 0;
   c->unconfirmed_give_up_ns = 0; /* only a key holder can authenticate it */
   c->last_rx_ns = now;
   c->accept_unheard = false; /* a suspended client sends no datagrams */
@@ -461,6 +494,12 @@ void core_on_transport_lost(struct core_session *c, uint64_t now) {
   c->next_redial_ns = now; /* first retry at once */
   c->backoff_ns = 0;
   c->fin_sent = false;
+  c->unreach.seq = c->tx_seq; /* probes come after */
+  c->unreach.n = 0;
+  /* The first probe, if any, a moment later: a dying peer's kernel closes
+   * its connection (which suspends us) and its side channel one after the
+   * other. */
+  c->next_hb_ns = now + min64(FIRST_HEARTBEAT_NS, c->cfg.heartbeat_ns);
   retention_fit(&c->ret); /* no writes until resumed, maybe for long */
 }
 
@@ -756,6 +795,8 @@ uint64_t core_next_deadline(const struct core_session *c) {
       d = c->suspended_at_ns + give_up_after(c);
     if (c->role == CORE_CLIENT)
       d = min64(d, c->next_redial_ns);
+    if (probing(c))
+      d = min64(d, c->next_hb_ns);
     break;
   case CORE_FAILED:
     break;
@@ -824,6 +865,8 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
     }
     if (c->role == CORE_CLIENT && now >= c->next_redial_ns)
       act |= redial(c, now, rnd);
+    if (probing(c) && now >= c->next_hb_ns)
+      act |= CORE_ACT_HEARTBEAT; /* a probe (core_on_unreachable) */
     break;
   case CORE_FAILED:
     break;

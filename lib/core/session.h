@@ -195,6 +195,17 @@ struct core_session {
   uint64_t last_rx_ns;
   uint64_t next_hb_ns;
   uint64_t close_retry_ns; /* pending close notice retransmission interval */
+  /* Server, suspended, peer not durable: reports that nothing listens on
+   * the peer's side channel any more (core_on_unreachable). */
+  struct {
+    uint64_t seq;      /* the last probe reported (at first: our last
+                          control number before the suspension) */
+    uint64_t first_ns; /* when the first of these reports came */
+    unsigned n;        /* reports for distinct probes since */
+    bool since_rx;     /* a report came after the peer's last datagram */
+    bool distrust;     /* the peer spoke after such a report: for this
+                          peer they prove nothing (a firewall's reject) */
+  } unreach;
 
   /* reconnection */
   uint64_t suspended_at_ns;
@@ -287,6 +298,28 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
  * datagram, a resume, or core_confirm() (a correct ClientFinish). */
 void core_set_unconfirmed(struct core_session *c, uint64_t ns);
 void core_confirm(struct core_session *c);
+
+/* Server, peer not durable (it never restores from a snapshot): while
+ * suspended, heartbeats (probes) keep going to the peer's side channel, so
+ * that the peer's host can tell that nobody listens there any more -- the
+ * peer's process is gone, and with it the session, which no redial can
+ * resume.  The caller reports each ICMP port unreachable for one of our
+ * control datagrams (authenticated: `seq` is one we sent) from the peer's
+ * host.  The session fails with TETHER_ESESSIONGONE once reports for two
+ * different probes span core_unreach_span() with nothing heard from the peer
+ * in between: one report (a spoofed one, a datagram that arrived as a
+ * restarting NAT forgot its mappings) is not enough, and a live client that
+ * can reach us again redials within that span.  Reports while connected,
+ * for datagrams sent before the suspension, or for a peer that spoke after
+ * an earlier report (its host rejects our datagrams while it lives, as a
+ * firewall's REJECT does) count for nothing.  Returns true when the session
+ * just failed. */
+bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq);
+/* How long the evidence of core_on_unreachable() must span (less an eighth
+ * of a heartbeat, for timer jitter): two heartbeat intervals, and at least
+ * our own reconnect_max_ns (taken for the peer's longest pause between
+ * redials). */
+uint64_t core_unreach_span(const struct core_session *c);
 
 /* ---- durable acknowledgements ---- */
 

@@ -18,6 +18,7 @@ void config_defaults(struct tether_config *cfg) {
   cfg->read_spin_us = 50;
   cfg->accept_backlog = ACCEPT_BACKLOG_DEFAULT;
   cfg->linger_s = 30;
+  cfg->max_suspended = MAX_SUSPENDED_DEFAULT;
 }
 
 tether_config *tether_config_new(void) {
@@ -69,6 +70,9 @@ static int option_range(tether_option opt, int64_t *lo, int64_t *hi) {
   case TETHER_OPT_LINGER_S:
     *lo = 0, *hi = 3600;
     return 0;
+  case TETHER_OPT_MAX_SUSPENDED:
+    *lo = 1, *hi = 1000000;
+    return 0;
   }
   return -EINVAL;
 }
@@ -92,6 +96,7 @@ int tether_config_set(tether_config *cfg, tether_option opt, int64_t value) {
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: cfg->peer_rcvbuf_max = (uint64_t)value; break;
   case TETHER_OPT_ACCEPT_BACKLOG: cfg->accept_backlog = (uint32_t)value; break;
   case TETHER_OPT_LINGER_S: cfg->linger_s = (uint32_t)value; break;
+  case TETHER_OPT_MAX_SUSPENDED: cfg->max_suspended = (uint32_t)value; break;
   }
   return 0;
 }
@@ -112,6 +117,7 @@ int tether_config_get(const tether_config *cfg, tether_option opt, int64_t *valu
   case TETHER_OPT_PEER_RCVBUF_MAX_BYTES: *value = (int64_t)cfg->peer_rcvbuf_max; return 0;
   case TETHER_OPT_ACCEPT_BACKLOG: *value = cfg->accept_backlog; return 0;
   case TETHER_OPT_LINGER_S: *value = cfg->linger_s; return 0;
+  case TETHER_OPT_MAX_SUSPENDED: *value = cfg->max_suspended; return 0;
   }
   return -EINVAL;
 }
@@ -153,6 +159,7 @@ int tether_config_load_env(tether_config *cfg) {
       {"TETHER_PEER_RCVBUF_MAX_BYTES", TETHER_OPT_PEER_RCVBUF_MAX_BYTES},
       {"TETHER_ACCEPT_BACKLOG", TETHER_OPT_ACCEPT_BACKLOG},
       {"TETHER_LINGER_S", TETHER_OPT_LINGER_S},
+      {"TETHER_MAX_SUSPENDED", TETHER_OPT_MAX_SUSPENDED},
   };
   tether_config tmp;
   if (!cfg)

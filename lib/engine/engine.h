@@ -42,6 +42,7 @@ struct tether_config {
   uint32_t read_spin_us; /* see tether_read's wait_readable */
   uint32_t accept_backlog; /* sessions a listener queues for tether_accept */
   uint32_t linger_s; /* closed sessions' last bytes: see ctx_linger() */
+  uint32_t max_suspended;  /* sessions the context keeps suspended */
   uint8_t psk[PSK_MAX];
   size_t psk_len;
   tether_state_cb state_cb;
@@ -77,6 +78,8 @@ struct udp_chan {
 #define HS_STALL_MS 1000
 #define HS_HOST_BUCKETS 256
 #define ACCEPT_BACKLOG_DEFAULT 1024
+/* See tether_config_set(3), TETHER_OPT_MAX_SUSPENDED. */
+#define MAX_SUSPENDED_DEFAULT 4096
 
 /* At most one message a second of one kind, telling how many were left out. */
 struct log_limit {
@@ -145,6 +148,13 @@ struct tether_ctx {
   struct hs_table hst;        /* the server side's share of them */
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
+  /* The sessions the engine last saw SUSPENDED, longest suspended first
+   * (suspended.c).  Under lock. */
+  struct {
+    struct tether_session *head, *tail;
+    unsigned n;
+    struct log_limit evict_log;
+  } suspended;
   uint32_t captures; /* snapshots taken (numbers them; under lock) */
 
   /* The ephemeral X25519 key new handshakes use, and its successor, made
@@ -243,6 +253,10 @@ struct tether_session {
   unsigned next_captured;
   bool restored_unresumed; /* restored, not yet resumed: peer position unknown */
   int hup_sock; /* the socket in ctx->hup_ep, -1: none (engine thread) */
+  /* Its place in ctx->suspended: links under ctx->lock; susp_listed
+   * (whether it is there) is the engine thread's. */
+  struct tether_session *susp_prev, *susp_next;
+  bool susp_listed;
   /* A control datagram that arrived while a writer held tx_lock (in send):
    * the latest, for the writer to apply when done, or the engine at its
    * next turn.  Set under rx_lock; ctl_deferred also read atomically. */
@@ -539,6 +553,21 @@ void udp_drain(struct udp_chan *u);
 /* Sends a control datagram for s (both locks held). */
 void udp_send_ctl(struct tether_session *s, uint64_t now);
 
+/* ---- suspended sessions (suspended.c) ---- */
+
+/* Engine thread, no session lock held: after any change of s's state, counts
+ * it among the context's suspended sessions or not, and lets the one
+ * suspended longest fail (TETHER_EEVICTED) while there are more than
+ * cfg.max_suspended.  Cheap unless s entered or left SUSPENDED. */
+void suspended_note(struct tether_session *s);
+/* s is being destroyed: it leaves the count. */
+void suspended_forget(struct tether_session *s);
+/* Engine thread, no lock held: the host at dst (s->udp_peer, else ignored)
+ * reported that nothing listens there, for our control datagram seq (see
+ * core_on_unreachable). */
+void session_on_unreachable(struct tether_session *s, uint64_t seq, const struct sockaddr *dst,
+                            socklen_t dstlen);
+
 /* ---- sockets (sock.c) ---- */
 
 int sock_set_nonblock(int fd);
@@ -554,6 +583,10 @@ uint64_t sock_host_sndbuf_max(void);
 uint64_t sock_outq(int fd);
 int sock_resolve(const char *host, const char *port, bool passive, struct addrinfo **out);
 const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len);
+/* Whether a and b are the same IP address (an IPv4 one and its IPv4-mapped
+ * IPv6 form are), and with_port, the same port too. */
+bool sock_addr_same(const struct sockaddr *a, socklen_t alen, const struct sockaddr *b,
+                    socklen_t blen, bool with_port);
 
 /* ---- accepting without spinning (accept_gate.c) ---- */
 

@@ -188,6 +188,7 @@ int tether_restore(const tether_config *cfg, const void *blob, size_t len, tethe
       session_destroy(s);
       goto out;
     }
+    session_kick(s); /* the engine counts it among the suspended (suspended.c) */
     char tag[17];
     LOG_INFO(ctx, "session %s: restored (epoch %u), suspended", session_tag(s->id, tag),
              s->core.epoch);

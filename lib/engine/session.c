@@ -395,6 +395,10 @@ static void report_state(struct tether_session *s) {
 /* Engine thread: everything the data path or a timer may have changed. */
 static void settle(struct tether_session *s, bool *destroy) {
   app_fd_release(s); /* a writer held back may have room now */
+  if (s->app_closed && s->hold_w >= 0) {
+    close(s->hold_w); /* the WAIT pipe's: its read end, app_fd, is closed */
+    s->hold_w = -1;
+  }
   if ((s->core.state == CORE_FAILED || s->core.state == CORE_CLOSED) &&
       s->app_kind != APP_FD_READY && (s->sock < 0 || s->core.state == CORE_FAILED))
     enter_final_locked(s);
@@ -411,6 +415,7 @@ bool session_settle_unlock(struct tether_session *s) {
   bool destroy;
   settle(s, &destroy);
   session_unlock(s);
+  suspended_note(s);
   report_state(s);
   if (destroy)
     session_destroy(s);
@@ -522,6 +527,7 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
 void session_destroy(struct tether_session *s) {
   if (!s)
     return;
+  suspended_forget(s);
   registry_remove(s->ctx, s);
   for (int i = 0; i < 2; i++)
     if (s->redials[i])

@@ -137,3 +137,32 @@ const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len) {
   }
   return buf;
 }
+
+/* The address as 16 bytes (IPv4 as IPv4-mapped IPv6) and its port; false if
+ * it is neither IPv4 nor IPv6 or too short. */
+static bool addr_key(const struct sockaddr *sa, socklen_t len, uint8_t ip[16], uint16_t *port) {
+  if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+    const struct sockaddr_in *a = (const void *)sa;
+    memset(ip, 0, 10);
+    ip[10] = ip[11] = 0xff;
+    memcpy(ip + 12, &a->sin_addr, 4);
+    *port = a->sin_port;
+    return true;
+  }
+  if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+    const struct sockaddr_in6 *a = (const void *)sa;
+    memcpy(ip, &a->sin6_addr, 16);
+    *port = a->sin6_port;
+    return true;
+  }
+  return false;
+}
+
+bool sock_addr_same(const struct sockaddr *a, socklen_t alen, const struct sockaddr *b,
+                    socklen_t blen, bool with_port) {
+  uint8_t ia[16], ib[16];
+  uint16_t pa, pb;
+  if (!addr_key(a, alen, ia, &pa) || !addr_key(b, blen, ib, &pb))
+    return false;
+  return memcmp(ia, ib, 16) == 0 && (!with_port || pa == pb);
+}

@@ -1,8 +1,16 @@
 /* The UDP side channel: heartbeats, cumulative acks and close notices,
  * authenticated per direction and replay-protected.  Anything that does not
  * authenticate is dropped without a reply, so probing it reveals nothing and
- * disturbs no session. */
+ * disturbs no session.
+ *
+ * Its sockets also collect ICMP errors for the datagrams they sent
+ * (IP_RECVERR): a peer's host that says nothing listens on the peer's side
+ * channel any more tells a server that a client which cannot restore from a
+ * snapshot is gone (session_on_unreachable). */
 #include <errno.h>
+#include <time.h> /* before linux/errqueue.h, which needs struct timespec */
+#include <linux/errqueue.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,20 +50,105 @@ static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
   session_on_ctl(s, &ctl, from, fromlen);
 }
 
+/* An ICMP port unreachable from the host the datagram went to (not from a
+ * router or a firewall on the way), or its ICMPv6 twin. */
+static bool port_unreachable(const struct sock_extended_err *ee, const struct sockaddr *dst,
+                             socklen_t dstlen) {
+  if (ee->ee_origin == SO_EE_ORIGIN_ICMP) {
+    if (ee->ee_type != 3 || ee->ee_code != 3) /* destination unreachable: port */
+      return false;
+  } else if (ee->ee_origin == SO_EE_ORIGIN_ICMP6) {
+    if (ee->ee_type != 1 || ee->ee_code != 4) /* destination unreachable: port */
+      return false;
+  } else {
+    return false;
+  }
+  const struct sockaddr *from = SO_EE_OFFENDER(ee);
+  socklen_t fromlen = from->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                 : sizeof(struct sockaddr_in6);
+  return sock_addr_same(from, fromlen, dst, dstlen, false);
+}
+
+/* dg: the datagram of ours that the peer's host refused, as its ICMP error
+ * quoted it.  Only a whole control datagram that authenticates under the
+ * sending key of a server session on this channel counts: it names the
+ * session, and no one who has not seen that datagram can forge the quote. */
+static void on_refused(struct udp_chan *u, const uint8_t *dg, size_t len,
+                       const struct sockaddr *dst, socklen_t dstlen) {
+  struct tether_ctx *ctx = u->ctx;
+  const uint8_t *id;
+  struct core_ctl ctl;
+  if (ctl_peek(dg, len, &id) < 0)
+    return; /* quoted in part only, or not ours */
+  pthread_mutex_lock(&ctx->lock);
+  struct tether_session *s = registry_find(ctx, id);
+  pthread_mutex_unlock(&ctx->lock);
+  if (!s || s->is_client || s->udp != u)
+    return;
+  if (ctl_open(dg, len, s->keys.ctl_s2c, &ctl) < 0)
+    return;
+  session_on_unreachable(s, ctl.seq, dst, dstlen);
+}
+
+/* Reads the socket's error queue (IP_RECVERR).  While it holds anything the
+ * socket polls as an error (EPOLLERR, which libevent reports as readable),
+ * so every entry is read, whatever it says: bounded per call like the
+ * datagrams, and called again while entries remain. */
+static void drain_errors(struct udp_chan *u) {
+  uint8_t buf[CTL_MAX];
+  union {
+    struct cmsghdr align;
+    uint8_t b[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6)) * 2];
+  } cbuf;
+  for (int i = 0; i < 256; i++) {
+    struct sockaddr_storage dst;
+    struct iovec iov = {buf, sizeof(buf)};
+    struct msghdr mh = {.msg_name = &dst, .msg_namelen = sizeof(dst), .msg_iov = &iov,
+                        .msg_iovlen = 1, .msg_control = cbuf.b,
+                        .msg_controllen = sizeof(cbuf.b)};
+    ssize_t n = recvmsg(u->fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (n < 0)
+      return; /* EAGAIN: empty */
+    if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+      continue;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+      if (!((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
+            (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
+        continue;
+      /* The error, then its offender's address (SO_EE_OFFENDER). */
+      const struct sock_extended_err *ee = (const void *)CMSG_DATA(cm);
+      size_t need = sizeof(*ee) + sizeof(struct sockaddr_in);
+      if (cm->cmsg_len < CMSG_LEN(need) ||
+          (SO_EE_OFFENDER(ee)->sa_family == AF_INET6 &&
+           cm->cmsg_len < CMSG_LEN(sizeof(*ee) + sizeof(struct sockaddr_in6))))
+        break;
+      if (port_unreachable(ee, (struct sockaddr *)&dst, mh.msg_namelen))
+        on_refused(u, buf, (size_t)n, (struct sockaddr *)&dst, mh.msg_namelen);
+      break;
+    }
+  }
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg) {
   struct udp_chan *u = arg;
   uint8_t buf[CTL_MAX + 1];
+  /* Datagrams first: one its sender sent before it died is older than the
+   * error that tells of its death (see core_on_unreachable). */
   for (int i = 0; i < 256; i++) { /* bounded: a flood cannot starve the loop */
     struct sockaddr_storage from;
     socklen_t fromlen = sizeof(from);
     ssize_t n = recvfrom(u->fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC,
                          (struct sockaddr *)&from, &fromlen);
-    if (n < 0)
-      return;
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        break;
+      continue; /* an error reported once (ECONNREFUSED...): read on */
+    }
     if ((size_t)n > CTL_MAX)
       continue; /* oversized: not ours */
     on_datagram(u, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
   }
+  drain_errors(u);
 }
 
 void udp_drain(struct udp_chan *u) { on_readable(u->fd, EV_READ, u); }
@@ -70,9 +163,14 @@ struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct socka
   u->fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
   if (u->fd < 0)
     goto fail;
-  int zero = 0;
+  int zero = 0, one = 1;
   if (family == AF_INET6)
     (void)setsockopt(u->fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+  /* ICMP errors into the error queue (drain_errors); on an IPv6 socket
+   * both, for the IPv4 peers it reaches through mapped addresses. */
+  (void)setsockopt(u->fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one));
+  if (family == AF_INET6)
+    (void)setsockopt(u->fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof(one));
   if (bind(u->fd, bind_addr, len) < 0)
     goto fail;
   struct sockaddr_storage bound;

@@ -7,9 +7,13 @@
 #    starts on the same port: the client's resume is rejected and it must exit
 #    non-zero with TETHER_ESESSIONGONE ("the peer no longer knows this
 #    session"), its output a clean prefix of what it sent.
-# 2. kill -9 the client: the server's session must be suspended, not closed:
-#    within 5 s its log shows the suspension and no close, and the server keeps
+# 2. kill -9 a durable client (TETHER_DURABLE=1: it may come back from a
+#    snapshot): the server's session must be suspended, not closed: within
+#    5 s its log shows the suspension and no close, and the server keeps
 #    running.
+# 3. kill -9 a client that is not durable: suspended at once, then, its host
+#    reporting that nothing listens on its side channel, failed with
+#    TETHER_ESESSIONGONE (it can never come back) -- never closed.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_ECHO
@@ -67,33 +71,48 @@ grep -qi 'no longer knows this session' "$TMP/client.log" ||
 echo_is_prefix "$TMP/out" || fail "the client's output is not a clean prefix of its input"
 alive "$server2" || fail "the new server died"
 
-# ---- 2. client killed ----
-port=$(free_port)
-stamped_log server3
-TETHER_LOG=info spawn - "$TMP/server3.out" "$STAMP_FIFO" \
-  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
-server3=$BG_PID
-wait_listen "$server3" "$port"
+# kill_client N DURABLE: a server and a streaming client (durable or not),
+# the client killed; sets server, t_kill.
+kill_client() {
+  local n=$1 durable=$2 client
+  port=$(free_port)
+  stamped_log "server$n"
+  TETHER_LOG=info spawn - "$TMP/server$n.out" "$STAMP_FIFO" \
+    "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+  server=$BG_PID
+  wait_listen "$server" "$port"
+  mkfifo "$TMP/lines$n.fifo"
+  spawn - "$TMP/lines$n.fifo" "$TMP/lines$n.err" numbered_lines 600 0.1
+  TETHER_DURABLE=$durable spawn "$TMP/lines$n.fifo" "$TMP/out$n" "$TMP/client$n.log" \
+    "$TETHER_ECHO" client --connect "127.0.0.1:$port"
+  client=$BG_PID
+  wait_size "$TMP/out$n" 60 10000 "$client"
+  t_kill=$(now_us)
+  kill9 "$client"
+  log "client killed (kill -9, TETHER_DURABLE=$durable)"
+  wait_stamp_after "$TMP/server$n.log" "$RE_SUSPENDED" "$t_kill" "$WINDOW_MS" ||
+    fail "the server did not log '$RE_SUSPENDED' within $((WINDOW_MS / 1000)) s of the client's kill -9"
+  log "server suspended the session $(us_to_s $((STAMP - t_kill))) s after the kill"
+}
 
-mkfifo "$TMP/lines2.fifo"
-spawn - "$TMP/lines2.fifo" "$TMP/lines2.err" numbered_lines 600 0.1
-spawn "$TMP/lines2.fifo" "$TMP/out2" "$TMP/client2.log" \
-  "$TETHER_ECHO" client --connect "127.0.0.1:$port"
-client2=$BG_PID
-wait_size "$TMP/out2" 60 10000 "$client2"
-
-t_kill=$(now_us)
-kill9 "$client2"
-log "client killed (kill -9)"
-
-wait_stamp_after "$TMP/server3.log" "$RE_SUSPENDED" "$t_kill" "$WINDOW_MS" ||
-  fail "the server did not log '$RE_SUSPENDED' within $((WINDOW_MS / 1000)) s of the client's kill -9"
-log "server suspended the session $(us_to_s $((STAMP - t_kill))) s after the kill"
+# ---- 2. durable client killed ----
+kill_client 3 1
 rest=$((t_kill + WINDOW_MS * 1000 - $(now_us)))
 [ "$rest" -gt 0 ] && sleep "$(us_to_s "$rest")"
 # (a "suspended (...)" line may name the cause, e.g. "EOF without a close")
 closed=$(state_lines "$TMP/server3.log" "$RE_CLOSED|$RE_FAILED|tether-echo: session" | grep -vi "$RE_SUSPENDED" || true)
 [ -z "$closed" ] ||
-  fail "the server ended the session of a killed client (it must stay suspended): $(echo "$closed" | head -n 3)"
-alive "$server3" || fail "the server died"
+  fail "the server ended the session of a killed durable client (it must stay suspended): $(echo "$closed" | head -n 3)"
+alive "$server" || fail "the server died"
+
+# ---- 3. client that is not durable killed ----
+kill_client 4 0
+wait_stamp_after "$TMP/server4.log" "$RE_FAILED" "$t_kill" "$WINDOW_MS" ||
+  fail "the server did not let the session of a killed non-durable client go within $((WINDOW_MS / 1000)) s"
+log "server let the session go $(us_to_s $((STAMP - t_kill))) s after the kill"
+grep -qi 'no longer knows this session' "$TMP/server4.log" ||
+  fail "the server's session did not fail with TETHER_ESESSIONGONE"
+closed=$(state_lines "$TMP/server4.log" "$RE_CLOSED" | grep -vi "$RE_SUSPENDED" || true)
+[ -z "$closed" ] || fail "the server closed the session of a killed client: $(echo "$closed" | head -n 3)"
+alive "$server" || fail "the server died"
 pass

@@ -828,6 +828,139 @@ static void test_give_up(void **state) {
   core_clear(&c);
 }
 
+/* A suspended server whose peer is not durable probes the peer's side
+ * channel every heartbeat; reports that nothing listens there for two
+ * different probes, spanning two heartbeat intervals, fail it with
+ * TETHER_ESESSIONGONE. */
+static void test_unreachable_peer_gone(void **state) {
+  (void)state;
+  struct core_session c;
+  struct core_ctl k, in;
+  init(&c, CORE_SERVER);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &in), 0); /* the side channel works */
+  core_build_ctl(&c, T0, &k);               /* sent while connected */
+  uint64_t before = k.seq;
+  assert_false(core_on_unreachable(&c, T0 + MS, before)); /* connected: nothing */
+  uint64_t t = T0 + 10 * MS;
+  suspend(&c, t);
+  assert_false(core_on_unreachable(&c, t, before)); /* sent before the suspension */
+  assert_int_equal(c.unreach.n, 0);
+  assert_int_equal(core_unreach_span(&c), 2 * SEC);
+  /* Probes 50 ms after the suspension, then every heartbeat. */
+  uint64_t seq[3], p0 = t + 50 * MS;
+  for (int i = 0; i < 3; i++) {
+    uint64_t at = p0 + (uint64_t)i * SEC;
+    assert_int_equal(core_next_deadline(&c), at);
+    assert_int_equal(core_on_timer(&c, at - 1, 0), 0);
+    assert_int_equal(core_on_timer(&c, at, 0), CORE_ACT_HEARTBEAT);
+    core_build_ctl(&c, at, &k);
+    seq[i] = k.seq;
+    if (i == 0) {
+      assert_false(core_on_unreachable(&c, at + MS, seq[0]));
+      assert_false(core_on_unreachable(&c, at + 2 * MS, seq[0])); /* the same probe again */
+      assert_int_equal(c.unreach.n, 1);
+    } else if (i == 1) {
+      assert_false(core_on_unreachable(&c, at + MS, seq[1])); /* two, but within 1 s */
+      assert_int_equal(c.unreach.n, 2);
+    }
+  }
+  assert_false(core_on_unreachable(&c, p0 + 2 * SEC, seq[0])); /* older than the last */
+  assert_int_equal(c.state, CORE_SUSPENDED);
+  /* 2 s after the first report, less an eighth of a heartbeat (jitter). */
+  uint64_t first = p0 + MS, slack = SEC / 8;
+  assert_false(core_on_unreachable(&c, first + 2 * SEC - slack - 1, seq[2]));
+  assert_int_equal(c.unreach.n, 3);
+  assert_int_equal(core_on_timer(&c, p0 + 3 * SEC, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, p0 + 3 * SEC, &k);
+  assert_true(core_on_unreachable(&c, p0 + 3 * SEC, k.seq));
+  assert_int_equal(c.state, CORE_FAILED);
+  assert_int_equal(c.error, TETHER_ESESSIONGONE);
+  assert_int_equal(c.suspended_total_ns, p0 + 3 * SEC - t);
+  assert_int_equal(core_next_deadline(&c), UINT64_MAX);
+  core_clear(&c);
+
+  /* At the span less the slack: gone. */
+  init(&c, CORE_SERVER);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &in), 0);
+  suspend(&c, t);
+  for (int i = 0; i < 3; i++) {
+    uint64_t at = p0 + (uint64_t)i * SEC;
+    assert_int_equal(core_on_timer(&c, at, 0), CORE_ACT_HEARTBEAT);
+    core_build_ctl(&c, at, &k);
+    seq[i] = k.seq;
+  }
+  assert_false(core_on_unreachable(&c, first, seq[0]));
+  assert_false(core_on_unreachable(&c, first + SEC, seq[1]));
+  assert_true(core_on_unreachable(&c, first + 2 * SEC - slack, seq[2]));
+  assert_int_equal(c.error, TETHER_ESESSIONGONE);
+  core_clear(&c);
+
+  /* A datagram from the peer in between: the evidence starts over. */
+  init(&c, CORE_SERVER);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &in), 0);
+  suspend(&c, t);
+  assert_int_equal(core_on_timer(&c, p0, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, p0, &k);
+  assert_false(core_on_unreachable(&c, p0 + MS, k.seq));
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, t + 500 * MS, &in), 0); /* it lives (and now distrusts) */
+  assert_int_equal(c.unreach.n, 0);
+  assert_true(c.unreach.distrust);
+  assert_int_equal(core_next_deadline(&c), t + cfg_default.give_up_ns); /* probes stop */
+  assert_false(core_on_unreachable(&c, t + 3 * SEC, k.seq + 1));
+  assert_false(core_on_unreachable(&c, t + 6 * SEC, k.seq + 2));
+  assert_int_equal(c.state, CORE_SUSPENDED);
+  core_clear(&c);
+}
+
+/* Who is never probed nor failed that way: a durable peer (it may restore
+ * from a snapshot later), a server that never heard the peer's side channel
+ * (a firewall may reject our datagrams), the client side (its server
+ * restarting looks the same for a moment; a Reject tells it the verdict), a
+ * peer heard after a report while connected (its host rejects our datagrams
+ * while it lives), and a connected session. */
+static void test_unreachable_ignored(void **state) {
+  (void)state;
+  struct core_session c;
+  struct core_ctl k, in;
+  uint64_t t = T0 + 10 * MS;
+  for (int variant = 0; variant < 5; variant++) {
+    init(&c, variant == 2 ? CORE_CLIENT : CORE_SERVER);
+    if (variant == 0)
+      core_set_peer_durable(&c);
+    if (variant != 1) {
+      in = peer_ctl(&c);
+      assert_int_equal(on_ctl(&c, T0, &in), 0);
+    }
+    if (variant == 3) {
+      core_build_ctl(&c, T0, &k);
+      assert_false(core_on_unreachable(&c, T0 + MS, k.seq));
+      in = peer_ctl(&c);
+      assert_int_equal(on_ctl(&c, T0 + 2 * MS, &in), 0);
+    }
+    if (variant == 4) { /* connected, however many reports */
+      for (uint64_t i = 0; i < 10; i++) {
+        core_build_ctl(&c, T0 + i * SEC, &k);
+        assert_false(core_on_unreachable(&c, T0 + i * SEC + MS, k.seq));
+      }
+      assert_int_equal(c.state, CORE_CONNECTED);
+      core_clear(&c);
+      continue;
+    }
+    suspend(&c, t);
+    if (variant != 2)
+      assert_int_equal(core_next_deadline(&c), t + cfg_default.give_up_ns); /* no probes */
+    assert_int_equal(core_on_timer(&c, t + 50 * MS, 0) & CORE_ACT_HEARTBEAT, 0);
+    for (uint64_t i = 1; i <= 10; i++)
+      assert_false(core_on_unreachable(&c, t + i * SEC, c.tx_seq + i));
+    assert_int_equal(c.state, CORE_SUSPENDED);
+    core_clear(&c);
+  }
+}
+
 /* The application let go: the session gives up after at most
  * CORE_LINGER_MAX_NS of suspension, even with give_up 0 (never). */
 static void test_close_caps_give_up(void **state) {
@@ -1681,6 +1814,8 @@ int main(void) {
       cmocka_unit_test(test_suspend_deadline),
       cmocka_unit_test(test_backoff),
       cmocka_unit_test(test_give_up),
+      cmocka_unit_test(test_unreachable_peer_gone),
+      cmocka_unit_test(test_unreachable_ignored),
       cmocka_unit_test(test_close_caps_give_up),
       cmocka_unit_test(test_ack_due),
       cmocka_unit_test(test_resume_arithmetic),
