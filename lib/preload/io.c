@@ -59,7 +59,9 @@ static int errno_of(ssize_t rc) {
   case TETHER_EDIVERGED:
   case TETHER_EAUTH:
   case TETHER_EPROTO:
-  case TETHER_EVERSION: return ECONNRESET;
+  case TETHER_EVERSION:
+  case TETHER_EABORTED:
+  case TETHER_EEVICTED: return ECONNRESET;
   default: return rc < 0 && rc > -4096 ? (int)-rc : EIO;
   }
 }
