@@ -283,8 +283,10 @@ wait_size() {
       [ "$(file_size "$f")" -ge "$want" ] && return 0
       fail "process $pid exited while waiting for $(basename "$f") to reach $want bytes (has $(file_size "$f"))"
     fi
-    [ "$(now_us)" -lt "$deadline" ] ||
+    if [ "$(now_us)" -ge "$deadline" ]; then
+      [ "$(file_size "$f")" -ge "$want" ] && return 0 # it grew since the loop's check
       fail "$(basename "$f") has $(file_size "$f") bytes after $3 ms, expected >= $want"
+    fi
     sleep 0.02
   done
 }
