@@ -137,6 +137,7 @@ static int child_write(const char *port, int linger_s, int report) {
       return 3;
     off += (size_t)w;
   }
+  free(b);
   if (write(report, &off, sizeof(off)) != (ssize_t)sizeof(off))
     return 4;
   tether_close(s);
@@ -257,9 +258,11 @@ static void test_exit_of_durable_process_is_a_crash(void **state) {
   uint8_t buf[64];
   size_t got;
   assert_int_equal(wait_child(pid), 0);
-  /* Its bytes, then no end of stream: it may come back from a snapshot. */
+  /* No end of stream: it may come back from a snapshot.  (Its bytes, if
+   * they were read before its reset arrived: unread, they die with the
+   * connection, for the resume to resend them.) */
   assert_int_equal(read_until_end(s, buf, sizeof(buf), 1500, &got), -ETIMEDOUT);
-  assert_int_equal(got, 7);
+  assert_true(got == 0 || got == 7);
   uint64_t end = now_ms() + WAIT_MS;
   while (tether_session_state(s) != TETHER_STATE_SUSPENDED && now_ms() < end)
     msleep(10);
