@@ -354,14 +354,14 @@ static void test_restore_same_snapshot_twice(void **state) {
 
 struct drain {
   tether_session *s;
-  volatile int stop;
+  int stop; /* atomic: the test thread sets it */
 };
 
 /* Reads and drops everything that arrives until told to stop. */
 static void *drain_run(void *arg) {
   struct drain *d = arg;
   static char buf[65536];
-  while (!d->stop) {
+  while (!__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) {
     struct pollfd p = {.fd = tether_fd(d->s), .events = POLLIN};
     (void)poll(&p, 1, 50);
     while (tether_read(d->s, buf, sizeof(buf)) > 0)
@@ -439,7 +439,7 @@ static void test_writer_held_back_not_writable(void **state) {
   free(blob);
   assert_true(poll(&pf, 1, WAIT_MS) > 0);
   assert_true(tether_write(p.cli, chunk, sizeof(chunk)) > 0);
-  d.stop = 1;
+  __atomic_store_n(&d.stop, 1, __ATOMIC_RELEASE);
   pthread_join(t, NULL);
   tether_ctx_free(p.cctx);
   tether_ctx_free(p.sctx);
@@ -506,7 +506,7 @@ static void test_held_writer_asleep_in_poll_woken(void **state) {
   assert_true(r > 0);
   assert_true(ms < 5000);
   assert_true(tether_write(p.cli, chunk, sizeof(chunk)) > 0);
-  d.stop = 1;
+  __atomic_store_n(&d.stop, 1, __ATOMIC_RELEASE);
   pthread_join(t, NULL);
   tether_ctx_free(p.cctx);
   tether_ctx_free(p.sctx);
