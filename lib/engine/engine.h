@@ -571,9 +571,13 @@ void session_on_unreachable(struct tether_session *s, uint64_t seq, const struct
 /* ---- sockets (sock.c) ---- */
 
 int sock_set_nonblock(int fd);
-/* Options every session socket gets: TCP_NODELAY, SO_LINGER {1,0}, keepalive
- * and TCP_USER_TIMEOUT from suspend_ms. */
+/* Options every session socket gets: TCP_NODELAY, SO_LINGER {1,0}, and
+ * keepalive from suspend_ms. */
 void sock_setup_session(int fd, const struct tether_config *cfg);
+/* Whether TCP itself finds the path dead: bytes or probes outstanding and
+ * no acknowledgement from the peer for limit_ms.  A peer that acknowledges
+ * but does not read (zero window) is alive. */
+bool sock_path_silent(int fd, uint32_t limit_ms);
 /* The most this socket's kernel may buffer for receiving / sending. */
 uint64_t sock_rcvbuf_max(int fd);
 uint64_t sock_sndbuf_max(int fd);

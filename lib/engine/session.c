@@ -460,6 +460,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   unsigned act = core_on_timer(&s->core, now, random_u32());
   if (act & CORE_ACT_SUSPEND)
     session_suspend_locked(s, now, "no heartbeat within suspend_ms");
+  /* Heartbeats prove the peer alive, not the TCP path (a firewall may drop
+   * one and pass the other); without a side channel this is the detector. */
+  if ((act & CORE_ACT_HEARTBEAT) && s->core.state == CORE_CONNECTED && s->sock >= 0 &&
+      sock_path_silent(s->sock, (uint32_t)(s->core.cfg.suspend_ns / 1000000))) {
+    session_suspend_locked(s, now, "no TCP acknowledgement within suspend_ms");
+    act &= ~(unsigned)CORE_ACT_HEARTBEAT;
+  }
   if (act & CORE_ACT_HEARTBEAT) {
     if (s->sock >= 0)
       core_trim_inflight(&s->core, sock_outq(s->sock));

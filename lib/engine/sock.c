@@ -24,17 +24,32 @@ void sock_setup_session(int fd, const struct tether_config *cfg) {
   /* A killed process must reset its connections, so that the peer suspends
    * at once instead of mistaking the FIN for a close. */
   struct linger lg = {.l_onoff = 1, .l_linger = 0};
-  /* Without a side channel these are the failure detectors. */
+  /* Without a side channel, keepalive finds a dead peer of an idle
+   * connection; sock_path_silent one of a busy connection.  Not
+   * TCP_USER_TIMEOUT: it also ends a connection whose peer acknowledges
+   * everything but reads nothing for that long (a zero window), which is
+   * back-pressure, not a failure. */
   int idle = (int)(cfg->suspend_ms / 1000) ? (int)(cfg->suspend_ms / 1000) : 1;
   int cnt = 3;
-  unsigned int uto = cfg->suspend_ms;
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
   (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto));
+}
+
+bool sock_path_silent(int fd, uint32_t limit_ms) {
+  struct tcp_info ti;
+  socklen_t len = sizeof(ti);
+  memset(&ti, 0, sizeof(ti));
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+    return false;
+  /* Segments in flight, or two probes in a row unanswered (window or
+   * keepalive probes: one may be lost, or just not answered yet). */
+  if (ti.tcpi_unacked == 0 && ti.tcpi_probes < 2)
+    return false;
+  return ti.tcpi_last_ack_recv >= limit_ms;
 }
 
 /* The third field of /proc/sys/net/ipv4/tcp_[rw]mem: autotuning's ceiling. */

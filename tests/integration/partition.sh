@@ -2,6 +2,8 @@
 # A silent network partition: client and server in two namespaces joined by a
 # veth pair; while the client streams, every packet in and out of the server
 # namespace is dropped (iptables DROP) for 5 s, then the rules go away.
+# PARTITION_PROTO=tcp (partition_tcp.sh) drops only TCP: heartbeats still
+# flow, and TCP's own silence (unacknowledged bytes) must be noticed.
 # Default timers (heartbeat 1000 ms, suspend 3000 ms, reconnect cap 1000 ms).
 # Expect:
 #   - the client logs "suspended" within suspend_ms + one heartbeat (4 s) of
@@ -19,6 +21,7 @@ SIZE=$((3 * 1024 * 1024))
 RATE=$((256 * 1024)) # ~12 s of streaming
 PORT=7411
 PARTITION_S=5
+PROTO=(${PARTITION_PROTO:+-p "$PARTITION_PROTO"})
 # Slack for a busy 2-core machine (and sanitizer builds): three processes
 # and iptables must be scheduled; a broken timer would be off by seconds.
 DETECT_MAX_US=$((4000000 + 1000000)) # suspend 3000 + heartbeat 1000 (+1 s of slack)
@@ -45,9 +48,9 @@ wait_size "$TMP/out" $((384 * 1024)) 15000 "$client"
 
 # ---- partition ----
 t_drop=$(now_us)
-ip netns exec "$NS_S" iptables -w -A INPUT -j DROP
-ip netns exec "$NS_S" iptables -w -A OUTPUT -j DROP
-log "partition: all packets of $NS_S dropped"
+ip netns exec "$NS_S" iptables -w -A INPUT "${PROTO[@]}" -j DROP
+ip netns exec "$NS_S" iptables -w -A OUTPUT "${PROTO[@]}" -j DROP
+log "partition: all ${PARTITION_PROTO:-} packets of $NS_S dropped"
 
 wait_stamp_after "$TMP/client.log" "$RE_SUSPENDED" "$t_drop" 10000 ||
   fail "the client did not log '$RE_SUSPENDED' within 10 s of the DROP"
@@ -71,8 +74,8 @@ size_heal=$(file_size "$TMP/out")
 # The heal starts with the first rule removed: a resume may complete before
 # the second iptables process has even exited.
 t_heal=$(now_us)
-ip netns exec "$NS_S" iptables -w -D INPUT -j DROP
-ip netns exec "$NS_S" iptables -w -D OUTPUT -j DROP
+ip netns exec "$NS_S" iptables -w -D INPUT "${PROTO[@]}" -j DROP
+ip netns exec "$NS_S" iptables -w -D OUTPUT "${PROTO[@]}" -j DROP
 log "healed after $(us_to_s $((t_heal - t_drop))) s; echo had $size_heal bytes"
 
 deadline=$((t_heal + 15000000))
