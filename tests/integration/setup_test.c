@@ -12,7 +12,8 @@
  * ClientFinish is dropped after connect_timeout_ms too, accepted or not; a
  * thread writing meanwhile learns the failure too (the read that fails the
  * session takes the writers' lock: run under TSan).  And one host's burst
- * of setups is not capped while slots are free. */
+ * of setups is not capped while slots are free; tether_listener_close wakes
+ * the threads blocked in tether_accept. */
 #include <errno.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -23,6 +24,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,6 +324,37 @@ static void test_one_host_not_capped(void **state) {
   tether_ctx_free(ctx);
 }
 
+/* tether_listener_close from another thread wakes every thread blocked in
+ * tether_accept: each returns TETHER_ECLOSED (and, with nothing queued,
+ * never a session). */
+static void *accept_until_closed(void *arg) {
+  tether_session *s = NULL;
+  return (void *)(intptr_t)tether_accept(arg, &s);
+}
+
+static void test_close_wakes_acceptors(void **state) {
+  (void)state;
+  enum { WAITERS = 3 };
+  tether_ctx *ctx;
+  tether_listener *l;
+  pthread_t t[WAITERS];
+  assert_int_equal(tether_ctx_new(NULL, &ctx), 0);
+  assert_int_equal(tether_listen(ctx, "127.0.0.1", "0", &l), 0);
+  for (int i = 0; i < WAITERS; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, accept_until_closed, l), 0);
+  /* Whether or not they are in poll yet: a close before they block must
+   * end their wait just the same. */
+  struct timespec ts = {0, 100 * 1000000};
+  nanosleep(&ts, NULL);
+  tether_listener_close(l);
+  for (int i = 0; i < WAITERS; i++) {
+    void *rc;
+    assert_int_equal(pthread_join(t[i], &rc), 0); /* a hang is ctest's timeout */
+    assert_int_equal((int)(intptr_t)rc, TETHER_ECLOSED);
+  }
+  tether_ctx_free(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_accepted_before_finish, setup, teardown),
@@ -334,6 +367,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_never_confirms_accepted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_confirmed_unread, setup, teardown),
       cmocka_unit_test(test_one_host_not_capped),
+      cmocka_unit_test(test_close_wakes_acceptors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
