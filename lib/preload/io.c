@@ -101,7 +101,7 @@ static int settle(struct psock *ps, int fd, bool nonblock) {
 
 /* Waits for the session to make progress.  0 to retry, or -1 with errno. */
 static int wait_for(struct psock *ps, int fd, short events, int timeout_ms) {
-  int rc = tp_wait(fd, events, timeout_ms > 0 ? timeout_ms : -1);
+  int rc = tp_wait_shut(ps, fd, events, timeout_ms > 0 ? timeout_ms : -1);
   if (rc == -EAGAIN) {
     errno = EAGAIN;
     return -1;
@@ -183,6 +183,8 @@ static ssize_t ps_recv(struct psock *ps, int fd, void *buf, size_t len, int flag
     }
     if (wait_for(ps, fd, POLLIN, ps->rcvtimeo_ms) < 0)
       return got ? (ssize_t)got : -1;
+    if (ps->rd_shut) /* by another thread, during the wait */
+      return (ssize_t)got;
   }
 }
 
@@ -226,6 +228,11 @@ static ssize_t ps_send(struct psock *ps, int fd, const void *buf, size_t len, in
     }
     if (wait_for(ps, fd, POLLOUT, ps->sndtimeo_ms) < 0)
       return done ? (ssize_t)done : -1;
+    if (ps->wr_shut) { /* by another thread, during the wait */
+      if (done)
+        return (ssize_t)done;
+      goto epipe;
+    }
   }
 epipe:
   LOG_DEBUG(s->ctx, "write on fd %d: EPIPE (%s; state %d wr_closed %d peer_rd_closed %d)", fd,

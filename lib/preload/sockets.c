@@ -782,10 +782,15 @@ EXPORT int shutdown(int fd, int how) {
     errno = EINVAL;
     return -1;
   }
+  pthread_mutex_lock(&ps->lock);
+  bool shut_wr = how != SHUT_RD && !ps->wr_shut;
   if (how != SHUT_WR)
     ps->rd_shut = true;
-  if (how != SHUT_RD && !ps->wr_shut) {
+  if (shut_wr)
     ps->wr_shut = true;
+  tp_wake_waiters(ps); /* threads blocked in recv/send on it return now */
+  pthread_mutex_unlock(&ps->lock);
+  if (shut_wr) {
     TP_ENTER();
     int rc = tether_shutdown(ps->s);
     TP_LEAVE();

@@ -1,0 +1,203 @@
+/* An ordinary threaded program for preload_threads.sh: one thread blocks in
+ * a socket call while another shuts the socket down, as servers do to stop
+ * their reader threads.  It knows nothing of tether; under tether-run its
+ * sockets are sessions, and each call must end as it does on plain TCP.
+ *
+ *   preload_threads PORT
+ *
+ * PORT is an echo server (preload_epoll_echo).  Each test prints "ok NAME"
+ * or "not ok NAME: why"; the exit status is the number of failures.  The
+ * shutting thread acts only once it has seen the other asleep in the
+ * kernel (/proc/self/task/TID/syscall: in the call, or in tether's poll),
+ * so every case exercises a wake-up, not a shutdown that came first.
+ *
+ *   shut_rd    recv() blocked, shutdown(SHUT_RD): recv returns 0
+ *   shut_rdwr  read() blocked, shutdown(SHUT_RDWR): read returns 0
+ *   shut_wr    send() blocked on a full connection, shutdown(SHUT_WR):
+ *              send fails with EPIPE
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int port;
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int dial(void) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* One round trip: the session is set up and the echo server serves it. */
+static bool echo_once(int fd) {
+  char c = 'x';
+  return send(fd, &c, 1, MSG_NOSIGNAL) == 1 && recv(fd, &c, 1, MSG_WAITALL) == 1 && c == 'x';
+}
+
+struct blocked {
+  int fd;
+  int how; /* the call: 'r' recv, 'R' read, 'w' send until it fails */
+  pid_t tid;
+  ssize_t rc;
+  int err;
+  uint64_t ended_ms;
+};
+
+static void *block_in_call(void *arg) {
+  struct blocked *b = arg;
+  static char buf[65536];
+  __atomic_store_n(&b->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+  switch (b->how) {
+  case 'r': b->rc = recv(b->fd, buf, sizeof(buf), 0); break;
+  case 'R': b->rc = read(b->fd, buf, sizeof(buf)); break;
+  default:
+    while ((b->rc = send(b->fd, buf, sizeof(buf), MSG_NOSIGNAL)) > 0)
+      ;
+  }
+  b->err = errno;
+  b->ended_ms = now_ms();
+  return NULL;
+}
+
+/* Whether thread tid sleeps in the kernel where a blocked call does: in
+ * the call itself (plain TCP) or in poll (tether waits there). */
+static bool asleep_in_poll(pid_t tid) {
+  char path[64], line[64];
+  snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return false;
+  bool in = false;
+  if (fgets(line, sizeof(line), f) && line[0] >= '0' && line[0] <= '9') {
+    long nr = atol(line);
+    in = nr == SYS_poll || nr == SYS_ppoll || nr == SYS_recvfrom || nr == SYS_read ||
+         nr == SYS_sendto;
+  }
+  fclose(f);
+  return in;
+}
+
+/* Starts the call, waits (up to 10 s) until it sleeps, shuts fd down with
+ * `how`, and joins it; 0, or -1 with *why set. */
+static int shut_blocked(struct blocked *b, int how, const char **why, uint64_t *wake_ms) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, block_in_call, b) != 0) {
+    *why = "pthread_create";
+    return -1;
+  }
+  uint64_t deadline = now_ms() + 10000;
+  pid_t tid;
+  while (!(tid = __atomic_load_n(&b->tid, __ATOMIC_ACQUIRE)) || !asleep_in_poll(tid)) {
+    if (now_ms() > deadline) {
+      *why = "the call never slept";
+      shutdown(b->fd, SHUT_RDWR);
+      pthread_join(t, NULL);
+      return -1;
+    }
+    usleep(1000);
+  }
+  usleep(20000); /* still asleep a little later: not a passing poll */
+  if (!asleep_in_poll(tid)) {
+    *why = "the call did not stay asleep";
+    shutdown(b->fd, SHUT_RDWR);
+    pthread_join(t, NULL);
+    return -1;
+  }
+  uint64_t t0 = now_ms();
+  if (shutdown(b->fd, how) != 0) {
+    *why = "shutdown failed";
+    return -1;
+  }
+  pthread_join(t, NULL); /* a wake-up that never comes: the script's timeout */
+  *wake_ms = b->ended_ms - t0;
+  return 0;
+}
+
+static int report(const char *name, const char *why) {
+  if (why) {
+    printf("not ok %s: %s\n", name, why);
+    return 1;
+  }
+  printf("ok %s\n", name);
+  return 0;
+}
+
+static int t_shut_read(const char *name, int call, int how) {
+  const char *why = NULL;
+  uint64_t wake_ms = 0;
+  int fd = dial();
+  if (fd < 0 || !echo_once(fd))
+    return report(name, "no echo");
+  struct blocked b = {.fd = fd, .how = call};
+  if (shut_blocked(&b, how, &why, &wake_ms) == 0) {
+    if (b.rc != 0)
+      why = b.rc < 0 ? strerror(b.err) : "bytes instead of end of stream";
+    else if (wake_ms > 2000)
+      why = "woken only after 2 s";
+  }
+  printf("# %s: the blocked call returned %zd %u ms after shutdown\n", name, b.rc,
+         (unsigned)wake_ms);
+  close(fd);
+  return report(name, why);
+}
+
+static int t_shut_wr(void) {
+  const char *why = NULL;
+  uint64_t wake_ms = 0;
+  int fd = dial();
+  if (fd < 0 || !echo_once(fd))
+    return report("shut_wr", "no echo");
+  /* Nothing is read back: the echo server stops reading once its replies
+   * fill the way back, and then our sends block. */
+  struct blocked b = {.fd = fd, .how = 'w'};
+  if (shut_blocked(&b, SHUT_WR, &why, &wake_ms) == 0) {
+    if (b.rc != -1 || b.err != EPIPE)
+      why = b.rc < 0 ? strerror(b.err) : "send succeeded";
+    else if (wake_ms > 2000)
+      why = "woken only after 2 s";
+  }
+  printf("# shut_wr: the blocked send returned %zd (%s) %u ms after shutdown\n", b.rc,
+         b.rc < 0 ? strerror(b.err) : "-", (unsigned)wake_ms);
+  /* The echo of what got through, to its end: a close with unread bytes
+   * would be a reset on plain TCP, and a session kept to deliver them. */
+  static char buf[65536];
+  while (recv(fd, buf, sizeof(buf), 0) > 0)
+    ;
+  close(fd);
+  return report("shut_wr", why);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: preload_threads PORT\n");
+    return 100;
+  }
+  port = atoi(argv[1]);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  int failed = 0;
+  failed += t_shut_read("shut_rd", 'r', SHUT_RD);
+  failed += t_shut_read("shut_rdwr", 'R', SHUT_RDWR);
+  failed += t_shut_wr();
+  return failed;
+}
