@@ -255,7 +255,7 @@ int tether_close(tether_session *s) {
   /* Our final state (delivered, closed) goes out now, not at the engine's
    * next turn: the process may be about to exit. */
   udp_send_ctl(s, now_ns());
-  s->app_closed = true;
+  __atomic_store_n(&s->app_closed, true, __ATOMIC_RELAXED); /* ctx_linger looks without its lock */
   if (s->app_fd >= 0)
     close(s->app_fd);
   s->app_fd = -1;
