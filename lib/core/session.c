@@ -290,12 +290,13 @@ static void enter_closed_if_finished(struct core_session *c, uint64_t now) {
   }
 }
 
-/* Server, suspended, peer not durable: probes go to its side channel (see
- * core_on_unreachable), once it has been heard there (a peer whose
- * datagrams never arrived may be behind a firewall that rejects ours). */
+/* Suspended, peer not durable (it cannot come back from a snapshot): probes
+ * go to its side channel (see core_on_unreachable), once it has been heard
+ * there (a peer whose datagrams never arrived may be behind a firewall that
+ * rejects ours).  A server probes its client's host, a client its server's:
+ * either may be gone for good. */
 static bool probing(const struct core_session *c) {
-  return c->state == CORE_SUSPENDED && c->role == CORE_SERVER && !c->peer_durable &&
-         c->udp_seen && !c->unreach.distrust;
+  return c->state == CORE_SUSPENDED && !c->peer_durable && c->udp_seen && !c->unreach.distrust;
 }
 
 uint64_t core_unreach_span(const struct core_session *c) {
@@ -339,6 +340,7 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   }
   if (c->state == CORE_FAILED)
     out->failed = (uint32_t)-c->error;
+  out->suspended = c->state == CORE_SUSPENDED;
   c->acked_delivered = c->delivered;
   c->last_ctl.at_ns = now;
   c->last_ctl.delivered = out->delivered;
@@ -378,7 +380,8 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
   c->unreach.n = 0;
   c->unconfirmed_give_up_ns = 0; /* only a key holder can authenticate it */
   c->last_rx_ns = now;
-  c->accept_unheard = false; /* a suspended client sends no datagrams */
+  if (!ctl->suspended) /* a suspended client's probe does not show it resumed */
+    c->accept_unheard = false;
   if (c->state == CORE_FAILED) {
     /* A peer that still talks missed our verdict: repeat it (not to a
      * verdict, or two failed sides would answer each other forever). */

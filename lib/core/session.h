@@ -80,6 +80,7 @@ struct core_ctl {
   bool durable_finished;      /* ... which holds this session finished
                                  (CLOSED): it never comes back behind */
   uint32_t failed;            /* sender's session failed: -TETHER_E* code */
+  bool suspended;             /* sender is suspended (a probe: core_on_unreachable) */
 };
 
 /* What each side says about itself when a session resumes. */
@@ -195,7 +196,7 @@ struct core_session {
   uint64_t last_rx_ns;
   uint64_t next_hb_ns;
   uint64_t close_retry_ns; /* pending close notice retransmission interval */
-  /* Server, suspended, peer not durable: reports that nothing listens on
+  /* Suspended, peer not durable: reports that nothing listens on
    * the peer's side channel any more (core_on_unreachable). */
   struct {
     uint64_t seq;      /* the last probe reported (at first: our last
@@ -299,8 +300,9 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
 void core_set_unconfirmed(struct core_session *c, uint64_t ns);
 void core_confirm(struct core_session *c);
 
-/* Server, peer not durable (it never restores from a snapshot): while
- * suspended, heartbeats (probes) keep going to the peer's side channel, so
+/* Peer not durable (it never restores from a snapshot), either role: while
+ * suspended, heartbeats (probes, marked suspended) keep going to the peer's
+ * side channel, so
  * that the peer's host can tell that nobody listens there any more -- the
  * peer's process is gone, and with it the session, which no redial can
  * resume.  The caller reports each ICMP port unreachable for one of our
@@ -309,7 +311,8 @@ void core_confirm(struct core_session *c);
  * different probes span core_unreach_span() with nothing heard from the peer
  * in between: one report (a spoofed one, a datagram that arrived as a
  * restarting NAT forgot its mappings) is not enough, and a live client that
- * can reach us again redials within that span.  Reports while connected,
+ * can reach us again redials within that span (a live server answers our
+ * redials, and a restarted one that is not durable refuses the session).  Reports while connected,
  * for datagrams sent before the suspension, or for a peer that spoke after
  * an earlier report (its host rejects our datagrams while it lives, as a
  * firewall's REJECT does) count for nothing.  Returns true when the session

@@ -1,7 +1,7 @@
 /* What a context does with its suspended sessions: it keeps at most
  * cfg.max_suspended of them (TETHER_OPT_MAX_SUSPENDED), letting the one
  * suspended longest fail with TETHER_EEVICTED beyond that, and it lets a
- * session go at once when its peer cannot come back (a non-durable client
+ * session go at once when its peer cannot come back (a non-durable peer
  * whose host says nothing listens on its side channel any more; see
  * core_on_unreachable and tether(7), SUSPENDED SESSIONS).
  *
@@ -113,7 +113,7 @@ void session_on_unreachable(struct tether_session *s, uint64_t seq, const struct
     return;
   }
   LOG_INFO(s->ctx,
-           "session %s: gone: its client cannot restore from a snapshot, and its host "
+           "session %s: gone: its peer cannot restore from a snapshot, and its host "
            "reported %u times in %.3f s that nothing listens on its side channel %s any more",
            session_tag(s->id, tag), s->core.unreach.n,
            (double)(now - s->core.unreach.first_ns) / 1e9,

@@ -5,7 +5,7 @@
  *
  * Its sockets also collect ICMP errors for the datagrams they sent
  * (IP_RECVERR): a peer's host that says nothing listens on the peer's side
- * channel any more tells a server that a client which cannot restore from a
+ * channel any more tells us that a peer which cannot restore from a
  * snapshot is gone (session_on_unreachable). */
 #include <errno.h>
 #include <time.h> /* before linux/errqueue.h, which needs struct timespec */
@@ -83,9 +83,10 @@ static void on_refused(struct udp_chan *u, const uint8_t *dg, size_t len,
   pthread_mutex_lock(&ctx->lock);
   struct tether_session *s = registry_find(ctx, id);
   pthread_mutex_unlock(&ctx->lock);
-  if (!s || s->is_client || s->udp != u)
+  if (!s || s->udp != u)
     return;
-  if (ctl_open(dg, len, s->keys.ctl_s2c, &ctl) < 0)
+  /* Ours: sealed with our own direction's key. */
+  if (ctl_open(dg, len, s->is_client ? s->keys.ctl_c2s : s->keys.ctl_s2c, &ctl) < 0)
     return;
   session_on_unreachable(s, ctl.seq, dst, dstlen);
 }

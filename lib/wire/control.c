@@ -21,6 +21,7 @@ ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
   m.durable_delivered = ctl->durable_delivered;
   m.failed = ctl->failed;
   m.durable_finished = ctl->durable_finished;
+  m.suspended = ctl->suspended;
   size_t body = tether__wire__control__get_packed_size(&m);
   size_t total = CTL_HDR_LEN + body + MAC_LEN;
   if (total > cap || total > CTL_MAX)
@@ -61,6 +62,7 @@ int ctl_decode_body(const uint8_t *body, size_t len, struct core_ctl *out) {
   out->durable_delivered = m->durable_delivered;
   out->failed = m->failed;
   out->durable_finished = m->durable_finished;
+  out->suspended = m->suspended;
   tether__wire__control__free_unpacked(m, NULL);
   return out->seq ? 0 : -EPROTO; /* seq 0 is never sent */
 }

@@ -22,6 +22,11 @@
  *                    TETHER_EEVICTED, the others stay suspended and resume
  *                    when their clients thaw; an evicted session's client
  *                    learns TETHER_ESESSIONGONE when it redials.
+ * server_killed      the other way round: a non-durable server killed with
+ *                    the session open: the client's session fails with
+ *                    TETHER_ESESSIONGONE within a few heartbeats (its
+ *                    probes meet ICMP port unreachable), where it would
+ *                    otherwise redial a closed port for give_up_s.
  * figures            descriptors and memory per suspended session (1000
  *                    sessions of a durable client killed), and the CPU they
  *                    cost while suspended.
@@ -109,6 +114,31 @@ static int client_main(const char *host, const char *port, bool durable, int n, 
   int len = snprintf(msg, sizeof(msg), "E%zd", r);
   (void)!write(STDOUT_FILENO, msg, (size_t)len);
   return 3;
+}
+
+/* server HEARTBEAT_MS: a non-durable server in its own process; prints its
+ * port and a newline, accepts one session, sends it 'h', reads one byte,
+ * then waits to be killed. */
+static int server_main(int hb) {
+  tether_config *cfg = tether_config_new();
+  tether_ctx *ctx;
+  tether_listener *l;
+  tether_session *s;
+  if (!cfg)
+    return 2;
+  tether_config_set(cfg, TETHER_OPT_HEARTBEAT_MS, hb);
+  tether_config_set(cfg, TETHER_OPT_SUSPEND_MS, 3 * hb);
+  if (tether_ctx_new(cfg, &ctx) < 0 || tether_listen(ctx, "127.0.0.1", "0", &l) < 0)
+    return 2;
+  tether_config_free(cfg);
+  char port[16];
+  int len = snprintf(port, sizeof(port), "%d\n", tether_listener_port(l));
+  char c;
+  if (write(STDOUT_FILENO, port, (size_t)len) != len || tether_accept(l, &s) < 0 ||
+      tether_write(s, "h", 1) != 1 || tether_read(s, &c, 1) != 1)
+    return 2;
+  for (;;)
+    pause();
 }
 
 /* ---- the server's side ----------------------------------------------------- */
@@ -592,6 +622,60 @@ static int kill_kids(void **state) {
 }
 
 /* A network namespace of the test's own, loopback up. */
+static void test_server_killed(void **state) {
+  (void)state;
+  int p[2];
+  assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    dup2(p[1], STDOUT_FILENO);
+    char hb[16];
+    snprintf(hb, sizeof(hb), "%d", HEARTBEAT_MS);
+    execl(self, self, "server", hb, (char *)NULL);
+    _exit(2);
+  }
+  close(p[1]);
+  kids[n_kids++] = pid;
+  char port[16] = "";
+  size_t got = 0;
+  struct pollfd pp = {p[0], POLLIN, 0};
+  while (got < sizeof(port) - 1 && !strchr(port, '\n')) {
+    assert_int_equal(poll(&pp, 1, WAIT_MS), 1);
+    ssize_t n = read(p[0], port + got, sizeof(port) - 1 - got);
+    assert_true(n > 0);
+    got += (size_t)n;
+    port[got] = '\0';
+  }
+  *strchr(port, '\n') = '\0';
+  close(p[0]);
+
+  tether_ctx *ctx = client_ctx(false, HEARTBEAT_MS);
+  tether_session *s;
+  char c;
+  assert_int_equal(tether_connect(ctx, "127.0.0.1", port, &s), 0);
+  assert_int_equal(tether_read(s, &c, 1), 1);
+  /* The server's side channel is heard: its acknowledgement of our byte. */
+  assert_int_equal(tether_write(s, "x", 1), 1);
+  uint64_t acked = 0, t0 = now_ms();
+  while (tether_session_peer_received(s, &acked) == 0 && acked < 1 && now_ms() - t0 < WAIT_MS)
+    nap_ms(5);
+  assert_int_equal(acked, 1);
+
+  kill(pid, SIGKILL);
+  assert_int_equal(waitpid(pid, NULL, 0), pid);
+  n_kids--;
+  t0 = now_ms();
+  uint64_t took = wait_state(s, TETHER_STATE_FAILED, WAIT_MS);
+  printf("# non-durable server killed: the client's session failed after %llu ms (heartbeat %d "
+         "ms): %s\n",
+         (unsigned long long)took, HEARTBEAT_MS, tether_strerror(tether_session_error(s)));
+  assert_int_equal(tether_session_error(s), TETHER_ESESSIONGONE);
+  assert_true(now_ms() - t0 < 3000); /* about 2 heartbeats; generous */
+  tether_close(s);
+  tether_ctx_free(ctx);
+}
+
 static bool own_netns(void) {
   if (unshare(CLONE_NEWNET) < 0)
     return false;
@@ -599,6 +683,8 @@ static bool own_netns(void) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "server") == 0)
+    return server_main(atoi(argv[2]));
   if (argc == 7 && strcmp(argv[1], "client") == 0)
     return client_main(argv[5], argv[2], argv[3][0] == '1', atoi(argv[4]), atoi(argv[6]));
   ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -622,6 +708,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(test_killed_durable, no_rules, kill_kids),
       cmocka_unit_test_setup_teardown(test_rejected_alive, no_rules, kill_kids),
       cmocka_unit_test_setup_teardown(test_evict_oldest, no_rules, kill_kids),
+      cmocka_unit_test_setup_teardown(test_server_killed, no_rules, kill_kids),
       cmocka_unit_test_setup_teardown(test_figures, no_rules, kill_kids),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # A killed peer never looks like EOF.
 #
-# 1. kill -9 the server while a client streams lines: the client must stay
-#    (suspended) for at least 5 s -- exiting would mean it took the reset for
-#    an EOF.  Then a new server process (no state: it cannot know the session)
-#    starts on the same port: the client's resume is rejected and it must exit
-#    non-zero with TETHER_ESESSIONGONE ("the peer no longer knows this
-#    session"), its output a clean prefix of what it sent.
+# 1. kill -9 a durable server (--state: it may come back from a snapshot)
+#    while a client streams lines: the client must stay (suspended) for at
+#    least 5 s -- exiting would mean it took the reset for an EOF.  Then a
+#    new server process (no state: it cannot know the session) starts on the
+#    same port: the client's resume is rejected and it must exit non-zero
+#    with TETHER_ESESSIONGONE ("the peer no longer knows this session"), its
+#    output a clean prefix of what it sent.
+# 1b. kill -9 a server that is not durable: the client's probes meet ICMP
+#    port unreachable, and it exits non-zero with TETHER_ESESSIONGONE about
+#    2 s later (it can never resume) -- never 0 as at an EOF.
 # 2. kill -9 a durable client (TETHER_DURABLE=1: it may come back from a
 #    snapshot): the server's session must be suspended, not closed: within
 #    5 s its log shows the suspension and no close, and the server keeps
@@ -31,7 +35,7 @@ echo_is_prefix() {
 port=$(free_port)
 stamped_log server1
 TETHER_LOG=info spawn - "$TMP/server1.out" "$STAMP_FIFO" \
-  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+  "$TETHER_ECHO" server --listen "127.0.0.1:$port" --state "$TMP/state1"
 server=$BG_PID
 wait_listen "$server" "$port"
 
@@ -70,6 +74,35 @@ grep -qi 'no longer knows this session' "$TMP/client.log" ||
   fail "the client's error is not TETHER_ESESSIONGONE ('the peer no longer knows this session')"
 echo_is_prefix "$TMP/out" || fail "the client's output is not a clean prefix of its input"
 alive "$server2" || fail "the new server died"
+stop "$server2"
+
+# ---- 1b. a server that is not durable killed ----
+port=$(free_port)
+stamped_log server1b
+TETHER_LOG=info spawn - "$TMP/server1b.out" "$STAMP_FIFO" \
+  "$TETHER_ECHO" server --listen "127.0.0.1:$port"
+server=$BG_PID
+wait_listen "$server" "$port"
+mkfifo "$TMP/lines1b.fifo"
+spawn - "$TMP/lines1b.fifo" "$TMP/lines1b.err" numbered_lines 600 0.1
+stamped_log client1b
+TETHER_LOG=info spawn "$TMP/lines1b.fifo" "$TMP/out1b" "$STAMP_FIFO" \
+  "$TETHER_ECHO" client --connect "127.0.0.1:$port" --stats
+client=$BG_PID
+wait_size "$TMP/out1b" 60 10000 "$client"
+t_kill=$(now_us)
+kill9 "$server"
+wait_exit "$client" 15000 || fail "1b: the client still runs 15 s after its non-durable server's kill -9"
+gone_us=$((WAIT_US - t_kill))
+log "1b: client exited with status $WAIT_RC $(us_to_s "$gone_us") s after the kill: $(grep 'gone:' "$TMP/client1b.log" | cut -d' ' -f2- | cut -c1-160)"
+[ "$WAIT_RC" -ne 0 ] || fail "1b: the client exited 0 (as at an EOF) although its server was killed"
+grep -qi 'no longer knows this session' "$TMP/client1b.log" ||
+  fail "1b: the client's error is not TETHER_ESESSIONGONE ('the peer no longer knows this session')"
+grep -q 'gone: its peer cannot restore' "$TMP/client1b.log" ||
+  fail "1b: the client did not learn it from its probes"
+# Two probes spanning two heartbeats (1 s each): not before about 2 s.
+[ "$gone_us" -ge 1500000 ] || fail "1b: the client gave up $(us_to_s "$gone_us") s after the kill: sooner than its evidence can span"
+echo_is_prefix "$TMP/out1b" || fail "1b: the client's output is not a clean prefix of its input"
 
 # kill_client N DURABLE: a server and a streaming client (durable or not),
 # the client killed; sets server, t_kill.

@@ -916,32 +916,76 @@ static void test_unreachable_peer_gone(void **state) {
   core_clear(&c);
 }
 
+/* A client probes its server the same way: a server that is not durable
+ * and whose host says nothing listens on its side channel any more is gone
+ * with the session (its process died; restarted, it would not know the
+ * session either).  Its probes say that it is suspended, and a server that
+ * resumed it does not take one for the sign that its ResumeAccept arrived. */
+static void test_unreachable_server_gone(void **state) {
+  (void)state;
+  struct core_session c, srv;
+  struct core_ctl k, in;
+  init(&c, CORE_CLIENT);
+  in = peer_ctl(&c);
+  assert_int_equal(on_ctl(&c, T0, &in), 0);
+  uint64_t t = T0 + 10 * MS;
+  suspend(&c, t);
+  assert_true(core_next_deadline(&c) <= t + 50 * MS); /* a redial, a probe */
+  uint64_t p0 = t + SEC;
+  assert_true(core_on_timer(&c, p0, 0) & CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, p0, &k);
+  assert_true(k.suspended);
+  assert_false(core_on_unreachable(&c, p0 + MS, k.seq));
+  assert_true(core_on_timer(&c, p0 + 3 * SEC, 0) & CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, p0 + 3 * SEC, &k);
+  assert_true(core_on_unreachable(&c, p0 + 3 * SEC + MS, k.seq));
+  assert_int_equal(c.state, CORE_FAILED);
+  assert_int_equal(c.error, TETHER_ESESSIONGONE);
+  core_clear(&c);
+
+  /* The server's side: a probe leaves accept_unheard alone. */
+  init(&srv, CORE_SERVER);
+  in = peer_ctl(&srv);
+  assert_int_equal(on_ctl(&srv, T0, &in), 0);
+  suspend(&srv, t);
+  struct core_resume_state p = peer_state(0, 0);
+  assert_int_equal(core_on_resumed(&srv, t + SEC, &p), 0);
+  assert_true(srv.accept_unheard);
+  in = peer_ctl(&srv);
+  in.suspended = true;
+  assert_int_equal(on_ctl(&srv, t + 2 * SEC, &in), 0);
+  assert_true(srv.accept_unheard);
+  in = peer_ctl(&srv);
+  assert_int_equal(on_ctl(&srv, t + 3 * SEC, &in), 0);
+  assert_false(srv.accept_unheard);
+  core_clear(&srv);
+}
+
 /* Who is never probed nor failed that way: a durable peer (it may restore
  * from a snapshot later), a server that never heard the peer's side channel
- * (a firewall may reject our datagrams), the client side (its server
- * restarting looks the same for a moment; a Reject tells it the verdict), a
- * peer heard after a report while connected (its host rejects our datagrams
- * while it lives), and a connected session. */
+ * (a firewall may reject our datagrams), a peer heard after a report while
+ * connected (its host rejects our datagrams while it lives), and a
+ * connected session. */
 static void test_unreachable_ignored(void **state) {
   (void)state;
   struct core_session c;
   struct core_ctl k, in;
   uint64_t t = T0 + 10 * MS;
-  for (int variant = 0; variant < 5; variant++) {
-    init(&c, variant == 2 ? CORE_CLIENT : CORE_SERVER);
+  for (int variant = 0; variant < 4; variant++) {
+    init(&c, CORE_SERVER);
     if (variant == 0)
       core_set_peer_durable(&c);
     if (variant != 1) {
       in = peer_ctl(&c);
       assert_int_equal(on_ctl(&c, T0, &in), 0);
     }
-    if (variant == 3) {
+    if (variant == 2) {
       core_build_ctl(&c, T0, &k);
       assert_false(core_on_unreachable(&c, T0 + MS, k.seq));
       in = peer_ctl(&c);
       assert_int_equal(on_ctl(&c, T0 + 2 * MS, &in), 0);
     }
-    if (variant == 4) { /* connected, however many reports */
+    if (variant == 3) { /* connected, however many reports */
       for (uint64_t i = 0; i < 10; i++) {
         core_build_ctl(&c, T0 + i * SEC, &k);
         assert_false(core_on_unreachable(&c, T0 + i * SEC + MS, k.seq));
@@ -951,8 +995,7 @@ static void test_unreachable_ignored(void **state) {
       continue;
     }
     suspend(&c, t);
-    if (variant != 2)
-      assert_int_equal(core_next_deadline(&c), t + cfg_default.give_up_ns); /* no probes */
+    assert_int_equal(core_next_deadline(&c), t + cfg_default.give_up_ns); /* no probes */
     assert_int_equal(core_on_timer(&c, t + 50 * MS, 0) & CORE_ACT_HEARTBEAT, 0);
     for (uint64_t i = 1; i <= 10; i++)
       assert_false(core_on_unreachable(&c, t + i * SEC, c.tx_seq + i));
@@ -1815,6 +1858,7 @@ int main(void) {
       cmocka_unit_test(test_backoff),
       cmocka_unit_test(test_give_up),
       cmocka_unit_test(test_unreachable_peer_gone),
+      cmocka_unit_test(test_unreachable_server_gone),
       cmocka_unit_test(test_unreachable_ignored),
       cmocka_unit_test(test_close_caps_give_up),
       cmocka_unit_test(test_ack_due),
