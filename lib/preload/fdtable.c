@@ -4,6 +4,7 @@
  * instances (see preload.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -50,11 +51,34 @@ void fdt_set(int fd, struct psock *ps) {
 
 static void reg_unlink(struct psock *ps, struct ereg *r);
 
+/* Freed psocks are kept here, never given back to malloc: a thread that
+ * found one through the lock-free table may lock it after another thread
+ * closed it (ps_hold), and must find a mutex there. */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct psock *pool;
+
+static struct psock *pool_take(void) {
+  pthread_mutex_lock(&pool_lock);
+  struct psock *ps = pool;
+  if (ps)
+    pool = ps->all_next;
+  pthread_mutex_unlock(&pool_lock);
+  if (!ps) {
+    ps = calloc(1, sizeof(*ps));
+    if (ps)
+      pthread_mutex_init(&ps->lock, NULL);
+    return ps;
+  }
+  pthread_mutex_lock(&ps->lock); /* a late ps_hold may still look at it */
+  memset((char *)ps + offsetof(struct psock, kind), 0, sizeof(*ps) - offsetof(struct psock, kind));
+  pthread_mutex_unlock(&ps->lock);
+  return ps;
+}
+
 struct psock *ps_new(int kind, int family) {
-  struct psock *ps = calloc(1, sizeof(*ps));
+  struct psock *ps = pool_take();
   if (!ps)
     return NULL;
-  pthread_mutex_init(&ps->lock, NULL);
   ps->kind = kind;
   ps->family = family;
   ps->placeholder_w = -1;
@@ -75,6 +99,12 @@ struct psock *ps_new(int kind, int family) {
 void ps_free(struct psock *ps) {
   if (!ps)
     return;
+  pthread_mutex_lock(&ps->lock);
+  bool busy = ps->calls > 0; /* the last ps_release frees it */
+  ps->free_pending = busy;
+  pthread_mutex_unlock(&ps->lock);
+  if (busy)
+    return;
   if (ps->tab)
     ep_forget(ps);
   pthread_mutex_lock(&g_lock);
@@ -89,9 +119,27 @@ void ps_free(struct psock *ps) {
     reg_unlink(ps, ps->regs);
   free(ps->aliases);
   free(ps->alias_cloexec);
-  pthread_mutex_destroy(&ps->lock);
-  free(ps);
+  pthread_mutex_lock(&ps->lock);
+  ps->aliases = NULL;
+  ps->alias_cloexec = NULL;
+  ps->naliases = 0;
+  ps->kind = 0; /* a late ps_hold finds no number of it */
+  pthread_mutex_unlock(&ps->lock);
+  pthread_mutex_lock(&pool_lock);
+  ps->all_next = pool;
+  pool = ps;
+  pthread_mutex_unlock(&pool_lock);
 }
+
+bool ps_hold(struct psock *ps, int fd) {
+  pthread_mutex_lock(&ps->lock);
+  bool ok = ps->kind && fdt_get(fd) == ps && ps_has_alias(ps, fd);
+  if (ok)
+    ps->calls++;
+  pthread_mutex_unlock(&ps->lock);
+  return ok;
+}
+
 
 static int alias_index(const struct psock *ps, int fd) {
   for (int i = 0; i < ps->naliases; i++)
@@ -111,7 +159,7 @@ int ps_program_aliases(const struct psock *ps) {
   return ps->naliases - (ps->own_fd >= 0 && ps_has_alias(ps, ps->own_fd));
 }
 
-bool ps_shared(const struct psock *ps) { return ps->kids > 0 || ps->relays > 0; }
+bool ps_shared(const struct psock *ps) { return ps->kids > 0 || ps->relays > 0 || ps->calls > 0; }
 
 bool ps_get_cloexec(const struct psock *ps, int fd) {
   int i = alias_index(ps, fd);
@@ -462,6 +510,9 @@ bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
 
 void fdt_after_fork_child(void) {
   pthread_mutex_init(&g_lock, NULL);
+  pthread_mutex_init(&pool_lock, NULL);
+  for (struct psock *ps = pool; ps; ps = ps->all_next)
+    pthread_mutex_init(&ps->lock, NULL);
   for (struct psock *ps = g_all; ps; ps = ps->all_next) {
     pthread_mutex_init(&ps->lock, NULL);
     if (ps->tab)
@@ -469,7 +520,7 @@ void fdt_after_fork_child(void) {
     if (ps->kind == PS_SESSION || ps->kind == PS_CONNECTING || ps->kind == PS_LISTEN)
       ps->kind = PS_ORPHAN;
     ps->s = NULL; /* the parent's; a listener keeps pl for plain accepts */
-    ps->kids = ps->relays = 0;
+    ps->kids = ps->relays = ps->calls = 0; /* the parent's other threads' */
     if (ps->kind == PS_RELAY) /* our parent's relay: a plain shared socket here */
       ps->serial = 0;
     if (ps->own_fd >= 0) { /* the parent's own number: not the program's */

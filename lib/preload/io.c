@@ -18,7 +18,8 @@
 #include "preload.h"
 
 /* The psock behind fd when its data path is tether's (or must wait for a
- * connect to end), else NULL: the call goes to libc. */
+ * connect to end), else NULL: the call goes to libc.  It is held for the
+ * call (ps_hold): a HELD variable releases it when the call returns. */
 static inline struct psock *data_ps(int fd) {
   if (tp_inside)
     return NULL;
@@ -26,10 +27,19 @@ static inline struct psock *data_ps(int fd) {
   if (!ps)
     return NULL;
   int k = ps->kind;
-  return k == PS_SESSION || k == PS_CONNECTING || k == PS_FAILED || k == PS_ORPHAN || k == PS_RELAY
-             ? ps
-             : NULL;
+  if (k != PS_SESSION && k != PS_CONNECTING && k != PS_FAILED && k != PS_ORPHAN && k != PS_RELAY)
+    return NULL;
+  return ps_hold(ps, fd) ? ps : NULL; /* not fd's any more: closed meanwhile */
 }
+
+static inline void release_held(struct psock **ps) {
+  if (*ps) {
+    int saved = errno; /* the call's */
+    ps_release(*ps);
+    errno = saved;
+  }
+}
+#define HELD __attribute__((cleanup(release_held)))
 
 /* A relay's EOF is the session's only when the parent said so (fork.c). */
 static ssize_t relay_rd(struct psock *ps, ssize_t n, size_t len) {
@@ -246,7 +256,7 @@ epipe:
 
 EXPORT ssize_t read(int fd, void *buf, size_t len) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.read(fd, buf, len);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock) == 0)
@@ -256,7 +266,7 @@ EXPORT ssize_t read(int fd, void *buf, size_t len) {
 
 EXPORT ssize_t write(int fd, const void *buf, size_t len) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.write(fd, buf, len);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock) == 0)
@@ -266,7 +276,7 @@ EXPORT ssize_t write(int fd, const void *buf, size_t len) {
 
 EXPORT ssize_t recv(int fd, void *buf, size_t len, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.recv(fd, buf, len, flags);
   return ps_recv(ps, fd, buf, len, flags);
@@ -274,7 +284,7 @@ EXPORT ssize_t recv(int fd, void *buf, size_t len, int flags) {
 
 EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.send(fd, buf, len, flags);
   return ps_send(ps, fd, buf, len, flags);
@@ -283,7 +293,7 @@ EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags) {
 EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *addr,
                         socklen_t *alen) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.recvfrom(fd, buf, len, flags, addr, alen);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0)
@@ -297,7 +307,7 @@ EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockadd
 EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *addr,
                       socklen_t alen) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps) {
     struct psock *t = tp_inside ? NULL : fdt_get(fd);
     if (t && t->kind == PS_TCP && (flags & MSG_FASTOPEN))
@@ -367,7 +377,7 @@ static ssize_t send_iov(struct psock *ps, int fd, const struct iovec *iov, int c
 
 EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.readv(fd, iov, cnt);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock) == 0)
@@ -377,7 +387,7 @@ EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
 
 EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.writev(fd, iov, cnt);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock) == 0)
@@ -387,7 +397,7 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt) {
 
 EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.recvmsg(fd, msg, flags);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0)
@@ -403,7 +413,7 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps)
     return real.sendmsg(fd, msg, flags);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0)
@@ -414,7 +424,7 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
 /* sendfile to a session: through a buffer (the bytes must be retained). */
 EXPORT ssize_t sendfile(int out, int in, off_t *offset, size_t count) {
   READY();
-  struct psock *ps = data_ps(out);
+  HELD struct psock *ps = data_ps(out);
   if (!ps)
     return real.sendfile(out, in, offset, count);
   if (ps->kind != PS_SESSION && settle(ps, out, ps->nonblock) == 0)
@@ -484,7 +494,7 @@ EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int 
 EXPORT int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
                     struct timespec *timeout) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps || (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0))
     return real.recvmmsg(fd, vec, vlen, flags, timeout);
   unsigned int i;
@@ -510,7 +520,7 @@ EXPORT int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
 
 EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps || (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0))
     return real.sendmmsg(fd, vec, vlen, flags);
   unsigned int i;
@@ -542,7 +552,8 @@ EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
 EXPORT ssize_t splice(int in, loff_t *off_in, int out, loff_t *off_out, size_t len,
                       unsigned int flags) {
   READY();
-  struct psock *a = data_ps(in), *b = data_ps(out);
+  HELD struct psock *a = data_ps(in);
+  HELD struct psock *b = data_ps(out);
   /* A relay is an ordinary socket (its EOF aside, which splice reports as
    * 0 like read: a child's splice cannot tell a dead parent from EOF). */
   if ((a && a->kind != PS_RELAY) || (b && b->kind != PS_RELAY)) {
@@ -557,7 +568,7 @@ static int rwf_flags(int flags) { return (flags & RWF_NOWAIT) ? MSG_DONTWAIT : 0
 
 EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps || off != -1 ||
       (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & RWF_NOWAIT)) == 0))
     return real.preadv2(fd, iov, cnt, off, flags);
@@ -566,7 +577,7 @@ EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int 
 
 EXPORT ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
   READY();
-  struct psock *ps = data_ps(fd);
+  HELD struct psock *ps = data_ps(fd);
   if (!ps || off != -1 ||
       (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & RWF_NOWAIT)) == 0))
     return real.pwritev2(fd, iov, cnt, off, flags);

@@ -197,6 +197,8 @@ int tp_wait_shut(struct psock *ps, int fd, short events, int timeout_ms) {
     pthread_mutex_unlock(&ps->lock);
     return 0;
   }
+  if (!ps_has_alias(ps, fd) && ps->own_fd >= 0)
+    fd = ps->own_fd; /* the program closed its number during the call */
   w.next = ps->waiters;
   ps->waiters = &w;
   pthread_mutex_unlock(&ps->lock);

@@ -221,11 +221,13 @@ struct psock {
    * fork (the child's copy has the same); kids counts children that
    * inherited the session and may still claim it, relays the claims being
    * served; own_fd is tether's own number of the session (an alias, made
-   * when the program closes its last number while kids or relays hold the
-   * session; -1 otherwise), which keeps the session's app fd. */
+   * when the program closes its last number while kids, relays or calls
+   * hold the session; -1 otherwise), which keeps the session's app fd. */
   uint64_t serial;
   int kids, relays;
   int own_fd;
+  int calls; /* data-path calls in progress (ps_hold): they hold the session too */
+  bool free_pending; /* ps_free came during a call: the call's release frees it */
   struct psock *all_next, *all_prev; /* g_all */
 };
 
@@ -240,8 +242,15 @@ int fdt_limit(void);
 void fdt_set(int fd, struct psock *ps);
 
 struct psock *ps_new(int kind, int family);
-/* Frees a psock with no aliases left. */
+/* Frees a psock with no aliases left (its memory stays a psock's: see
+ * ps_hold). */
 void ps_free(struct psock *ps);
+/* For the length of one call on fd: true if ps (found by fdt_get(fd)) is
+ * still fd's, and then a close of the program's last number meanwhile
+ * keeps the session (on tether's own number, own_fd) until ps_release, as
+ * the kernel keeps a socket that a call still uses. */
+bool ps_hold(struct psock *ps, int fd);
+void ps_release(struct psock *ps);
 
 /* ps->lock held.  Adds/removes one of the program's numbers (and its table
  * entry).  remove returns how many aliases remain; it also forgets the
@@ -264,7 +273,7 @@ void ps_swap(struct psock *ps, int file);
 /* How many of the psock's numbers are the program's (own_fd aside). */
 int ps_program_aliases(const struct psock *ps);
 /* Whether a session must outlive the program's numbers: a forked child
- * holds it or may still claim it. */
+ * holds it or may still claim it, or a call is still in progress on it. */
 bool ps_shared(const struct psock *ps);
 
 /* ---- epoll bookkeeping (fdtable.c) ---- */

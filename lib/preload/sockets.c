@@ -264,6 +264,24 @@ static int close_tracked(struct psock *ps, int fd) {
 
 int tp_close_tracked(struct psock *ps, int fd) { return close_tracked(ps, fd); }
 
+void ps_release(struct psock *ps) {
+  pthread_mutex_lock(&ps->lock);
+  ps->calls--;
+  int own = ps->own_fd;
+  /* The program closed its last number during the call: the session ends
+   * now, as a socket does with its last reference.  Claimed (own_fd = -1)
+   * under the lock, so that it ends once. */
+  bool last = !ps_shared(ps) && !ps_program_aliases(ps) && own >= 0 && ps->kind == PS_SESSION;
+  if (last)
+    ps->own_fd = -1;
+  bool free_now = ps->calls == 0 && ps->free_pending;
+  pthread_mutex_unlock(&ps->lock);
+  if (last)
+    (void)tp_close_tracked(ps, own);
+  else if (free_now)
+    ps_free(ps);
+}
+
 EXPORT int close(int fd) {
   READY();
   struct psock *ps = tracked(fd);

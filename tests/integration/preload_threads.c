@@ -3,9 +3,10 @@
  * their reader threads.  It knows nothing of tether; under tether-run its
  * sockets are sessions, and each call must end as it does on plain TCP.
  *
- *   preload_threads PORT
+ *   preload_threads PORT SINK_PORT
+ *   preload_threads sink SINK_PORT
  *
- * PORT is an echo server (preload_epoll_echo).  Each test prints "ok NAME"
+ * PORT is an echo server (preload_epoll_echo), SINK_PORT the second form.  Each test prints "ok NAME"
  * or "not ok NAME: why"; the exit status is the number of failures.  The
  * shutting thread acts only once it has seen the other asleep in the
  * kernel (/proc/self/task/TID/syscall: in the call, or in tether's poll),
@@ -15,6 +16,10 @@
  *   shut_rdwr  read() blocked, shutdown(SHUT_RDWR): read returns 0
  *   shut_wr    send() blocked on a full connection, shutdown(SHUT_WR):
  *              send fails with EPIPE
+ *   close_busy one send() of 8 MiB to a slow sink (preload_threads sink
+ *              SINK_PORT), blocked, when another thread closes the
+ *              descriptor: as on TCP the call goes on to its end (the
+ *              socket lives while a call uses it); the sink gets it all
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -188,16 +193,90 @@ static int t_shut_wr(void) {
   return report("shut_wr", why);
 }
 
+#define BUSY_LEN ((size_t)8 << 20)
+
+/* sink PORT: accepts connections one after the other and reads each to its
+ * end, 64 KiB every 5 ms (slower than a sender: it waits on it), printing
+ * how many bytes it got. */
+static int sink_main(int p) {
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+      bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 8) < 0)
+    return 2;
+  static char buf[65536];
+  for (;;) {
+    int c = accept(l, NULL, NULL);
+    if (c < 0)
+      return 2;
+    size_t total = 0;
+    ssize_t n;
+    while ((n = read(c, buf, sizeof(buf))) > 0) {
+      total += (size_t)n;
+      usleep(5000);
+    }
+    printf("sink: %zu bytes\n", total);
+    close(c);
+  }
+}
+
+static void *send_busy(void *arg) {
+  struct blocked *b = arg;
+  static uint8_t big[BUSY_LEN];
+  __atomic_store_n(&b->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+  b->rc = send(b->fd, big, sizeof(big), MSG_NOSIGNAL);
+  b->err = errno;
+  return NULL;
+}
+
+/* One send() of 8 MiB to the slow sink, blocked, when another thread closes
+ * the descriptor: as on TCP the call goes on to its end (the socket lives
+ * while a call uses it).  The sink reports the bytes it got. */
+static int t_close_busy(int sink_port) {
+  const char *why = NULL;
+  int saved = port;
+  port = sink_port;
+  int fd = dial();
+  port = saved;
+  if (fd < 0)
+    return report("close_busy", "cannot connect to the sink");
+  struct blocked b = {.fd = fd};
+  pthread_t t;
+  if (pthread_create(&t, NULL, send_busy, &b) != 0)
+    return report("close_busy", "pthread_create");
+  uint64_t deadline = now_ms() + 10000;
+  pid_t tid;
+  while (!(tid = __atomic_load_n(&b.tid, __ATOMIC_ACQUIRE)) || !asleep_in_poll(tid)) {
+    if (now_ms() > deadline) {
+      why = "the send never slept";
+      break;
+    }
+    usleep(1000);
+  }
+  if (close(fd) != 0 && !why)
+    why = "close failed";
+  pthread_join(t, NULL); /* a hang is the script's timeout */
+  printf("# close_busy: the send returned %zd (%s) after the close\n", b.rc,
+         b.rc < 0 ? strerror(b.err) : "-");
+  if (!why && b.rc != (ssize_t)BUSY_LEN)
+    why = "the send did not go on to its end after the close";
+  return report("close_busy", why);
+}
+
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: preload_threads PORT\n");
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc == 3 && strcmp(argv[1], "sink") == 0)
+    return sink_main(atoi(argv[2]));
+  if (argc != 3) {
+    fprintf(stderr, "usage: preload_threads PORT SINK_PORT | sink SINK_PORT\n");
     return 100;
   }
   port = atoi(argv[1]);
-  setvbuf(stdout, NULL, _IOLBF, 0);
   int failed = 0;
   failed += t_shut_read("shut_rd", 'r', SHUT_RD);
   failed += t_shut_read("shut_rdwr", 'R', SHUT_RDWR);
   failed += t_shut_wr();
+  failed += t_close_busy(atoi(argv[2]));
   return failed;
 }

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Threads of one program under tether-run (preload_threads.c): a thread
 # blocked in recv/read/send while another shuts the socket down must return
-# as on plain TCP (0 for a read, EPIPE for a send).  The same program runs
+# as on plain TCP (0 for a read, EPIPE for a send), and a close by a third
+# thread lets the calls in progress go on to their end, as on TCP.  The same program runs
 # first without tether against a plain echo server: the expectations are
 # plain TCP's.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_RUN EPOLL_ECHO PRELOAD_THREADS
 
-NTESTS=3
+NTESTS=4
 run_case() { # NAME PRELOAD(0|1)
   local name=$1 wrap=()
   [ "$2" = 1 ] && wrap=("$TETHER_RUN" --)
@@ -18,7 +19,14 @@ run_case() { # NAME PRELOAD(0|1)
     "$EPOLL_ECHO" server "$port" 2 0
   local server=$BG_PID
   wait_listen "$server" "$port"
-  TETHER_LOG=info spawn - "$TMP/$name.out" "$TMP/$name.log" "${wrap[@]}" "$PRELOAD_THREADS" "$port"
+  local sport
+  sport=$(free_port)
+  TETHER_LOG=info spawn - "$TMP/$name.sink.out" "$TMP/$name.sink.log" "${wrap[@]}" \
+    "$PRELOAD_THREADS" sink "$sport"
+  local sink=$BG_PID
+  wait_listen "$sink" "$sport"
+  TETHER_LOG=info spawn - "$TMP/$name.out" "$TMP/$name.log" "${wrap[@]}" "$PRELOAD_THREADS" \
+    "$port" "$sport"
   local prog=$BG_PID
   wait_exit "$prog" 60000 || fail "$name: preload_threads still running after 60 s: $(tail -n 3 "$TMP/$name.out")"
   local rc=$WAIT_RC
@@ -28,6 +36,10 @@ run_case() { # NAME PRELOAD(0|1)
   # The server is not judged: shut_wr closes with unread echo, a reset
   # that it counts as a fault, on plain TCP as under tether.
   stop "$server"
+  # The sink got every byte of the send that the close did not cut short.
+  wait_grep "$TMP/$name.sink.out" "sink: $((8 << 20)) bytes" 10000 ||
+    fail "$name: the sink did not get the 8 MiB: $(cat "$TMP/$name.sink.out")"
+  stop "$sink"
 }
 run_case plain 0
 run_case tether 1
