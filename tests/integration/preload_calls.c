@@ -1046,6 +1046,19 @@ static void big_select(int nfds, int fd, int ms, char *out, size_t outlen) {
   snprintf(out, outlen, "%d %d %s", rc, big_isset(&r, fd), rc < 0 ? strerrorname_np(errno) : "");
 }
 
+/* The kernel's descriptor table size (FDSize), or -1. */
+static int fd_table_bits(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  int n = -1;
+  while (f && fgets(line, sizeof(line), f))
+    if (sscanf(line, "FDSize: %d", &n) == 1)
+      break;
+  if (f)
+    fclose(f);
+  return n;
+}
+
 static bool t_bigselect(void) {
   int c, a;
   char want[64], got[64], b;
@@ -1073,14 +1086,21 @@ static bool t_bigselect(void) {
   /* An ordinary fd_set with nfds far past the descriptor table (as
    * select(getdtablesize(), ...) does): the kernel looks at the table's
    * width only. */
-  fd_set small;
-  FD_ZERO(&small);
-  FD_SET(fd, &small);
-  struct timeval tv = {5, 0};
-  CHECK(write_all(fd, "w", 1), "write");
-  int rc = select(1 << 20, &small, NULL, NULL, &tv);
-  CHECK(rc == 1 && FD_ISSET(fd, &small), "select(1 << 20) with an fd_set: %d %s", rc, strerror(errno));
-  CHECK(read_all(fd, &b, 1) && b == 'w', "read");
+  int table = fd_table_bits();
+  if (table > 0 && table <= FD_SETSIZE) { /* else the kernel too would read past the set */
+    fd_set small;
+    FD_ZERO(&small);
+    FD_SET(fd, &small);
+    struct timeval tv = {5, 0};
+    CHECK(write_all(fd, "w", 1), "write");
+    int rc = select(1 << 20, &small, NULL, NULL, &tv);
+    CHECK(rc == 1 && FD_ISSET(fd, &small), "select(1 << 20) with an fd_set: %d %s", rc,
+          strerror(errno));
+    CHECK(read_all(fd, &b, 1) && b == 'w', "read");
+  } else {
+    fprintf(stderr, "bigselect: descriptor table of %d: select(1 << 20) with an fd_set skipped\n",
+            table);
+  }
   /* A session's number above FD_SETSIZE (where the limit allows it). */
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < BIG_FDS && rl.rlim_max >= BIG_FDS) {
@@ -1238,14 +1258,16 @@ static const struct {
   const char *name;
   bool (*fn)(void);
 } tests[] = {
+    /* First: bigselect needs a descriptor table no larger than FD_SETSIZE,
+     * which handshake_kill's thousands of connections grow. */
+    {"errqueue", t_errqueue}, {"trunc", t_trunc},       {"async", t_async},
+    {"bigselect", t_bigselect}, {"transition", t_transition},
     {"peek", t_peek},         {"rcvtimeo", t_rcvtimeo}, {"sndtimeo", t_sndtimeo},
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
     {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
     {"syscall", t_syscall},   {"spin", t_spin},         {"listeners", t_listeners},
     {"handshake_kill", t_handshake_kill},
-    {"errqueue", t_errqueue}, {"trunc", t_trunc},       {"async", t_async},
-    {"bigselect", t_bigselect}, {"transition", t_transition},
 };
 
 int main(int argc, char **argv) {
