@@ -390,10 +390,17 @@ static void *runner(void *arg) {
   return NULL;
 }
 
+/* A socket set for signal-driven I/O (O_ASYNC) before it connects stays
+ * plain: a session could not send its SIGIO (tether(7), PRELOAD). */
+static bool async_io(int fd) {
+  int fl = real.fcntl(fd, F_GETFL);
+  return fl >= 0 && (fl & O_ASYNC);
+}
+
 int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t len) {
   struct tether_ctx *ctx = NULL;
   if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || len > sizeof(struct sockaddr_storage) ||
-      excluded(sa) || pl_own_listener(sa) || !(ctx = tp_ctx())) {
+      excluded(sa) || pl_own_listener(sa) || async_io(fd) || !(ctx = tp_ctx())) {
     ps->kind = PS_PLAIN;
     return real.connect(fd, sa, len);
   }

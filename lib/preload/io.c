@@ -123,8 +123,9 @@ static int wait_for(struct psock *ps, int fd, short events, int timeout_ms) {
   return 0;
 }
 
-/* MSG_PEEK: the bytes at the head of the stream, without delivering them. */
-static ssize_t session_peek(struct tether_session *s, void *buf, size_t len) {
+/* MSG_PEEK: the bytes at the head of the stream, without delivering them
+ * (with trunc, MSG_TRUNC: how many there are, up to len, buf untouched). */
+static ssize_t session_peek(struct tether_session *s, void *buf, size_t len, int trunc) {
   ssize_t r;
   (void)tether_read(s, NULL, 0); /* installs the file the state calls for */
   pthread_mutex_lock(&s->rx_lock);
@@ -136,7 +137,7 @@ static ssize_t session_peek(struct tether_session *s, void *buf, size_t len) {
   } else if (s->finish_rd && session_take_finish_locked(s) <= 0) {
     r = -EAGAIN; /* the client's ClientFinish is still arriving; a read sees errors */
   } else if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
-    r = recv(s->sock, buf, len, MSG_PEEK | MSG_DONTWAIT);
+    r = recv(s->sock, trunc ? NULL : buf, len, MSG_PEEK | MSG_DONTWAIT | trunc);
     if (r == 0) {
       pthread_mutex_lock(&s->tx_lock);
       if (!core_eof_confirmed(c))
@@ -153,13 +154,34 @@ static ssize_t session_peek(struct tether_session *s, void *buf, size_t len) {
   return r;
 }
 
+/* MSG_TRUNC: up to len bytes taken and thrown away, as TCP does (the
+ * program's buffer, which may be NULL, is not touched).  Takes what is
+ * there without waiting once a chunk came back short. */
+static ssize_t session_discard(struct tether_session *s, size_t len) {
+  char scratch[16384];
+  size_t done = 0;
+  while (done < len) {
+    size_t want = len - done < sizeof(scratch) ? len - done : sizeof(scratch);
+    ssize_t n = tether_read(s, scratch, want);
+    if (n <= 0)
+      return done ? (ssize_t)done : n;
+    done += (size_t)n;
+    if ((size_t)n < want)
+      break;
+  }
+  return (ssize_t)done;
+}
+
 static ssize_t ps_recv(struct psock *ps, int fd, void *buf, size_t len, int flags) {
   bool nonblock = ps->nonblock || (flags & MSG_DONTWAIT);
   int st = settle(ps, fd, nonblock);
   if (st <= 0)
     return st < 0 ? -1 : relay_rd(ps, real.recv(fd, buf, len, flags), len);
-  if (flags & MSG_OOB) {
-    errno = EINVAL; /* no urgent data on a session */
+  if (__builtin_expect(flags & (MSG_OOB | MSG_ERRQUEUE), 0)) {
+    /* No urgent data on a session.  Its error queue is always empty (TCP
+     * answers EAGAIN then, blocking or not): transport errors are the
+     * session's own, and no timestamps are queued (tether(7), PRELOAD). */
+    errno = (flags & MSG_ERRQUEUE) ? EAGAIN : EINVAL;
     return -1;
   }
   if (ps->rd_shut)
@@ -168,8 +190,9 @@ static ssize_t ps_recv(struct psock *ps, int fd, void *buf, size_t len, int flag
   size_t got = 0;
   for (;;) {
     TP_ENTER();
-    ssize_t n = (flags & MSG_PEEK) ? session_peek(s, buf, len)
-                                   : tether_read(s, (char *)buf + got, len - got);
+    ssize_t n = (flags & MSG_PEEK)    ? session_peek(s, buf, len, flags & MSG_TRUNC)
+                : (flags & MSG_TRUNC) ? session_discard(s, len - got)
+                                      : tether_read(s, (char *)buf + got, len - got);
     TP_LEAVE();
     if (n > 0) {
       got += (size_t)n;
@@ -402,6 +425,8 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
     return real.recvmsg(fd, msg, flags);
   if (ps->kind != PS_SESSION && settle(ps, fd, ps->nonblock || (flags & MSG_DONTWAIT)) == 0)
     return relay_rd(ps, real.recvmsg(fd, msg, flags), iov_total(msg->msg_iov, (int)msg->msg_iovlen));
+  if (__builtin_expect(flags & (MSG_OOB | MSG_ERRQUEUE), 0))
+    return ps_recv(ps, fd, NULL, 0, flags); /* fails as it must, whatever the vector */
   ssize_t n = recv_iov(ps, fd, msg->msg_iov, (int)msg->msg_iovlen, flags);
   if (n >= 0) {
     msg->msg_namelen = 0;

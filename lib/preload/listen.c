@@ -343,7 +343,10 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
     }
   }
   struct plisten *pl = NULL;
-  if (excluded((struct sockaddr *)&bound) || !(ctx = tp_ctx()) || !(pl = calloc(1, sizeof(*pl)))) {
+  int ffl = real.fcntl(fd, F_GETFL);
+  bool async = ffl >= 0 && (ffl & O_ASYNC); /* SIGIO on connections: see pc_connect */
+  if (excluded((struct sockaddr *)&bound) || async || !(ctx = tp_ctx()) ||
+      !(pl = calloc(1, sizeof(*pl)))) {
     ps->kind = PS_PLAIN;
     return early ? real.listen(fd, backlog) : 0;
   }

@@ -425,6 +425,13 @@ static int do_fcntl(int (*fn)(int, int, ...), int fd, int cmd, void *arg) {
     return r;
   }
   case F_SETFL:
+    if (emulated && (v & O_ASYNC)) {
+      /* No SIGIO for a session (its file changes under the number):
+       * refused, nothing changed, as the kernel refuses a flag a file
+       * cannot honour (tether(7), PRELOAD). */
+      errno = EINVAL;
+      return -1;
+    }
     ps->nonblock = (v & O_NONBLOCK) != 0;
     if (emulated)
       return 0;
@@ -470,6 +477,31 @@ EXPORT int fcntl64(int fd, int cmd, ...) {
   return do_fcntl(real.fcntl64, fd, cmd, arg);
 }
 
+/* SIOCOUTQ (SIOCOUTQNSD) on a session: the bytes the program wrote that
+ * have not reached the peer (not been sent).  Connected, the live socket's
+ * figure plus what the session has not yet pushed into it (a resend after
+ * a resume); during a transition, every byte the peer has not acknowledged
+ * (the session keeps them, and sends them again as needed).  tether(7),
+ * PRELOAD. */
+static int session_outq(struct tether_session *s, unsigned long req) {
+  uint64_t q = 0;
+  TP_ENTER();
+  session_lock(s);
+  const struct core_session *c = &s->core;
+  int k = 0;
+  if (s->sock >= 0 && c->state == CORE_CONNECTED && real.ioctl(s->sock, req, &k) == 0) {
+    q = (uint64_t)(k > 0 ? k : 0) + (c->sent - c->tx_pos);
+  } else {
+    uint64_t got = c->peer_delivered > c->peer_acked ? c->peer_delivered : c->peer_acked;
+    if (s->restored_unresumed) /* the peer's position is unknown until it resumes */
+      got = c->ret.base;
+    q = c->sent > got ? c->sent - got : 0;
+  }
+  session_unlock(s);
+  TP_LEAVE();
+  return q > 0x7fffffff ? 0x7fffffff : (int)q;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...) {
   va_list ap;
   va_start(ap, req);
@@ -497,6 +529,10 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
       return -1;
     }
   }
+  if (req == FIOASYNC && emulated && arg && *(int *)arg) {
+    errno = EINVAL; /* as F_SETFL with O_ASYNC */
+    return -1;
+  }
   if (req == FIONBIO && arg) {
     ps->nonblock = *(int *)arg != 0;
     return emulated ? 0 : real.ioctl(fd, req, arg);
@@ -515,6 +551,11 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
     }
     *(int *)arg = n;
     return 0;
+  }
+  if ((req == SIOCOUTQ || req == SIOCOUTQNSD) && arg &&
+      (ps->kind == PS_SESSION || ps->kind == PS_CONNECTING)) {
+    *(int *)arg = ps->kind == PS_SESSION && ps->s ? session_outq(ps->s, req) : 0;
+    return 0; /* a connect in progress has nothing queued, as in TCP */
   }
   if (ps->kind == PS_LISTEN)
     return real.ioctl(pl_socket(ps->pl), req, arg);

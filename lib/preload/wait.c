@@ -12,7 +12,10 @@
  * of the live socket are only a reason to call read or write: they are
  * reported as the readiness the program asked for. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/socket.h>
 #include <sys/select.h>
 #include <time.h>
@@ -255,67 +258,135 @@ EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const 
 
 /* select and pselect go through ppoll: the same rules, one code path.  The
  * timeout is left as it was (Linux's select would lower it; portable
- * programs do not rely on either). */
+ * programs do not rely on either).
+ *
+ * The sets are the program's, and may be larger than FD_SETSIZE (a program
+ * that allocates them for more descriptors): their bits are read and
+ * written here by hand (glibc's fortified FD_ISSET stops at FD_SETSIZE),
+ * over the width the kernel itself would use: nfds, at most the size of
+ * the process's descriptor table (the kernel's clamp, on which programs
+ * calling select(getdtablesize(), ...) with ordinary sets rely). */
+#define WORD_BITS (8 * (int)sizeof(unsigned long))
+
+static bool bit_get(const fd_set *set, int fd) {
+  const unsigned long *w = (const unsigned long *)(const void *)set;
+  return (w[fd / WORD_BITS] >> (fd % WORD_BITS)) & 1;
+}
+
+static void bit_put(fd_set *set, int fd) {
+  unsigned long *w = (unsigned long *)(void *)set;
+  w[fd / WORD_BITS] |= 1UL << (fd % WORD_BITS);
+}
+
+/* The kernel's descriptor table size (FDSize in /proc/self/status), or
+ * -1.  Asked only for nfds > FD_SETSIZE. */
+static int fd_table_size(void) {
+  char buf[4096];
+  TP_ENTER();
+  int f = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  ssize_t n = f >= 0 ? read(f, buf, sizeof(buf) - 1) : -1;
+  if (f >= 0)
+    close(f);
+  TP_LEAVE();
+  if (n <= 0)
+    return -1;
+  buf[n] = '\0';
+  const char *p = strstr(buf, "\nFDSize:");
+  if (!p)
+    return -1;
+  long v = strtol(p + 8, NULL, 10);
+  return v > 0 && v <= 0x7fffffff ? (int)v : -1;
+}
+
+/* How many of the sets' bits select looks at. */
+static int select_width(int nfds) {
+  if (nfds <= FD_SETSIZE)
+    return nfds;
+  int t = fd_table_size();
+  return t > 0 && t < nfds ? t : nfds;
+}
+
 static int select_common(int nfds, fd_set *r, fd_set *w, fd_set *e, int64_t timeout_ms,
                          const sigset_t *mask, bool is_pselect) {
-  if (nfds < 0 || nfds > FD_SETSIZE) {
-    errno = EINVAL;
-    return -1;
-  }
-  struct pollfd fds[FD_SETSIZE];
-  nfds_t n = 0;
+  struct pollfd stack_fds[256], *fds = stack_fds;
+  nfds_t n = 0, cap = sizeof(stack_fds) / sizeof(stack_fds[0]);
   for (int fd = 0; fd < nfds; fd++) {
     short ev = 0;
-    if (r && FD_ISSET(fd, r))
+    if (r && bit_get(r, fd))
       ev |= POLLIN;
-    if (w && FD_ISSET(fd, w))
+    if (w && bit_get(w, fd))
       ev |= POLLOUT;
-    if (e && FD_ISSET(fd, e))
+    if (e && bit_get(e, fd))
       ev |= POLLPRI;
-    if (ev) {
-      fds[n].fd = fd;
-      fds[n].events = ev;
-      fds[n].revents = 0;
-      n++;
+    if (!ev)
+      continue;
+    if (n == cap) {
+      nfds_t ncap = cap * 2;
+      struct pollfd *grown = fds == stack_fds ? malloc(ncap * sizeof(*fds))
+                                              : realloc(fds, ncap * sizeof(*fds));
+      if (!grown) {
+        if (fds != stack_fds)
+          free(fds);
+        errno = ENOMEM;
+        return -1;
+      }
+      if (fds == stack_fds)
+        memcpy(grown, stack_fds, sizeof(stack_fds));
+      fds = grown;
+      cap = ncap;
     }
+    fds[n].fd = fd;
+    fds[n].events = ev;
+    fds[n].revents = 0;
+    n++;
   }
   struct ppoll_arg a = {mask};
   int rc = poll_loop(fds, n, timeout_ms, is_pselect ? call_ppoll : call_poll, &a);
   if (rc < 0)
-    return rc;
+    goto out;
+  for (nfds_t i = 0; i < n; i++)
+    if (fds[i].revents & POLLNVAL) {
+      errno = EBADF; /* the sets are left as they were, as the kernel does */
+      rc = -1;
+      goto out;
+    }
+  size_t bytes = ((size_t)nfds + (size_t)WORD_BITS - 1) / (size_t)WORD_BITS * sizeof(unsigned long);
   if (r)
-    FD_ZERO(r);
+    memset(r, 0, bytes);
   if (w)
-    FD_ZERO(w);
+    memset(w, 0, bytes);
   if (e)
-    FD_ZERO(e);
+    memset(e, 0, bytes);
   int count = 0;
   for (nfds_t i = 0; i < n; i++) {
     short re = fds[i].revents;
-    if (re & POLLNVAL) {
-      errno = EBADF;
-      return -1;
-    }
     /* select counts a readable fd for errors and hang-ups too. */
     if (r && (fds[i].events & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR))) {
-      FD_SET(fds[i].fd, r);
+      bit_put(r, fds[i].fd);
       count++;
     }
     if (w && (fds[i].events & POLLOUT) && (re & (POLLOUT | POLLERR))) {
-      FD_SET(fds[i].fd, w);
+      bit_put(w, fds[i].fd);
       count++;
     }
     if (e && (fds[i].events & POLLPRI) && (re & POLLPRI)) {
-      FD_SET(fds[i].fd, e);
+      bit_put(e, fds[i].fd);
       count++;
     }
   }
-  return count;
+  rc = count;
+out:
+  if (fds != stack_fds) {
+    int err = errno;
+    free(fds);
+    errno = err;
+  }
+  return rc;
 }
 
 static bool any_session(int nfds, fd_set *r, fd_set *w) {
-  for (int fd = 0; fd < nfds && fd < FD_SETSIZE; fd++)
-    if ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w))) {
+  for (int fd = 0; fd < nfds; fd++)
+    if ((r && bit_get(r, fd)) || (w && bit_get(w, fd))) {
       struct psock *ps = fdt_get(fd);
       if (ps && (ps->kind == PS_SESSION || ps_orphan_session(ps)))
         return true;
@@ -325,7 +396,10 @@ static bool any_session(int nfds, fd_set *r, fd_set *w) {
 
 EXPORT int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv) {
   READY();
-  if (tp_inside || !any_session(nfds, r, w))
+  if (tp_inside || nfds < 0)
+    return real.select(nfds, r, w, e, tv);
+  int width = select_width(nfds);
+  if (!any_session(width, r, w))
     return real.select(nfds, r, w, e, tv);
   int64_t ms = -1;
   if (tv) {
@@ -333,15 +407,18 @@ EXPORT int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv)
     if (ms == 0 && tv->tv_usec > 0)
       ms = 1;
   }
-  return select_common(nfds, r, w, e, ms, NULL, false);
+  return select_common(width, r, w, e, ms, NULL, false);
 }
 
 EXPORT int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts,
                    const sigset_t *mask) {
   READY();
-  if (tp_inside || !any_session(nfds, r, w))
+  if (tp_inside || nfds < 0)
     return real.pselect(nfds, r, w, e, ts, mask);
-  return select_common(nfds, r, w, e, ts_ms(ts), mask, true);
+  int width = select_width(nfds);
+  if (!any_session(width, r, w))
+    return real.pselect(nfds, r, w, e, ts, mask);
+  return select_common(width, r, w, e, ts_ms(ts), mask, true);
 }
 
 extern void __chk_fail(void) __attribute__((noreturn));

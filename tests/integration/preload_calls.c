@@ -46,6 +46,24 @@
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
+ *
+ * Calls that answer as plain TCP does (each compared with a plain pair made
+ * in this process: a connection to one's own listener stays plain), or fail
+ * loudly as tether(7) PRELOAD documents:
+ *   errqueue  recv/recvmsg MSG_ERRQUEUE: -1/EAGAIN at once, connected or
+ *             resuming, the bytes untouched
+ *   trunc     MSG_TRUNC discards (NULL buffer or not), MSG_PEEK|MSG_TRUNC
+ *             counts; MSG_TRUNC|MSG_WAITALL of 200 kB across a resume
+ *   async     F_SETFL O_ASYNC and FIOASYNC on a session fail with EINVAL,
+ *             changing nothing; a socket set O_ASYNC before it connects
+ *             stays plain and gets its SIGIO
+ *   bigselect select with nfds 4096 (sets that large) on a session below
+ *             and above FD_SETSIZE, across resumes; select(1 << 20) with an
+ *             ordinary fd_set (the kernel's clamp)
+ *   transition  a session held resuming (its peer, a child, stopped):
+ *             SIOCOUTQ/SIOCOUTQNSD answer the bytes the peer lacks, fstat,
+ *             fstatat and statx say socket, MSG_ERRQUEUE is EAGAIN at once;
+ *             SIOCOUTQ falls to 0 once the peer read everything
  */
 #include <errno.h>
 #include <dirent.h>
@@ -60,6 +78,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <linux/sockios.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -829,10 +852,416 @@ static bool t_spin(void) {
   return true;
 }
 
+/* ---- issue 12 §5: calls that must answer as TCP does (or fail loudly) ---- */
+
+/* A plain TCP pair in this process (a connection to one's own listener
+ * stays plain): the reference the session is compared with. */
+static bool plain_pair(int *c, int *a) {
+  int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof(sa);
+  if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 4) < 0 ||
+      getsockname(ls, (struct sockaddr *)&sa, &alen) < 0)
+    return false;
+  *c = dial_port(ntohs(sa.sin_port));
+  *a = *c >= 0 ? accept(ls, NULL, NULL) : -1;
+  close(ls);
+  return *c >= 0 && *a >= 0;
+}
+
+/* Waits until fd holds n bytes to read (peeked, bounded). */
+static bool wait_bytes(int fd, size_t n) {
+  char buf[256];
+  for (int i = 0; i < 1000; i++) {
+    if (!wait_readable(fd))
+      return false;
+    ssize_t k = recv(fd, buf, n < sizeof(buf) ? n : sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+    if (k >= (ssize_t)n)
+      return true;
+    usleep(1000);
+  }
+  return false;
+}
+
+/* recv/recvmsg with MSG_ERRQUEUE on fd holding "abc": -1/EAGAIN at once
+ * (blocking socket), the bytes untouched.  Describes the result in out. */
+static void errqueue_probe(int fd, char *out, size_t outlen) {
+  char buf[16];
+  uint64_t t0 = now_ms();
+  errno = 0;
+  ssize_t n1 = recv(fd, buf, sizeof(buf), MSG_ERRQUEUE);
+  int e1 = errno;
+  char ctl[64];
+  struct msghdr m = {.msg_control = ctl, .msg_controllen = sizeof(ctl)}; /* no vector, as usual */
+  errno = 0;
+  ssize_t n2 = recvmsg(fd, &m, MSG_ERRQUEUE);
+  int e2 = errno;
+  snprintf(out, outlen, "recv %zd %s, recvmsg %zd %s%s", n1, n1 < 0 ? strerrorname_np(e1) : "",
+           n2, n2 < 0 ? strerrorname_np(e2) : "", now_ms() - t0 > 2000 ? " (slow)" : "");
+}
+
+static bool t_errqueue(void) {
+  int c, a;
+  CHECK(plain_pair(&c, &a), "plain pair: %s", strerror(errno));
+  char want[128], got[128], buf[8];
+  CHECK(write_all(a, "abc", 3) && wait_bytes(c, 3), "plain: abc");
+  errqueue_probe(c, want, sizeof(want));
+  CHECK(read_all(c, buf, 3) && memcmp(buf, "abc", 3) == 0, "plain: the bytes after MSG_ERRQUEUE");
+  close(c), close(a);
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  CHECK(write_all(fd, "abc", 3) && wait_bytes(fd, 3), "session: abc");
+  errqueue_probe(fd, got, sizeof(got));
+  CHECK(strcmp(got, want) == 0, "session: %s; plain TCP: %s", got, want);
+  CHECK(read_all(fd, buf, 3) && memcmp(buf, "abc", 3) == 0, "session: the bytes after MSG_ERRQUEUE");
+  /* Resuming: the same (never a wait). */
+  CHECK(write_all(fd, "abc", 3), "write");
+  kill_conns(port);
+  errqueue_probe(fd, got, sizeof(got));
+  CHECK(strcmp(got, want) == 0, "session across a reset: %s; plain TCP: %s", got, want);
+  CHECK(read_all(fd, buf, 3) && memcmp(buf, "abc", 3) == 0, "the bytes after a resume");
+  CHECK(echo(fd, 1000, 30), "echo");
+  close(fd);
+  return true;
+}
+
+/* MSG_TRUNC on fd holding "0123456789": what TCP does is the spec. */
+static void trunc_probe(int fd, char *out, size_t outlen) {
+  char buf[16] = "";
+  ssize_t n1 = recv(fd, NULL, 4, MSG_TRUNC);                  /* discards 4 */
+  ssize_t n2 = recv(fd, NULL, 100, MSG_PEEK | MSG_TRUNC);     /* counts 6 */
+  char keep[4] = "zz";
+  ssize_t n3 = recv(fd, keep, 2, MSG_TRUNC);                  /* discards 2, buffer untouched */
+  ssize_t n4 = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+  snprintf(out, outlen, "%zd %zd %zd [%.2s] %zd [%.*s]", n1, n2, n3, keep, n4,
+           n4 > 0 ? (int)n4 : 0, buf);
+}
+
+static bool t_trunc(void) {
+  int c, a;
+  CHECK(plain_pair(&c, &a), "plain pair: %s", strerror(errno));
+  char want[128], got[128];
+  CHECK(write_all(a, "0123456789", 10) && wait_bytes(c, 10), "plain: bytes");
+  trunc_probe(c, want, sizeof(want));
+  close(c), close(a);
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  CHECK(write_all(fd, "0123456789", 10) && wait_bytes(fd, 10), "session: bytes");
+  trunc_probe(fd, got, sizeof(got));
+  CHECK(strcmp(got, want) == 0, "session: %s; plain TCP: %s", got, want);
+  /* A large discard with MSG_WAITALL across a resume, then the stream goes
+   * on where it should. */
+  static uint8_t big[200000];
+  for (size_t i = 0; i < sizeof(big); i++)
+    big[i] = pat(i);
+  CHECK(write_all(fd, big, sizeof(big)), "write");
+  kill_conns(port);
+  ssize_t n = recv(fd, NULL, sizeof(big), MSG_TRUNC | MSG_WAITALL);
+  CHECK(n == (ssize_t)sizeof(big), "MSG_TRUNC|MSG_WAITALL across a resume: %zd %s", n, strerror(errno));
+  CHECK(echo(fd, 1000, 31), "echo after the discard");
+  close(fd);
+  return true;
+}
+
+static bool sigio_within(int ms) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGIO);
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  return sigtimedwait(&set, NULL, &ts) == SIGIO;
+}
+
+/* fd's SIGIO goes to this thread (blocked: taken by sigtimedwait). */
+static bool own_sigio(int fd) {
+  struct f_owner_ex o = {.type = F_OWNER_TID, .pid = (pid_t)syscall(SYS_gettid)};
+  return fcntl(fd, F_SETOWN_EX, &o) == 0;
+}
+
+static bool t_async(void) {
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGIO);
+  CHECK(pthread_sigmask(SIG_BLOCK, &set, &old) == 0, "sigmask");
+  /* Plain TCP: O_ASYNC brings SIGIO when bytes arrive. */
+  int c, a;
+  CHECK(plain_pair(&c, &a), "plain pair: %s", strerror(errno));
+  int fl = fcntl(c, F_GETFL);
+  CHECK(own_sigio(c) && fcntl(c, F_SETFL, fl | O_ASYNC) == 0, "plain: O_ASYNC: %s", strerror(errno));
+  CHECK(write_all(a, "x", 1) && sigio_within(5000), "plain: no SIGIO");
+  close(c), close(a);
+  /* A session cannot: refused, nothing changed (O_NONBLOCK neither). */
+  int fd = dial();
+  CHECK(fd >= 0, "connect");
+  fl = fcntl(fd, F_GETFL);
+  CHECK(fl >= 0 && !(fl & O_NONBLOCK), "F_GETFL %#x", fl);
+  CHECK(own_sigio(fd), "F_SETOWN_EX: %s", strerror(errno));
+  errno = 0;
+  int rc = fcntl(fd, F_SETFL, fl | O_ASYNC | O_NONBLOCK);
+  CHECK(rc < 0 && errno == EINVAL, "session: F_SETFL O_ASYNC: %d %s (must fail with EINVAL)", rc,
+        strerror(errno));
+  CHECK(fcntl(fd, F_GETFL) == fl, "session: flags changed by a refused F_SETFL: %#x", fcntl(fd, F_GETFL));
+  int one = 1;
+  errno = 0;
+  rc = ioctl(fd, FIOASYNC, &one);
+  CHECK(rc < 0 && errno == EINVAL, "session: FIOASYNC: %d %s (must fail with EINVAL)", rc,
+        strerror(errno));
+  CHECK(echo(fd, 1000, 32), "echo");
+  close(fd);
+  /* A socket set for SIGIO before it connects stays plain TCP: SIGIO
+   * comes. */
+  int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(s >= 0 && own_sigio(s) && fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_ASYNC) == 0, "O_ASYNC socket");
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  CHECK(connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect: %s", strerror(errno));
+  while (sigio_within(0))
+    ; /* the connect's own */
+  char b;
+  CHECK(write_all(s, "y", 1) && sigio_within(5000) && read_all(s, &b, 1) && b == 'y',
+        "O_ASYNC before connect: no SIGIO for the echo");
+  close(s);
+  while (sigio_within(0))
+    ;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return true;
+}
+
+/* fd sets of 4096 bits (a program that allocates them for more than
+ * FD_SETSIZE), set and read by hand (FD_SET stops at FD_SETSIZE). */
+#define BIG_FDS 4096
+struct bigset {
+  unsigned long w[BIG_FDS / (8 * sizeof(unsigned long))];
+};
+static void big_set(struct bigset *b, int fd) { b->w[fd / 64] |= 1UL << (fd % 64); }
+static bool big_isset(const struct bigset *b, int fd) { return (b->w[fd / 64] >> (fd % 64)) & 1; }
+
+/* select(nfds, {fd}) for readability within ms: "rc bit errno". */
+static void big_select(int nfds, int fd, int ms, char *out, size_t outlen) {
+  struct bigset r;
+  memset(&r, 0, sizeof(r));
+  big_set(&r, fd);
+  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+  errno = 0;
+  int rc = select(nfds, (fd_set *)(void *)&r, NULL, NULL, &tv);
+  snprintf(out, outlen, "%d %d %s", rc, big_isset(&r, fd), rc < 0 ? strerrorname_np(errno) : "");
+}
+
+/* The kernel's descriptor table size (FDSize), or -1. */
+static int fd_table_bits(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  int n = -1;
+  while (f && fgets(line, sizeof(line), f))
+    if (sscanf(line, "FDSize: %d", &n) == 1)
+      break;
+  if (f)
+    fclose(f);
+  return n;
+}
+
+static bool t_bigselect(void) {
+  int c, a;
+  char want[64], got[64], b;
+  CHECK(plain_pair(&c, &a), "plain pair: %s", strerror(errno));
+  CHECK(write_all(a, "x", 1), "plain write");
+  big_select(BIG_FDS, c, 5000, want, sizeof(want));
+  CHECK(strcmp(want, "1 1 ") == 0, "plain: select %s", want);
+  close(c), close(a);
+  int fd = dial();
+  CHECK(fd >= 0 && fd < 1024, "connect: %d", fd);
+  CHECK(write_all(fd, "x", 1), "write");
+  big_select(BIG_FDS, fd, 5000, got, sizeof(got));
+  CHECK(strcmp(got, want) == 0, "session, nfds %d: select %s; plain TCP: %s", BIG_FDS, got, want);
+  CHECK(read_all(fd, &b, 1) && b == 'x', "read");
+  /* Nothing to read, suspended: a timeout, not an error. */
+  kill_conns(port);
+  big_select(BIG_FDS, fd, 200, got, sizeof(got));
+  CHECK(strcmp(got, "0 0 ") == 0, "session, nothing to read: select %s", got);
+  /* The echo of a byte written before a reset: readable after the resume. */
+  CHECK(write_all(fd, "z", 1), "write");
+  kill_conns(port);
+  big_select(BIG_FDS, fd, 10000, got, sizeof(got));
+  CHECK(strcmp(got, want) == 0, "session across a reset: select %s; plain TCP: %s", got, want);
+  CHECK(read_all(fd, &b, 1) && b == 'z', "read after the resume");
+  /* An ordinary fd_set with nfds far past the descriptor table (as
+   * select(getdtablesize(), ...) does): the kernel looks at the table's
+   * width only. */
+  int table = fd_table_bits();
+  if (table > 0 && table <= FD_SETSIZE) { /* else the kernel too would read past the set */
+    fd_set small;
+    FD_ZERO(&small);
+    FD_SET(fd, &small);
+    struct timeval tv = {5, 0};
+    CHECK(write_all(fd, "w", 1), "write");
+    int rc = select(1 << 20, &small, NULL, NULL, &tv);
+    CHECK(rc == 1 && FD_ISSET(fd, &small), "select(1 << 20) with an fd_set: %d %s", rc,
+          strerror(errno));
+    CHECK(read_all(fd, &b, 1) && b == 'w', "read");
+  } else {
+    fprintf(stderr, "bigselect: descriptor table of %d: select(1 << 20) with an fd_set skipped\n",
+            table);
+  }
+  /* A session's number above FD_SETSIZE (where the limit allows it). */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < BIG_FDS && rl.rlim_max >= BIG_FDS) {
+    rl.rlim_cur = BIG_FDS;
+    (void)setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  int hi = dup2(fd, 3000);
+  if (hi == 3000) {
+    CHECK(write_all(hi, "h", 1), "write");
+    kill_conns(port);
+    big_select(BIG_FDS, hi, 10000, got, sizeof(got));
+    CHECK(strcmp(got, want) == 0, "session on fd 3000 across a reset: select %s", got);
+    CHECK(read_all(hi, &b, 1) && b == 'h', "read on 3000");
+    close(hi);
+  } else {
+    fprintf(stderr, "bigselect: no fd 3000 (%s): that part skipped\n", strerror(errno));
+  }
+  CHECK(echo(fd, 1000, 33), "echo");
+  close(fd);
+  return true;
+}
+
+/* What /proc says the number names now ("socket:[...]", "pipe:[...]"). */
+static bool names_socket(int fd) {
+  char path[64], target[128];
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof(target) - 1);
+  return n > 7 && strncmp(target, "socket:", 7) == 0;
+}
+
+/* fstat, fstatat(AT_EMPTY_PATH) and statx(AT_EMPTY_PATH) say socket. */
+static bool stats_socket(int fd, char *why_, size_t len) {
+  struct stat st;
+  struct statx sx;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    snprintf(why_, len, "fstat mode %#o", (unsigned)st.st_mode);
+    return false;
+  }
+  if (fstatat(fd, "", &st, AT_EMPTY_PATH) != 0 || !S_ISSOCK(st.st_mode)) {
+    snprintf(why_, len, "fstatat mode %#o", (unsigned)st.st_mode);
+    return false;
+  }
+  if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE, &sx) != 0 || !S_ISSOCK(sx.stx_mode)) {
+    snprintf(why_, len, "statx mode %#o", (unsigned)sx.stx_mode);
+    return false;
+  }
+  return true;
+}
+
+/* A session held in a transition: its peer (a child) is stopped and its
+ * connection reset, so it cannot resume until the child goes on.  There
+ * SIOCOUTQ answers (the bytes the peer does not have), fstat says socket,
+ * MSG_ERRQUEUE says EAGAIN at once. */
+static bool transition_checks(int fd, pid_t pid, int lport) {
+  char w[128];
+  int n = -1;
+  /* Plain TCP: SIOCOUTQ and SIOCOUTQNSD answer, fstat says socket. */
+  int c, a;
+  CHECK(plain_pair(&c, &a), "plain pair");
+  CHECK(ioctl(c, SIOCOUTQ, &n) == 0 && n >= 0 && ioctl(c, SIOCOUTQNSD, &n) == 0 && n >= 0,
+        "plain: SIOCOUTQ: %s", strerror(errno));
+  CHECK(stats_socket(c, w, sizeof(w)), "plain: %s", w);
+  close(c), close(a);
+  /* Connected: the same. */
+  static char chunk[5000];
+  memset(chunk, 'q', sizeof(chunk));
+  CHECK(write_all(fd, chunk, sizeof(chunk)), "write");
+  CHECK(ioctl(fd, SIOCOUTQ, &n) == 0 && n >= 0 && n <= (int)sizeof(chunk), "connected: SIOCOUTQ %d %s",
+        n, strerror(errno));
+  CHECK(stats_socket(fd, w, sizeof(w)), "connected: %s", w);
+  CHECK(kill(pid, SIGSTOP) == 0, "SIGSTOP");
+  kill_conns(lport);
+  int i;
+  for (i = 0; i < 1000 && names_socket(fd); i++)
+    usleep(2000); /* until the session notices (the reset is in the kernel already) */
+  CHECK(!names_socket(fd), "the session never left its socket after the reset");
+  /* The peer's application read nothing: every byte is still owed. */
+  n = -1;
+  errno = 0;
+  CHECK(ioctl(fd, SIOCOUTQ, &n) == 0 && n == (int)sizeof(chunk), "suspended: SIOCOUTQ %d %s (want %zu)",
+        n, strerror(errno), sizeof(chunk));
+  n = -1;
+  CHECK(ioctl(fd, SIOCOUTQNSD, &n) == 0 && n == (int)sizeof(chunk), "suspended: SIOCOUTQNSD %d %s", n,
+        strerror(errno));
+  CHECK(stats_socket(fd, w, sizeof(w)), "suspended: %s", w);
+  char buf[8];
+  uint64_t t0 = now_ms();
+  ssize_t r = recv(fd, buf, sizeof(buf), MSG_ERRQUEUE);
+  CHECK(r < 0 && errno == EAGAIN && now_ms() - t0 < 2000, "suspended: MSG_ERRQUEUE %zd %s", r,
+        strerror(errno));
+  r = recv(fd, NULL, 10, MSG_TRUNC | MSG_DONTWAIT);
+  CHECK(r < 0 && errno == EAGAIN, "suspended: MSG_TRUNC|MSG_DONTWAIT %zd %s", r, strerror(errno));
+  CHECK(names_socket(fd) == false, "resumed while the peer was stopped?");
+  return true;
+}
+
+static bool t_transition(void) {
+  int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t alen = sizeof(a);
+  CHECK(bind(ls, (struct sockaddr *)&a, sizeof(a)) == 0, "bind");
+  CHECK(getsockname(ls, (struct sockaddr *)&a, &alen) == 0, "getsockname");
+  int lport = ntohs(a.sin_port);
+  int go[2];
+  CHECK(pipe(go) == 0, "pipe");
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork");
+  if (pid == 0) { /* accepts, reads nothing until told, then the 5000 bytes */
+    close(go[1]);
+    char b, buf[5000];
+    int peer = listen(ls, 4) == 0 ? accept(ls, NULL, NULL) : -1;
+    bool ok = peer >= 0 && read(go[0], &b, 1) == 1 && read_all(peer, buf, sizeof(buf));
+    for (size_t i = 0; ok && i < sizeof(buf); i++)
+      ok = buf[i] == 'q';
+    close(peer);
+    exit(ok ? 0 : 1);
+  }
+  close(ls);
+  close(go[0]);
+  int fd = -1;
+  for (int i = 0; i < 200 && fd < 0; i++) { /* until the child listens */
+    fd = dial_port(lport);
+    if (fd < 0)
+      usleep(10000);
+  }
+  bool ok = fd >= 0 && transition_checks(fd, pid, lport);
+  kill(pid, SIGCONT);
+  int st = 0;
+  if (ok) {
+    (void)!write(go[1], "g", 1); /* the child reads the 5000 bytes after the resume */
+    int n = -1;
+    for (int i = 0; i < 1000; i++) { /* and the session learns it did */
+      if (ioctl(fd, SIOCOUTQ, &n) == 0 && n == 0)
+        break;
+      usleep(10000);
+    }
+    if (n != 0) {
+      snprintf(why, sizeof(why), "SIOCOUTQ still %d 10 s after the peer read everything", n);
+      ok = false;
+    }
+  } else {
+    kill(pid, SIGKILL);
+  }
+  close(go[1]);
+  if (waitpid(pid, &st, 0) == pid && ok && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+    snprintf(why, sizeof(why), "the peer: status %#x", st);
+    ok = false;
+  }
+  if (fd >= 0)
+    close(fd);
+  return ok;
+}
+
 static const struct {
   const char *name;
   bool (*fn)(void);
 } tests[] = {
+    /* First: bigselect needs a descriptor table no larger than FD_SETSIZE,
+     * which handshake_kill's thousands of connections grow. */
+    {"errqueue", t_errqueue}, {"trunc", t_trunc},       {"async", t_async},
+    {"bigselect", t_bigselect}, {"transition", t_transition},
     {"peek", t_peek},         {"rcvtimeo", t_rcvtimeo}, {"sndtimeo", t_sndtimeo},
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
