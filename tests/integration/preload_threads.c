@@ -6,11 +6,12 @@
  *   preload_threads PORT SINK_PORT
  *   preload_threads sink SINK_PORT
  *
- * PORT is an echo server (preload_epoll_echo), SINK_PORT the second form.  Each test prints "ok NAME"
- * or "not ok NAME: why"; the exit status is the number of failures.  The
- * shutting thread acts only once it has seen the other asleep in the
- * kernel (/proc/self/task/TID/syscall: in the call, or in tether's poll),
- * so every case exercises a wake-up, not a shutdown that came first.
+ * PORT is an echo server (preload_epoll_echo), SINK_PORT the second form.
+ * Each test prints "ok NAME" or "not ok NAME: why"; the exit status is the
+ * number of failures.  The shutting (or closing) thread acts only once it
+ * has seen the other asleep in the kernel (/proc/self/task/TID/syscall: in
+ * the call, or in tether's poll), so every case exercises a call in
+ * progress, not a shutdown that came first.
  *
  *   shut_rd    recv() blocked, shutdown(SHUT_RD): recv returns 0
  *   shut_rdwr  read() blocked, shutdown(SHUT_RDWR): read returns 0

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Threads of one program under tether-run (preload_threads.c): a thread
 # blocked in recv/read/send while another shuts the socket down must return
-# as on plain TCP (0 for a read, EPIPE for a send), and a close by a third
-# thread lets the calls in progress go on to their end, as on TCP.  The same program runs
-# first without tether against a plain echo server: the expectations are
-# plain TCP's.
+# as on plain TCP (0 for a read, EPIPE for a send), and a close by another
+# thread lets a send in progress go on to its end, as on TCP.  The same
+# program runs first without tether against plain servers: the
+# expectations are plain TCP's.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_RUN EPOLL_ECHO PRELOAD_THREADS
