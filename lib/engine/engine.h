@@ -497,6 +497,12 @@ void listener_enqueue(struct tether_listener *l, struct tether_session *s, bool 
 bool listener_reserve(struct hs_conn *h);
 /* Gives back h's reserved place. */
 void listener_unreserve(struct hs_conn *h);
+/* Whether tether_listener_close() was called (from any thread: an atomic
+ * flag, read without ctx->lock where that suffices). */
+static inline bool listener_closed(const struct tether_listener *l) {
+  return __atomic_load_n(&l->closed, __ATOMIC_ACQUIRE);
+}
+
 /* ctx->lock held: whether listener_reserve would succeed. */
 bool listener_has_room_locked(const struct tether_listener *l);
 /* Context teardown (engine stopped). */

@@ -302,7 +302,7 @@ static int on_accept(struct hs_conn *h, const Tether__Wire__ResumeAccept *ra) {
  * (that ClientFinish, an authenticated datagram or a resume) a broken
  * connection ends such a session within connect_timeout_ms. */
 static int on_client_hello(struct hs_conn *h, const Tether__Wire__ClientHello *ch) {
-  if (h->listener && h->listener->closed)
+  if (h->listener && listener_closed(h->listener))
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "listener closed", -ECONNREFUSED);
   memcpy(h->t.client_pub, ch->x25519_pub.data, KEY_LEN);
   memcpy(h->t.client_nonce, ch->nonce.data, NONCE_LEN);
@@ -324,7 +324,7 @@ static int answer_client_hello(struct hs_conn *h) {
   uint8_t th[32], mac[MAC_LEN];
   bool confirm = h->ctx->cfg.psk_len > 0;
   int rc;
-  if (h->listener && h->listener->closed)
+  if (h->listener && listener_closed(h->listener))
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "listener closed", -ECONNREFUSED);
   h->key = ctx_take_key(h->ctx);
   if (!h->key || crypto_random(h->nonce_s, NONCE_LEN) < 0 ||

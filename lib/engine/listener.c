@@ -53,7 +53,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
 /* ---- the accept queue's bound ---- */
 
 bool listener_has_room_locked(const struct tether_listener *l) {
-  return l->closed || l->queued + l->reserved < l->ctx->cfg.accept_backlog;
+  return listener_closed(l) || l->queued + l->reserved < l->ctx->cfg.accept_backlog;
 }
 
 bool listener_reserve(struct hs_conn *h) {
@@ -62,7 +62,7 @@ bool listener_reserve(struct hs_conn *h) {
     return true;
   pthread_mutex_lock(&l->ctx->lock);
   bool room = listener_has_room_locked(l);
-  if (room && !l->closed) {
+  if (room && !listener_closed(l)) {
     l->reserved++;
     h->slot.reserved = true;
   }
@@ -198,7 +198,7 @@ void listener_enqueue(struct tether_listener *l, struct tether_session *s, bool 
   pthread_mutex_lock(&l->ctx->lock);
   if (reserved)
     l->reserved--;
-  bool closed = l->closed;
+  bool closed = listener_closed(l);
   if (!closed) {
     if (l->queue_tail)
       l->queue_tail->queue_next = s;
@@ -349,7 +349,7 @@ int tether_accept(tether_listener *l, tether_session **out) {
     return -EINVAL;
   for (;;) {
     uint64_t v;
-    if (__atomic_load_n(&l->closed, __ATOMIC_ACQUIRE)) /* tether_listener_close: any thread */
+    if (listener_closed(l)) /* tether_listener_close: any thread */
       return TETHER_ECLOSED;
     if (read(l->ready_fd, &v, sizeof(v)) == (ssize_t)sizeof(v)) {
       pthread_mutex_lock(&l->ctx->lock);

@@ -318,7 +318,7 @@ size_t tether_ctx_listeners(tether_ctx *ctx, tether_listener **out, size_t cap) 
     return 0;
   pthread_mutex_lock(&ctx->lock);
   for (struct tether_listener *l = ctx->listeners; l; l = l->next)
-    if (!l->closed) {
+    if (!listener_closed(l)) {
       if (out && n < cap)
         out[n] = l;
       n++;
