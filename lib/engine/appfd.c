@@ -13,7 +13,7 @@
 
 /* Both locks held.  Points app_fd at `fd` (consumed) of the given kind, and
  * wakes pollers of a WAIT or HELD pipe by closing its write end (POLLHUP
- * wakes a poller whatever it waits for). */
+ * wakes a poller whatever it waits for), and the library's own waits. */
 static void app_fd_install(struct tether_session *s, int fd, int kind) {
   if (s->app_fd >= 0 && s->app_fd_hook)
     s->app_fd_hook(s, fd, kind);
@@ -25,6 +25,7 @@ static void app_fd_install(struct tether_session *s, int fd, int kind) {
     close(s->hold_w);
   s->hold_w = -1;
   __atomic_store_n(&s->app_kind, kind, __ATOMIC_RELEASE);
+  app_waiters_wake(s);
 }
 
 /* Both locks held: any transition.  Pollers return; see APP_FD_READY. */
@@ -83,17 +84,13 @@ void app_fd_fixup(struct tether_session *s) {
   session_unlock(s);
 }
 
-int app_fd_hold(struct tether_session *s, bool want_wake) {
-  if (s->app_fd < 0 || s->sock < 0 || s->core.state != CORE_CONNECTED)
-    return -1;
-  if (s->app_kind != APP_FD_HELD) {
-    if (install_pipe(s, APP_FD_HELD) < 0)
-      return -1;
-    s->held_marked = false;
-    app_fd_held_sync(s);
-    session_kick(s); /* the engine watches the socket's reads for us */
-  }
-  return want_wake ? fcntl(s->app_fd, F_DUPFD_CLOEXEC, 0) : -1;
+void app_fd_hold(struct tether_session *s) {
+  if (s->app_fd < 0 || s->sock < 0 || s->core.state != CORE_CONNECTED ||
+      s->app_kind == APP_FD_HELD || install_pipe(s, APP_FD_HELD) < 0)
+    return;
+  s->held_marked = false;
+  app_fd_held_sync(s);
+  session_kick(s); /* the engine watches the socket's reads for us */
 }
 
 void app_fd_held_sync(struct tether_session *s) {

@@ -14,6 +14,7 @@
 
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -213,6 +214,10 @@ struct tether_session {
   int hold_w; /* the WAIT or HELD pipe's write end while app_fd is its
                  read end */
   bool held_marked; /* HELD: the pipe holds a byte (the socket is readable) */
+  /* Threads blocked in the data path (waiters.c): woken whenever app_fd
+   * changes.  waiters_lock is innermost: taken under any other lock. */
+  pthread_mutex_t waiters_lock;
+  struct app_waiter *waiters;
   bool nonblocking;
   bool read_spin; /* the last blocking wait to read was short: spin first */
   bool app_closed; /* the application let go: the engine owns it */
@@ -281,7 +286,9 @@ struct tether_session {
  * sees on its first pass only, so a sleeping poller never notices that the
  * number now names another file.  Hence every transition installs READY and
  * wakes the old file, sending pollers back to the application, whose next
- * tether_* call installs the file for the new state (app_fd_fixup). */
+ * tether_* call installs the file for the new state (app_fd_fixup).  The
+ * library's own waits are also woken through eventfds (waiters.c): a woken
+ * poller may look only after another thread's call replaced READY. */
 enum {
   APP_FD_SOCK,  /* the live TCP socket (connected) */
   APP_FD_READY, /* an eventfd holding 1: readable and writable */
@@ -454,17 +461,41 @@ void app_fd_ready(struct tether_session *s);
  * file the current state calls for. */
 void app_fd_fixup(struct tether_session *s);
 /* Both locks held, connected, no retention room: installs HELD so that
- * pollers are not told "writable" while a write would fail with EAGAIN.
- * With `want_wake`, returns a descriptor (the caller's to close) that becomes
- * ready when the writer may try again, for a blocking writer to wait on;
- * else, or if it cannot, -1. */
-int app_fd_hold(struct tether_session *s, bool want_wake);
+ * pollers are not told "writable" while a write would fail with EAGAIN. */
+void app_fd_hold(struct tether_session *s);
 /* Both locks held: a HELD app fd is readable exactly while the socket has
  * bytes to read (after bytes arrived, or the application read them). */
 void app_fd_held_sync(struct tether_session *s);
 /* Engine thread, both locks held: ends HELD once there is room again, or
  * the session left CONNECTED. */
 void app_fd_release(struct tether_session *s);
+
+/* ---- waiting in the data path (waiters.c) ---- */
+
+/* A thread blocked on a session's app fd, on the stack of its wait. */
+struct app_waiter {
+  struct app_waiter *next;
+  int efd;    /* the thread's wake eventfd; -1: none (out of descriptors) */
+  bool woken; /* its eventfd was written to (waiters_lock) */
+};
+/* How waits poll: ppoll, or the raw one where ppoll is interposed. */
+extern int (*engine_ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+/* Registers the calling thread.  Then either app_waiter_wait or
+ * app_waiter_remove. */
+void app_waiter_add(struct tether_session *s, struct app_waiter *w);
+void app_waiter_remove(struct tether_session *s, struct app_waiter *w);
+/* Waits until fd may be ready for `events`, app_fd changes or
+ * app_waiters_wake (timeout_ms < 0: no limit; mask: the signal mask during
+ * the wait, as ppoll's, or NULL), and unregisters w.  Returns 0 (look
+ * again), -EAGAIN (timed out) or -EINTR. */
+int app_waiter_wait(struct tether_session *s, struct app_waiter *w, int fd, short events,
+                    int timeout_ms, const sigset_t *mask);
+/* Both of the above, without a time limit: 0 or -EINTR. */
+int app_wait(struct tether_session *s, int fd, short events, const sigset_t *mask);
+/* Wakes every waiting thread: they look again.  Any lock may be held. */
+void app_waiters_wake(struct tether_session *s);
+/* In a forked child: the forking thread's wake eventfd is its parent's. */
+void app_waiters_after_fork_child(void);
 
 /* ---- client side (client.c) ---- */
 
@@ -524,11 +555,11 @@ void spin_hold(struct spin_hold *h);
 /* Lets them in again: -EINTR when one came that would have interrupted a
  * blocking wait (its handler has run by the time this returns), else 0. */
 int spin_release(struct spin_hold *h);
-/* The spin found nothing: sleeps until fd may be ready for `events`, with
- * the thread's own signal mask back in place atomically (ppoll), so that a
+/* The spin found nothing: waits for s's app fd as app_wait does, with the
+ * thread's own signal mask back in place atomically (ppoll), so that a
  * signal that came during the spin, or comes now, ends it: -EINTR, else 0.
  * The signals are held back again on return: spin_release. */
-int spin_wait(struct spin_hold *h, int fd, short events);
+int spin_wait(struct spin_hold *h, struct tether_session *s, short events);
 
 /* ---- context (ctx.c) ---- */
 

@@ -10,14 +10,6 @@
 
 #include "engine.h"
 
-/* Blocks until fd may be ready for `events`.  Returns 0 or -EINTR. */
-static int wait_fd(int fd, short events) {
-  struct pollfd p = {.fd = fd, .events = events};
-  if (poll(&p, 1, -1) < 0 && errno == EINTR)
-    return -EINTR;
-  return 0;
-}
-
 /* Blocks until the session's number may be readable.  A reader whose last
  * wait was short first polls for up to ctx->read_spin_ns without sleeping:
  * in a bulk transfer the next bytes are microseconds away, and a reader that
@@ -37,12 +29,12 @@ static int wait_readable(struct tether_session *s) {
     do
       ready = poll(&p, 1, 0) > 0;
     while (!ready && now_ns() - start < spin);
-    rc = ready ? 0 : spin_wait(&h, s->app_fd, POLLIN);
+    rc = ready ? 0 : spin_wait(&h, s, POLLIN);
     (void)spin_release(&h); /* a signal now came after the wait ended */
     if (ready)
       return 0;
   } else {
-    rc = wait_fd(s->app_fd, POLLIN);
+    rc = app_wait(s, s->app_fd, POLLIN, NULL);
   }
   if (spin)
     __atomic_store_n(&s->read_spin, now_ns() - start < spin, __ATOMIC_RELAXED);
@@ -145,8 +137,7 @@ static bool sock_writable(int fd) {
 
 /* No locks held.  The socket may be writable while retention has no room
  * (a durable peer that does not commit): then app_fd must not say
- * "writable", or every poller would spin on EAGAIN.  Returns what a
- * blocking writer waits on (see app_fd_hold).
+ * "writable", or every poller would spin on EAGAIN (see app_fd_hold).
  *
  * Not while the socket itself is full: its own POLLOUT is truthful then.
  * Retried once it drains, the writer trims again (the in-flight rule), and
@@ -154,14 +145,12 @@ static bool sock_writable(int fd) {
  * at most outq + peer_rcvbuf_max (+ 1 KiB when we are durable), so its room
  * is at least local_sndbuf_max - outq, more than nothing whenever the socket
  * is writable.  Such a session is never held. */
-static int hold_writer(struct tether_session *s) {
-  int wake = -1;
+static void hold_writer(struct tether_session *s) {
   session_lock(s);
   if (s->core.state == CORE_CONNECTED && core_write_room(&s->core) == 0 && s->sock >= 0 &&
       sock_writable(s->sock))
-    wake = app_fd_hold(s, !s->nonblocking);
+    app_fd_hold(s);
   session_unlock(s);
-  return wake;
 }
 
 ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
@@ -222,13 +211,12 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
       }
     }
     pthread_mutex_unlock(&s->tx_lock);
-    int wake = no_room ? hold_writer(s) : -1;
+    if (no_room)
+      hold_writer(s);
     if (s->nonblocking)
       return -EAGAIN;
-    int w = wake >= 0 ? wait_fd(wake, POLLIN) : wait_fd(s->app_fd, POLLOUT);
-    if (wake >= 0)
-      close(wake);
-    if (w < 0)
+    /* Held, app_fd never says "writable": the release wakes the wait. */
+    if (app_wait(s, s->app_fd, POLLOUT, NULL) < 0)
       return -EINTR;
     app_fd_fixup(s);
     pthread_mutex_lock(&s->tx_lock);

@@ -32,6 +32,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   s->ctx = ctx;
   pthread_mutex_init(&s->rx_lock, NULL);
   pthread_mutex_init(&s->tx_lock, NULL);
+  pthread_mutex_init(&s->waiters_lock, NULL);
   memcpy(s->id, m->id.data, SESSION_ID_LEN);
   memcpy(s->keys.ctl_c2s, m->k_ctl_c2s.data, KEY_LEN);
   memcpy(s->keys.ctl_s2c, m->k_ctl_s2c.data, KEY_LEN);

@@ -61,6 +61,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->ctx = ctx;
   pthread_mutex_init(&s->rx_lock, NULL);
   pthread_mutex_init(&s->tx_lock, NULL);
+  pthread_mutex_init(&s->waiters_lock, NULL);
   memcpy(s->id, h->t.session_id, SESSION_ID_LEN);
   s->keys = h->keys;
   s->is_client = is_client;
@@ -565,6 +566,7 @@ void session_destroy(struct tether_session *s) {
   free(s->finish_rd);
   pthread_mutex_destroy(&s->rx_lock);
   pthread_mutex_destroy(&s->tx_lock);
+  pthread_mutex_destroy(&s->waiters_lock);
   wipe(s, sizeof(*s));
   free(s);
 }

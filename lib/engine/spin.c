@@ -37,13 +37,10 @@ static bool interrupts(const sigset_t *pending, const sigset_t *old) {
   return false;
 }
 
-int spin_wait(struct spin_hold *h, int fd, short events) {
-  struct pollfd p = {.fd = fd, .events = events};
+int spin_wait(struct spin_hold *h, struct tether_session *s, short events) {
   /* The kernel decides as for a plain poll: a signal with a handler ends
    * it (EINTR), an ignored one restarts it. */
-  if (ppoll(&p, 1, NULL, &h->old) < 0 && errno == EINTR)
-    return -EINTR;
-  return 0;
+  return app_wait(s, s->app_fd, events, &h->old);
 }
 
 int spin_release(struct spin_hold *h) {

@@ -142,101 +142,24 @@ int tp_wait(int fd, short events, int timeout_ms) {
   return n == 0 ? -EAGAIN : 0;
 }
 
-/* Each thread that ever blocks in a session's data path gets one eventfd
- * to be woken through (closed when the thread ends, forgotten in a forked
- * child, whose copy of the parent's would wake the wrong process). */
-static __thread int t_wake_efd __attribute__((tls_model("initial-exec"))) = -1;
-static __thread dev_t t_wake_dev __attribute__((tls_model("initial-exec")));
-static __thread ino_t t_wake_ino __attribute__((tls_model("initial-exec")));
-static pthread_key_t wake_key;
-static pthread_once_t wake_once = PTHREAD_ONCE_INIT;
-
-static void wake_fd_free(void *v) { (void)real.close((int)(intptr_t)v - 1); }
-static void wake_key_init(void) { (void)pthread_key_create(&wake_key, wake_fd_free); }
-
-/* Whether our number still names our eventfd: the program may have closed
- * it (closefrom) and the number may name a file of its own now. */
-static bool wake_fd_ours(void) {
-  struct stat st;
-  return fstat(t_wake_efd, &st) == 0 && st.st_dev == t_wake_dev && st.st_ino == t_wake_ino;
-}
-
-static void wake_fd_forget(void) {
-  t_wake_efd = -1;
-  (void)pthread_setspecific(wake_key, NULL);
-}
-
-static int wake_fd(void) {
-  if (t_wake_efd >= 0)
-    return t_wake_efd;
-  struct stat st;
-  int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (efd < 0)
-    return -1;
-  if (fstat(efd, &st) != 0 || pthread_once(&wake_once, wake_key_init) != 0 ||
-      pthread_setspecific(wake_key, (void *)(intptr_t)(efd + 1)) != 0) {
-    (void)real.close(efd);
-    return -1;
-  }
-  t_wake_dev = st.st_dev;
-  t_wake_ino = st.st_ino;
-  return t_wake_efd = efd;
-}
-
 static bool shut_for(const struct psock *ps, short events) {
   return ((events & POLLIN) && ps->rd_shut) || ((events & POLLOUT) && ps->wr_shut);
 }
 
 int tp_wait_shut(struct psock *ps, int fd, short events, int timeout_ms) {
-  int efd = wake_fd();
-  if (efd < 0) /* out of descriptors: a wait that shutdown() cannot end */
-    return tp_wait(fd, events, timeout_ms);
-  struct pwaiter w = {.efd = efd};
+  struct tether_session *s = ps->s;
+  struct app_waiter w;
+  app_waiter_add(s, &w); /* before the look at the flags: shutdown wakes after setting them */
   pthread_mutex_lock(&ps->lock);
-  if (shut_for(ps, events)) {
-    pthread_mutex_unlock(&ps->lock);
-    return 0;
-  }
+  bool shut = shut_for(ps, events);
   if (!ps_has_alias(ps, fd) && ps->own_fd >= 0)
     fd = ps->own_fd; /* the program closed its number during the call */
-  w.next = ps->waiters;
-  ps->waiters = &w;
   pthread_mutex_unlock(&ps->lock);
-
-  struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = efd, .events = POLLIN}};
-  int n = real.poll(p, 2, timeout_ms);
-  int err = errno;
-
-  pthread_mutex_lock(&ps->lock);
-  for (struct pwaiter **pp = &ps->waiters; *pp; pp = &(*pp)->next)
-    if (*pp == &w) {
-      *pp = w.next;
-      break;
-    }
-  pthread_mutex_unlock(&ps->lock);
-  if (w.woken) {
-    uint64_t v;
-    (void)!real.read(efd, &v, sizeof(v)); /* written under ps->lock: done */
+  if (shut) {
+    app_waiter_remove(s, &w);
     return 0;
   }
-  if (n > 0 && p[1].revents && !(p[1].revents & POLLNVAL) && !wake_fd_ours()) {
-    wake_fd_forget(); /* the program's file now: not ours to read or close */
-    return 0;         /* the caller looks again */
-  }
-  if (n > 0 && (p[1].revents & POLLNVAL))
-    wake_fd_forget(); /* closed by the program */
-  if (n < 0)
-    return err == EINTR ? -EINTR : 0;
-  return n == 0 ? -EAGAIN : 0;
-}
-
-void tp_wake_waiters(struct psock *ps) {
-  uint64_t one = 1;
-  for (struct pwaiter *w = ps->waiters; w; w = w->next)
-    if (!w->woken) {
-      w->woken = true;
-      (void)!real.write(w->efd, &one, sizeof(one));
-    }
+  return app_waiter_wait(s, &w, fd, events, timeout_ms, NULL);
 }
 
 bool tp_restart_after_eintr(void) {
@@ -254,10 +177,7 @@ bool tp_restart_after_eintr(void) {
 
 static void after_fork_child(void) {
   tp_pid = getpid();
-  if (t_wake_efd >= 0) { /* the parent's threads' wake-ups are not ours */
-    (void)real.close(t_wake_efd);
-    wake_fd_forget();
-  }
+  app_waiters_after_fork_child();
   pthread_mutex_init(&ctx_lock, NULL);
   g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
   g_ctx_failed = false;

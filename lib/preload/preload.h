@@ -183,13 +183,6 @@ struct sopt {
 
 #define PS_MAX_OPTS 24
 
-/* A thread blocked in a psock's read or write (io.c): shutdown() from
- * another thread wakes it, as the kernel wakes one blocked on a socket. */
-struct pwaiter {
-  struct pwaiter *next;
-  int efd;     /* the waiting thread's wake eventfd (tp_wait_shut) */
-  bool woken;  /* written to by shutdown() */
-};
 
 struct psock {
   pthread_mutex_t lock; /* everything below */
@@ -207,7 +200,6 @@ struct psock {
   struct eptab *tab;   /* PS_EPOLL: the instance's registrations */
   uint64_t ep_spin_ns; /* PS_EPOLL: how long its next wait spins (epoll.c) */
   struct tether_session *s;
-  struct pwaiter *waiters; /* threads blocked in its data path */
   struct plisten *pl;
   int placeholder_w; /* connecting: the WAIT pipe's write end, or -1 */
   int abort_efd;     /* connecting in a helper thread: wakes it when the program closes */
@@ -412,13 +404,12 @@ bool tp_restart_after_eintr(void);
 /* Waits for fd to poll `events`, up to timeout_ms (-1 = forever).  0 ready,
  * -EAGAIN timed out, -EINTR interrupted. */
 int tp_wait(int fd, short events, int timeout_ms);
-/* tp_wait on one of ps's numbers that shutdown() of the direction waited
- * for (POLLIN: SHUT_RD, POLLOUT: SHUT_WR) also ends: 0 at once once it
- * has happened, before or during the wait. */
+/* tp_wait on one of a session psock's numbers, which shutdown() of the
+ * direction waited for (POLLIN: SHUT_RD, POLLOUT: SHUT_WR) also ends: 0 at
+ * once once it has happened, before or during the wait (shutdown() wakes
+ * the session's waiters), as does any change of the file behind the
+ * number (app_waiter_wait). */
 int tp_wait_shut(struct psock *ps, int fd, short events, int timeout_ms);
-/* shutdown(): ps->lock held; wakes the threads tp_wait_shut keeps waiting
- * on ps. */
-void tp_wake_waiters(struct psock *ps);
 /* Whether a session's fd is its live socket (its readiness is the truth). */
 bool live_session(const struct tether_session *s);
 /* The readiness to report for a session's fd that poll or epoll found with

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "preload.h"
 
 struct real_fns real;
@@ -31,6 +32,7 @@ void real_init(void) {
   R(epoll_wait); R(epoll_pwait); R(recvmmsg); R(sendmmsg); R(splice); R(syscall); R(preadv2); R(pwritev2);
   R(execve); R(execv); R(execvp); R(execvpe); R(fexecve); R(_exit); R(_Exit);
 #undef R
+  engine_ppoll = real.ppoll; /* the engine's waits must not come back here */
   /* Newer than some libcs: optional. */
   *(void **)&real.close_range = dlsym(RTLD_NEXT, "close_range");
   *(void **)&real.closefrom = dlsym(RTLD_NEXT, "closefrom");

@@ -847,7 +847,7 @@ EXPORT int shutdown(int fd, int how) {
     ps->rd_shut = true;
   if (shut_wr)
     ps->wr_shut = true;
-  tp_wake_waiters(ps); /* threads blocked in recv/send on it return now */
+  app_waiters_wake(ps->s); /* threads blocked in recv/send on it return now */
   pthread_mutex_unlock(&ps->lock);
   if (shut_wr) {
     TP_ENTER();

@@ -35,6 +35,15 @@ static int timer_200ms(void) {
   return fd;
 }
 
+/* A session whose app fd is fd, as far as its waits go (waiters.c). */
+static struct tether_session *waits_on(int fd) {
+  static struct tether_session s;
+  memset(&s, 0, sizeof(s));
+  s.app_fd = fd;
+  pthread_mutex_init(&s.waiters_lock, NULL);
+  return &s;
+}
+
 static void set_usr1(void (*handler)(int), struct sigaction *old) {
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
@@ -54,7 +63,7 @@ static void test_signal_during_spin_ends_wait(void **state) {
   spin_hold(&h);
   assert_int_equal(pthread_kill(pthread_self(), SIGUSR1), 0);
   assert_int_equal(handled, 0); /* held back */
-  assert_int_equal(spin_wait(&h, fd, POLLIN), -EINTR);
+  assert_int_equal(spin_wait(&h, waits_on(fd), POLLIN), -EINTR);
   assert_int_equal(handled, 1);
   assert_int_equal(spin_release(&h), 0);
   struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -76,7 +85,7 @@ static void test_blocked_signal_waits(void **state) {
   assert_int_equal(pthread_sigmask(SIG_BLOCK, &usr1, &before), 0);
   spin_hold(&h);
   assert_int_equal(pthread_kill(pthread_self(), SIGUSR1), 0);
-  assert_int_equal(spin_wait(&h, fd, POLLIN), 0); /* the timer ended it */
+  assert_int_equal(spin_wait(&h, waits_on(fd), POLLIN), 0); /* the timer ended it */
   assert_int_equal(spin_release(&h), 0);
   assert_int_equal(handled, 0);
   int sig = 0;
@@ -96,7 +105,7 @@ static void test_ignored_signal_waits(void **state) {
   set_usr1(SIG_IGN, &old);
   spin_hold(&h);
   assert_int_equal(pthread_kill(pthread_self(), SIGUSR1), 0);
-  assert_int_equal(spin_wait(&h, fd, POLLIN), 0);
+  assert_int_equal(spin_wait(&h, waits_on(fd), POLLIN), 0);
   assert_int_equal(spin_release(&h), 0);
   close(fd);
   assert_int_equal(sigaction(SIGUSR1, &old, NULL), 0);
