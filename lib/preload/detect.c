@@ -64,11 +64,12 @@ bool ipport_eq(const struct ipport *a, const struct ipport *b) {
 
 static struct record {
   struct ipport who;
+  int lport; /* the listener's port the client asked or announced at */
   uint64_t expires;
 } records[RECORDS];
 static pthread_mutex_t records_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void probes_record(const struct ipport *who, uint64_t now_ms) {
+void probes_record(const struct ipport *who, int lport, uint64_t now_ms) {
   pthread_mutex_lock(&records_lock);
   int slot = -1;
   uint64_t oldest = UINT64_MAX;
@@ -83,8 +84,18 @@ void probes_record(const struct ipport *who, uint64_t now_ms) {
     }
   }
   records[slot].who = *who;
+  records[slot].lport = lport;
   records[slot].expires = now_ms + RECORD_TTL_MS;
   pthread_mutex_unlock(&records_lock);
+}
+
+bool probes_expected(int lport, uint64_t now_ms) {
+  bool yes = false;
+  pthread_mutex_lock(&records_lock);
+  for (int i = 0; i < RECORDS && !yes; i++)
+    yes = records[i].expires > now_ms && records[i].lport == lport;
+  pthread_mutex_unlock(&records_lock);
+  return yes;
 }
 
 bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port) {

@@ -5,7 +5,7 @@
  * that the program's poll/select/epoll on its listening fd stay truthful
  * while handshakes run in the engine thread, never in the program's.
  *
- * The engine accepts every connection itself (resumes must get through even
+ * The engine accepts connections itself (resumes must get through even
  * when the program no longer calls accept(), or closed its listener).  A
  * connection is plain unless a probe announced it (or its first bytes are
  * already tether's preface); an announced one waits for its first bytes (a
@@ -14,10 +14,19 @@
  * its listener the hidden socket stays open for resumes only (new
  * connections are reset) until the program binds its port again.
  *
+ * The program's backlog bounds what waits for its accept(), as the
+ * kernel's queue would: once backlog + 1 plain connections wait (sessions
+ * have their own bound, TETHER_ACCEPT_BACKLOG), the engine stops accepting and
+ * connections wait in the kernel's queue, taking no descriptor of the
+ * program's, until the program accepts or a tether client announces
+ * itself (a resume must pass; the plain connections ahead of it are held
+ * then, up to twice the bound, and beyond that reset).
+ *
  * A listener's UDP port (the same number) answers probes and carries the
  * sessions' side channel. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -28,12 +37,17 @@
 #include "engine.h"
 #include "preload.h"
 
+/* How often a full listener looks whether an announcement expired. */
+#define FULL_RECHECK_NS 1000000000ull
+
 struct plisten {
   struct tether_listener l; /* the library's: ctx, fd (real socket), udp, ready_fd, queue */
   int plain_efd;            /* semaphore: one count per queued plain connection */
   pthread_mutex_t qlock;
   int *plainq;
   int nq, capq;
+  int backlog; /* the program's, as the kernel takes it (qlock) */
+  bool full;   /* the engine stopped accepting for want of room (atomic) */
   bool closed;
   struct event *ev; /* the engine's accept event on l.fd (paused by l.gate) */
   struct event *reap_ev; /* closed: looks whether it is still needed */
@@ -56,6 +70,15 @@ static pthread_mutex_t pl_lock = PTHREAD_MUTEX_INITIALIZER; /* listeners, pendin
 static struct plisten *listeners;
 static struct pending *pendings;
 
+static int pending_count(struct plisten *pl) {
+  int n = 0;
+  pthread_mutex_lock(&pl_lock);
+  for (struct pending *p = pendings; p; p = p->next)
+    n += p->pl == pl;
+  pthread_mutex_unlock(&pl_lock);
+  return n;
+}
+
 int pl_socket(struct plisten *pl) { return pl->l.fd; }
 
 void pl_after_fork_child(void) {
@@ -66,13 +89,41 @@ void pl_after_fork_child(void) {
   pendings = NULL;
 }
 
+static void reset_close(int sock) {
+  struct linger lg = {1, 0};
+  (void)real.setsockopt(sock, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  real.close(sock);
+}
+
+/* How the kernel takes a listen() backlog: negative or above somaxconn is
+ * somaxconn.  At most backlog + 1 connections wait. */
+static int kernel_backlog(int backlog) {
+  static int somaxconn;
+  int max = __atomic_load_n(&somaxconn, __ATOMIC_RELAXED);
+  if (!max) {
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+    if (!f || fscanf(f, "%d", &max) != 1 || max <= 0)
+      max = 4096;
+    if (f)
+      fclose(f);
+    __atomic_store_n(&somaxconn, max, __ATOMIC_RELAXED);
+  }
+  return backlog < 0 || backlog > max ? max : backlog;
+}
+
 static void push_plain(struct plisten *pl, int sock) {
   pthread_mutex_lock(&pl->qlock);
   if (pl->closed) {
     pthread_mutex_unlock(&pl->qlock);
-    struct linger lg = {1, 0}; /* a reset, as from a closed port */
-    (void)real.setsockopt(sock, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    real.close(sock);
+    reset_close(sock); /* as from a closed port */
+    return;
+  }
+  if (pl->nq >= 2 * (pl->backlog + 1)) {
+    /* Taken only so that a resume behind it could pass: no room for it. */
+    pthread_mutex_unlock(&pl->qlock);
+    tlog_limited(pl->l.ctx, &pl->l.gate.log, TETHER_LOG_WARN,
+                 "port %d: the program accepts nothing; a plain connection reset", pl->l.port);
+    reset_close(sock);
     return;
   }
   if (pl->nq == pl->capq) {
@@ -103,6 +154,27 @@ static int pop_plain(struct plisten *pl) {
   }
   pthread_mutex_unlock(&pl->qlock);
   return sock;
+}
+
+/* ---- the bound (engine thread) ---- */
+
+/* Whether to leave the next connections in the kernel's queue: as many
+ * wait for the program's accept() as its backlog allows (queued plain
+ * ones, and announced ones still waiting for their first bytes), and no
+ * tether client has announced itself. */
+static bool no_room(struct plisten *pl) {
+  pthread_mutex_lock(&pl->qlock);
+  bool closed = pl->closed;
+  int n = pl->nq, backlog = pl->backlog;
+  pthread_mutex_unlock(&pl->qlock);
+  return !closed && n + pending_count(pl) > backlog && !probes_expected(pl->l.port, tp_now_ms());
+}
+
+/* Accepting again: the program took one, or a tether client announced
+ * itself. */
+static void room(struct plisten *pl) {
+  if (__atomic_exchange_n(&pl->full, false, __ATOMIC_ACQ_REL))
+    accept_gate_room(&pl->l.gate);
 }
 
 /* ---- announced connections (engine thread) ---- */
@@ -211,9 +283,17 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
    * may come after this one: take it first. */
   if (pl->l.udp)
     udp_drain(pl->l.udp);
+  if (__atomic_load_n(&pl->full, __ATOMIC_ACQUIRE) && !no_room(pl))
+    room(pl); /* woken by the program's accept: watch the socket again */
   for (int i = 0; i < 64; i++) {
     struct sockaddr_storage peer;
     socklen_t plen = sizeof(peer);
+    if (no_room(pl)) {
+      /* Looked at again now and then: an announcement may expire. */
+      __atomic_store_n(&pl->full, true, __ATOMIC_RELEASE);
+      accept_gate_wait_room(&pl->l.gate, FULL_RECHECK_NS);
+      return;
+    }
     int c = real.accept4(pl->l.fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (c < 0) {
       if (accept_gate_failed(&pl->l.gate, errno))
@@ -247,6 +327,16 @@ static bool port_listening(int port) {
   return yes;
 }
 
+/* A tether client is about to connect to port: full listeners there
+ * accept again (engine thread). */
+static void rooms_for(int port) {
+  pthread_mutex_lock(&pl_lock);
+  for (struct plisten *pl = listeners; pl; pl = pl->next)
+    if (pl->l.port == port && __atomic_load_n(&pl->full, __ATOMIC_ACQUIRE))
+      event_active(pl->ev, EV_READ, 0); /* on_accept looks: room() */
+  pthread_mutex_unlock(&pl_lock);
+}
+
 static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
                      const struct sockaddr *from, socklen_t fromlen) {
   struct probe p;
@@ -259,14 +349,16 @@ static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
   case PROBE_ASK:
     if (port_listening(u->port)) {
       uint8_t out[PROBE_LEN];
-      probes_record(&who, tp_now_ms());
+      probes_record(&who, u->port, tp_now_ms());
+      rooms_for(u->port);
       p.type = PROBE_YES;
       probe_encode(&p, out);
       (void)real.sendto(u->fd, out, sizeof(out), MSG_DONTWAIT, from, fromlen);
     }
     break;
   case PROBE_ANNOUNCE: /* a resume: welcome even after the program closed its listener */
-    probes_record(&who, tp_now_ms());
+    probes_record(&who, u->port, tp_now_ms());
+    rooms_for(u->port);
     break;
   case PROBE_CANCEL: {
     struct pending *found = NULL;
@@ -354,6 +446,7 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   pthread_mutex_init(&pl->qlock, NULL);
   pl->l.ctx = ctx;
   pl->l.nonblocking = true;
+  pl->backlog = kernel_backlog(backlog);
   pl->l.port = ntohs(bound.ss_family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                                 : ((struct sockaddr_in6 *)&bound)->sin6_port);
   pl->l.fd = real.fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -417,6 +510,24 @@ int pl_listen(struct psock *ps, int fd, int backlog) {
   return 0;
 }
 
+/* The program's thread: the engine stopped accepting for want of room;
+ * there may be some now (on_accept looks). */
+static void wake_full(struct plisten *pl) {
+  if (__atomic_load_n(&pl->full, __ATOMIC_ACQUIRE) && pl->ev)
+    event_active(pl->ev, EV_READ, 0);
+}
+
+int pl_relisten(struct plisten *pl, int backlog) {
+  int rc = real.listen(pl->l.fd, backlog);
+  if (rc == 0) {
+    pthread_mutex_lock(&pl->qlock);
+    pl->backlog = kernel_backlog(backlog);
+    pthread_mutex_unlock(&pl->qlock);
+    wake_full(pl);
+  }
+  return rc;
+}
+
 /* A session from the listener's queue becomes the program's. */
 static int adopt(struct tether_session *s, int flags, struct sockaddr *addr, socklen_t *alen) {
   struct psock *ps = ps_new(PS_SESSION, AF_INET6);
@@ -473,6 +584,7 @@ int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, 
     TP_ENTER();
     int c = pop_plain(pl);
     if (c >= 0) {
+      wake_full(pl);
       if (!(flags & SOCK_NONBLOCK))
         (void)real.fcntl(c, F_SETFL, 0);
       if (!(flags & SOCK_CLOEXEC))

@@ -362,8 +362,11 @@ struct ipport {
 bool ipport_from(const struct sockaddr *sa, struct ipport *out);
 bool ipport_eq(const struct ipport *a, const struct ipport *b);
 
-/* Server: connections announced by a probe, expiring after a while. */
-void probes_record(const struct ipport *who, uint64_t now_ms);
+/* Server: connections announced by a probe at listener port lport,
+ * expiring after a while. */
+void probes_record(const struct ipport *who, int lport, uint64_t now_ms);
+/* Whether a connection announced at lport is still to come. */
+bool probes_expected(int lport, uint64_t now_ms);
 /* Takes the record for `who` (true if there was one); with any_port, a
  * record of the same address with another port will do. */
 bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
@@ -425,6 +428,8 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
 int pc_wait_connected(struct psock *ps, int fd, bool nonblock);
 
 int pl_listen(struct psock *ps, int fd, int backlog);
+/* listen() again on a listener: its new backlog. */
+int pl_relisten(struct plisten *pl, int backlog);
 int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags);
 void pl_close(struct plisten *pl);
 /* bind() met EADDRINUSE: closes the hidden sockets of closed listeners on

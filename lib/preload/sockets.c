@@ -96,7 +96,9 @@ EXPORT int listen(int fd, int backlog) {
     return real.listen(fd, backlog);
   if (ps->kind == PS_TCP)
     return pl_listen(ps, fd, backlog);
-  if (ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))
+  if (ps->kind == PS_LISTEN)
+    return pl_relisten(ps->pl, backlog);
+  if (ps->kind == PS_ORPHAN && ps->pl)
     return real.listen(pl_socket(ps->pl), backlog);
   return real.listen(fd, backlog);
 }
