@@ -492,6 +492,11 @@ int app_waiter_wait(struct tether_session *s, struct app_waiter *w, int fd, shor
                     int timeout_ms, const sigset_t *mask);
 /* Both of the above, without a time limit: 0 or -EINTR. */
 int app_wait(struct tether_session *s, int fd, short events, const sigset_t *mask);
+/* For a wait that polls w->efd among other descriptors and stays
+ * registered across its polls: after each, with the revents of w->efd,
+ * whether w was woken (it is armed again) or its eventfd was taken from us
+ * (it waits without one from now on).  Either way: look again. */
+bool app_waiter_rearm(struct tether_session *s, struct app_waiter *w, short efd_revents);
 /* Wakes every waiting thread: they look again.  Any lock may be held. */
 void app_waiters_wake(struct tether_session *s);
 /* In a forked child: the forking thread's wake eventfd is its parent's. */

@@ -103,6 +103,29 @@ void app_waiter_remove(struct tether_session *s, struct app_waiter *w) {
     (void)!read(w->efd, &v, sizeof(v));
 }
 
+bool app_waiter_rearm(struct tether_session *s, struct app_waiter *w, short efd_revents) {
+  uint64_t v;
+  if (w->efd < 0)
+    return false;
+  pthread_mutex_lock(&s->waiters_lock);
+  bool woken = w->woken;
+  w->woken = false;
+  pthread_mutex_unlock(&s->waiters_lock);
+  if (woken) {
+    (void)!read(w->efd, &v, sizeof(v)); /* another waiter of ours may have drained it */
+    return true;
+  }
+  if (efd_revents && ((efd_revents & POLLNVAL) || !efd_ours())) {
+    /* The program closed our number (see app_waiter_wait): no more wakes
+     * through it, for this wait or any later one. */
+    (void)waiter_unlink(s, w);
+    w->efd = -1;
+    efd_forget();
+    return true;
+  }
+  return false;
+}
+
 int app_waiter_wait(struct tether_session *s, struct app_waiter *w, int fd, short events,
                     int timeout_ms, const sigset_t *mask) {
   struct pollfd p[2] = {{.fd = fd, .events = events}, {.fd = w->efd, .events = POLLIN}};

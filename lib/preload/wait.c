@@ -133,6 +133,95 @@ static void note_read_waits(const struct pollfd *fds, nfds_t n, uint64_t start, 
   }
 }
 
+/* A wait's hold on the sessions it polls: each is kept (ps_hold) and
+ * registered with (waiters.c), and the wait polls the thread's eventfd
+ * besides the program's descriptors, so that a change of the file behind a
+ * session's number sends it back to look.  poll() alone would sleep on the
+ * old file when another thread's call installs the new one after a wake-up
+ * and before this wait looked again. */
+struct watch {
+  struct psock *ps;
+  struct app_waiter w;
+};
+
+struct watches {
+  struct watch stack[8], *v;
+  size_t n;
+  struct pollfd stack_fds[32], *all; /* the program's, then the eventfd */
+  int efd;                           /* -1: none (out of descriptors or memory) */
+};
+
+static void watches_add(struct watches *k, const struct pollfd *fds, nfds_t n) {
+  size_t want = 0;
+  k->v = k->stack;
+  k->n = 0;
+  k->all = NULL;
+  k->efd = -1;
+  for (nfds_t i = 0; i < n; i++)
+    want += session_of(fds[i].fd) != NULL;
+  if (want > sizeof(k->stack) / sizeof(k->stack[0]) && !(k->v = calloc(want, sizeof(*k->v))))
+    return;
+  k->all = n + 1 <= sizeof(k->stack_fds) / sizeof(k->stack_fds[0]) ? k->stack_fds
+                                                                   : malloc((n + 1) * sizeof(*k->all));
+  if (!k->all)
+    return;
+  for (nfds_t i = 0; i < n && k->n < want; i++) {
+    struct psock *ps = fdt_get(fds[i].fd);
+    if (!ps || ps->kind != PS_SESSION || !ps_hold(ps, fds[i].fd))
+      continue;
+    struct watch *wt = &k->v[k->n++];
+    wt->ps = ps;
+    app_waiter_add(ps->s, &wt->w);
+    if (wt->w.efd >= 0)
+      k->efd = wt->w.efd;
+  }
+}
+
+/* After a call: whether any session's file changed meanwhile. */
+static bool watches_woken(struct watches *k, short efd_revents) {
+  bool any = false;
+  k->efd = -1;
+  for (size_t i = 0; i < k->n; i++) {
+    any |= app_waiter_rearm(k->v[i].ps->s, &k->v[i].w, efd_revents);
+    if (k->v[i].w.efd >= 0) /* not taken from us */
+      k->efd = k->v[i].w.efd;
+  }
+  return any;
+}
+
+static void watches_release(struct watches *k) {
+  for (size_t i = 0; i < k->n; i++) {
+    app_waiter_remove(k->v[i].ps->s, &k->v[i].w);
+    ps_release(k->v[i].ps);
+  }
+  if (k->v != k->stack)
+    free(k->v);
+  if (k->all != k->stack_fds)
+    free(k->all);
+}
+
+/* One call of the wait, with the eventfd (if any) after the program's
+ * descriptors.  Sets *woken; returns the call's count of the program's. */
+static int watched_call(struct watches *k, struct pollfd *fds, nfds_t n, int64_t timeout_ms,
+                        int (*call)(struct pollfd *, nfds_t, int64_t, void *), void *arg,
+                        bool *woken) {
+  *woken = false;
+  if (k->efd < 0 || !k->all)
+    return call(fds, n, timeout_ms, arg);
+  memcpy(k->all, fds, n * sizeof(*fds));
+  k->all[n] = (struct pollfd){.fd = k->efd, .events = POLLIN};
+  int rc = call(k->all, n + 1, timeout_ms, arg);
+  int err = errno;
+  for (nfds_t i = 0; i < n; i++)
+    fds[i].revents = k->all[i].revents;
+  short efd_revents = rc > 0 ? k->all[n].revents : 0;
+  if (efd_revents)
+    rc--;
+  *woken = watches_woken(k, efd_revents);
+  errno = err;
+  return rc;
+}
+
 /* Runs `call` (a poll or ppoll with the given timeout in ms, -1 = none)
  * until it has a truthful answer or times out. */
 static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
@@ -162,6 +251,8 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
   }
   if (!any)
     return call(fds, n, timeout_ms, arg);
+  struct watches k;
+  watches_add(&k, fds, n);
   uint64_t deadline = timeout_ms > 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
   uint64_t start = spins ? now_ns() : 0;
   struct spin_hold h;
@@ -179,8 +270,9 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
         break;
       }
     }
-    rc = call(fds, n, spinning ? 0 : timeout_ms, arg);
-    if (rc < 0 || (rc == 0 && !spinning))
+    bool woken;
+    rc = watched_call(&k, fds, n, spinning ? 0 : timeout_ms, call, arg, &woken);
+    if (rc < 0 || (rc == 0 && !spinning && !woken))
       break;
     for (nfds_t i = 0; i < n; i++) {
       if (!fds[i].revents)
@@ -209,6 +301,7 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
     }
   }
   int err = errno;
+  watches_release(&k);
   if (held)
     (void)spin_release(&h); /* the spin got its answer: a signal now is too late for it */
   if (spins && rc >= 0)

@@ -46,6 +46,10 @@
  *   listeners 30 listeners opened, used (by a child's session) and closed:
  *             their descriptors are all released (with a short
  *             TETHER_SUSPEND_MS, their sessions end soon)
+ *   poll_late a thread in poll() on a session, woken by a resume, looks
+ *             only after another thread's write put the new socket in
+ *             place (a real-time thread holds its CPU meanwhile): the
+ *             bytes that come later still wake it
  *
  * Calls that answer as plain TCP does (each compared with a plain pair made
  * in this process: a connection to one's own listener stays plain), or fail
@@ -71,6 +75,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -1254,6 +1259,185 @@ static bool t_transition(void) {
   return ok;
 }
 
+/* ---- poll_late ---- */
+
+static void pin_thread(pid_t tid, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  (void)sched_setaffinity(tid, sizeof(set), &set);
+}
+
+/* Every thread of this process (the engine's too) onto cpu, or any CPU
+ * (cpu < 0). */
+static void pin_all(int cpu) {
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *e;
+  cpu_set_t any;
+  CPU_ZERO(&any);
+  for (int i = 0; i < CPU_SETSIZE && i < sysconf(_SC_NPROCESSORS_ONLN); i++)
+    CPU_SET(i, &any);
+  while (d && (e = readdir(d)))
+    if (e->d_name[0] != '.') {
+      if (cpu >= 0)
+        pin_thread((pid_t)atoi(e->d_name), cpu);
+      else
+        (void)sched_setaffinity((pid_t)atoi(e->d_name), sizeof(any), &any);
+    }
+  if (d)
+    closedir(d);
+}
+
+static long task_field(pid_t tid, const char *file, const char *key) {
+  char path[64], line[160];
+  long v = -1;
+  snprintf(path, sizeof(path), "/proc/self/task/%d/%s", (int)tid, file);
+  FILE *f = fopen(path, "re");
+  size_t kl = strlen(key);
+  while (f && fgets(line, sizeof(line), f))
+    if (strncmp(line, key, kl) == 0) {
+      v = strtol(line + kl, NULL, 10);
+      break;
+    }
+  if (f)
+    fclose(f);
+  return v;
+}
+
+/* Whether tid sleeps in poll (its wait has attached to the files). */
+static bool asleep_in_poll(pid_t tid) {
+  char path[64], wchan[64] = "";
+  snprintf(path, sizeof(path), "/proc/self/task/%d/wchan", (int)tid);
+  FILE *f = fopen(path, "re");
+  if (f) {
+    (void)!fgets(wchan, sizeof(wchan), f);
+    fclose(f);
+  }
+  return strstr(wchan, "poll") != NULL;
+}
+
+/* The local port of this host's connection to port p (ss), or -1. */
+static int local_port_to(int p) {
+  char cmd[128], line[256];
+  int lport = -1;
+  snprintf(cmd, sizeof(cmd), "ss -Htn state established dst 127.0.0.1 dport = :%d", p);
+  FILE *f = popen(cmd, "re");
+  while (f && fgets(line, sizeof(line), f)) {
+    char local[64];
+    if (sscanf(line, "%*s %*s %63s", local) == 1 && strrchr(local, ':'))
+      lport = atoi(strrchr(local, ':') + 1);
+  }
+  if (f)
+    pclose(f);
+  return lport;
+}
+
+struct late_reader {
+  int fd;
+  pid_t tid;
+  int got; /* bytes read (atomic) */
+};
+
+static void *late_read(void *arg) {
+  struct late_reader *r = arg;
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  /* ss's exit (SIGCHLD) would restart the poll, which then attaches to the
+   * new file afresh: the case under test would not happen. */
+  pthread_sigmask(SIG_BLOCK, &chld, NULL);
+  __atomic_store_n(&r->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+  pin_thread(0, 0);
+  for (;;) {
+    struct pollfd p = {.fd = r->fd, .events = POLLIN};
+    char c;
+    if (poll(&p, 1, -1) < 0 && errno != EINTR)
+      return NULL;
+    ssize_t n = recv(r->fd, &c, 1, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || (n == 1 && c == 'q'))
+      return NULL;
+    if (n == 1)
+      __atomic_fetch_add(&r->got, 1, __ATOMIC_RELEASE);
+  }
+}
+
+static volatile int spin_hold_cpu;
+static void *hold_cpu0(void *arg) {
+  (void)arg;
+  pin_thread(0, 0);
+  __atomic_store_n((int *)arg, 1, __ATOMIC_RELEASE);
+  while (spin_hold_cpu) {
+  }
+  return NULL;
+}
+
+static bool wait_for_count(int *v, int want, int ms) {
+  uint64_t end = now_ms() + (uint64_t)ms;
+  while (__atomic_load_n(v, __ATOMIC_ACQUIRE) < want && now_ms() < end)
+    usleep(5000);
+  return __atomic_load_n(v, __ATOMIC_ACQUIRE) >= want;
+}
+
+static bool t_poll_late(void) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+    fprintf(stderr, "poll_late: skipped (one CPU)\n");
+    return true;
+  }
+  int fd = dial();
+  CHECK(fd >= 0, "connect: %s", strerror(errno));
+  pin_all(1);
+  struct late_reader r = {.fd = fd};
+  pthread_t rt, st;
+  pthread_create(&rt, NULL, late_read, &r);
+  CHECK(write(fd, "a", 1) == 1, "write: %s", strerror(errno));
+  CHECK(wait_for_count(&r.got, 1, 5000), "the first byte never came");
+  uint64_t end = now_ms() + 5000;
+  pid_t tid = __atomic_load_n(&r.tid, __ATOMIC_ACQUIRE);
+  while (!asleep_in_poll(tid) && now_ms() < end)
+    usleep(5000);
+  CHECK(asleep_in_poll(tid), "the reader is not in poll");
+  long slept = task_field(tid, "status", "voluntary_ctxt_switches:");
+
+  /* CPU 0 is taken: the reader, once woken, cannot look yet. */
+  pthread_attr_t attr;
+  struct sched_param prio = {.sched_priority = 1};
+  int running = 0;
+  pthread_attr_init(&attr);
+  pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+  pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+  pthread_attr_setschedparam(&attr, &prio);
+  spin_hold_cpu = 1;
+  int rc = pthread_create(&st, &attr, hold_cpu0, &running);
+  pthread_attr_destroy(&attr);
+  CHECK(rc == 0, "no real-time thread: %s", strerror(rc));
+  wait_for_count(&running, 1, 5000);
+  /* The connection is reset and the session resumes; then this thread's
+   * call puts the new socket in place, before the reader has looked. */
+  int before = local_port_to(port);
+  kill_conns(port);
+  end = now_ms() + 5000;
+  while (local_port_to(port) == before && now_ms() < end)
+    usleep(5000);
+  usleep(200000); /* the resume's handshake, after the connect */
+  ssize_t w = write(fd, "", 0);
+  int err = errno;
+  spin_hold_cpu = 0;
+  pthread_join(st, NULL);
+  CHECK(w == 0, "write of nothing across the resume: %zd %s", w, strerror(err));
+  end = now_ms() + 5000;
+  while (task_field(tid, "status", "voluntary_ctxt_switches:") <= slept && now_ms() < end)
+    usleep(5000);
+  /* The reader looked and slept again; a byte now must wake it. */
+  CHECK(write(fd, "b", 1) == 1, "write: %s", strerror(errno));
+  bool got = wait_for_count(&r.got, 2, 5000);
+  pin_all(-1);
+  CHECK(got, "the reader slept through the byte after the resume"); /* left asleep */
+  CHECK(write(fd, "q", 1) == 1, "write: %s", strerror(errno));
+  pthread_join(rt, NULL);
+  close(fd);
+  return true;
+}
+
 static const struct {
   const char *name;
   bool (*fn)(void);
@@ -1267,7 +1451,7 @@ static const struct {
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
     {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
     {"syscall", t_syscall},   {"spin", t_spin},         {"listeners", t_listeners},
-    {"handshake_kill", t_handshake_kill},
+    {"handshake_kill", t_handshake_kill}, {"poll_late", t_poll_late},
 };
 
 int main(int argc, char **argv) {
