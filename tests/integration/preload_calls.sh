@@ -7,7 +7,8 @@
 # close_range/closefrom, fork, exec, vfork, sendmmsg/recvmmsg, syscall(2)
 # with the data calls and io_uring_setup, poll's read spin, a non-blocking connect
 # closed early, closed listeners released, sessions set up while every
-# connection is reset each millisecond, each across
+# connection is reset each millisecond, a poll() woken by a resume that
+# looks only after another thread's call installed the new socket, each across
 # connections reset (ss -K) by the program at the moments that matter;
 # and, compared with plain TCP, MSG_ERRQUEUE, MSG_TRUNC, O_ASYNC (refused),
 # select with nfds > FD_SETSIZE, SIOCOUTQ and fstat during a transition.
