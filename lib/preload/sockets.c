@@ -845,10 +845,10 @@ EXPORT int shutdown(int fd, int how) {
   }
   pthread_mutex_lock(&ps->lock);
   bool shut_wr = how != SHUT_RD && !ps->wr_shut;
-  if (how != SHUT_WR)
-    ps->rd_shut = true;
+  if (how != SHUT_WR) /* atomic: poll looks without the lock (wait.c) */
+    __atomic_store_n(&ps->rd_shut, true, __ATOMIC_RELEASE);
   if (shut_wr)
-    ps->wr_shut = true;
+    __atomic_store_n(&ps->wr_shut, true, __ATOMIC_RELEASE);
   app_waiters_wake(ps->s); /* threads blocked in recv/send on it return now */
   pthread_mutex_unlock(&ps->lock);
   if (shut_wr) {

@@ -200,6 +200,33 @@ static void watches_release(struct watches *k) {
     free(k->all);
 }
 
+/* What a shutdown() of the program's made ready on fd, a session's number:
+ * as on TCP, SHUT_RD makes it readable (a read returns 0), SHUT_WR
+ * writable (a write fails with EPIPE). */
+static short shut_revents(int fd, short events) {
+  struct psock *ps = fdt_get(fd);
+  if (!ps || ps->kind != PS_SESSION)
+    return 0;
+  short r = 0;
+  if ((events & POLLIN) && __atomic_load_n(&ps->rd_shut, __ATOMIC_ACQUIRE))
+    r |= POLLIN;
+  if ((events & POLLOUT) && __atomic_load_n(&ps->wr_shut, __ATOMIC_ACQUIRE))
+    r |= POLLOUT;
+  return r;
+}
+
+/* Adds what shutdowns made ready to fds' revents; the count of fds ready
+ * now (rc, the call's count, plus those only a shutdown made ready). */
+static int add_shut_revents(struct pollfd *fds, nfds_t n, int rc) {
+  for (nfds_t i = 0; i < n; i++) {
+    short r = shut_revents(fds[i].fd, fds[i].events);
+    if (r && !fds[i].revents)
+      rc++;
+    fds[i].revents |= r;
+  }
+  return rc;
+}
+
 /* One call of the wait, with the eventfd (if any) after the program's
  * descriptors.  Sets *woken; returns the call's count of the program's. */
 static int watched_call(struct watches *k, struct pollfd *fds, nfds_t n, int64_t timeout_ms,
@@ -271,8 +298,12 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
       }
     }
     bool woken;
-    rc = watched_call(&k, fds, n, spinning ? 0 : timeout_ms, call, arg, &woken);
-    if (rc < 0 || (rc == 0 && !spinning && !woken))
+    /* A shutdown before the wait: ready at once, as on TCP. */
+    bool shut = false;
+    for (nfds_t i = 0; i < n && !shut; i++)
+      shut = shut_revents(fds[i].fd, fds[i].events) != 0;
+    rc = watched_call(&k, fds, n, spinning || shut ? 0 : timeout_ms, call, arg, &woken);
+    if (rc < 0 || (rc == 0 && !spinning && !woken && !shut))
       break;
     for (nfds_t i = 0; i < n; i++) {
       if (!fds[i].revents)
@@ -287,6 +318,7 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
       if (!fds[i].revents)
         rc--;
     }
+    rc = add_shut_revents(fds, n, rc);
     if (rc > 0 || timeout_ms == 0)
       break;
     if (spinning)

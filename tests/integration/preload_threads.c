@@ -15,6 +15,8 @@
  *
  *   shut_rd    recv() blocked, shutdown(SHUT_RD): recv returns 0
  *   shut_rdwr  read() blocked, shutdown(SHUT_RDWR): read returns 0
+ *   poll_shut_rd  poll() for POLLIN blocked, shutdown(SHUT_RD): it reports
+ *              POLLIN, and the read then returns 0
  *   shut_wr    send() blocked on a full connection, shutdown(SHUT_WR):
  *              send fails with EPIPE
  *   close_busy one send() of 8 MiB to a slow sink (preload_threads sink
@@ -24,6 +26,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -63,7 +66,8 @@ static bool echo_once(int fd) {
 
 struct blocked {
   int fd;
-  int how; /* the call: 'r' recv, 'R' read, 'w' send until it fails */
+  int how; /* the call: 'r' recv, 'R' read, 'p' poll then read, 'w' send
+               until it fails */
   pid_t tid;
   ssize_t rc;
   int err;
@@ -77,6 +81,11 @@ static void *block_in_call(void *arg) {
   switch (b->how) {
   case 'r': b->rc = recv(b->fd, buf, sizeof(buf), 0); break;
   case 'R': b->rc = read(b->fd, buf, sizeof(buf)); break;
+  case 'p': {
+    struct pollfd p = {.fd = b->fd, .events = POLLIN};
+    b->rc = poll(&p, 1, -1) == 1 && (p.revents & POLLIN) ? read(b->fd, buf, sizeof(buf)) : -1;
+    break;
+  }
   default:
     while ((b->rc = send(b->fd, buf, sizeof(buf), MSG_NOSIGNAL)) > 0)
       ;
@@ -277,6 +286,7 @@ int main(int argc, char **argv) {
   int failed = 0;
   failed += t_shut_read("shut_rd", 'r', SHUT_RD);
   failed += t_shut_read("shut_rdwr", 'R', SHUT_RDWR);
+  failed += t_shut_read("poll_shut_rd", 'p', SHUT_RD);
   failed += t_shut_wr();
   failed += t_close_busy(atoi(argv[2]));
   return failed;

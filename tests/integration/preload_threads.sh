@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Threads of one program under tether-run (preload_threads.c): a thread
-# blocked in recv/read/send while another shuts the socket down must return
-# as on plain TCP (0 for a read, EPIPE for a send), and a close by another
+# blocked in recv/read/send (or poll) while another shuts the socket down
+# must return as on plain TCP (0 for a read, EPIPE for a send; poll reports
+# POLLIN after SHUT_RD), and a close by another
 # thread lets a send in progress go on to its end, as on TCP.  The same
 # program runs first without tether against plain servers: the
 # expectations are plain TCP's.
@@ -9,7 +10,7 @@
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_RUN EPOLL_ECHO PRELOAD_THREADS
 
-NTESTS=4
+NTESTS=5
 run_case() { # NAME PRELOAD(0|1)
   local name=$1 wrap=()
   [ "$2" = 1 ] && wrap=("$TETHER_RUN" --)
