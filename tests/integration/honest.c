@@ -117,6 +117,8 @@ void honest_start(const char *port, uint64_t rate) {
   tether_config *cfg = tether_config_new();
   assert_non_null(cfg);
   assert_int_equal(tether_config_load_env(cfg), 0);
+  /* Its suspensions say why on stderr: it must have none. */
+  assert_int_equal(tether_config_set(cfg, TETHER_OPT_LOG_LEVEL, TETHER_LOG_INFO), 0);
   tether_config_set_state_cb(cfg, on_state, NULL);
   assert_int_equal(tether_ctx_new(cfg, &H.ctx), 0);
   tether_config_free(cfg);
