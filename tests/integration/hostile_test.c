@@ -213,14 +213,19 @@ static void report(const char *attack, const struct window *w, double grew, doub
 }
 
 /* After an attack the server lets go of what its attackers held: waits
- * (10 s at most) until it has no more than `fds` descriptors and `threads`
+ * (30 s at most) until it has no more than `fds` descriptors and `threads`
  * threads more than when w opened, and its descriptors have not changed for
- * 300 ms (the next attack's baseline), and says how it went. */
+ * 300 ms (the next attack's baseline), and says how it went.  The new
+ * client's session that an attack's check closed stays on the server for
+ * TIME_WAIT (2 x suspend_ms + reconnect_max_ms: 7 s) once both sides are
+ * done, and a loaded server takes its time to get there: it took 4 to 5 s
+ * more after a handshake flood on a quiet machine, over 10 s on a busy
+ * one. */
 static void settled(const char *attack, const struct window *w, unsigned fds, uint64_t threads) {
   uint64_t t0 = proc_now_ms(), still_since = t0;
   unsigned nfd = server_proc_fds(&srv);
   uint64_t nth = server_proc_threads(&srv);
-  for (int i = 0; i < 1000; i++) {
+  for (int i = 0; i < 3000; i++) {
     uint64_t now = proc_now_ms();
     if (nfd <= w->fds0 + fds && nth <= w->threads0 + threads && now - still_since >= 300)
       break;
