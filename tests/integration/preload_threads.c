@@ -113,31 +113,33 @@ static bool asleep_in_poll(pid_t tid) {
   return in;
 }
 
-/* Starts the call, waits (up to 10 s) until it sleeps, shuts fd down with
- * `how`, and joins it; 0, or -1 with *why set. */
+/* Starts the call, waits (up to 10 s) until it has been asleep for 20 ms
+ * (looked at every millisecond: not a passing poll, and not a send that
+ * still wakes as the peer's acknowledgements make room), shuts fd down
+ * with `how`, and joins it; 0, or -1 with *why set. */
 static int shut_blocked(struct blocked *b, int how, const char **why, uint64_t *wake_ms) {
   pthread_t t;
   if (pthread_create(&t, NULL, block_in_call, b) != 0) {
     *why = "pthread_create";
     return -1;
   }
-  uint64_t deadline = now_ms() + 10000;
-  pid_t tid;
-  while (!(tid = __atomic_load_n(&b->tid, __ATOMIC_ACQUIRE)) || !asleep_in_poll(tid)) {
-    if (now_ms() > deadline) {
-      *why = "the call never slept";
+  uint64_t deadline = now_ms() + 10000, asleep_since = 0;
+  for (;;) {
+    pid_t tid = __atomic_load_n(&b->tid, __ATOMIC_ACQUIRE);
+    uint64_t now = now_ms();
+    if (!tid || !asleep_in_poll(tid))
+      asleep_since = 0;
+    else if (!asleep_since)
+      asleep_since = now;
+    else if (now - asleep_since >= 20)
+      break;
+    if (now > deadline) {
+      *why = "the call never stayed asleep for 20 ms";
       shutdown(b->fd, SHUT_RDWR);
       pthread_join(t, NULL);
       return -1;
     }
     usleep(1000);
-  }
-  usleep(20000); /* still asleep a little later: not a passing poll */
-  if (!asleep_in_poll(tid)) {
-    *why = "the call did not stay asleep";
-    shutdown(b->fd, SHUT_RDWR);
-    pthread_join(t, NULL);
-    return -1;
   }
   uint64_t t0 = now_ms();
   if (shutdown(b->fd, how) != 0) {
