@@ -107,9 +107,10 @@ int core_write_check(const struct core_session *c) {
    * again: the application must still write that part as it did before, or
    * its replay would end early and diverge.  How much, only a resume tells
    * (a restored session has not resumed yet): not while suspended. */
-  if (c->wr_closed || c->state == CORE_CLOSED)
+  if (core_half_closed(c->wr) || c->state == CORE_CLOSED)
     return -EPIPE;
-  if (c->peer_rd_closed && c->sent >= c->peer_delivered_max && c->state != CORE_SUSPENDED)
+  if (core_half_closed(c->peer_rd) && c->sent >= c->peer_delivered_max &&
+      c->state != CORE_SUSPENDED)
     return -EPIPE;
   if (c->state != CORE_CONNECTED || c->tx_pos < c->sent)
     return -EAGAIN;
@@ -118,7 +119,7 @@ int core_write_check(const struct core_session *c) {
 
 size_t core_write_room(const struct core_session *c) {
   size_t room = retention_room(&c->ret);
-  if (c->peer_rd_closed && c->sent < c->peer_delivered_max &&
+  if (core_half_closed(c->peer_rd) && c->sent < c->peer_delivered_max &&
       c->peer_delivered_max - c->sent < room)
     room = (size_t)(c->peer_delivered_max - c->sent);
   return room;
@@ -181,7 +182,7 @@ bool core_ack_due(const struct core_session *c) {
 }
 
 bool core_at_eof(const struct core_session *c) {
-  return c->peer_wr_closed && c->delivered >= c->peer_wr_end;
+  return core_half_closed(c->peer_wr) && c->delivered >= c->peer_wr_end;
 }
 
 bool core_eof_confirmed(const struct core_session *c) { return core_at_eof(c); }
@@ -193,14 +194,14 @@ bool core_eof_confirmed(const struct core_session *c) { return core_at_eof(c); }
  * write that again, so it must have acknowledged it (peer_acked reaches
  * peer_delivered_max only then; they are equal otherwise). */
 static bool write_done(const struct core_session *c) {
-  return (c->peer_rd_closed && c->peer_acked >= c->peer_delivered_max) ||
-         (c->wr_closed && c->peer_acked >= c->sent && c->peer_knows_wr);
+  return (core_half_closed(c->peer_rd) && c->peer_acked >= c->peer_delivered_max) ||
+         (core_half_acked(c->wr) && c->peer_acked >= c->sent);
 }
 
 /* Not while a replay is being checked: a peer that rolled back behind our
  * end must write it again, and we must see that it is the same. */
 static bool read_done(const struct core_session *c) {
-  return (core_at_eof(c) || (c->rd_closed && c->peer_knows_rd)) && !core_replay_pending(c);
+  return (core_at_eof(c) || core_half_acked(c->rd)) && !core_replay_pending(c);
 }
 
 bool core_finished(const struct core_session *c) { return write_done(c) && read_done(c); }
@@ -209,22 +210,33 @@ bool core_finished(const struct core_session *c) { return write_done(c) && read_
  * close, is unacknowledged: so a datagram that announces a close without
  * asking tells that its sender has every acknowledgement for it. */
 static bool close_unacked(const struct core_session *c) {
-  return (c->wr_closed && !(c->peer_knows_wr && c->peer_acked >= c->sent)) ||
-         (c->rd_closed && !c->peer_knows_rd);
+  return (core_half_closed(c->wr) && !(core_half_acked(c->wr) && c->peer_acked >= c->sent)) ||
+         (core_half_closed(c->rd) && !core_half_acked(c->rd));
 }
 
 /* The peer has all it needs from us to finish (the mirror of write_done()
  * and read_done() on its side), or we stopped trying to tell it. */
 static bool peer_settled(const struct core_session *c) {
-  return (c->peer_knows_rd || c->peer_wr_done) &&
-         ((c->peer_knows_wr && c->peer_acked >= c->sent) || c->peer_rd_done);
+  return c->linger == CORE_LINGER_OVER ||
+         ((core_half_acked(c->rd) || core_half_acked(c->peer_wr)) &&
+          ((core_half_acked(c->wr) && c->peer_acked >= c->sent) || core_half_acked(c->peer_rd)));
 }
 
 /* ... and, when the peer may roll back, its last committed snapshot holds
  * the session finished: no restore of the peer can need us any more. */
 static bool peer_done(const struct core_session *c) {
-  return c->linger_over ||
-         (peer_settled(c) && (!c->peer_durable || c->peer_durable_finished));
+  return peer_settled(c) &&
+         (!c->peer_durable || c->peer_durable_finished || c->linger == CORE_LINGER_OVER);
+}
+
+/* A half-close the peer's datagram announces: CLOSED, or ACKED if the
+ * datagram asks for no reply (see close_unacked(): the peer has every
+ * acknowledgement for it).  Datagrams never reopen one; only a resume can. */
+static void peer_announced(enum core_half *h, bool want_reply) {
+  if (!want_reply)
+    *h = CORE_HALF_ACKED;
+  else if (*h == CORE_HALF_OPEN)
+    *h = CORE_HALF_CLOSED;
 }
 
 /* A CLOSED session is done with (TIME_WAIT may start) once the peer is, and,
@@ -234,7 +246,7 @@ static bool peer_done(const struct core_session *c) {
  * peer learns of that snapshot only from this session (durable_finished).
  * So a peer whose session is gone (ESESSIONGONE) can no longer come back. */
 static bool done_waiting(const struct core_session *c) {
-  return peer_done(c) && (!c->cfg.durable || c->durable_finished || c->linger_over);
+  return peer_done(c) && (!c->cfg.durable || c->durable_finished || c->linger == CORE_LINGER_OVER);
 }
 
 /* A peer restored from an older snapshot resumes a session we consider
@@ -242,8 +254,8 @@ static bool done_waiting(const struct core_session *c) {
  * replay checked, or its stream's end written again on a transport). */
 static bool peer_behind(const struct core_session *c, const struct core_resume_state *peer) {
   return peer->delivered < c->sent || peer->sent < c->delivered ||
-         (c->peer_wr_closed && (!peer->write_closed || peer->sent != c->peer_wr_end)) ||
-         (c->peer_rd_closed && !peer->read_closed);
+         (core_half_closed(c->peer_wr) && (!peer->write_closed || peer->sent != c->peer_wr_end)) ||
+         (core_half_closed(c->peer_rd) && !peer->read_closed);
 }
 
 /* The peer's stream ends where we know it does: a restored peer that ends it
@@ -252,7 +264,7 @@ static bool peer_behind(const struct core_session *c, const struct core_resume_s
 static bool ctl_end_diverged(const struct core_session *c, const struct core_ctl *ctl) {
   if (ctl->write_closed && ctl->sent < c->delivered)
     return true;
-  if (!c->peer_wr_closed)
+  if (!core_half_closed(c->peer_wr))
     return false;
   return ctl->sent > c->peer_wr_end || (ctl->write_closed && ctl->sent != c->peer_wr_end);
 }
@@ -262,7 +274,7 @@ static bool ctl_end_diverged(const struct core_session *c, const struct core_ctl
  * will and still lacks them resumes to ask (see ack_poll_at_ns). */
 static bool acks_by_resume(const struct core_session *c) {
   return c->role == CORE_CLIENT && c->state == CORE_CONNECTED && !c->udp_seen &&
-         c->wr_closed && c->tx_pos >= c->sent && read_done(c) && !write_done(c);
+         core_half_closed(c->wr) && c->tx_pos >= c->sent && read_done(c) && !write_done(c);
 }
 
 /* TIME_WAIT runs from the moment both sides are known to be done. */
@@ -327,10 +339,10 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   out->seq = ++c->tx_seq;
   out->delivered = reported_delivered(c);
   out->sent = c->sent;
-  out->write_closed = c->wr_closed;
-  out->read_closed = c->rd_closed;
-  out->ack_write_closed = c->peer_wr_closed;
-  out->ack_read_closed = c->peer_rd_closed;
+  out->write_closed = core_half_closed(c->wr);
+  out->read_closed = core_half_closed(c->rd);
+  out->ack_write_closed = core_half_closed(c->peer_wr);
+  out->ack_read_closed = core_half_closed(c->peer_rd);
   out->want_reply = close_unacked(c);
   out->rcvbuf_max = 0; /* only the handshake reports it for now */
   if (c->cfg.durable) {
@@ -434,20 +446,16 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
     c->peer_durable_finished = ctl->durable_finished;
   }
   trim(c, c->peer_acked);
-  if (ctl->write_closed && !c->peer_wr_closed) {
-    c->peer_wr_closed = true;
+  if (ctl->write_closed && !core_half_closed(c->peer_wr))
     c->peer_wr_end = ctl->sent;
-  }
+  if (ctl->write_closed)
+    peer_announced(&c->peer_wr, ctl->want_reply);
   if (ctl->read_closed)
-    c->peer_rd_closed = true;
-  if (ctl->ack_write_closed && c->wr_closed)
-    c->peer_knows_wr = true;
-  if (ctl->ack_read_closed && c->rd_closed)
-    c->peer_knows_rd = true;
-  if (!ctl->want_reply) { /* see close_unacked() */
-    c->peer_wr_done |= ctl->write_closed;
-    c->peer_rd_done |= ctl->read_closed;
-  }
+    peer_announced(&c->peer_rd, ctl->want_reply);
+  if (ctl->ack_write_closed && core_half_closed(c->wr))
+    c->wr = CORE_HALF_ACKED;
+  if (ctl->ack_read_closed && core_half_closed(c->rd))
+    c->rd = CORE_HALF_ACKED;
   if (ctl->rcvbuf_max)
     set_peer_rcvbuf(c, ctl->rcvbuf_max);
   *reply = ctl->want_reply && !answered_by_last(c, now, ctl);
@@ -459,9 +467,9 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
 /* ---- lifecycle ---------------------------------------------------------- */
 
 void core_shutdown(struct core_session *c, uint64_t now) {
-  if (c->wr_closed)
+  if (core_half_closed(c->wr))
     return;
-  c->wr_closed = true;
+  c->wr = CORE_HALF_CLOSED;
   c->closed_at_ns = now;
   schedule_close_notice(c, now);
   enter_closed_if_finished(c, now);
@@ -471,8 +479,8 @@ void core_close(struct core_session *c, uint64_t now) {
   core_shutdown(c, now);
   if (c->cfg.give_up_ns == 0 || c->cfg.give_up_ns > CORE_LINGER_MAX_NS)
     c->cfg.give_up_ns = CORE_LINGER_MAX_NS;
-  if (!c->rd_closed) {
-    c->rd_closed = true;
+  if (!core_half_closed(c->rd)) {
+    c->rd = CORE_HALF_CLOSED;
     c->released_at_ns = now; /* the cap counts from here, not from a shutdown */
     schedule_close_notice(c, now);
   }
@@ -481,11 +489,11 @@ void core_close(struct core_session *c, uint64_t now) {
 
 void core_on_transport_lost(struct core_session *c, uint64_t now) {
   enter_closed_if_finished(c, now); /* finished: closes, does not suspend */
-  if (c->state == CORE_CLOSED && c->role == CORE_CLIENT && !c->final_redial &&
+  if (c->state == CORE_CLOSED && c->role == CORE_CLIENT && c->linger == CORE_LINGER_WAIT &&
       !peer_settled(c)) {
     /* The server may still wait for our final state: tell it through one
      * more resume. */
-    c->final_redial = true;
+    c->linger = CORE_LINGER_REDIAL;
     c->next_redial_ns = now;
     c->backoff_ns = 0;
     return;
@@ -511,10 +519,10 @@ void core_resume_state(const struct core_session *c, struct core_resume_state *o
   out->delivered = reported_delivered(c);
   out->sent = c->sent;
   out->retained_from = c->ret.base;
-  out->write_closed = c->wr_closed;
-  out->read_closed = c->rd_closed;
+  out->write_closed = core_half_closed(c->wr);
+  out->read_closed = core_half_closed(c->rd);
   out->verify_from = c->peer_durable ? min64(replay_log_start(&c->rlog), c->delivered) : c->delivered;
-  out->peer_wr_closed = c->peer_wr_closed;
+  out->peer_wr_closed = core_half_closed(c->peer_wr);
   out->peer_wr_end = c->peer_wr_end;
   if (c->cfg.durable) {
     out->durable_sent = c->durable_sent;
@@ -567,12 +575,9 @@ int core_on_resumed(struct core_session *c, uint64_t now,
      * a suspended session, from what we still retain. */
     set_state(c, CORE_SUSPENDED);
     c->suspended_at_ns = now;
-    if (c->rd_closed)
+    if (core_half_closed(c->rd))
       c->released_at_ns = now; /* its linger cap starts over */
-    c->peer_wr_done = c->peer_rd_done = false;
-    c->final_redial = false;
-    c->peer_knows_wr = c->peer_knows_rd = false;
-    c->linger_over = false;
+    c->linger = CORE_LINGER_WAIT; /* (the half-closes are set afresh below) */
   }
   struct core_resume_state ours;
   core_resume_state(c, &ours);
@@ -611,29 +616,32 @@ int core_on_resumed(struct core_session *c, uint64_t now,
     c->peer_durable_sent = min64(peer->durable_sent, c->delivered);
   }
   trim(c, c->peer_acked);
-  if (peer->write_closed && !c->peer_wr_closed) {
-    c->peer_wr_closed = true;
+  if (peer->write_closed && !core_half_closed(c->peer_wr))
     c->peer_wr_end = peer->sent;
-  }
-  /* The peer's word, even against what we knew: a peer restored from before
-   * its application closed reads again (and closes again). */
-  c->peer_rd_closed = peer->read_closed;
-  /* Our state travelled in the authenticated handshake.  (The server's
-   * ResumeAccept may yet be lost; then the client resumes again, and a
-   * server session that finished meanwhile answers while CLOSED.)  The
-   * peer's state says what it still needs from us. */
-  c->peer_knows_wr = c->wr_closed;
-  c->peer_knows_rd = c->rd_closed;
-  /* (Assigned, not accumulated: what earlier datagrams showed may be
-   * stale, the peer may have rolled back, or reopened a CLOSED session.) */
-  c->peer_wr_done = peer->write_closed && ours.delivered >= peer->sent;
-  c->peer_rd_done = peer->read_closed;
+  /* All four half-closes afresh.  Our state travelled in the authenticated
+   * handshake: the peer has our closes.  (The server's ResumeAccept may yet
+   * be lost; then the client resumes again, and a server session that
+   * finished meanwhile answers while CLOSED.)  The peer's state says what it
+   * still needs from us -- assigned, not accumulated: what earlier
+   * datagrams showed may be stale, the peer may have rolled back, or
+   * reopened a CLOSED session.  Except that the end of the peer's stream,
+   * once known, stays known (a peer restored from before it must end its
+   * stream there again); but a peer restored from before its application
+   * closed reads again (and closes again). */
+  if (core_half_closed(c->wr))
+    c->wr = CORE_HALF_ACKED;
+  if (core_half_closed(c->rd))
+    c->rd = CORE_HALF_ACKED;
+  if (core_half_closed(c->peer_wr) || peer->write_closed)
+    c->peer_wr = peer->write_closed && ours.delivered >= peer->sent ? CORE_HALF_ACKED
+                                                                    : CORE_HALF_CLOSED;
+  c->peer_rd = peer->read_closed ? CORE_HALF_ACKED : CORE_HALF_OPEN;
   if (peer->rcvbuf_max)
     set_peer_rcvbuf(c, peer->rcvbuf_max);
   c->accept_unheard = c->role == CORE_SERVER;
   if (c->state == CORE_CLOSED) {
     /* Only the final states were exchanged: the peer now has ours. */
-    c->final_redial = false;
+    c->linger = CORE_LINGER_WAIT;
     c->last_rx_ns = now; /* a client waiting for a durable peer asks again later */
     note_settled(c, now, settled);
     return 0;
@@ -709,9 +717,7 @@ void core_fail(struct core_session *c, int err) {
   if (c->state == CORE_CLOSED && err != TETHER_EDIVERGED) {
     /* The peer's session is gone: nothing left to tell it, and (see
      * done_waiting()) no restore of it will come back. */
-    c->peer_wr_done = c->peer_rd_done = true;
-    c->linger_over = true;
-    c->final_redial = false;
+    c->linger = CORE_LINGER_OVER;
     return;
   }
   if (c->state == CORE_FAILED)
@@ -733,9 +739,9 @@ static uint64_t fin_deadline(const struct core_session *c) {
 static bool fin_due(const struct core_session *c, uint64_t now) {
   if (c->state != CORE_CONNECTED && c->state != CORE_CLOSED)
     return false;
-  if (!c->wr_closed || c->fin_sent || c->tx_pos < c->sent)
+  if (!core_half_closed(c->wr) || c->fin_sent || c->tx_pos < c->sent)
     return false;
-  return c->peer_knows_wr || now >= fin_deadline(c);
+  return core_half_acked(c->wr) || now >= fin_deadline(c);
 }
 
 /* A closed client whose server may lack its final state and is silent (or
@@ -745,7 +751,7 @@ static bool fin_due(const struct core_session *c, uint64_t now) {
 static uint64_t final_redial_at(const struct core_session *c) {
   if (c->role != CORE_CLIENT)
     return UINT64_MAX;
-  if (c->final_redial)
+  if (c->linger == CORE_LINGER_REDIAL)
     return c->next_redial_ns;
   if (!peer_settled(c) && !c->udp_seen)
     return 0;
@@ -784,13 +790,13 @@ uint64_t core_next_deadline(const struct core_session *c) {
       d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
     if (acks_by_resume(c))
       d = min64(d, c->ack_poll_at_ns);
-    if (c->wr_closed && !c->fin_sent && c->tx_pos >= c->sent)
-      d = min64(d, c->peer_knows_wr ? 0 : fin_deadline(c));
+    if (core_half_closed(c->wr) && !c->fin_sent && c->tx_pos >= c->sent)
+      d = min64(d, core_half_acked(c->wr) ? 0 : fin_deadline(c));
     if (c->state == CORE_CLOSED && !peer_done(c))
       d = min64(d, min64(final_redial_at(c), c->finished_at_ns + CORE_LINGER_MAX_NS));
-    if (c->state == CORE_CLOSED && c->rd_closed)
+    if (c->state == CORE_CLOSED && core_half_closed(c->rd))
       d = min64(d, done_at(c));
-    if (c->state == CORE_CONNECTED && c->rd_closed) /* core_close capped give_up_ns */
+    if (c->state == CORE_CONNECTED && core_half_closed(c->rd)) /* core_close capped give_up_ns */
       d = min64(d, c->released_at_ns + c->cfg.give_up_ns);
     break;
   case CORE_SUSPENDED:
@@ -822,7 +828,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
   enter_closed_if_finished(c, now); /* a replay check just ended */
   switch (c->state) {
   case CORE_CONNECTED:
-    if (c->rd_closed && now >= c->released_at_ns + c->cfg.give_up_ns) {
+    if (core_half_closed(c->rd) && now >= c->released_at_ns + c->cfg.give_up_ns) {
       /* Closed by the application and still not finished: stop trying. */
       core_fail(c, TETHER_EGIVEUP);
       return CORE_ACT_FAILED;
@@ -846,17 +852,15 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
         /* Bounded, like everything after close: stop telling it (and
          * stop waiting for a durable peer's snapshot: a restore of it
          * from before the end then finds the session gone). */
-        c->peer_wr_done = c->peer_rd_done = true;
-        c->linger_over = true;
-        c->final_redial = false;
+        c->linger = CORE_LINGER_OVER;
       } else if (now >= final_redial_at(c)) {
-        if (!c->final_redial)
+        if (c->linger != CORE_LINGER_REDIAL)
           c->backoff_ns = 0;
-        c->final_redial = true;
+        c->linger = CORE_LINGER_REDIAL;
         act |= redial(c, now, rnd);
       }
     }
-    if (c->state == CORE_CLOSED && c->rd_closed && now >= done_at(c))
+    if (c->state == CORE_CLOSED && core_half_closed(c->rd) && now >= done_at(c))
       act |= CORE_ACT_DONE;
     break;
   case CORE_SUSPENDED:

@@ -113,6 +113,33 @@ struct core_resume_state {
 #define CORE_EPOCH_SHIFT 40
 #define CORE_EPOCH_MAX ((1u << 23) - 1)
 
+/* One direction of a session closed by one side, as this side knows it.
+ * Each session tracks four: its own writing and reading (wr, rd) and the
+ * peer's (peer_wr, peer_rd).  A half-close moves OPEN -> CLOSED when the
+ * closing side's application closes it (our own) or announces it (the
+ * peer's), and CLOSED -> ACKED once the closing side has the other's
+ * acknowledgement of it; a resume sets all four afresh from both sides'
+ * states (a peer restored from an older snapshot may open again what it
+ * had closed).  A session is finished when every direction is closed and
+ * acknowledged (core_finished). */
+enum core_half {
+  CORE_HALF_OPEN = 0,
+  CORE_HALF_CLOSED,
+  CORE_HALF_ACKED,
+};
+
+/* How a CLOSED session waits until the peer needs nothing more from it. */
+enum core_linger {
+  CORE_LINGER_WAIT = 0, /* for the peer's word */
+  CORE_LINGER_REDIAL,   /* client: the server may lack our final state and
+                           does not answer: resume to tell it */
+  CORE_LINGER_OVER,     /* waits no more (past CORE_LINGER_MAX_NS, or the
+                           peer's session is gone) */
+};
+
+static inline bool core_half_closed(enum core_half h) { return h != CORE_HALF_OPEN; }
+static inline bool core_half_acked(enum core_half h) { return h == CORE_HALF_ACKED; }
+
 struct core_session {
   struct core_config cfg;
   enum core_role role;
@@ -139,26 +166,21 @@ struct core_session {
   uint64_t delivered;
   uint64_t acked_delivered; /* delivered count in the last control sent */
 
-  /* close protocol */
-  bool wr_closed;       /* our application shut down writing at `sent` */
-  bool rd_closed;       /* our application closed: discard what arrives */
-  bool fin_sent;        /* FIN issued on the current transport */
-  bool peer_knows_wr;   /* the peer acknowledged our wr_closed */
-  bool peer_knows_rd;   /* the peer acknowledged our rd_closed */
-  bool peer_wr_closed;  /* the peer shut down writing at peer_wr_end */
+  /* close protocol: the four half-closes (enum core_half) */
+  enum core_half wr;      /* our application shut down writing at `sent` */
+  enum core_half rd;      /* our application closed: discard what arrives */
+  enum core_half peer_wr; /* the peer shut down writing at peer_wr_end
+                             (ACKED: it has every acknowledgement of its
+                             writes) */
   uint64_t peer_wr_end;
-  bool peer_rd_closed;  /* the peer's application closed */
-  bool peer_wr_done;    /* the peer has every acknowledgement of its writes */
-  bool peer_rd_done;    /* the peer knows we saw its read close */
+  enum core_half peer_rd; /* the peer's application closed */
+  bool fin_sent;          /* FIN issued on the current transport */
   uint64_t closed_at_ns;   /* when our application shut down writing */
   uint64_t released_at_ns; /* when it closed the session (core_close) */
   uint64_t finished_at_ns; /* when the session became CLOSED */
   uint64_t settled_at_ns;  /* CLOSED: when the peer was first known to have
                               all it needs from us (TIME_WAIT runs from it) */
-  bool linger_over;        /* CLOSED: waits no more (past CORE_LINGER_MAX_NS,
-                              or the peer's session is gone) */
-  bool final_redial;       /* client, CLOSED: the server may lack our final
-                              state and does not answer: resume to tell it */
+  enum core_linger linger; /* CLOSED: how it waits for the peer */
   bool accept_unheard;     /* server: resumed, and no datagram since that
                               shows the client got our ResumeAccept */
   struct {                         /* what our last datagram acknowledged */

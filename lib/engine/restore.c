@@ -81,14 +81,17 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   c->peer_acked = m->peer_acked;
   c->peer_delivered_max = m->peer_delivered_max;
   c->delivered = c->acked_delivered = m->delivered;
-  c->wr_closed = m->wr_closed;
-  c->rd_closed = m->rd_closed;
-  c->peer_wr_closed = m->peer_wr_closed;
+  /* It was CLOSED: both closes were acknowledged.  It closes again
+   * (core_on_transport_lost), and a client tells its server once more. */
+  enum core_half ours_closed = m->finished ? CORE_HALF_ACKED : CORE_HALF_CLOSED;
+  c->wr = m->wr_closed ? ours_closed : CORE_HALF_OPEN;
+  c->rd = m->rd_closed ? ours_closed : CORE_HALF_OPEN;
+  c->peer_wr = m->peer_wr_closed ? CORE_HALF_CLOSED : CORE_HALF_OPEN;
   c->peer_wr_end = m->peer_wr_end;
-  c->peer_rd_closed = m->peer_rd_closed;
-  if (c->wr_closed)
+  c->peer_rd = m->peer_rd_closed ? CORE_HALF_CLOSED : CORE_HALF_OPEN;
+  if (m->wr_closed)
     c->closed_at_ns = now;
-  if (c->rd_closed) /* closed by the application: its linger cap restarts */
+  if (m->rd_closed) /* closed by the application: its linger cap restarts */
     c->released_at_ns = now;
   c->epoch = m->epoch + 1;
   c->tx_seq = (uint64_t)c->epoch << SNAP_EPOCH_SHIFT;
@@ -98,12 +101,6 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   c->resent = m->resent;
   c->reconnects = m->reconnects;
   c->rx_pos = c->delivered;
-  if (m->finished) {
-    /* It was CLOSED: both closes were acknowledged.  It closes again
-     * (core_on_transport_lost), and a client tells its server once more. */
-    c->peer_knows_wr = c->wr_closed;
-    c->peer_knows_rd = c->rd_closed;
-  }
   if (c->cfg.durable) { /* this very snapshot is durable */
     c->durable_sent = c->sent;
     c->durable_delivered = c->delivered;

@@ -189,7 +189,7 @@ void session_retire_locked(struct tether_session *s) {
  * in app_fd). */
 static void update_hup_watch(struct tether_session *s) {
   int want = s->sock >= 0 && s->core.state == CORE_CONNECTED && !s->app_closed &&
-                     !s->core.peer_wr_closed
+                     !core_half_closed(s->core.peer_wr)
                  ? s->sock
                  : -1;
   if (want == s->hup_sock)
@@ -441,7 +441,7 @@ void session_on_hangup(struct tether_session *s) {
    * so that an idle session resumes by itself.  Unread bytes die with the
    * socket; the resume resends them. */
   if (s->hup_sock >= 0 && s->hup_sock == s->sock && s->core.state == CORE_CONNECTED &&
-      !s->core.peer_wr_closed)
+      !core_half_closed(s->core.peer_wr))
     session_suspend_locked(s, now_ns(), "connection ended by the peer's host");
   session_settle_unlock(s);
 }

@@ -104,7 +104,7 @@ static void note_capture(struct tether_session *s, uint32_t id, uint64_t sent) {
  * holds durably or which is on a chunk boundary of its replay hashes.
  * Only a durable side whose application still writes can go back. */
 static uint64_t lean_sent(const struct core_session *k) {
-  if (!k->cfg.durable || k->wr_closed)
+  if (!k->cfg.durable || core_half_closed(k->wr))
     return k->sent;
   return replay_align(k->ret.base);
 }
@@ -161,11 +161,11 @@ static int capture_session(struct capture *c, const struct tether_ctx *ctx,
   m->delivered = k->delivered;
   m->peer_acked = min_u64(k->peer_acked, sent);
   m->retained_from = sent - held;
-  m->wr_closed = k->wr_closed;
-  m->rd_closed = k->rd_closed;
-  m->peer_wr_closed = k->peer_wr_closed;
+  m->wr_closed = core_half_closed(k->wr);
+  m->rd_closed = core_half_closed(k->rd);
+  m->peer_wr_closed = core_half_closed(k->peer_wr);
   m->peer_wr_end = k->peer_wr_end;
-  m->peer_rd_closed = k->peer_rd_closed;
+  m->peer_rd_closed = core_half_closed(k->peer_rd);
   m->tx_seq = k->tx_seq;
   m->rx_seq = k->rx_seq;
   m->local_sndbuf_max = k->local_sndbuf_max;

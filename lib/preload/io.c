@@ -269,8 +269,8 @@ static ssize_t ps_send(struct psock *ps, int fd, const void *buf, size_t len, in
   }
 epipe:
   LOG_DEBUG(s->ctx, "write on fd %d: EPIPE (%s; state %d wr_closed %d peer_rd_closed %d)", fd,
-            ps->wr_shut ? "shut down" : "session", s->core.state, s->core.wr_closed,
-            s->core.peer_rd_closed);
+            ps->wr_shut ? "shut down" : "session", s->core.state, core_half_closed(s->core.wr),
+            core_half_closed(s->core.peer_rd));
   if (!(flags & MSG_NOSIGNAL))
     raise(SIGPIPE); /* as the kernel would: to this thread */
   errno = EPIPE;

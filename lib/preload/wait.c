@@ -272,7 +272,8 @@ static int poll_loop(struct pollfd *fds, nfds_t n, int64_t timeout_ms,
         sync_session(s);
       /* A FIN must be looked at (see poke), unless the peer said it closed
        * (then it stays, and would wake every poll for nothing). */
-      if (!(fds[i].events & POLLRDHUP) && !__atomic_load_n(&s->core.peer_wr_closed, __ATOMIC_RELAXED))
+      if (!(fds[i].events & POLLRDHUP) &&
+          !core_half_closed(__atomic_load_n(&s->core.peer_wr, __ATOMIC_RELAXED)))
         fds[i].events |= POLLRDHUP | POLL_ADDED_RDHUP;
     }
   }

@@ -664,7 +664,7 @@ static void suspend_side(int i, const char *why) {
     return;
   if (sd->c.state != CORE_CONNECTED) {
     /* A closed session's socket failing only matters to a client that may
-     * owe the server its final state (core: final_redial). */
+     * owe the server its final state (core: CORE_LINGER_REDIAL). */
     if (sd->c.state == CORE_CLOSED)
       core_on_transport_lost(&sd->c, S.now);
     if (sd->conn) {
@@ -775,7 +775,7 @@ static bool app_write(int i) {
   }
   if (rc == -EAGAIN)
     return false;
-  if (rc == -EPIPE && c->peer_rd_closed && !c->wr_closed) {
+  if (rc == -EPIPE && core_half_closed(c->peer_rd) && !core_half_closed(c->wr)) {
     /* The peer's application closed: the writer gives up writing. */
     vlog("%s: write: EPIPE (peer closed) at %" PRIu64, sd->name, c->sent);
     sd->got_epipe = true;
@@ -813,7 +813,7 @@ static bool app_write(int i) {
   size_t n = len < room ? len : room;
   size_t space = pipe_space(out);
   size_t tcp = len < space ? len : space;
-  if (c->peer_rd_closed && c->sent < c->peer_delivered_max &&
+  if (core_half_closed(c->peer_rd) && c->sent < c->peer_delivered_max &&
       c->peer_delivered_max - c->sent < tcp)
     tcp = (size_t)(c->peer_delivered_max - c->sent); /* a short write: see core_write_room */
   if (n < tcp) {
@@ -944,7 +944,7 @@ static bool app_read(int i) {
                sd->name, c->delivered + bad, n, c->delivered);
       return false;
     }
-    if (c->peer_wr_closed && c->delivered + n > c->peer_wr_end) {
+    if (core_half_closed(c->peer_wr) && c->delivered + n > c->peer_wr_end) {
       sim_fail("%s: delivering past the peer's end %" PRIu64, sd->name, c->peer_wr_end);
       return false;
     }
@@ -1336,14 +1336,16 @@ static void core_restore(struct core_session *c, const struct core_session *m, n
   c->peer_acked = m->peer_acked;
   c->peer_delivered_max = m->peer_delivered_max; /* Session.peer_delivered_max */
   c->delivered = c->acked_delivered = m->delivered;
-  c->wr_closed = m->wr_closed;
-  c->rd_closed = m->rd_closed;
-  c->peer_wr_closed = m->peer_wr_closed;
+  bool finished = m->state == CORE_CLOSED; /* Session.finished */
+  enum core_half ours_closed = finished ? CORE_HALF_ACKED : CORE_HALF_CLOSED;
+  c->wr = core_half_closed(m->wr) ? ours_closed : CORE_HALF_OPEN;
+  c->rd = core_half_closed(m->rd) ? ours_closed : CORE_HALF_OPEN;
+  c->peer_wr = core_half_closed(m->peer_wr) ? CORE_HALF_CLOSED : CORE_HALF_OPEN;
   c->peer_wr_end = m->peer_wr_end;
-  c->peer_rd_closed = m->peer_rd_closed;
-  if (c->wr_closed)
+  c->peer_rd = core_half_closed(m->peer_rd) ? CORE_HALF_CLOSED : CORE_HALF_OPEN;
+  if (core_half_closed(m->wr))
     c->closed_at_ns = now;
-  if (c->rd_closed)
+  if (core_half_closed(m->rd))
     c->released_at_ns = now;
   c->epoch = m->epoch + 1;
   c->tx_seq = (uint64_t)c->epoch << 40; /* SNAP_EPOCH_SHIFT */
@@ -1353,11 +1355,6 @@ static void core_restore(struct core_session *c, const struct core_session *m, n
   c->resent = m->resent;
   c->reconnects = m->reconnects;
   c->rx_pos = c->delivered;
-  bool finished = m->state == CORE_CLOSED; /* Session.finished */
-  if (finished) {
-    c->peer_knows_wr = c->wr_closed;
-    c->peer_knows_rd = c->rd_closed;
-  }
   if (c->cfg.durable) {
     c->durable_sent = c->sent;
     c->durable_delivered = c->delivered;
@@ -1432,7 +1429,8 @@ static void restart(int i) {
   stats.restores++;
   vlog("%s: restored (epoch %u): sent %" PRIu64 " delivered %" PRIu64 " -> %s%s%s", sd->name,
        sd->c.epoch, sd->c.sent, sd->c.delivered, state_name(sd->c.state),
-       sd->c.wr_closed ? ", shut down writing" : "", sd->app_closed ? ", closed by the app" : "");
+       core_half_closed(sd->c.wr) ? ", shut down writing" : "",
+       sd->app_closed ? ", closed by the app" : "");
   if (S.sc.diverge && S.div_writer < 0 && !peer->down && peer->live &&
       peer->c.state != CORE_FAILED && !peer->app_closed && !sd->app_closed &&
       peer->c.delivered > sd->c.sent) {
@@ -1773,8 +1771,8 @@ static void check_invariants(int i) {
   const struct side *y = &S.s[1 - i];
   if (S.restore && S.end_div < 0 && sd->live && y->live &&
       ((y->wr_shut && (y->wr_final < c->delivered ||
-                       (c->peer_wr_closed && c->peer_wr_end != y->wr_final))) ||
-       (c->peer_wr_closed && y->c.sent > c->peer_wr_end))) {
+                       (core_half_closed(c->peer_wr) && c->peer_wr_end != y->wr_final))) ||
+       (core_half_closed(c->peer_wr) && y->c.sent > c->peer_wr_end))) {
     /* The peer rolled back and its application then ends its stream
      * elsewhere than an earlier incarnation did (it got EPIPE, or closed
      * early, at another point of its replay: a non-deterministic
@@ -1783,7 +1781,7 @@ static void check_invariants(int i) {
      * (see end_div_checks()). */
     vlog("END DIVERGES: the %s's peer %s %" PRIu64 ", delivered %" PRIu64 ", end known %s%" PRIu64,
          sd->name, y->wr_shut ? "shut down at" : "wrote up to", y->wr_shut ? y->wr_final : y->c.sent,
-         c->delivered, c->peer_wr_closed ? "" : "(none) ", c->peer_wr_end);
+         c->delivered, core_half_closed(c->peer_wr) ? "" : "(none) ", c->peer_wr_end);
     S.end_div = i;
   }
   if (!sd->live)

@@ -461,7 +461,7 @@ static void test_rolled_back_end_diverges(void **state) {
   core_shutdown(&w, T0);
   core_build_ctl(&w, T0, &ctl);
   assert_int_equal(core_on_ctl(&r, T0, &ctl, &reply), 0);
-  assert_true(r.peer_wr_closed);
+  assert_true(core_half_closed(r.peer_wr));
   assert_int_equal(r.peer_wr_end, 3000);
   core_clear(&w);
   core_init(&w, &cfg_durable, CORE_CLIENT, T0, 1000, 500);
@@ -487,7 +487,7 @@ static void test_rolled_back_end_diverges(void **state) {
   rs.peer_wr_end = 3000;
   assert_int_equal(core_resume_check(&rs, &ws), 0);
   /* Writing past the known end is. */
-  w.wr_closed = false;
+  w.wr = CORE_HALF_OPEN;
   write_pat(&w, 10, UINT64_MAX);
   core_resume_state(&w, &ws);
   assert_int_equal(core_resume_check(&rs, &ws), TETHER_EDIVERGED);
@@ -575,7 +575,7 @@ static void test_closed_reopened_by_rollback(void **state) {
   assert_int_equal(w.state, CORE_CONNECTED);
   assert_int_equal(w.tx_pos, 1000);
   assert_int_equal(core_on_resumed(&r, T0 + 1, &ws), 0);
-  assert_true(r.peer_wr_closed);
+  assert_true(core_half_closed(r.peer_wr));
   assert_int_equal(r.peer_wr_end, 2000);
   assert_int_equal(carry(&w, &r), 0);
   assert_int_equal(r.delivered, 2000);

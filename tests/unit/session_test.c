@@ -438,8 +438,8 @@ static void test_ctl_replay(void **state) {
   old.seq = 3;
   assert_int_equal(core_on_ctl(&c, T0 + 2 * SEC, &old, &reply), -1);
   assert_int_equal(c.peer_acked, 100);
-  assert_false(c.peer_wr_closed);
-  assert_false(c.peer_rd_closed);
+  assert_false(core_half_closed(c.peer_wr));
+  assert_false(core_half_closed(c.peer_rd));
   assert_int_equal(c.last_rx_ns, T0 + SEC); /* a replay does not prove liveness */
   assert_int_equal(c.rx_seq, 5);
   /* Gaps are fine (losses). */
@@ -475,14 +475,14 @@ static void test_ctl_close_flags(void **state) {
   k.ack_write_closed = true;
   k.ack_read_closed = true;
   assert_int_equal(on_ctl(&c, T0, &k), 0);
-  assert_false(c.peer_knows_wr);
-  assert_false(c.peer_knows_rd);
+  assert_false(core_half_acked(c.wr));
+  assert_false(core_half_acked(c.rd));
   /* The peer shuts down writing at 700. */
   k = peer_ctl(&c);
   k.write_closed = true;
   k.sent = 700;
   assert_int_equal(on_ctl(&c, T0, &k), 0);
-  assert_true(c.peer_wr_closed);
+  assert_true(core_half_closed(c.peer_wr));
   assert_int_equal(c.peer_wr_end, 700);
   /* The end, once known, does not move: a peer that (after a rollback)
    * announces another one, or writes past it, diverged. */
@@ -516,7 +516,7 @@ static void test_ctl_close_flags(void **state) {
   k = peer_ctl(&c);
   k.read_closed = true;
   assert_int_equal(on_ctl(&c, T0, &k), 0);
-  assert_true(c.peer_rd_closed);
+  assert_true(core_half_closed(c.peer_rd));
   core_build_ctl(&c, T0, &out);
   assert_true(out.ack_read_closed);
   /* Our shutdown is acknowledged by the peer. */
@@ -527,7 +527,7 @@ static void test_ctl_close_flags(void **state) {
   k = peer_ctl(&c);
   k.ack_write_closed = true;
   assert_int_equal(on_ctl(&c, T0, &k), 0);
-  assert_true(c.peer_knows_wr);
+  assert_true(core_half_acked(c.wr));
   core_build_ctl(&c, T0, &out);
   assert_false(out.want_reply);
   core_clear(&c);
@@ -801,7 +801,7 @@ static void test_give_up(void **state) {
     struct core_ctl k = peer_ctl(&c);
     k.write_closed = true;
     assert_int_equal(on_ctl(&c, end + 1, &k), 0);
-    assert_false(c.peer_wr_closed);
+    assert_false(core_half_closed(c.peer_wr));
     struct core_resume_state p = peer_state(0, 0);
     assert_int_equal(core_on_resumed(&c, end + 2, &p), -EINVAL);
     assert_int_equal(c.state, CORE_FAILED);
@@ -1202,8 +1202,8 @@ static void test_resume_server_close_not_yet_known(void **state) {
   struct core_resume_state p = peer_state(0, 0);
   p.write_closed = true;
   assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
-  assert_true(c.peer_knows_wr);
-  assert_true(c.peer_knows_rd);
+  assert_true(core_half_acked(c.wr));
+  assert_true(core_half_acked(c.rd));
   assert_int_equal(c.state, CORE_CLOSED);
   /* A second resume (the client missed ResumeAccept) still finds it. */
   assert_int_equal(core_on_timer(&c, T0 + 2 * SEC, 0) & CORE_ACT_DONE, 0);
@@ -1238,9 +1238,9 @@ static void test_resume_close_flags(void **state) {
   p.write_closed = true;
   p.rcvbuf_max = 4000;
   assert_int_equal(core_on_resumed(&c, T0 + 2 * SEC, &p), 0);
-  assert_true(c.peer_wr_closed);
+  assert_true(core_half_closed(c.peer_wr));
   assert_int_equal(c.peer_wr_end, 500);
-  assert_true(c.peer_knows_wr); /* our state travelled in the handshake */
+  assert_true(core_half_acked(c.wr)); /* our state travelled in the handshake */
   assert_int_equal(c.peer_rcvbuf_max, 4000);
   assert_int_equal(c.ret.max, SNDBUF + 4000);
   assert_false(core_at_eof(&c));
@@ -1343,7 +1343,7 @@ static void test_fin_waits_for_resend(void **state) {
   suspend(&c, T0);
   struct core_resume_state p = peer_state(40, 0);
   assert_int_equal(core_on_resumed(&c, T0 + SEC, &p), 0);
-  assert_true(c.peer_knows_wr);
+  assert_true(core_half_acked(c.wr));
   /* Known to the peer, but 60 bytes are still to be resent: no FIN yet. */
   assert_true(core_next_deadline(&c) > 0);
   assert_int_equal(core_on_timer(&c, T0 + SEC, 0) & CORE_ACT_FIN, 0);
@@ -1416,7 +1416,7 @@ static void test_finished_closed_done(void **state) {
   core_build_ctl(&b, t, &k);
   assert_int_equal(core_on_ctl(&a, t, &k, &reply), 0);
   assert_true(reply);
-  assert_true(a.peer_knows_wr);
+  assert_true(core_half_acked(a.wr));
   assert_true(core_at_eof(&a));
   assert_true(core_finished(&a));
   assert_int_equal(a.state, CORE_CLOSED);
@@ -1431,7 +1431,7 @@ static void test_finished_closed_done(void **state) {
   core_build_ctl(&b, t, &k);
   assert_false(k.want_reply);
   assert_int_equal(core_on_ctl(&a, t, &k, &reply), 0);
-  assert_true(a.peer_wr_done);
+  assert_true(core_half_acked(a.peer_wr));
   /* Closed sessions keep their heartbeat but never suspend, and DONE
    * comes only after core_close. */
   assert_int_equal(run_until(&a, t + 100 * SEC) & (CORE_ACT_DONE | CORE_ACT_SUSPEND), 0);
@@ -1476,8 +1476,8 @@ static void test_close_before_finished(void **state) {
   init(&c, CORE_CLIENT);
   app_write(&c, 100);
   core_close(&c, T0);
-  assert_true(c.wr_closed);
-  assert_true(c.rd_closed);
+  assert_true(core_half_closed(c.wr));
+  assert_true(core_half_closed(c.rd));
   assert_int_equal(c.state, CORE_CONNECTED); /* lingers: 100 bytes unacknowledged */
   assert_int_equal(core_on_timer(&c, T0, 0) & CORE_ACT_DONE, 0);
   struct core_ctl k = peer_ctl(&c);
@@ -1562,7 +1562,7 @@ static void test_closed_lingers_until_peer_settled(void **state) {
   k.ack_write_closed = true;
   k.ack_read_closed = true;
   assert_int_equal(on_ctl(&c, tw, &k), 0);
-  assert_true(c.peer_wr_done && c.peer_rd_done);
+  assert_true(core_half_acked(c.peer_wr) && core_half_acked(c.peer_rd));
   assert_int_equal(run_until(&c, tw + CORE_TIME_WAIT_NS(&c) - 1) & CORE_ACT_DONE, 0);
   assert_true(run_until(&c, tw + CORE_TIME_WAIT_NS(&c)) & CORE_ACT_DONE);
   core_clear(&c);
@@ -1587,7 +1587,7 @@ static void test_final_redial_when_silent(void **state) {
   uint64_t quiet = T0 + MS + c.cfg.suspend_ns;
   assert_int_equal(run_until(&c, quiet - 1) & CORE_ACT_REDIAL, 0);
   assert_true(run_until(&c, quiet) & CORE_ACT_REDIAL);
-  assert_true(c.final_redial);
+  assert_int_equal(c.linger, CORE_LINGER_REDIAL);
   /* The server's session is gone: nothing left to tell it. */
   struct core_session copy = c;
   core_fail(&copy, TETHER_ESESSIONGONE);
@@ -1600,7 +1600,7 @@ static void test_final_redial_when_silent(void **state) {
   uint64_t t = T0 + 5 * SEC;
   assert_int_equal(core_on_resumed(&c, t, &p), 0);
   assert_int_equal(c.state, CORE_CLOSED);
-  assert_false(c.final_redial);
+  assert_int_equal(c.linger, CORE_LINGER_WAIT);
   uint64_t tw = t + CORE_TIME_WAIT_NS(&c);
   assert_int_equal(run_until(&c, tw - 1) & (CORE_ACT_DONE | CORE_ACT_REDIAL), 0);
   assert_true(run_until(&c, tw) & CORE_ACT_DONE);
@@ -1779,8 +1779,8 @@ static void test_done_does_not_strand_peer(void **state) {
   core_shutdown(a, t);
   pair_run(&pr, t, t + 2 * SEC);
   t += 2 * SEC;
-  assert_true(a->peer_wr_closed);
-  assert_true(b->peer_knows_wr);
+  assert_true(core_half_closed(a->peer_wr));
+  assert_true(core_half_acked(b->wr));
   assert_int_equal(b->peer_acked, 0); /* a has not read yet */
   /* a's application reads the 100 bytes, sees EOF and closes at once. */
   core_on_delivered(a, NULL, 100);
