@@ -331,6 +331,12 @@ int ep_ctl(struct psock *ep, struct psock *ps, int epfd, int op, int fd,
     n->events = ev->events;
     n->data = ev->data;
     struct epoll_event k = kernel_event(n);
+    /* A listener's number is an epoll instance (listen.c), which the kernel
+     * refuses EPOLLEXCLUSIVE for: every waiter wakes instead, and those
+     * that find nothing get EAGAIN from accept(), as prefork servers
+     * expect of a shared listener anyway. */
+    if (ps->kind == PS_LISTEN || (ps->kind == PS_ORPHAN && ps->pl))
+      k.events &= ~(uint32_t)EPOLLEXCLUSIVE;
     if (real.epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &k) < 0) {
       rc = -errno;
       slot_free(t, n);

@@ -33,6 +33,14 @@
  * with its error (NOTE_FAIL).  A child that reads EOF on a relay without
  * such a note (the parent died) gets ECONNRESET: never a false EOF.
  *
+ * Listeners.  A child that inherited a listener accepts through the same
+ * channel (pre-forked servers: nginx's workers): the parent's engine
+ * accepts for every process, and a child's accept() asks the parent for the
+ * next connection (MSG_ACCEPT).  A plain one is passed as it is; a session
+ * gets a relay, as a claimed one does, and stays here with its resumes.
+ * The child counts as a holder of the listener (psock.kids): it stays open
+ * for new connections until the parent and every such child closed it.
+ *
  * Threads.  The fork thread (parent) serves every channel and relay with
  * one poll loop; it runs as tether's own (tp_inside), with every signal
  * blocked.  f_lock guards the lists of children and relays; it is taken
@@ -67,12 +75,19 @@ enum {
   MSG_REFUSE,    /* parent: no (err) */
   NOTE_EOF,      /* parent: the peer closed `serial` */
   NOTE_FAIL,     /* parent: `serial` failed (err) */
+  MSG_ACCEPT,    /* child: the next connection of listener `serial` */
+  MSG_ACCEPTED,  /* parent: here it is (a plain socket, or a relay's end) */
 };
 
 struct fmsg {
   uint32_t type;
   int32_t err; /* positive errno: REFUSE, NOTE_FAIL */
   uint64_t serial;
+  /* MSG_ACCEPTED: the serial of the session relayed (0: the connection is
+   * plain, passed as it is), and the TCP endpoints it stands for. */
+  uint64_t relayed;
+  uint32_t peer_len, local_len;
+  struct sockaddr_storage peer, local;
 };
 
 /* A forked child (parent side). */
@@ -81,7 +96,9 @@ struct kid {
   int chan;
   bool execd; /* said MSG_EXEC */
   struct psock **held; /* sessions it inherited and may still claim */
-  int nheld;
+  int nheld, capheld;
+  struct psock **lis; /* listeners it inherited: it accepts through us */
+  int nlis, caplis;
 };
 
 /* One claimed session, relayed to one child (parent side). */
@@ -137,9 +154,8 @@ static void wake(void) {
     (void)!real.write(wake_fd, &one, sizeof(one));
 }
 
-static int send_msg(int chan, uint32_t type, uint64_t serial, int err, int pass_fd) {
-  struct fmsg m = {.type = type, .err = err, .serial = serial};
-  struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+static int send_full(int chan, const struct fmsg *m, int pass_fd) {
+  struct iovec iov = {.iov_base = (void *)m, .iov_len = sizeof(*m)};
   union {
     char buf[CMSG_SPACE(sizeof(int))];
     struct cmsghdr align;
@@ -159,7 +175,12 @@ static int send_msg(int chan, uint32_t type, uint64_t serial, int err, int pass_
   do
     n = real.sendmsg(chan, &h, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
-  return n == (ssize_t)sizeof(m) ? 0 : -1;
+  return n == (ssize_t)sizeof(*m) ? 0 : -1;
+}
+
+static int send_msg(int chan, uint32_t type, uint64_t serial, int err, int pass_fd) {
+  struct fmsg m = {.type = type, .err = err, .serial = serial};
+  return send_full(chan, &m, pass_fd);
 }
 
 /* One message; *fd gets a passed descriptor (or -1).  1, 0 at EOF, -1 with
@@ -219,29 +240,32 @@ static void drop_ref(struct psock *ps, bool relay, bool crashed) {
 
 /* ---- parent: fork ---- */
 
-struct prep {
-  struct kid *k;
-  int cap;
-};
+/* Appends ps to a child's list; false without memory. */
+static bool push(struct psock ***list, int *n, int *cap, struct psock *ps) {
+  if (*n == *cap) {
+    int c = *cap ? *cap * 2 : 8;
+    struct psock **l = realloc(*list, (size_t)c * sizeof(*l));
+    if (!l)
+      return false;
+    *list = l;
+    *cap = c;
+  }
+  (*list)[(*n)++] = ps;
+  return true;
+}
 
 static void hold(struct psock *ps, void *arg) {
-  struct prep *p = arg;
+  struct kid *k = arg;
   pthread_mutex_lock(&ps->lock);
   /* The child has the program's numbers of it (tether's own, if any, it
-   * closes). */
+   * closes).  A listener stays open for new connections while a child
+   * holds it, as a listening socket does. */
   if (ps->kind == PS_SESSION && ps->s && ps_program_aliases(ps) > 0) {
-    if (p->k->nheld == p->cap) {
-      int cap = p->cap ? p->cap * 2 : 8;
-      struct psock **h = realloc(p->k->held, (size_t)cap * sizeof(*h));
-      if (h) {
-        p->k->held = h;
-        p->cap = cap;
-      }
-    }
-    if (p->k->nheld < p->cap) {
-      p->k->held[p->k->nheld++] = ps;
+    if (push(&k->held, &k->nheld, &k->capheld, ps))
       ps->kids++;
-    }
+  } else if (ps->kind == PS_LISTEN && ps->pl && ps_program_aliases(ps) > 0) {
+    if (push(&k->lis, &k->nlis, &k->caplis, ps))
+      ps->kids++;
   }
   pthread_mutex_unlock(&ps->lock);
 }
@@ -249,9 +273,12 @@ static void hold(struct psock *ps, void *arg) {
 static void kid_free(struct kid *k) {
   for (int i = 0; i < k->nheld; i++)
     drop_ref(k->held[i], false, false);
+  for (int i = 0; i < k->nlis; i++)
+    ps_listener_unref(k->lis[i]);
   if (k->chan >= 0)
     real.close(k->chan);
   free(k->held);
+  free(k->lis);
   free(k);
 }
 
@@ -262,11 +289,10 @@ void fork_prepare(void) {
   if (!k)
     return;
   k->chan = -1;
-  struct prep p = {.k = k};
   TP_ENTER();
-  fdt_each(hold, &p);
+  fdt_each(hold, k);
   int sv[2];
-  if (k->nheld && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0) {
+  if ((k->nheld || k->nlis) && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0) {
     k->chan = sv[0];
     forking_child_end = sv[1];
     forking = k;
@@ -329,6 +355,7 @@ void fork_child(void) {
     if (k->chan >= 0)
       real.close(k->chan);
     free(k->held);
+    free(k->lis);
     free(k);
   }
   for (struct relay *r = g_relays, *next; r; r = next) {
@@ -349,6 +376,7 @@ void fork_child(void) {
   if (forking) {
     real.close(forking->chan);
     free(forking->held);
+    free(forking->lis);
     free(forking);
     forking = NULL;
     parent_chan = forking_child_end;
@@ -377,32 +405,40 @@ static void keep_note(const struct fmsg *m) {
   notes[i].err = m->type == NOTE_FAIL ? (m->err > 0 ? m->err : ECONNRESET) : 0;
 }
 
-/* claim_lock held.  Waits for the answer about serial, keeping notes that
- * come first.  1 granted (*fd), 0 refused (*err), -1 no answer. */
-static int await_answer(uint64_t serial, int *fd, int *err) {
+/* claim_lock held.  Waits for the answer about serial (a GRANT, ACCEPTED
+ * or REFUSE: *m, and *fd the descriptor passed with it or -1), keeping
+ * notes that come first.  0, or -1 with no answer. */
+static int await_answer(uint64_t serial, struct fmsg *m, int *fd) {
   uint64_t deadline = tp_now_ms() + CLAIM_WAIT_MS;
   for (;;) {
-    struct fmsg m;
     int got;
-    int rc = recv_msg(parent_chan, &m, &got, MSG_DONTWAIT);
-    if (rc == 0)
+    int rc = recv_msg(parent_chan, m, &got, MSG_DONTWAIT);
+    if (rc == 0) {
+      m->type = 0;
       return -1;
+    }
     if (rc > 0) {
-      if ((m.type == MSG_GRANT || m.type == MSG_REFUSE) && m.serial == serial) {
+      if ((m->type == MSG_GRANT || m->type == MSG_ACCEPTED || m->type == MSG_REFUSE) &&
+          m->serial == serial) {
         *fd = got;
-        *err = m.err > 0 ? m.err : EBADF;
-        return m.type == MSG_GRANT && got >= 0 ? 1 : 0;
+        if (m->type == MSG_REFUSE && m->err <= 0)
+          m->err = EBADF;
+        return 0;
       }
       if (got >= 0)
         real.close(got);
-      keep_note(&m);
+      keep_note(m);
       continue;
     }
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      m->type = 0;
       return -1;
+    }
     uint64_t now = tp_now_ms();
-    if (now >= deadline)
+    if (now >= deadline) {
+      m->type = 0;
       return -1;
+    }
     struct pollfd p = {.fd = parent_chan, .events = POLLIN};
     (void)real.poll(&p, 1, (int)(deadline - now)); /* EINTR: look again */
   }
@@ -416,7 +452,7 @@ int fork_claim(struct psock *ps) {
   pthread_mutex_lock(&claim_lock);
   if (!ps_orphan_session(ps)) /* another thread claimed it meanwhile */
     goto out;
-  int fd = -1, err = EBADF;
+  int fd = -1;
   if (!ps->serial || parent_chan < 0 ||
       send_msg(parent_chan, MSG_CLAIM, ps->serial, 0, -1) < 0) {
     warn_unclaimable(ps, !ps->serial       ? "it was refused before"
@@ -425,9 +461,11 @@ int fork_claim(struct psock *ps) {
     rc = -EBADF;
     goto out;
   }
-  int got = await_answer(ps->serial, &fd, &err);
-  if (got <= 0) {
-    warn_unclaimable(ps, got < 0 ? "the parent does not answer" : strerror(err));
+  struct fmsg m;
+  if (await_answer(ps->serial, &m, &fd) < 0 || m.type != MSG_GRANT || fd < 0) {
+    if (fd >= 0)
+      real.close(fd);
+    warn_unclaimable(ps, m.type == MSG_REFUSE ? strerror(m.err) : "the parent does not answer");
     ps->serial = 0; /* not asked again: every later call fails at once */
     rc = -EBADF;
     goto out;
@@ -453,6 +491,79 @@ out:
   pthread_mutex_unlock(&claim_lock);
   TP_LEAVE();
   return rc;
+}
+
+/* A connection the parent passed for the program's accept(): a plain
+ * socket as it is, or a relay's end, tracked as a relay of session
+ * m->relayed that answers for the TCP endpoints.  The descriptor, or a
+ * negative errno. */
+static int accepted(const struct fmsg *m, int c, struct sockaddr *addr, socklen_t *alen,
+                    int flags) {
+  (void)real.fcntl(c, F_SETFL, (flags & SOCK_NONBLOCK) ? O_NONBLOCK : 0);
+  if (!(flags & SOCK_CLOEXEC)) /* (passed close-on-exec) */
+    (void)real.fcntl(c, F_SETFD, 0);
+  if (m->relayed) {
+    struct psock *ps = tp_track_new(c, PS_RELAY, m->local.ss_family,
+                                    (flags & SOCK_NONBLOCK) != 0, (flags & SOCK_CLOEXEC) != 0);
+    if (!ps) {
+      real.close(c); /* the parent sees a close: the session ends */
+      return -ENOMEM;
+    }
+    pthread_mutex_lock(&ps->lock);
+    ps->serial = m->relayed;
+    ps->peer_len = m->peer_len <= sizeof(ps->peer) ? m->peer_len : 0;
+    ps->local_len = m->local_len <= sizeof(ps->local) ? m->local_len : 0;
+    memcpy(&ps->peer, &m->peer, ps->peer_len);
+    memcpy(&ps->local, &m->local, ps->local_len);
+    pthread_mutex_unlock(&ps->lock);
+  }
+  if (addr && alen) {
+    socklen_t n = m->peer_len <= sizeof(m->peer) ? m->peer_len : 0;
+    memcpy(addr, &m->peer, *alen < n ? *alen : n);
+    *alen = n;
+  }
+  return c;
+}
+
+int fork_accept(struct psock *lps, int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
+  if (parent_chan < 0 || !lps->serial)
+    return -ENOTCONN;
+  for (;;) {
+    struct fmsg m;
+    int c = -1, rc;
+    TP_ENTER();
+    pthread_mutex_lock(&claim_lock);
+    if (parent_chan < 0 || send_msg(parent_chan, MSG_ACCEPT, lps->serial, 0, -1) < 0)
+      rc = -ENOTCONN;
+    else
+      rc = await_answer(lps->serial, &m, &c) < 0 ? -ENOTCONN : 0;
+    pthread_mutex_unlock(&claim_lock);
+    TP_LEAVE();
+    if (rc < 0)
+      return rc;
+    if (m.type == MSG_ACCEPTED && c >= 0)
+      return accepted(&m, c, addr, alen, flags);
+    if (c >= 0)
+      real.close(c);
+    if (m.type == MSG_REFUSE && m.err == ENOTCONN) {
+      /* Not the parent's listener (a grandchild's): accept by ourselves. */
+      pthread_mutex_lock(&lps->lock);
+      lps->serial = 0;
+      pthread_mutex_unlock(&lps->lock);
+      return -ENOTCONN;
+    }
+    if (m.type != MSG_REFUSE || m.err != EAGAIN)
+      return m.type == MSG_REFUSE ? -m.err : -ECONNABORTED;
+    bool nonblock;
+    pthread_mutex_lock(&lps->lock);
+    nonblock = lps->nonblock;
+    pthread_mutex_unlock(&lps->lock);
+    if (nonblock)
+      return -EAGAIN;
+    /* The program's number polls readable when the parent has one. */
+    if (tp_wait(fd, POLLIN, -1) == -EINTR && !tp_restart_after_eintr())
+      return -EINTR;
+  }
 }
 
 void fork_release(struct psock *ps) {
@@ -839,46 +950,99 @@ static void relay_end(struct relay *r) {
   drop_ref(ps, true, crashed);
 }
 
-/* A claim from k. */
-static void grant(struct kid *k, uint64_t serial) {
-  int i;
-  for (i = 0; i < k->nheld; i++)
-    if (k->held[i]->serial == serial)
-      break;
-  if (i == k->nheld) {
-    (void)send_msg(k->chan, MSG_REFUSE, serial, EBADF, -1);
-    return;
-  }
-  struct psock *ps = k->held[i];
+/* A relay of ps's session to k, which gets the other end in m (sent
+ * here).  0, or a positive errno (nothing sent). */
+static int relay_new(struct kid *k, struct psock *ps, const struct fmsg *m) {
   struct relay *r = calloc(1, sizeof(*r));
   int sv[2] = {-1, -1};
   pthread_mutex_lock(&ps->lock);
   struct tether_session *s = ps->kind == PS_SESSION ? ps->s : NULL;
   pthread_mutex_unlock(&ps->lock);
   if (!r || !s || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-    (void)send_msg(k->chan, MSG_REFUSE, serial, !r ? ENOMEM : !s ? EBADF : errno, -1);
+    int err = !r ? ENOMEM : !s ? EBADF : errno;
     free(r);
-    return;
+    return err;
   }
   (void)real.fcntl(sv[0], F_SETFL, O_NONBLOCK);
   r->kid = k;
   r->pidx = -1;
   r->ps = ps;
   r->s = s;
-  r->serial = serial;
+  r->serial = ps->serial;
   r->fd = sv[0];
   pthread_mutex_lock(&ps->lock);
-  ps->relays++; /* the claim right becomes a relay */
-  ps->kids--;
+  ps->relays++;
   pthread_mutex_unlock(&ps->lock);
-  k->held[i] = k->held[--k->nheld];
-  if (send_msg(k->chan, MSG_GRANT, serial, 0, sv[1]) < 0)
+  if (send_full(k->chan, m, sv[1]) < 0)
     r->kid = NULL; /* the child is gone: the relay sees its end close */
   real.close(sv[1]);
   pthread_mutex_lock(&f_lock);
   r->next = g_relays;
   g_relays = r;
   pthread_mutex_unlock(&f_lock);
+  return 0;
+}
+
+/* A claim from k. */
+static void grant(struct kid *k, uint64_t serial) {
+  int i;
+  for (i = 0; i < k->nheld; i++)
+    if (k->held[i]->serial == serial)
+      break;
+  struct fmsg m = {.type = MSG_GRANT, .serial = serial};
+  int err = i == k->nheld ? EBADF : relay_new(k, k->held[i], &m);
+  if (err) {
+    (void)send_msg(k->chan, MSG_REFUSE, serial, err, -1);
+    return;
+  }
+  struct psock *ps = k->held[i];
+  pthread_mutex_lock(&ps->lock);
+  ps->kids--; /* the claim right became a relay */
+  pthread_mutex_unlock(&ps->lock);
+  k->held[i] = k->held[--k->nheld];
+}
+
+/* An accept() of k's on a listener it inherited: the next connection the
+ * program's own accept() would take, passed as it is when plain, relayed
+ * when a session (which stays here, where its peer resumes it).  EAGAIN
+ * when none waits. */
+static void accept_for(struct kid *k, uint64_t serial) {
+  struct psock *lps = NULL;
+  for (int i = 0; i < k->nlis && !lps; i++)
+    if (k->lis[i]->serial == serial)
+      lps = k->lis[i];
+  int plain = -1;
+  struct psock *ps = NULL;
+  int rc = lps ? pl_take(lps->pl, &plain, &ps) : -ENOTCONN;
+  struct fmsg m = {.type = MSG_ACCEPTED, .serial = serial};
+  if (rc == 1) {
+    socklen_t len = sizeof(m.peer);
+    if (real.getpeername(plain, (struct sockaddr *)&m.peer, &len) == 0)
+      m.peer_len = len;
+    len = sizeof(m.local);
+    if (real.getsockname(plain, (struct sockaddr *)&m.local, &len) == 0)
+      m.local_len = len;
+    if (send_full(k->chan, &m, plain) < 0)
+      (void)real.shutdown(plain, SHUT_RDWR); /* the child is gone: as a reset port */
+    real.close(plain);
+    return;
+  }
+  if (rc == 2) {
+    pthread_mutex_lock(&ps->lock);
+    m.relayed = ps->serial;
+    m.peer = ps->peer;
+    m.peer_len = ps->peer_len;
+    m.local = ps->local;
+    m.local_len = ps->local_len;
+    int own = ps->own_fd;
+    pthread_mutex_unlock(&ps->lock);
+    int err = relay_new(k, ps, &m);
+    if (!err)
+      return;
+    (void)tp_close_tracked(ps, own); /* no relay: the session ends */
+    rc = -err;
+  }
+  (void)send_msg(k->chan, MSG_REFUSE, serial, -rc, -1);
 }
 
 static void release(struct kid *k, uint64_t serial) {
@@ -905,6 +1069,8 @@ static bool serve_kid(struct kid *k) {
       return true;
     if (m.type == MSG_CLAIM) {
       grant(k, m.serial);
+    } else if (m.type == MSG_ACCEPT) {
+      accept_for(k, m.serial);
     } else if (m.type == MSG_RELEASE) {
       release(k, m.serial);
     } else if (m.type == MSG_EXEC) {

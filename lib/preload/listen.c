@@ -567,10 +567,39 @@ static void fill_peer(int sock, struct sockaddr *addr, socklen_t *alen) {
     *alen = 0;
 }
 
+int pl_take(struct plisten *pl, int *plain, struct psock **sp) {
+  int c = pop_plain(pl);
+  if (c >= 0) {
+    wake_full(pl);
+    *plain = c;
+    return 1;
+  }
+  struct tether_session *s;
+  if (tether_accept(&pl->l, &s) != 0)
+    return -EAGAIN;
+  c = adopt(s, SOCK_CLOEXEC, NULL, NULL);
+  if (c < 0)
+    return c;
+  struct psock *ps = fdt_get(c);
+  pthread_mutex_lock(&ps->lock);
+  ps->own_fd = c; /* the number is tether's, not the program's */
+  pthread_mutex_unlock(&ps->lock);
+  *sp = ps;
+  return 2;
+}
+
 int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
   struct plisten *pl = ps->pl;
-  if (ps->kind == PS_ORPHAN) { /* inherited through fork: plain accepts only */
-    for (;;) {
+  if (ps->kind == PS_ORPHAN) { /* inherited through fork: the parent accepts */
+    int got = fork_accept(ps, fd, addr, alen, flags);
+    if (got != -ENOTCONN) {
+      if (got < 0) {
+        errno = -got;
+        return -1;
+      }
+      return got;
+    }
+    for (;;) { /* no parent to ask: plain accepts only */
       int c = real.accept4(pl->l.fd, addr, alen, flags);
       if (c >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) || ps->nonblock)
         return c;

@@ -332,6 +332,16 @@ void fork_at_exit(void);
 void fork_chan_closing(unsigned first, unsigned last);
 /* Child, before exec: claims the orphans on fds 0-2 that survive exec. */
 void fork_before_exec(void);
+/* Child: accept() on a listener inherited from the parent (lps, the
+ * program's number fd): the parent's engine accepts, and passes plain
+ * connections as they are and relays sessions.  The new descriptor, a
+ * negative errno (-EAGAIN if non-blocking and none waits), or -ENOTCONN
+ * when there is no parent to ask (the caller accepts plain connections
+ * from the socket itself). */
+int fork_accept(struct psock *lps, int fd, struct sockaddr *addr, socklen_t *alen, int flags);
+/* Parent: a forked child let go of a listener it inherited; the listener
+ * ends if the program closed it too. */
+void ps_listener_unref(struct psock *ps);
 /* Whether an orphan is a session the child may claim (not a listener). */
 static inline bool ps_orphan_session(const struct psock *ps) {
   return ps->kind == PS_ORPHAN && !ps->pl;
@@ -431,6 +441,11 @@ int pl_listen(struct psock *ps, int fd, int backlog);
 /* listen() again on a listener: its new backlog. */
 int pl_relisten(struct plisten *pl, int backlog);
 int pl_accept(struct psock *ps, int fd, struct sockaddr *addr, socklen_t *alen, int flags);
+/* The fork thread, for a forked child's accept() (fork.c): the connection
+ * the program's accept() would take next.  1: plain (*plain, the caller's
+ * to close); 2: a session (*sp, a new psock that holds it under tether's
+ * own number, own_fd); -EAGAIN when none waits. */
+int pl_take(struct plisten *pl, int *plain, struct psock **sp);
 void pl_close(struct plisten *pl);
 /* bind() met EADDRINUSE: closes the hidden sockets of closed listeners on
  * that port (kept for resumes).  True if there was one. */

@@ -150,7 +150,7 @@ EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *alen, int flags) {
     return c;
   }
   int c = pl_accept(ps, fd, addr, alen, flags);
-  if (c >= 0 && fdt_get(c) && fdt_get(c)->kind != PS_SESSION)
+  if (c >= 0 && fdt_get(c) && fdt_get(c)->kind != PS_SESSION && fdt_get(c)->kind != PS_RELAY)
     forget_number(c);
   return c;
 }
@@ -240,8 +240,9 @@ static int close_tracked(struct psock *ps, int fd) {
     left = ps_remove_alias(ps, fd);
     rc = real.close(fd);
     struct plisten *pl = ps->pl;
+    bool held = ps->kids > 0; /* forked children accept from it (fork.c) */
     pthread_mutex_unlock(&ps->lock);
-    if (!left) {
+    if (!left && !held) {
       pl_close(pl);
       ps_free(ps);
     }
@@ -265,6 +266,17 @@ static int close_tracked(struct psock *ps, int fd) {
 }
 
 int tp_close_tracked(struct psock *ps, int fd) { return close_tracked(ps, fd); }
+
+void ps_listener_unref(struct psock *ps) {
+  pthread_mutex_lock(&ps->lock);
+  bool last = --ps->kids == 0 && ps->naliases == 0;
+  struct plisten *pl = ps->pl;
+  pthread_mutex_unlock(&ps->lock);
+  if (last) { /* the program closed it before: it ends with its last holder */
+    pl_close(pl);
+    ps_free(ps);
+  }
+}
 
 void ps_release(struct psock *ps) {
   pthread_mutex_lock(&ps->lock);

@@ -16,6 +16,12 @@
  *   preload_fork server-crash PORT
  *     One connection: the child echoes 1 MiB, then kills itself (SIGKILL)
  *     without closing; the parent closed its copy long before.
+ *   preload_fork prefork PORT WORKERS CONNS
+ *     Pre-forked: the parent listens, forks WORKERS workers, closes its own
+ *     listener and accepts nothing; each worker accepts (blocking) and
+ *     echoes connections one after the other, as server's children do.
+ *     After CONNS connections in all the parent ends the workers and exits
+ *     with the first failing worker's status (or 0).
  *   preload_fork client PORT IN OUT
  *     connect -> fork; the child sends file IN and writes what comes back to
  *     OUT (poll, non-blocking), shuts down writing after IN, and exits at
@@ -189,6 +195,73 @@ static int server(int mode, int port, int conns, char **prog) {
   return status;
 }
 
+static int prefork(int port, int workers, int conns) {
+  int l = listen_on(port);
+  int done[2];
+  if (pipe(done) < 0)
+    FAIL("pipe: %s", strerror(errno));
+  pid_t *pids = calloc((size_t)workers, sizeof(*pids));
+  for (int i = 0; i < workers; i++) {
+    pids[i] = fork();
+    if (pids[i] < 0)
+      FAIL("fork: %s", strerror(errno));
+    if (pids[i] == 0) {
+      close(done[0]);
+      for (;;) {
+        struct sockaddr_in peer, a;
+        socklen_t plen = sizeof(peer), alen = sizeof(a);
+        int c = accept(l, (struct sockaddr *)&peer, &plen);
+        if (c < 0 && errno == EINTR)
+          continue;
+        if (c < 0)
+          FAIL("worker accept: %s", strerror(errno));
+        if (plen != sizeof(peer) || peer.sin_family != AF_INET)
+          FAIL("worker accept: peer address of family %d", peer.sin_family);
+        if (getpeername(c, (struct sockaddr *)&a, &alen) < 0 || a.sin_family != AF_INET ||
+            a.sin_port != peer.sin_port)
+          FAIL("worker getpeername: %s", errno ? strerror(errno) : "not the accepted peer");
+        fprintf(stderr, "worker %d: a connection from port %d\n", (int)getpid(),
+                ntohs(peer.sin_port));
+        echo_blocking(c, 0);
+        if (write(done[1], "x", 1) != 1)
+          FAIL("worker: pipe: %s", strerror(errno));
+      }
+    }
+  }
+  close(done[1]);
+  if (close(l) < 0) /* the workers keep it open */
+    FAIL("parent close: %s", strerror(errno));
+  int status = 0, served = 0;
+  while (served < conns) {
+    char x;
+    ssize_t n = read(done[0], &x, 1);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      status = 1; /* every worker died */
+      fprintf(stderr, "FAIL: the workers are gone after %d connections\n", served);
+      break;
+    }
+    served++;
+  }
+  for (int i = 0; i < workers; i++)
+    kill(pids[i], SIGTERM);
+  for (int i = 0; i < workers; i++) {
+    int st;
+    while (waitpid(pids[i], &st, 0) < 0)
+      if (errno != EINTR)
+        FAIL("waitpid: %s", strerror(errno));
+    int rc = WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM ? 0
+             : WIFEXITED(st)                            ? WEXITSTATUS(st)
+                                                        : 128 + WTERMSIG(st);
+    fprintf(stderr, "server: worker %d ended with %d\n", (int)pids[i], rc);
+    if (rc && !status)
+      status = rc;
+  }
+  free(pids);
+  return status;
+}
+
 static int client(int port, const char *in, const char *out) {
   int c = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
@@ -269,11 +342,14 @@ int main(int argc, char **argv) {
     return server(3, atoi(argv[2]), 1, NULL);
   if (argc >= 5 && strcmp(argv[1], "server-exec") == 0)
     return server(1, atoi(argv[2]), atoi(argv[3]), argv + 4);
+  if (argc == 5 && strcmp(argv[1], "prefork") == 0)
+    return prefork(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
   if (argc == 5 && strcmp(argv[1], "client") == 0)
     return client(atoi(argv[2]), argv[3], argv[4]);
   fprintf(stderr, "usage: preload_fork server|server-poll PORT CONNS\n"
                   "       preload_fork server-crash PORT\n"
                   "       preload_fork server-exec PORT CONNS PROGRAM [ARGS...]\n"
+                  "       preload_fork prefork PORT WORKERS CONNS\n"
                   "       preload_fork client PORT IN OUT\n");
   return 2;
 }
