@@ -8,6 +8,7 @@
  * ready only when the outcome is installed. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -57,6 +58,27 @@ static void send_probe(int u, uint8_t type, uint16_t port, const uint8_t nonce[8
   (void)real.send(u, dg, sizeof(dg), MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
+#define MS_NS ((uint64_t)1000000)
+/* The server's engine answering a probe takes a thread wake-up. */
+#define ANSWER_SLACK_NS ((uint64_t)200000)
+
+/* How long after the TCP connect completes the probe's answer is waited
+ * for.  It left before our SYN, so from a tether server it is due about
+ * when the SYN-ACK is back: a destination known to be plain is not waited
+ * for at all (what has arrived is looked at), an unknown one for half a
+ * connect time more, one known to be tether's for a full connect time and
+ * at least 20 ms (a busy server).  TETHER_PROBE_MS, if set, replaces both
+ * floors. */
+static uint64_t answer_wait_ns(enum dest_kind kind, uint64_t rtt) {
+  if (kind == DEST_PLAIN)
+    return 0;
+  uint64_t floor = tp_probe_ms >= 0 ? (uint64_t)tp_probe_ms * MS_NS
+                   : kind == DEST_TETHER ? 20 * MS_NS
+                                         : 0;
+  uint64_t wait = tp_probe_ms >= 0 || kind == DEST_TETHER ? rtt : rtt / 2 + ANSWER_SLACK_NS;
+  return wait > floor ? wait : floor;
+}
+
 /* Connects j->sock, and finds out whether a tether server is there.
  * Returns 0 (*tether set) or a positive errno. */
 static int probe_and_connect(struct cjob *j, bool *tether) {
@@ -64,8 +86,11 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
   struct sockaddr_storage local;
   socklen_t llen = sizeof(local);
   uint8_t nonce[8];
-  enum { P_NONE, P_WAIT, P_YES } probe = P_NONE;
+  enum { P_NONE, P_WAIT, P_YES, P_REFUSED } probe = P_NONE;
   int u = -1, err = 0, lost = 0;
+  struct ipport dp;
+  enum dest_kind kind = dest_get((struct sockaddr *)&j->dst);
+  bool may_probe = ipport_from((struct sockaddr *)&j->dst, &dp) && dest_probe_port(dp.port);
   *tether = false;
 
   int fl = real.fcntl(j->sock, F_GETFL);
@@ -77,7 +102,7 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
     (void)real.bind(j->sock, (struct sockaddr *)&any, family_len(ps->family));
   }
   memset(&local, 0, sizeof(local));
-  if (real.getsockname(j->sock, (struct sockaddr *)&local, &llen) == 0 &&
+  if (real.getsockname(j->sock, (struct sockaddr *)&local, &llen) == 0 && may_probe &&
       crypto_random(nonce, sizeof(nonce)) == 0) {
     struct ipport lp;
     u = real.socket(j->dst.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -98,7 +123,7 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
   }
 
   uint64_t t0 = now_ns(), deadline = 0;
-  bool done = false;
+  bool done = false, last = false;
   if (real.connect(j->sock, (struct sockaddr *)&j->dst, j->dstlen) == 0) {
     done = true;
   } else if (errno != EINPROGRESS) {
@@ -106,19 +131,21 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
     goto out;
   }
   if (done)
-    deadline = now_ns() + (uint64_t)tp_probe_ms * 1000000;
+    deadline = now_ns() + answer_wait_ns(kind, 0);
   while (!done || probe == P_WAIT) {
     struct pollfd p[3] = {{.fd = done ? -1 : j->sock, .events = POLLOUT},
                           {.fd = probe == P_WAIT ? u : -1, .events = POLLIN},
                           {.fd = j->abort_fd, .events = POLLIN}};
-    int timeout = -1;
+    struct timespec ts, *timeout = NULL;
     if (done) {
-      uint64_t now = now_ns();
-      if (now >= deadline)
-        break; /* no answer: plain */
-      timeout = (int)((deadline - now) / 1000000) + 1;
+      /* Past the deadline, one last look at what has arrived. */
+      uint64_t now = now_ns(), left = now >= deadline ? 0 : deadline - now;
+      last = left == 0;
+      ts.tv_sec = (time_t)(left / 1000000000);
+      ts.tv_nsec = (long)(left % 1000000000);
+      timeout = &ts;
     }
-    if (real.poll(p, 3, timeout) < 0 && errno != EINTR) {
+    if (real.ppoll(p, 3, timeout, NULL) < 0 && errno != EINTR) {
       err = errno;
       goto out;
     }
@@ -139,21 +166,21 @@ static int probe_and_connect(struct cjob *j, bool *tether) {
         goto out;
       }
       done = true;
-      /* One more connect time for the answer (it left before our SYN), and
-       * at least TETHER_PROBE_MS. */
-      uint64_t now = now_ns(), rtt = now - t0, min = (uint64_t)tp_probe_ms * 1000000;
-      deadline = now + (rtt > min ? rtt : min);
+      uint64_t now = now_ns();
+      deadline = now + answer_wait_ns(kind, now - t0);
     }
     if (p[1].revents) {
       uint8_t dg[64];
       struct probe pr;
       ssize_t n = real.recv(u, dg, sizeof(dg), MSG_DONTWAIT);
       if (n < 0 && errno != EAGAIN && errno != EINTR)
-        probe = P_NONE; /* ECONNREFUSED: nothing on that UDP port */
+        probe = P_REFUSED; /* ECONNREFUSED: nothing on that UDP port */
       else if (n > 0 && probe_decode(dg, (size_t)n, &pr) == 0 && pr.type == PROBE_YES &&
                memcmp(pr.nonce, nonce, 8) == 0)
         probe = P_YES;
     }
+    if (last && !p[1].revents)
+      break; /* no answer: plain */
   }
   if (lost && probe != P_YES)
     err = lost; /* plain TCP would have failed: so do we */
@@ -164,7 +191,17 @@ out:
     if (ipport_from((struct sockaddr *)&local, &lp))
       send_probe(u, PROBE_CANCEL, lp.port, nonce); /* the server need not wait for us */
   }
-  if (u >= 0)
+  if (!err && probe != P_NONE)
+    dest_set((struct sockaddr *)&j->dst, probe == P_YES ? DEST_TETHER : DEST_PLAIN);
+  static const char *const known[] = {"unknown", "known plain", "known tether"};
+  static const char *const outcome[] = {"not probed", "no answer", "tether", "refused"};
+  struct tether_ctx *ctx = tp_ctx();
+  if (ctx && !err)
+    LOG_DEBUG(ctx, "probe to port %d (%s): %s; connected and decided in %" PRIu64 " us",
+              (int)dp.port, known[kind], outcome[probe], (now_ns() - t0) / 1000);
+  if (ctx && !err && probe == P_WAIT)
+    dest_watch_late(ctx, u, (struct sockaddr *)&j->dst, j->dstlen, nonce); /* takes u */
+  else if (u >= 0)
     real.close(u);
   *tether = !err && probe == P_YES;
   return err;

@@ -20,7 +20,7 @@ bool tp_disabled;
 static pid_t tp_pid; /* this process (set at start and after fork) */
 
 bool tp_vforked(void) { return tp_pid != 0 && getpid() != tp_pid; }
-int tp_probe_ms = 20;
+int tp_probe_ms = -1; /* unset: see answer_wait_ns() */
 int tp_accept_wait_ms = 1000;
 
 static struct tether_ctx *g_ctx;
@@ -181,6 +181,7 @@ static void after_fork_child(void) {
   g_ctx_failed = false;
   fdt_after_fork_child();
   pl_after_fork_child();
+  dest_after_fork_child();
   fork_child();
 }
 
@@ -257,6 +258,8 @@ __attribute__((constructor)) static void tp_init(void) {
   }
   if (exclude_parse(getenv("TETHER_EXCLUDE")) < 0)
     tp_warn("TETHER_EXCLUDE is malformed: ignored");
+  if (dest_parse_probe_ports(getenv("TETHER_PROBE_PORTS")) < 0)
+    tp_warn("TETHER_PROBE_PORTS is malformed: ignored");
   tp_probe_ms = env_int("TETHER_PROBE_MS", tp_probe_ms, 0, 60000);
   tp_accept_wait_ms = env_int("TETHER_ACCEPT_WAIT_MS", tp_accept_wait_ms, 1, 60000);
   pthread_atfork(fork_prepare, fork_parent, after_fork_child);

@@ -375,6 +375,25 @@ bool ipport_eq(const struct ipport *a, const struct ipport *b);
 /* Server: connections announced by a probe at listener port lport,
  * expiring after a while. */
 void probes_record(const struct ipport *who, int lport, uint64_t now_ms);
+
+/* ---- what each destination is (dest.c) ---- */
+
+enum dest_kind { DEST_UNKNOWN = 0, DEST_PLAIN, DEST_TETHER };
+/* What the last probe to dst (address and port) found. */
+enum dest_kind dest_get(const struct sockaddr *dst);
+void dest_set(const struct sockaddr *dst, enum dest_kind kind);
+/* A probe that got no answer in time (u, connected to dst's UDP port):
+ * the engine listens for a late answer for a moment, which makes dst
+ * tether's for the next connect.  Takes u. */
+void dest_watch_late(struct tether_ctx *ctx, int u, const struct sockaddr *dst, socklen_t dstlen,
+                     const uint8_t nonce[8]);
+/* Whether a probe may go to this port number on UDP: not to well-known UDP
+ * services, unless TETHER_PROBE_PORTS (parsed here: 0, or -EINVAL) names
+ * the port. */
+bool dest_probe_port(int port);
+int dest_parse_probe_ports(const char *s);
+/* In a child after fork: the parent's late watches are not ours. */
+void dest_after_fork_child(void);
 /* Whether a connection announced at lport is still to come. */
 bool probes_expected(int lport, uint64_t now_ms);
 /* Takes the record for `who` (true if there was one); with any_port, a
@@ -402,8 +421,8 @@ void tp_warn(const char *msg);
 /* The process's context, made on first use; NULL if tether cannot run. */
 struct tether_ctx *tp_ctx(void);
 uint64_t tp_now_ms(void);
-/* TETHER_PROBE_MS: how long a client waits for a probe's answer beyond the
- * TCP connect's own duration. */
+/* TETHER_PROBE_MS: how long a client waits at least for a probe's answer
+ * beyond the TCP connect's own duration (-1, unset: see connect.c). */
 extern int tp_probe_ms;
 /* How long a server waits for the first bytes of a probed connection before
  * deciding it is plain. */

@@ -24,7 +24,8 @@ static void usage(FILE *f) {
           "  --reconnect-max-ms N    TETHER_RECONNECT_MAX_MS\n"
           "  --give-up-s N           TETHER_GIVE_UP_S\n"
           "  --connect-timeout-ms N  TETHER_CONNECT_TIMEOUT_MS\n"
-          "  --probe-ms N            TETHER_PROBE_MS\n"
+          "  --probe-ms N            TETHER_PROBE_MS (least wait for a probe's answer)\n"
+          "  --probe-ports LIST      TETHER_PROBE_PORTS (UDP services' ports probed anyway)\n"
           "  --accept-wait-ms N      TETHER_ACCEPT_WAIT_MS\n"
           "  --read-spin-us N        TETHER_READ_SPIN_US (0: waits never spin)\n"
           "  --accept-backlog N      TETHER_ACCEPT_BACKLOG (sessions queued for accept)\n"
@@ -115,6 +116,7 @@ int main(int argc, char **argv) {
       {"give-up-s", required_argument, NULL, 'G'},
       {"connect-timeout-ms", required_argument, NULL, 'C'},
       {"probe-ms", required_argument, NULL, 'P'},
+      {"probe-ports", required_argument, NULL, 'U'},
       {"accept-wait-ms", required_argument, NULL, 'A'},
       {"read-spin-us", required_argument, NULL, 'W'},
       {"accept-backlog", required_argument, NULL, 'B'},
@@ -136,6 +138,7 @@ int main(int argc, char **argv) {
     case 'G': var = "TETHER_GIVE_UP_S"; break;
     case 'C': var = "TETHER_CONNECT_TIMEOUT_MS"; break;
     case 'P': var = "TETHER_PROBE_MS"; break;
+    case 'U': var = "TETHER_PROBE_PORTS"; break;
     case 'A': var = "TETHER_ACCEPT_WAIT_MS"; break;
     case 'W': var = "TETHER_READ_SPIN_US"; break;
     case 'B': var = "TETHER_ACCEPT_BACKLOG"; break;

@@ -20,7 +20,12 @@ set -Eeuo pipefail
 export LC_ALL=C
 # Tests start from the library's defaults; each sets what it needs.
 unset TETHER_HEARTBEAT_MS TETHER_SUSPEND_MS TETHER_RECONNECT_MAX_MS \
-  TETHER_GIVE_UP_S TETHER_LOG
+  TETHER_GIVE_UP_S TETHER_LOG TETHER_PROBE_PORTS
+# Except one: programs under tether-run wait a full second for a probe's
+# answer on first contact (by default, half a connect time: on a busy
+# machine a preloaded server can answer later, and the connection would be
+# plain where a test means a session).  preload_detect tests the default.
+export TETHER_PROBE_MS=1000
 
 IT_NAME=$(basename "$0" .sh)
 IT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Detection with its defaults (no TETHER_PROBE_MS), between two network
+# namespaces joined by a veth pair, a client under tether-run making 20
+# connections (each: connect, one byte each way, close) to:
+#  1. a plain server whose host drops UDP to its port (no ICMP answer): only
+#     the first connect waits for the probe's answer; the other 19 know the
+#     destination is plain and do not wait;
+#  2. a server under tether-run: every connection is a session, except that
+#     the first may be plain if the server answers late on a busy machine --
+#     then its late answer is still heard, and the second connect (a second
+#     later) knows the destination is tether's;
+#  3. a plain server on port 53, where a DNS server listens on UDP: no probe
+#     datagram reaches it, unless TETHER_PROBE_PORTS names the port.
+# Expect: every connection echoes; the client's debug log says so.
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/lib.sh"
+require_root
+require_netns
+require_tools TETHER_RUN
+unset TETHER_PROBE_MS
+netns_pair
+
+cat >"$TMP/server.py" <<'EOF'
+import socket, sys
+l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+while True:
+    c, _ = l.accept()
+    if c.recv(1) == b"x":
+        c.sendall(b"y")
+    c.close()
+EOF
+# client.py HOST PORT N PAUSE: N connections, PAUSE seconds after the first.
+cat >"$TMP/client.py" <<'EOF'
+import socket, sys, time
+host, port, n, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+for i in range(n):
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(b"x")
+    if s.recv(1) != b"y":
+        sys.exit("connection %d: no echo" % i)
+    s.close()
+    if i == 0:
+        time.sleep(pause)
+print("ok %d" % n)
+EOF
+# udp_count.py HOST PORT FILE: counts datagrams to PORT into FILE.
+cat >"$TMP/udp_count.py" <<'EOF'
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((sys.argv[1], int(sys.argv[2])))
+n = 0
+while True:
+    u.recv(2048)
+    n += 1
+    with open(sys.argv[3], "w") as f:
+        f.write("%d\n" % n)
+EOF
+
+in_c() { ip netns exec "$NS_C" "$@"; }
+in_s() { ip netns exec "$NS_S" "$@"; }
+
+# run_client NAME PORT PAUSE [ENV...]: 20 connections; the log in $TMP/NAME.log.
+run_client() {
+  local name=$1 port=$2 pause=$3
+  shift 3
+  in_c env TETHER_LOG=debug "$@" "$TETHER_RUN" -- "$PY" "$TMP/client.py" "$ADDR_S" "$port" 20 \
+    "$pause" >"$TMP/$name.out" 2>"$TMP/$name.log" || fail "$name: client failed: $(tail -n 3 "$TMP/$name.log")"
+  grep -q '^ok 20$' "$TMP/$name.out" || fail "$name: $(cat "$TMP/$name.out")"
+}
+probes() { grep -c "probe to port $2 ($3): $4" "$TMP/$1.log" || true; }
+
+# 1. A plain server behind a host that drops UDP.
+port=$(free_port)
+in_s iptables -A INPUT -p udp --dport "$port" -j DROP
+spawn - /dev/null "$TMP/plain.server.err" in_s "$PY" "$TMP/server.py" "$ADDR_S" "$port"
+wait_listen "$BG_PID" "$port" "$NS_S"
+run_client plain "$port" 0
+first=$(probes plain "$port" unknown "no answer")
+known=$(probes plain "$port" "known plain" "no answer")
+log "plain server, UDP dropped: $first first connect waited ($(grep -m1 -o 'decided in [0-9]* us' "$TMP/plain.log" || true)), $known knew it plain"
+[ "$first" -eq 1 ] && [ "$known" -eq 19 ] || fail "plain: $first unknown and $known known-plain connects, not 1 and 19"
+
+# 2. A tether server.
+port=$(free_port)
+TETHER_LOG=info spawn - /dev/null "$TMP/tether.server.log" in_s "$TETHER_RUN" -- "$PY" \
+  "$TMP/server.py" "$ADDR_S" "$port"
+wait_listen "$BG_PID" "$port" "$NS_S"
+run_client tether "$port" 1
+first_yes=$(probes tether "$port" unknown tether)
+first_late=$(probes tether "$port" unknown "no answer")
+known=$(probes tether "$port" "known tether" "")
+log "tether server: first connect $([ "$first_yes" -eq 1 ] && echo "a session" || echo "plain (late answer)"), $known later connects knew it tether's"
+[ $((first_yes + first_late)) -eq 1 ] || fail "tether: the first connect's probe is not in the log"
+[ "$known" -eq 19 ] || fail "tether: $known later connects knew the server was tether's, not 19"
+sessions=$(grep -c 'known tether): tether' "$TMP/tether.log" || true)
+log "tether server: $sessions of the 19 later connections were sessions"
+
+# 3. No probe to a well-known UDP service's port, unless configured.
+spawn - /dev/null "$TMP/dns.err" in_s "$PY" "$TMP/udp_count.py" "$ADDR_S" 53 "$TMP/dns.count"
+dns=$BG_PID
+spawn - /dev/null "$TMP/dns_tcp.err" in_s "$PY" "$TMP/server.py" "$ADDR_S" 53
+wait_listen "$BG_PID" 53 "$NS_S"
+run_client dns 53 0
+sleep 0.2
+[ ! -s "$TMP/dns.count" ] || fail "port 53: $(cat "$TMP/dns.count") probe datagrams reached the UDP service"
+[ "$(probes dns 53 unknown "not probed")" -eq 20 ] || fail "port 53: the log does not say it was not probed"
+run_client dns_probed 53 0 TETHER_PROBE_PORTS=53
+wait_size "$TMP/dns.count" 1 5000
+log "port 53: no probe by default; $(cat "$TMP/dns.count") with TETHER_PROBE_PORTS=53"
+alive "$dns" || fail "the UDP service died"
+pass
