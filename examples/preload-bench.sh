@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # preload-bench.sh: iperf3 and redis-benchmark, plain and under tether-run
-# (both ends), side by side in one run: rounds alternate plain / tether
+# (both ends), and connections to a plain server (tether-bench setup --raw:
+# connect, 1-byte echo, close; a client under tether-run pays for detection
+# there; as root also with UDP to the server's port dropped, so no ICMP
+# answers the probe), side by side in one run: rounds alternate plain / tether
 # (which goes first alternates too), and the report gives the medians and
 # their ratio (tether / plain; the issue's target is >= 0.90 for both),
 # with the noise: each mode's spread ((max - min) / median) and the ratios
@@ -11,7 +14,7 @@
 #                                  [--redis-requests N] [--redis-clients N]
 #                                  [--tether-run PATH] [--quick]
 #
-# --quick: one round, 20 MB of iperf3 and 2000 redis requests (checks that
+# --quick: one round, 20 MB of iperf3, 2000 redis requests, 200 connects (checks that
 # the script works; the figures mean nothing).  Loopback only.
 set -euo pipefail
 export LC_ALL=C
@@ -21,6 +24,7 @@ rounds=5
 iperf_len=(-t 5)
 redis_n=200000
 redis_c=50
+connects=2000
 tether_run=
 while [ $# -gt 0 ]; do
   case $1 in
@@ -30,7 +34,7 @@ while [ $# -gt 0 ]; do
   --redis-requests) redis_n=$2; shift 2 ;;
   --redis-clients) redis_c=$2; shift 2 ;;
   --tether-run) tether_run=$2; shift 2 ;;
-  --quick) rounds=1; iperf_len=(-n 20M); redis_n=2000; shift ;;
+  --quick) rounds=1; iperf_len=(-n 20M); redis_n=2000; connects=200; shift ;;
   -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
   *) echo "preload-bench: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -41,14 +45,18 @@ if [ -z "$tether_run" ]; then
   done
 fi
 [ -x "${tether_run:-}" ] || { echo "preload-bench: tether-run not found (--tether-run PATH)" >&2; exit 2; }
+bench=$(dirname "$tether_run")/../../examples/tether-bench
+[ -x "$bench" ] || { echo "preload-bench: $bench not found" >&2; exit 2; }
 for t in iperf3 redis-server redis-benchmark python3; do
   command -v "$t" >/dev/null || { echo "preload-bench: $t missing (.ci/install-deps)" >&2; exit 2; }
 done
 
 tmp=$(mktemp -d)
 pids=()
+dropped=
 cleanup() {
   local p
+  [ -n "$dropped" ] && iptables -D INPUT -i lo -p udp --dport "$dropped" -j DROP 2>/dev/null
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$tmp"
@@ -89,6 +97,24 @@ for mode in plain tether; do
   wait_listen "${redis_port[$mode]}"
 done
 
+# Plain servers for the connect workload: one whose host answers the probe
+# with ICMP port unreachable (nothing on that UDP port), and, as root, one
+# whose host drops UDP to its port.
+connect_kinds=(icmp)
+declare -A setup_port
+setup_port[icmp]=$(free_port)
+"$bench" setup --raw --listen "127.0.0.1:${setup_port[icmp]}" >/dev/null 2>&1 &
+pids+=($!)
+wait_listen "${setup_port[icmp]}"
+if [ "$(id -u)" -eq 0 ] && command -v iptables >/dev/null; then
+  setup_port[drop]=$(free_port)
+  "$bench" setup --raw --listen "127.0.0.1:${setup_port[drop]}" >/dev/null 2>&1 &
+  pids+=($!)
+  wait_listen "${setup_port[drop]}"
+  iptables -I INPUT -i lo -p udp --dport "${setup_port[drop]}" -j DROP && dropped=${setup_port[drop]}
+  [ -n "$dropped" ] && connect_kinds+=(drop)
+fi
+
 for ((r = 1; r <= rounds; r++)); do
   order=(plain tether)
   [ $((r % 2)) -eq 0 ] && order=(tether plain)
@@ -104,14 +130,20 @@ for ((r = 1; r <= rounds; r++)); do
     for op in SET GET; do
       grep "^\"$op\"" "$tmp/redis-$mode-$r.csv" | cut -d, -f2 | tr -d '"' >>"$tmp/redis-$mode.$op"
     done
+    for k in "${connect_kinds[@]}"; do
+      "${prefix[@]}" "$bench" setup --raw --count "$connects" \
+        --connect "127.0.0.1:${setup_port[$k]}" >"$tmp/connect-$k-$mode-$r.json"
+      python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["setup_us_median"])' \
+        "$tmp/connect-$k-$mode-$r.json" >>"$tmp/connect-$k-$mode.us"
+    done
     echo "round $r/$rounds $mode: iperf3 $(tail -n 1 "$tmp/iperf-$mode.gbit") Gbit/s," \
       "SET $(tail -n 1 "$tmp/redis-$mode.SET")/s, GET $(tail -n 1 "$tmp/redis-$mode.GET")/s" >&2
   done
 done
 
-python3 - "$tmp" "$rounds" <<'PYEOF'
+python3 - "$tmp" "$rounds" "${connect_kinds[@]}" <<'PYEOF'
 import json, statistics, sys
-tmp, rounds = sys.argv[1], int(sys.argv[2])
+tmp, rounds, kinds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 def vals(name):
     return [float(x) for x in open(f"{tmp}/{name}").read().split()]
 def spread(v):
@@ -119,6 +151,8 @@ def spread(v):
     return (max(v) - min(v)) / m if m else 0.0
 rows = [("iperf3 (Gbit/s)", "iperf-%s.gbit", "iperf3"), ("redis SET (req/s)", "redis-%s.SET", "redis_set"),
         ("redis GET (req/s)", "redis-%s.GET", "redis_get")]
+names = {"icmp": "connect, ICMP (us)", "drop": "connect, no ICMP (us)"}
+rows += [(names[k], "connect-" + k + "-%s.us", "connect_" + k) for k in kinds]
 out = {"rounds": rounds}
 print(f"{'workload':<18} {'plain':>11} {'tether-run':>11} {'ratio':>6}   "
       f"{'spread plain':>12} {'spread tether':>13}   per-round ratios (min..max)")
@@ -131,7 +165,8 @@ for label, pat, key in rows:
           f"   {min(pairs):.3f}..{max(pairs):.3f} (median {statistics.median(pairs):.3f})")
     out[key] = {"plain": mp, "tether": mt, "ratio": ratio, "plain_all": p, "tether_all": t,
                 "spread_plain": spread(p), "spread_tether": spread(t), "pair_ratios": pairs}
-print(f"(medians of {rounds} rounds; spread = (max - min) / median)")
+print(f"(medians of {rounds} rounds; spread = (max - min) / median; connect: median time of a "
+      f"connect, 1-byte echo and close to a plain server, lower is better)")
 print(json.dumps(out))
 PYEOF
 # Evidence that the tether rounds used sessions (not a plain fallback).
