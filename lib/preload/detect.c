@@ -118,6 +118,34 @@ bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port) {
   return found >= 0;
 }
 
+/* Connections handed to the program as plain, for as long as records
+ * live: a probe for one of them that arrives after its connection (it
+ * raced the SYN and lost) must not be answered -- the client would then
+ * speak tether to the program. */
+#define HANDED 256
+static struct {
+  struct ipport who;
+  uint64_t expires;
+} handed[HANDED];
+static unsigned handed_next;
+
+void probes_handed_plain(const struct ipport *who, uint64_t now_ms) {
+  pthread_mutex_lock(&records_lock);
+  unsigned i = handed_next++ % HANDED; /* the oldest goes */
+  handed[i].who = *who;
+  handed[i].expires = now_ms + RECORD_TTL_MS;
+  pthread_mutex_unlock(&records_lock);
+}
+
+bool probes_was_handed_plain(const struct ipport *who, uint64_t now_ms) {
+  bool yes = false;
+  pthread_mutex_lock(&records_lock);
+  for (int i = 0; i < HANDED && !yes; i++)
+    yes = handed[i].expires > now_ms && ipport_eq(&handed[i].who, who);
+  pthread_mutex_unlock(&records_lock);
+  return yes;
+}
+
 /* ---- TETHER_EXCLUDE ---- */
 
 /* Items separated by commas or spaces: PORT, :PORT, ADDR, ADDR:PORT,

@@ -26,6 +26,8 @@
  * sessions' side channel. */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -246,7 +248,7 @@ static void on_pending(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void start_pending(struct plisten *pl, int sock, const struct sockaddr_storage *peer,
-                          socklen_t plen, const struct ipport *who) {
+                          socklen_t plen, const struct ipport *who, int wait_ms) {
   struct tether_ctx *ctx = pl->l.ctx;
   struct pending *p = calloc(1, sizeof(*p));
   if (p)
@@ -261,14 +263,27 @@ static void start_pending(struct plisten *pl, int sock, const struct sockaddr_st
   memcpy(&p->peer, peer, plen);
   p->peer_len = plen;
   p->who = *who;
-  p->deadline_ms = tp_now_ms() + (uint64_t)tp_accept_wait_ms;
+  p->deadline_ms = tp_now_ms() + (uint64_t)wait_ms;
   pthread_mutex_lock(&pl_lock);
   p->next = pendings;
   pendings = p;
   pthread_mutex_unlock(&pl_lock);
-  struct timeval tv = {.tv_sec = tp_accept_wait_ms / 1000,
-                       .tv_usec = (suseconds_t)(tp_accept_wait_ms % 1000) * 1000};
+  struct timeval tv = {.tv_sec = wait_ms / 1000, .tv_usec = (suseconds_t)(wait_ms % 1000) * 1000};
   event_add(p->ev, &tv);
+}
+
+/* A connection from an address that probed, but from another port (a NAT
+ * may have changed it): most likely a plain client beside a tether one on
+ * the same host, which must not wait long for nothing.  A tether client's
+ * preface follows its connect at once (with its probe's answer, due about
+ * then): two round trips of this connection and 10 ms for the client's
+ * scheduling, at most TETHER_ACCEPT_WAIT_MS. */
+static int address_wait_ms(int sock) {
+  struct tcp_info ti;
+  socklen_t len = sizeof(ti);
+  uint64_t rtt_us = real.getsockopt(sock, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 ? ti.tcpi_rtt : 0;
+  uint64_t ms = 2 * rtt_us / 1000 + 10;
+  return ms < (uint64_t)tp_accept_wait_ms ? (int)ms : tp_accept_wait_ms;
 }
 
 static bool preface_waiting(int sock) {
@@ -305,14 +320,17 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     char addr[64];
     bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms(), false);
     bool preface = !announced && preface_waiting(c);
+    bool by_address = false;
     if (!announced && !preface) /* behind a NAT that changed the port? */
-      announced = probes_take(&who, tp_now_ms(), true);
+      announced = by_address = probes_take(&who, tp_now_ms(), true);
     LOG_DEBUG(pl->l.ctx, "connection from %s: %s", sock_addr_str((struct sockaddr *)&peer, addr, sizeof(addr)),
               announced ? "announced" : preface ? "tether preface" : pl->closed ? "refused (listener closed)" : "plain");
-    if (announced || preface)
-      start_pending(pl, c, &peer, plen, &who);
-    else
+    if (announced || preface) {
+      start_pending(pl, c, &peer, plen, &who, by_address ? address_wait_ms(c) : tp_accept_wait_ms);
+    } else {
+      probes_handed_plain(&who, tp_now_ms());
       push_plain(pl, c); /* after the program closed: reset (resumes only) */
+    }
   }
 }
 
@@ -347,6 +365,11 @@ static bool on_probe(struct udp_chan *u, const uint8_t *dg, size_t len,
   LOG_DEBUG(u->ctx, "probe datagram type %d for port %u", p.type, p.port);
   switch (p.type) {
   case PROBE_ASK:
+    if (probes_was_handed_plain(&who, tp_now_ms())) {
+      LOG_DEBUG(u->ctx, "probe for port %u: its connection went to the program as plain: "
+                "not answered", p.port);
+      break;
+    }
     if (port_listening(u->port)) {
       uint8_t out[PROBE_LEN];
       probes_record(&who, u->port, tp_now_ms());

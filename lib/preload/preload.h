@@ -376,6 +376,16 @@ bool ipport_eq(const struct ipport *a, const struct ipport *b);
  * expiring after a while. */
 void probes_record(const struct ipport *who, int lport, uint64_t now_ms);
 
+/* Whether a connection announced at lport is still to come. */
+bool probes_expected(int lport, uint64_t now_ms);
+/* Takes the record for `who` (true if there was one); with any_port, a
+ * record of the same address with another port will do. */
+bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
+/* Server: the connection from `who` went to the program as plain; whether
+ * one did, lately (its late probe is then left unanswered). */
+void probes_handed_plain(const struct ipport *who, uint64_t now_ms);
+bool probes_was_handed_plain(const struct ipport *who, uint64_t now_ms);
+
 /* ---- what each destination is (dest.c) ---- */
 
 enum dest_kind { DEST_UNKNOWN = 0, DEST_PLAIN, DEST_TETHER };
@@ -394,11 +404,6 @@ bool dest_probe_port(int port);
 int dest_parse_probe_ports(const char *s);
 /* In a child after fork: the parent's late watches are not ours. */
 void dest_after_fork_child(void);
-/* Whether a connection announced at lport is still to come. */
-bool probes_expected(int lport, uint64_t now_ms);
-/* Takes the record for `who` (true if there was one); with any_port, a
- * record of the same address with another port will do. */
-bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
 
 /* TETHER_EXCLUDE: parse once; true if the endpoint must stay plain. */
 int exclude_parse(const char *spec);

@@ -12,6 +12,15 @@
 #  3. a plain server on port 53, where a DNS server listens on UDP: no probe
 #     datagram reaches it, unless TETHER_PROBE_PORTS names the port.
 # Expect: every connection echoes; the client's debug log says so.
+# And, against a server under tether-run that speaks first (a greeting):
+#  4. a probe that arrives after its connection went to the program as
+#     plain (it lost the race with the SYN) is not answered (the client
+#     would speak tether to the program), while one for a connection to come
+#     is;
+#  5. a plain client from an address that has an unanswered probe from
+#     another port (a tether client beside it, or behind a NAT) gets the
+#     greeting within 0.5 s (it waited the full TETHER_ACCEPT_WAIT_MS, 1 s,
+#     before).
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
@@ -111,4 +120,67 @@ run_client dns_probed 53 0 TETHER_PROBE_PORTS=53
 wait_size "$TMP/dns.count" 1 5000
 log "port 53: no probe by default; $(cat "$TMP/dns.count") with TETHER_PROBE_PORTS=53"
 alive "$dns" || fail "the UDP service died"
+
+# 4 and 5: raw probes and plain connections from the client's namespace.
+cat >"$TMP/greeter.py" <<'EOF'
+import socket, sys
+l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+while True:
+    c, _ = l.accept()
+    c.sendall(b"hello\n")
+    c.close()
+EOF
+# raw.py HOST PORT late|nat: probes by hand (tether(7), Detection) beside
+# plain connections; prints what happened.
+cat >"$TMP/raw.py" <<'EOF'
+import os, socket, sys, time
+host, port, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def probe(tcp_port):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect((host, port))
+    nonce = os.urandom(8)
+    u.send(b"TTP1" + bytes([1, 0]) + tcp_port.to_bytes(2, "big") + nonce)
+    u.settimeout(0.5)
+    try:
+        a = u.recv(64)
+        return "yes" if a[4] == 2 and a[8:] == nonce else "other"
+    except socket.timeout:
+        return "none"
+def bound():
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    return s
+if case == "late":
+    s = bound()
+    s.connect((host, port))
+    if s.recv(6) != b"hello\n":
+        sys.exit("no greeting")
+    # The connection went to the program; now its probe "arrives".
+    print("late probe:", probe(s.getsockname()[1]))
+    print("probe for a connection to come:", probe(bound().getsockname()[1]))
+else:
+    print("probe:", probe(bound().getsockname()[1]))
+    t = time.monotonic()
+    s = bound()
+    s.connect((host, port))
+    got = s.recv(6)
+    print("greeting after %.0f ms: %s" % ((time.monotonic() - t) * 1000, got == b"hello\n"))
+EOF
+port=$(free_port)
+TETHER_LOG=debug spawn - /dev/null "$TMP/greeter.log" in_s "$TETHER_RUN" -- "$PY" \
+  "$TMP/greeter.py" "$ADDR_S" "$port"
+wait_listen "$BG_PID" "$port" "$NS_S"
+in_c "$PY" "$TMP/raw.py" "$ADDR_S" "$port" late >"$TMP/late.out" 2>&1 || fail "late: $(cat "$TMP/late.out")"
+log "$(tr '\n' ';' <"$TMP/late.out")"
+grep -q '^late probe: none$' "$TMP/late.out" || fail "a late probe was answered: $(cat "$TMP/late.out")"
+grep -q '^probe for a connection to come: yes$' "$TMP/late.out" || fail "$(cat "$TMP/late.out")"
+in_c "$PY" "$TMP/raw.py" "$ADDR_S" "$port" nat >"$TMP/nat.out" 2>&1 || fail "nat: $(cat "$TMP/nat.out")"
+log "plain client beside a probe: $(tr '\n' ';' <"$TMP/nat.out")"
+grep -q "^probe: yes$" "$TMP/nat.out" || fail "nat: $(cat "$TMP/nat.out")"
+ms=$(sed -n 's/^greeting after \([0-9]*\) ms: True$/\1/p' "$TMP/nat.out")
+[ -n "$ms" ] || fail "nat: no greeting: $(cat "$TMP/nat.out")"
+[ "$ms" -lt 500 ] || fail "the plain client waited $ms ms for the greeting"
 pass
