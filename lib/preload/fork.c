@@ -55,6 +55,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -720,34 +721,180 @@ void fork_before_exec(void) {
   pthread_mutex_unlock(&claim_lock);
 }
 
+/* ---- what a new program learns of its relays ---- */
+
+/* The relays a new program gets on descriptors 0 to 2 are stream sockets of
+ * another family; so that it still sees the TCP connection they stand for
+ * (getpeername: sshd re-executes itself, logs the client's address and
+ * checks authorized_keys' from= against it), each is described in the
+ * environment as "FD:INODE:PEER:LOCAL;" (the addresses' bytes in hex), and
+ * the new program's preload takes the description for a descriptor that is
+ * still that socket (relays_adopt).  The variable is set afresh at every
+ * exec, and removed when there is nothing to describe. */
+#define RELAYS_VAR "TETHER_RELAYS"
+#define RELAYS_MAX 512
+
+static void hex(char **p, const char *end, const void *data, socklen_t len) {
+  const uint8_t *b = data;
+  for (socklen_t i = 0; i < len && *p + 2 < end; i++)
+    *p += snprintf(*p, (size_t)(end - *p), "%02x", b[i]);
+}
+
+struct text {
+  char *p, *end;
+};
+
+static void describe(struct psock *ps, void *arg) {
+  struct text *t = arg;
+  char **p = &t->p, *end = t->end;
+  pthread_mutex_lock(&ps->lock);
+  for (int i = 0; ps->kind == PS_RELAY && i < ps->naliases; i++) {
+    int fd = ps->aliases[i];
+    struct stat st;
+    if (fd > 2 || ps->alias_cloexec[i] || fstat(fd, &st) < 0 || !ps->peer_len || !ps->local_len ||
+        ps->peer_len > 28 || ps->local_len > 28 || end - *p < 160)
+      continue;
+    *p += snprintf(*p, (size_t)(end - *p), "%d:%llu:", fd, (unsigned long long)st.st_ino);
+    hex(p, end, &ps->peer, ps->peer_len);
+    *p += snprintf(*p, (size_t)(end - *p), ":");
+    hex(p, end, &ps->local, ps->local_len);
+    *p += snprintf(*p, (size_t)(end - *p), ";");
+  }
+  pthread_mutex_unlock(&ps->lock);
+}
+
+/* The variable's "NAME=VALUE" for this exec, in buf; false if none. */
+static bool relays_var(char *buf, size_t len) {
+  if (tp_disabled || tp_vforked() || len < RELAYS_MAX)
+    return false;
+  TP_ENTER();
+  struct text t = {.p = buf + snprintf(buf, len, RELAYS_VAR "="), .end = buf + len};
+  char *start = t.p;
+  fdt_each(describe, &t);
+  TP_LEAVE();
+  return t.p != start;
+}
+
+/* envp with the variable as it must be for this exec, or envp itself when
+ * it needs no change (the result is freed by the caller if not envp). */
+static char *const *relays_env(char *const envp[], char *buf, size_t len) {
+  bool have = relays_var(buf, len);
+  size_t n = 0, stale = 0;
+  for (; envp && envp[n]; n++)
+    stale += strncmp(envp[n], RELAYS_VAR "=", sizeof(RELAYS_VAR)) == 0;
+  if (!have && !stale)
+    return envp;
+  char **out = malloc((n + 2) * sizeof(*out));
+  if (!out)
+    return envp;
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(envp[i], RELAYS_VAR "=", sizeof(RELAYS_VAR)) != 0)
+      out[k++] = envp[i];
+  if (have)
+    out[k++] = buf;
+  out[k] = NULL;
+  return out;
+}
+
+void relays_adopt(void) {
+  const char *v = getenv(RELAYS_VAR);
+  if (!v)
+    return;
+  char copy[RELAYS_MAX];
+  snprintf(copy, sizeof(copy), "%s", v);
+  unsetenv(RELAYS_VAR); /* ours: the next exec says it again if it holds */
+  for (char *save = NULL, *it = strtok_r(copy, ";", &save); it; it = strtok_r(NULL, ";", &save)) {
+    int fd;
+    unsigned long long ino;
+    char peer[64], local[64];
+    struct stat st;
+    if (sscanf(it, "%d:%llu:%63[0-9a-f]:%63[0-9a-f]", &fd, &ino, peer, local) != 4 || fd < 0 ||
+        fd > 2 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_ino != ino)
+      continue; /* not that socket any more */
+    struct sockaddr_storage a[2];
+    socklen_t alen[2] = {0, 0};
+    const char *hx[2] = {peer, local};
+    for (int k = 0; k < 2; k++) {
+      memset(&a[k], 0, sizeof(a[k]));
+      for (const char *h = hx[k]; h[0] && h[1] && alen[k] < sizeof(a[k]); h += 2) {
+        unsigned b;
+        if (sscanf(h, "%2x", &b) != 1)
+          break;
+        ((uint8_t *)&a[k])[alen[k]++] = (uint8_t)b;
+      }
+    }
+    int fl = real.fcntl(fd, F_GETFL), fdfl = real.fcntl(fd, F_GETFD);
+    struct psock *ps = alen[0] && alen[1] ? tp_track_new(fd, PS_RELAY, a[1].ss_family,
+                                                         fl >= 0 && (fl & O_NONBLOCK),
+                                                         fdfl >= 0 && (fdfl & FD_CLOEXEC))
+                                          : NULL;
+    if (!ps)
+      continue;
+    pthread_mutex_lock(&ps->lock);
+    ps->serial = 0; /* nobody to ask about its end: an EOF is the peer's */
+    ps->peer = a[0];
+    ps->peer_len = alen[0];
+    ps->local = a[1];
+    ps->local_len = alen[1];
+    pthread_mutex_unlock(&ps->lock);
+  }
+}
+
 EXPORT int execve(const char *path, char *const argv[], char *const envp[]) {
   real_init();
   fork_before_exec();
-  return real.execve(path, argv, envp);
+  char buf[RELAYS_MAX];
+  char *const *env = relays_env(envp, buf, sizeof(buf));
+  int rc = real.execve(path, argv, env);
+  if (env != envp)
+    free((void *)env);
+  return rc;
+}
+
+/* The calls that pass the process's environment. */
+static void relays_setenv(void) {
+  char buf[RELAYS_MAX];
+  if (relays_var(buf, sizeof(buf)))
+    (void)setenv(RELAYS_VAR, buf + sizeof(RELAYS_VAR), 1);
+  else
+    (void)unsetenv(RELAYS_VAR);
 }
 
 EXPORT int execv(const char *path, char *const argv[]) {
   real_init();
   fork_before_exec();
+  relays_setenv();
   return real.execv(path, argv);
 }
 
 EXPORT int execvp(const char *file, char *const argv[]) {
   real_init();
   fork_before_exec();
+  relays_setenv();
   return real.execvp(file, argv);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]) {
   real_init();
   fork_before_exec();
-  return real.execvpe(file, argv, envp);
+  char buf[RELAYS_MAX];
+  char *const *env = relays_env(envp, buf, sizeof(buf));
+  int rc = real.execvpe(file, argv, env);
+  if (env != envp)
+    free((void *)env);
+  return rc;
 }
 
 EXPORT int fexecve(int fd, char *const argv[], char *const envp[]) {
   real_init();
   fork_before_exec();
-  return real.fexecve(fd, argv, envp);
+  char buf[RELAYS_MAX];
+  char *const *env = relays_env(envp, buf, sizeof(buf));
+  int rc = real.fexecve(fd, argv, env);
+  if (env != envp)
+    free((void *)env);
+  return rc;
 }
 
 /* execl, execlp, execle: the list as a vector, then the vector call. */

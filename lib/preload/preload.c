@@ -256,6 +256,7 @@ __attribute__((constructor)) static void tp_init(void) {
     tp_disabled = true;
     return;
   }
+  relays_adopt();
   if (exclude_parse(getenv("TETHER_EXCLUDE")) < 0)
     tp_warn("TETHER_EXCLUDE is malformed: ignored");
   if (dest_parse_probe_ports(getenv("TETHER_PROBE_PORTS")) < 0)

@@ -332,6 +332,10 @@ void fork_at_exit(void);
 void fork_chan_closing(unsigned first, unsigned last);
 /* Child, before exec: claims the orphans on fds 0-2 that survive exec. */
 void fork_before_exec(void);
+/* At start: the relays an exec handed this program on descriptors 0 to 2
+ * (described in TETHER_RELAYS by the process that exec'd) answer for the
+ * TCP connections they stand for. */
+void relays_adopt(void);
 /* Child: accept() on a listener inherited from the parent (lps, the
  * program's number fd): the parent's engine accepts, and passes plain
  * connections as they are and relays sessions.  The new descriptor, a

@@ -690,6 +690,19 @@ EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t le
   return rc;
 }
 
+/* An option's value on a fresh TCP socket of the family (made for the
+ * call: a number kept would not survive a program's closefrom). */
+static int fresh_tcp_getsockopt(int family, int level, int name, void *val, socklen_t *len) {
+  int fd = real.socket(family == AF_INET6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -1;
+  int rc = real.getsockopt(fd, level, name, val, len);
+  int err = errno;
+  real.close(fd);
+  errno = err;
+  return rc;
+}
+
 EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
   READY();
   struct psock *ps = tracked(fd);
@@ -730,12 +743,17 @@ EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
       return 0;
     if (level == SOL_SOCKET && ps->kind == PS_ORPHAN && name != SO_DOMAIN && name != SO_PROTOCOL)
       return real.getsockopt(fd, level, name, val, len); /* reading is harmless */
-    memset(val, 0, *len);
-    if (*len >= sizeof(int)) {
-      memcpy(val, &iv, sizeof(iv));
-      *len = sizeof(int);
+    if (level == SOL_SOCKET && (name == SO_DOMAIN || name == SO_PROTOCOL)) {
+      memset(val, 0, *len);
+      if (*len >= sizeof(int)) {
+        memcpy(val, &iv, sizeof(iv));
+        *len = sizeof(int);
+      }
+      return 0;
     }
-    return 0;
+    /* Never set by the program: what a TCP socket of its family says
+     * (IP_OPTIONS: none, which sshd checks). */
+    return fresh_tcp_getsockopt(ps->family, level, name, val, len);
   }
   if (ps->kind != PS_SESSION)
     return real.getsockopt(fd, level, name, val, len);
