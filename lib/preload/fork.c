@@ -305,15 +305,8 @@ void fork_prepare(void) {
 
 static void *fork_thread(void *arg);
 
-void fork_parent(void) {
-  struct kid *k = forking;
-  forking = NULL;
-  if (!k)
-    return;
-  TP_ENTER();
-  real.close(forking_child_end); /* so a child that goes away is seen */
-  forking_child_end = -1;
-  pthread_mutex_lock(&f_lock);
+/* f_lock held: the fork thread runs (started if need be). */
+static bool thread_start(void) {
   bool ok = thread_up;
   if (!ok && (wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) >= 0) {
     sigset_t all, old;
@@ -332,6 +325,19 @@ void fork_parent(void) {
     }
     thread_up = ok;
   }
+  return ok;
+}
+
+void fork_parent(void) {
+  struct kid *k = forking;
+  forking = NULL;
+  if (!k)
+    return;
+  TP_ENTER();
+  real.close(forking_child_end); /* so a child that goes away is seen */
+  forking_child_end = -1;
+  pthread_mutex_lock(&f_lock);
+  bool ok = thread_start();
   if (ok) {
     k->next = g_kids;
     g_kids = k;
@@ -1097,21 +1103,20 @@ static void relay_end(struct relay *r) {
   drop_ref(ps, true, crashed);
 }
 
-/* A relay of ps's session to k, which gets the other end in m (sent
- * here).  0, or a positive errno (nothing sent). */
-static int relay_new(struct kid *k, struct psock *ps, const struct fmsg *m) {
+/* A relay of ps's session, not yet listed; *far gets the other end.  NULL
+ * with *err, a positive errno. */
+static struct relay *relay_make(struct psock *ps, int *far, int *err) {
   struct relay *r = calloc(1, sizeof(*r));
   int sv[2] = {-1, -1};
   pthread_mutex_lock(&ps->lock);
   struct tether_session *s = ps->kind == PS_SESSION ? ps->s : NULL;
   pthread_mutex_unlock(&ps->lock);
   if (!r || !s || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-    int err = !r ? ENOMEM : !s ? EBADF : errno;
+    *err = !r ? ENOMEM : !s ? EBADF : errno;
     free(r);
-    return err;
+    return NULL;
   }
   (void)real.fcntl(sv[0], F_SETFL, O_NONBLOCK);
-  r->kid = k;
   r->pidx = -1;
   r->ps = ps;
   r->s = s;
@@ -1120,14 +1125,48 @@ static int relay_new(struct kid *k, struct psock *ps, const struct fmsg *m) {
   pthread_mutex_lock(&ps->lock);
   ps->relays++;
   pthread_mutex_unlock(&ps->lock);
-  if (send_full(k->chan, m, sv[1]) < 0)
-    r->kid = NULL; /* the child is gone: the relay sees its end close */
-  real.close(sv[1]);
+  *far = sv[1];
+  return r;
+}
+
+static void relay_list(struct relay *r) {
   pthread_mutex_lock(&f_lock);
   r->next = g_relays;
   g_relays = r;
   pthread_mutex_unlock(&f_lock);
+}
+
+/* A relay of ps's session to k, which gets the other end in m (sent
+ * here).  0, or a positive errno (nothing sent). */
+static int relay_new(struct kid *k, struct psock *ps, const struct fmsg *m) {
+  int far, err;
+  struct relay *r = relay_make(ps, &far, &err);
+  if (!r)
+    return err;
+  r->kid = k;
+  if (send_full(k->chan, m, far) < 0)
+    r->kid = NULL; /* the child is gone: the relay sees its end close */
+  real.close(far);
+  relay_list(r);
   return 0;
+}
+
+int fork_spawn_relay(struct psock *ps) {
+  TP_ENTER();
+  pthread_mutex_lock(&f_lock);
+  bool up = thread_start();
+  pthread_mutex_unlock(&f_lock);
+  int far = -1, err = EAGAIN;
+  struct relay *r = up ? relay_make(ps, &far, &err) : NULL;
+  if (r) {
+    /* Held by a program that knows nothing of tether: its end closing is
+     * a close. */
+    r->execd = true;
+    relay_list(r);
+    wake();
+  }
+  TP_LEAVE();
+  return r ? far : -err;
 }
 
 /* A claim from k. */

@@ -113,6 +113,8 @@ struct real_fns {
 extern struct real_fns real;
 /* Resolves every pointer (idempotent; also run by the constructor). */
 void real_init(void);
+/* The next definition of a libc function (aborts if there is none). */
+void *tp_next(const char *name);
 
 /* An interposed libc entry point, and how each begins: a call may come
  * before our constructor ran (from another library's). */
@@ -336,6 +338,10 @@ void fork_before_exec(void);
  * (described in TETHER_RELAYS by the process that exec'd) answer for the
  * TCP connections they stand for. */
 void relays_adopt(void);
+/* Parent: a relay of session ps for a program spawned with posix_spawn
+ * (spawn.c), which knows nothing of tether (its close is a close).  The
+ * far end, or a negative errno. */
+int fork_spawn_relay(struct psock *ps);
 /* Child: accept() on a listener inherited from the parent (lps, the
  * program's number fd): the parent's engine accepts, and passes plain
  * connections as they are and relays sessions.  The new descriptor, a

@@ -20,6 +20,8 @@ static void *must(const char *name) {
   return p;
 }
 
+void *tp_next(const char *name) { return must(name); }
+
 void real_init(void) {
   if (__atomic_load_n(&real.pthread_create, __ATOMIC_ACQUIRE))
     return;

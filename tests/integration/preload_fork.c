@@ -16,6 +16,11 @@
  *   preload_fork server-crash PORT
  *     One connection: the child echoes 1 MiB, then kills itself (SIGKILL)
  *     without closing; the parent closed its copy long before.
+ *   preload_fork server-spawn PORT CONNS
+ *     accept -> posix_spawn of cat with the connection on its fds 0 and 1
+ *     (POSIX_SPAWN_DUP2 file actions) -> the parent closes its copy and
+ *     waits for cat; exits after CONNS connections with the first failing
+ *     cat's status (or 0).
  *   preload_fork prefork PORT WORKERS CONNS
  *     Pre-forked: the parent listens, forks WORKERS workers, closes its own
  *     listener and accepts nothing; each worker accepts (blocking) and
@@ -34,6 +39,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +47,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+extern char **environ;
 
 #define FAIL(...) \
   do { \
@@ -195,6 +203,42 @@ static int server(int mode, int port, int conns, char **prog) {
   return status;
 }
 
+static int server_spawn(int port, int conns) {
+  int l = listen_on(port);
+  int status = 0;
+  for (int i = 0; i < conns; i++) {
+    int c = accept(l, NULL, NULL);
+    if (c < 0 && errno == EINTR) {
+      i--;
+      continue;
+    }
+    if (c < 0)
+      FAIL("accept: %s", strerror(errno));
+    posix_spawn_file_actions_t fa;
+    if (posix_spawn_file_actions_init(&fa) || posix_spawn_file_actions_adddup2(&fa, c, 0) ||
+        posix_spawn_file_actions_adddup2(&fa, c, 1))
+      FAIL("file actions");
+    char *argv[] = {"cat", NULL};
+    pid_t pid;
+    int rc = posix_spawnp(&pid, "cat", &fa, NULL, argv, environ);
+    if (rc)
+      FAIL("posix_spawnp: %s", strerror(rc));
+    posix_spawn_file_actions_destroy(&fa);
+    if (close(c) < 0) /* cat serves it */
+      FAIL("parent close: %s", strerror(errno));
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+      if (errno != EINTR)
+        FAIL("waitpid: %s", strerror(errno));
+    rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    fprintf(stderr, "server: cat %d ended with %d\n", (int)pid, rc);
+    if (rc && !status)
+      status = rc;
+  }
+  close(l);
+  return status;
+}
+
 static int prefork(int port, int workers, int conns) {
   int l = listen_on(port);
   int done[2];
@@ -342,6 +386,8 @@ int main(int argc, char **argv) {
     return server(3, atoi(argv[2]), 1, NULL);
   if (argc >= 5 && strcmp(argv[1], "server-exec") == 0)
     return server(1, atoi(argv[2]), atoi(argv[3]), argv + 4);
+  if (argc == 4 && strcmp(argv[1], "server-spawn") == 0)
+    return server_spawn(atoi(argv[2]), atoi(argv[3]));
   if (argc == 5 && strcmp(argv[1], "prefork") == 0)
     return prefork(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
   if (argc == 5 && strcmp(argv[1], "client") == 0)
@@ -349,6 +395,7 @@ int main(int argc, char **argv) {
   fprintf(stderr, "usage: preload_fork server|server-poll PORT CONNS\n"
                   "       preload_fork server-crash PORT\n"
                   "       preload_fork server-exec PORT CONNS PROGRAM [ARGS...]\n"
+                  "       preload_fork server-spawn PORT CONNS\n"
                   "       preload_fork prefork PORT WORKERS CONNS\n"
                   "       preload_fork client PORT IN OUT\n");
   return 2;

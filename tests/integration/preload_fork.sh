@@ -10,7 +10,9 @@
 #     cat;
 #  4. socat TCP-LISTEN:...,fork EXEC:cat (if socat is installed);
 #  5. python3's socketserver.ForkingTCPServer (forking_echo.py), two clients;
-#  6. pre-forked: two workers accept (blocking) on the listener they
+#  6. posix_spawn of cat with the connection on its fds 0 and 1
+#     (POSIX_SPAWN_DUP2);
+#  7. pre-forked: two workers accept (blocking) on the listener they
 #     inherited, which their parent closed, three clients at once (both
 #     workers serve).
 # Expect: every byte echoed exactly, every process exits 0, resumes in the
@@ -92,11 +94,12 @@ else
   log "socat not installed: its case skipped"
 fi
 PERSISTENT=1 run python_forking 2 "$PY" "$IT_DIR/forking_echo.py" PORT
+run fork_spawn 1 "$FORK_PROG" server-spawn PORT 1
 run prefork 3 "$FORK_PROG" prefork PORT 2 3
 served_by=$(grep -o 'worker [0-9]*: a connection' "$TMP/prefork.server.log" | sort -u | wc -l)
 log "prefork: connections served by $served_by workers"
 [ "$served_by" -eq 2 ] || fail "prefork: connections served by $served_by workers, not 2"
-# 7. A child that dies (SIGKILL) holding the last reference: its peer gets
+# 8. A child that dies (SIGKILL) holding the last reference: its peer gets
 #    an error, never EOF (tether(7): EOF means the peer closed).
 port=$(free_port)
 TETHER_LOG=info spawn - - "$TMP/crash.server.log" "$TETHER_RUN" -- "$FORK_PROG" server-crash "$port"
