@@ -65,7 +65,7 @@
 #define RELAY_BUF 65536
 /* How long a child waits for its parent's answer to a claim. */
 #define CLAIM_WAIT_MS 5000
-#define MAX_NOTES 64
+#define MAX_NOTES 1024
 
 enum {
   MSG_CLAIM = 1, /* child: may I have session `serial`? */
@@ -611,6 +611,11 @@ void fork_closing(struct psock *ps) {
     return;
   pthread_mutex_lock(&claim_lock);
   (void)send_msg(parent_chan, MSG_CLOSING, ps->serial, 0, -1);
+  /* Its note, if any, is read no more: room for those of open relays (a
+   * pre-forked worker serves connection after connection). */
+  for (unsigned i = 0; i < nnotes; i++)
+    if (notes[i].serial == ps->serial)
+      notes[i--] = notes[--nnotes];
   pthread_mutex_unlock(&claim_lock);
 }
 
