@@ -472,6 +472,22 @@ kill_at_progress() {
   return 0
 }
 
+# kill_stream_done WHAT PID EXPECTED ACTUAL LOG KILLS: the end of a one-way
+# stream through a program under tether-run whose connection
+# kill_at_progress killed (its output in KILLS): PID exits 0 within 120 s,
+# at least 3 kills, ACTUAL byte-exact, at least 3 resumes in LOG.
+kill_stream_done() {
+  local what=$1 pid=$2 expected=$3 actual=$4 log=$5 kills_file=$6 kills resumes
+  wait_exit "$pid" 120000 || fail "$what: still running after 120 s"
+  [ "$WAIT_RC" -eq 0 ] || fail "$what: exited with $WAIT_RC: $(tail -n 3 "$log")"
+  kills=$(grep -c '^kill' "$kills_file" || true)
+  [ "$kills" -ge 3 ] || fail "$what: only $kills connections killed during the stream"
+  assert_same_file "$expected" "$actual" "$what, $kills kills"
+  resumes=$(state_lines "$log" "$RE_RESUMED" | wc -l)
+  log "$what: client resumes: $resumes"
+  [ "$resumes" -ge 3 ] || fail "$what: only $resumes resumes in the client's log"
+}
+
 # duplex_kill_test NAME SRV_IN SRV_OUT SRV_CMD_ARRAY CLI_IN CLI_OUT CLI_CMD_ARRAY:
 # the preload's streaming test for a program NAME that copies its input to a
 # TCP peer and the peer's bytes to its output.  Both ends run under

@@ -29,15 +29,19 @@ require_tools TETHER_RUN
 unset TETHER_PROBE_MS
 netns_pair
 
+# server.py HOST PORT [greet]: answers "x" with "y", or greets first.
 cat >"$TMP/server.py" <<'EOF'
 import socket, sys
 l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind((sys.argv[1], int(sys.argv[2])))
 l.listen(64)
+greet = sys.argv[3:] == ["greet"]
 while True:
     c, _ = l.accept()
-    if c.recv(1) == b"x":
+    if greet:
+        c.sendall(b"hello\n")
+    elif c.recv(1) == b"x":
         c.sendall(b"y")
     c.close()
 EOF
@@ -122,17 +126,6 @@ log "port 53: no probe by default; $(cat "$TMP/dns.count") with TETHER_PROBE_POR
 alive "$dns" || fail "the UDP service died"
 
 # 4 and 5: raw probes and plain connections from the client's namespace.
-cat >"$TMP/greeter.py" <<'EOF'
-import socket, sys
-l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], int(sys.argv[2])))
-l.listen(64)
-while True:
-    c, _ = l.accept()
-    c.sendall(b"hello\n")
-    c.close()
-EOF
 # raw.py HOST PORT late|nat: probes by hand (tether(7), Detection) beside
 # plain connections; prints what happened.
 cat >"$TMP/raw.py" <<'EOF'
@@ -171,7 +164,7 @@ else:
 EOF
 port=$(free_port)
 TETHER_LOG=debug spawn - /dev/null "$TMP/greeter.log" in_s "$TETHER_RUN" -- "$PY" \
-  "$TMP/greeter.py" "$ADDR_S" "$port"
+  "$TMP/server.py" "$ADDR_S" "$port" greet
 wait_listen "$BG_PID" "$port" "$NS_S"
 in_c "$PY" "$TMP/raw.py" "$ADDR_S" "$port" late >"$TMP/late.out" 2>&1 || fail "late: $(cat "$TMP/late.out")"
 log "$(tr '\n' ';' <"$TMP/late.out")"
