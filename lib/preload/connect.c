@@ -366,10 +366,12 @@ static void finish(struct cjob *j) {
     struct tether_session *s = j->s;
     int q = s->app_fd;
     tp_session_attach_hooks(ps, s);
+    /* Before the swap, which makes the number writable: see
+     * pc_wait_connected(). */
+    __atomic_store_n(&ps->s, s, __ATOMIC_RELEASE);
     ps_swap(ps, s->sock);
     real.close(q);
     s->app_fd = ps->naliases ? ps->aliases[0] : -1;
-    ps->s = s;
     ps->local_len = sizeof(ps->local);
     (void)real.getsockname(s->sock, (struct sockaddr *)&ps->local, &ps->local_len);
     pthread_mutex_unlock(&ps->lock); /* still PS_CONNECTING for the program */
@@ -502,7 +504,11 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
 
 int pc_wait_connected(struct psock *ps, int fd, bool nonblock) {
   while (__atomic_load_n(&ps->kind, __ATOMIC_ACQUIRE) == PS_CONNECTING) {
-    if (nonblock)
+    /* Once the session's socket is under the number (finish()), the
+     * number polls writable, and a program that asks again after POLLOUT
+     * (APR does) must hear EISCONN, not EALREADY: only the session's start
+     * is left, which takes no round trip.  Waited for, briefly. */
+    if (nonblock && !__atomic_load_n(&ps->s, __ATOMIC_ACQUIRE))
       return -EAGAIN;
     int rc = tp_wait(fd, POLLIN | POLLOUT, 50);
     if (rc == -EINTR && !tp_restart_after_eintr())

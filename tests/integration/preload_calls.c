@@ -32,6 +32,9 @@
  *   mmsg      sendmmsg/recvmmsg
  *   connect_close  a non-blocking connect closed before it ends: nothing of it
  *             stays (no thread, no descriptor)
+ *   connect_again  200 non-blocking connects, each asked again with connect()
+ *             once epoll reports it writable (as APR, hence ab, does): 0 or
+ *             EISCONN every time, never EALREADY
  *   handshake_kill  new sessions set up while every connection is reset
  *             every millisecond: none fails
  *   syscall   syscall(SYS_write/SYS_read/SYS_sendto/SYS_recvfrom/SYS_dup/
@@ -655,6 +658,30 @@ static bool t_connect_close(void) {
   }
   CHECK(threads <= threads0 && fds <= fds0, "1 s after close: %d threads (%d before), %d fds (%d before)",
         threads, threads0, fds, fds0);
+  return true;
+}
+
+static bool t_connect_again(void) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  CHECK(ep >= 0, "epoll_create1: %s", strerror(errno));
+  for (int i = 0; i < 200; i++) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+    CHECK(rc == 0 || errno == EINPROGRESS, "connect %d: %s", i, strerror(errno));
+    struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd}, got;
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl: %s", strerror(errno));
+    CHECK(epoll_wait(ep, &got, 1, 10000) == 1, "connect %d: not writable after 10 s", i);
+    CHECK(got.events & EPOLLOUT, "connect %d: events %#x", i, got.events);
+    rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+    CHECK(rc == 0 || errno == EISCONN, "connect %d again after EPOLLOUT: %s", i,
+          strerror(errno));
+    CHECK(fcntl(fd, F_SETFL, 0) == 0 && echo(fd, 1, 10), "connect %d: echo", i);
+    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL) == 0, "epoll_ctl DEL: %s", strerror(errno));
+    close(fd);
+  }
+  close(ep);
   return true;
 }
 
@@ -1458,6 +1485,7 @@ static const struct {
     {"sendfile", t_sendfile}, {"chk", t_chk},           {"fcntl", t_fcntl},
     {"close_range", t_close_range}, {"fork", t_fork},   {"exec", t_exec},
     {"vfork", t_vfork},       {"mmsg", t_mmsg},         {"connect_close", t_connect_close},
+    {"connect_again", t_connect_again},
     {"syscall", t_syscall},   {"spin", t_spin},         {"listeners", t_listeners},
     {"handshake_kill", t_handshake_kill}, {"poll_late", t_poll_late},
 };

@@ -41,7 +41,7 @@ wait_exit "$calls" 90000 || fail "preload_calls still running after 90 s: $(tail
 rc=$WAIT_RC
 while read -r line; do log "$line"; done <"$TMP/calls.out"
 [ "$rc" -eq 0 ] || fail "$rc test(s) failed: $(grep '^not ok' "$TMP/calls.out")"
-[ "$(grep -c "^ok " "$TMP/calls.out")" -eq 22 ] || fail "not every test ran"
+[ "$(grep -c "^ok " "$TMP/calls.out")" -eq 23 ] || fail "not every test ran"
 grep -q "uses io_uring, which tether cannot see" "$TMP/calls.log" ||
   fail "no warning about io_uring_setup through syscall(3)"
 alive "$server" || fail "the echo server died"
