@@ -229,6 +229,10 @@ struct tether_session {
 
   struct sockaddr_storage dial_addr; /* client: the server's listening address */
   socklen_t dial_len;
+  /* The first transport's TCP endpoints: the connection the application
+   * accepted or made, whatever later ones are. */
+  struct sockaddr_storage tcp_peer, tcp_local;
+  socklen_t tcp_peer_len, tcp_local_len;
   struct sockaddr_storage udp_peer; /* where heartbeats go */
   socklen_t udp_peer_len;
   struct udp_chan *udp;

@@ -82,6 +82,11 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   if (h->peer_durable)
     core_set_peer_durable(&s->core);
   set_udp_peer(s, &h->peer, h->peer_len, h->peer_udp_port);
+  memcpy(&s->tcp_peer, &h->peer, h->peer_len);
+  s->tcp_peer_len = h->peer_len;
+  s->tcp_local_len = sizeof(s->tcp_local);
+  if (getsockname(s->sock, (struct sockaddr *)&s->tcp_local, &s->tcp_local_len) < 0)
+    s->tcp_local_len = 0;
   if (is_client) {
     memcpy(&s->dial_addr, &h->peer, h->peer_len);
     s->dial_len = h->peer_len;

@@ -625,28 +625,42 @@ static void closing_at_exit(struct psock *ps, void *arg) {
     (void)send_msg(parent_chan, MSG_CLOSING, ps->serial, 0, -1);
 }
 
-void fork_at_exit(void) {
+/* f_lock held: a relay whose far end is closed (its child closed it or
+ * exited) still has bytes of that child's to pass to its session. */
+static bool relays_ending(void) {
+  for (struct relay *r = g_relays; r; r = r->next)
+    if (r->hup && (r->up_len || !r->kid_eof))
+      return true;
+  return false;
+}
+
+void fork_at_exit(unsigned linger_s) {
   if (tp_inside)
     return;
   if (parent_chan >= 0)
     fdt_each(closing_at_exit, NULL); /* exit closes them, as close() would */
   /* A parent: relays whose children are gone (a parent often exits right
    * after reaping them) are ended first, so that their sessions are closed
-   * with the others rather than dropped. */
+   * with the others rather than dropped.  What such a child wrote last may
+   * still be in its relay, for a session that takes it only once resumed
+   * (a lost connection): as closed sessions are (ctx_linger), these are
+   * waited for up to TETHER_LINGER_S.  Relays of children that live on
+   * are not: their sessions die with this process. */
   pthread_mutex_lock(&f_lock);
   if (thread_up && g_relays) {
-    unsigned want = passes + 2; /* a pass that began before the call may miss them */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += 500 * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
+    unsigned first = passes + 2; /* a pass that began before the call may miss them */
+    uint64_t end = tp_now_ms() + (linger_s ? (uint64_t)linger_s * 1000 : 500);
+    while ((passes < first || relays_ending()) && tp_now_ms() < end) {
+      wake(); /* a pass now: the thread may sleep with nothing to do */
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until);
+      until.tv_nsec += 50 * 1000000L; /* looked at again at least this often */
+      if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+      }
+      (void)pthread_cond_timedwait(&pass_cond, &f_lock, &until);
     }
-    wake();
-    while (passes < want &&
-           pthread_cond_timedwait(&pass_cond, &f_lock, &until) == 0)
-      ;
   }
   pthread_mutex_unlock(&f_lock);
 }
@@ -1060,6 +1074,8 @@ static bool pump(struct relay *r, bool *done) {
       } else if (n != -EAGAIN) {
         r->sess_eof = true;
         r->sess_err = session_errno(n);
+        LOG_DEBUG(r->s->ctx, "relay %llu: the session's read failed: %s",
+                  (unsigned long long)r->serial, tether_strerror((int)n));
         progress = true;
       }
     }

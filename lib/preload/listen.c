@@ -568,13 +568,14 @@ static int adopt(struct tether_session *s, int flags, struct sockaddr *addr, soc
   ps->nonblock = (flags & SOCK_NONBLOCK) != 0;
   ps->s = s;
   tp_session_attach_hooks(ps, s);
-  if (s->sock >= 0) {
-    ps->peer_len = sizeof(ps->peer);
-    ps->local_len = sizeof(ps->local);
-    (void)real.getpeername(s->sock, (struct sockaddr *)&ps->peer, &ps->peer_len);
-    (void)real.getsockname(s->sock, (struct sockaddr *)&ps->local, &ps->local_len);
+  /* The accepted connection's endpoints, even if it was lost meanwhile
+   * (the session is suspended and has no socket to ask). */
+  ps->peer = s->tcp_peer;
+  ps->peer_len = s->tcp_peer_len;
+  ps->local = s->tcp_local;
+  ps->local_len = s->tcp_local_len;
+  if (ps->local_len)
     ps->family = ps->local.ss_family;
-  }
   pthread_mutex_unlock(&ps->lock);
   session_unlock(s);
   if (addr && alen) {

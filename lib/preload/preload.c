@@ -210,8 +210,8 @@ static void collect(struct psock *ps, void *arg) {
  * resume if their connection was just lost.  The library's own exit
  * handler leaves this context to us (exit_by_front_end). */
 __attribute__((destructor)) static void tp_fini(void) {
-  fork_at_exit();
   struct tether_ctx *ctx = __atomic_load_n(&g_ctx, __ATOMIC_ACQUIRE);
+  fork_at_exit(ctx ? ctx->cfg.linger_s : 0);
   if (!ctx || tp_inside)
     return;
   TP_ENTER();

@@ -327,8 +327,9 @@ int fork_relay_eof(struct psock *ps);
  * crash: the parent may end the session gracefully). */
 void fork_closing(struct psock *ps);
 /* At a normal exit.  Child: every relay still open is closed by it.
- * Parent: relays whose children are gone are ended first. */
-void fork_at_exit(void);
+ * Parent: relays whose children are gone are ended first (waited for up
+ * to linger_s: what they hold may need a resume to pass). */
+void fork_at_exit(unsigned linger_s);
 /* Child: close_range/closefrom is about to close [first, last]: if the
  * channel to the parent is in it, orphans on fds 0-2 are claimed first. */
 void fork_chan_closing(unsigned first, unsigned last);

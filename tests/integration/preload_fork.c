@@ -16,6 +16,10 @@
  *   preload_fork server-crash PORT
  *     One connection: the child echoes 1 MiB, then kills itself (SIGKILL)
  *     without closing; the parent closed its copy long before.
+ *   preload_fork server-lastword PORT
+ *     One connection: the child echoes it until EOF, then, half a second
+ *     later, writes "BYE\n", closes and exits; the parent exits as soon as
+ *     it has reaped the child.
  *   preload_fork server-spawn PORT CONNS
  *     accept -> posix_spawn of cat with the connection on its fds 0 and 1
  *     (POSIX_SPAWN_DUP2 file actions) -> the parent closes its copy and
@@ -69,6 +73,27 @@ static int write_all(int fd, const char *p, size_t n) {
     n -= (size_t)w;
   }
   return 0;
+}
+
+static void echo_blocking(int c, size_t crash_after);
+
+/* server-lastword's child. */
+static void echo_then_bye(int c) {
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(c, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      FAIL("child read: %s", strerror(errno));
+    if (n == 0)
+      break;
+    if (write_all(c, buf, (size_t)n) < 0)
+      FAIL("child write: %s", strerror(errno));
+  }
+  usleep(500000);
+  if (write_all(c, "BYE\n", 4) < 0 || close(c) < 0)
+    FAIL("child: last words: %s", strerror(errno));
 }
 
 static void echo_blocking(int c, size_t crash_after) {
@@ -165,7 +190,9 @@ static int server(int mode, int port, int conns, char **prog) {
         socklen_t alen = sizeof(a);
         if (getpeername(c, (struct sockaddr *)&a, &alen) < 0 || a.sin_family != AF_INET)
           FAIL("child getpeername: %s", strerror(errno));
-        if (mode == 0 || mode == 3) {
+        if (mode == 4) {
+          echo_then_bye(c);
+        } else if (mode == 0 || mode == 3) {
           echo_blocking(c, mode == 3 ? 1 << 20 : 0);
         } else if (mode == 2) {
           echo_poll(c);
@@ -386,6 +413,8 @@ int main(int argc, char **argv) {
     return server(3, atoi(argv[2]), 1, NULL);
   if (argc >= 5 && strcmp(argv[1], "server-exec") == 0)
     return server(1, atoi(argv[2]), atoi(argv[3]), argv + 4);
+  if (argc == 3 && strcmp(argv[1], "server-lastword") == 0)
+    return server(4, atoi(argv[2]), 1, NULL);
   if (argc == 4 && strcmp(argv[1], "server-spawn") == 0)
     return server_spawn(atoi(argv[2]), atoi(argv[3]));
   if (argc == 5 && strcmp(argv[1], "prefork") == 0)
@@ -395,6 +424,7 @@ int main(int argc, char **argv) {
   fprintf(stderr, "usage: preload_fork server|server-poll PORT CONNS\n"
                   "       preload_fork server-crash PORT\n"
                   "       preload_fork server-exec PORT CONNS PROGRAM [ARGS...]\n"
+                  "       preload_fork server-lastword PORT\n"
                   "       preload_fork server-spawn PORT CONNS\n"
                   "       preload_fork prefork PORT WORKERS CONNS\n"
                   "       preload_fork client PORT IN OUT\n");
