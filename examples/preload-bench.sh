@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# preload-bench.sh: iperf3 and redis-benchmark, plain and under tether-run
-# (both ends), and connections to a plain server (tether-bench setup --raw:
+# preload-bench.sh: iperf3, redis-benchmark and nginx (master and two
+# workers, 1 MiB files fetched by ab over keep-alive), plain and under
+# tether-run (both ends), and connections to a plain server (tether-bench setup --raw:
 # connect, 1-byte echo, close; a client under tether-run pays for detection
 # there; as root also with UDP to the server's port dropped, so no ICMP
 # answers the probe), side by side in one run: rounds alternate plain / tether
@@ -12,9 +13,11 @@
 #
 #   bash examples/preload-bench.sh [--rounds N] [--iperf-seconds S | --iperf-bytes SIZE]
 #                                  [--redis-requests N] [--redis-clients N]
+#                                  [--nginx-requests N]
 #                                  [--tether-run PATH] [--quick]
 #
-# --quick: one round, 20 MB of iperf3, 2000 redis requests, 200 connects (checks that
+# --quick: one round, 20 MB of iperf3, 2000 redis requests, 200 connects, 200
+# nginx requests (checks that
 # the script works; the figures mean nothing).  Loopback only.
 set -euo pipefail
 export LC_ALL=C
@@ -25,6 +28,7 @@ iperf_len=(-t 5)
 redis_n=200000
 redis_c=50
 connects=2000
+nginx_n=2000
 tether_run=
 while [ $# -gt 0 ]; do
   case $1 in
@@ -33,8 +37,9 @@ while [ $# -gt 0 ]; do
   --iperf-bytes) iperf_len=(-n "$2"); shift 2 ;;
   --redis-requests) redis_n=$2; shift 2 ;;
   --redis-clients) redis_c=$2; shift 2 ;;
+  --nginx-requests) nginx_n=$2; shift 2 ;;
   --tether-run) tether_run=$2; shift 2 ;;
-  --quick) rounds=1; iperf_len=(-n 20M); redis_n=2000; connects=200; shift ;;
+  --quick) rounds=1; iperf_len=(-n 20M); redis_n=2000; connects=200; nginx_n=200; shift ;;
   -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
   *) echo "preload-bench: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -47,7 +52,7 @@ fi
 [ -x "${tether_run:-}" ] || { echo "preload-bench: tether-run not found (--tether-run PATH)" >&2; exit 2; }
 bench=$(dirname "$tether_run")/../../examples/tether-bench
 [ -x "$bench" ] || { echo "preload-bench: $bench not found" >&2; exit 2; }
-for t in iperf3 redis-server redis-benchmark python3; do
+for t in iperf3 redis-server redis-benchmark python3 nginx ab; do
   command -v "$t" >/dev/null || { echo "preload-bench: $t missing (.ci/install-deps)" >&2; exit 2; }
 done
 
@@ -82,7 +87,10 @@ wait_listen() {
 }
 
 # One server of each kind per mode, for the whole run.
-declare -A iperf_port redis_port
+declare -A iperf_port redis_port nginx_port
+mkdir -p "$tmp/html"
+head -c $((1024 * 1024)) /dev/urandom >"$tmp/html/1m.bin"
+chmod a+rx "$tmp" "$tmp/html" && chmod a+r "$tmp/html/1m.bin" # workers run as www-data
 for mode in plain tether; do
   prefix=()
   [ "$mode" = tether ] && prefix=("$tether_run" --log info --)
@@ -93,8 +101,31 @@ for mode in plain tether; do
   "${prefix[@]}" redis-server --port "${redis_port[$mode]}" --bind 127.0.0.1 --save '' \
     --appendonly no --daemonize no >"$tmp/redis-$mode.log" 2>&1 &
   pids+=($!)
+  nginx_port[$mode]=$(free_port)
+  mkdir -p "$tmp/nginx-$mode"
+  cat >"$tmp/nginx-$mode/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $tmp/nginx-$mode/nginx.pid;
+error_log $tmp/nginx-$mode/error.log;
+events { worker_connections 256; }
+http {
+  access_log off;
+  sendfile on;
+  client_body_temp_path $tmp/nginx-$mode/body;
+  proxy_temp_path $tmp/nginx-$mode/proxy;
+  fastcgi_temp_path $tmp/nginx-$mode/fastcgi;
+  uwsgi_temp_path $tmp/nginx-$mode/uwsgi;
+  scgi_temp_path $tmp/nginx-$mode/scgi;
+  server { listen 127.0.0.1:${nginx_port[$mode]}; root $tmp/html; }
+}
+EOF
+  "${prefix[@]}" nginx -p "$tmp/nginx-$mode" -c "$tmp/nginx-$mode/nginx.conf" \
+    >"$tmp/nginx-$mode.log" 2>&1 &
+  pids+=($!)
   wait_listen "${iperf_port[$mode]}"
   wait_listen "${redis_port[$mode]}"
+  wait_listen "${nginx_port[$mode]}"
 done
 
 # Plain servers for the connect workload: one whose host answers the probe
@@ -130,6 +161,11 @@ for ((r = 1; r <= rounds; r++)); do
     for op in SET GET; do
       grep "^\"$op\"" "$tmp/redis-$mode-$r.csv" | cut -d, -f2 | tr -d '"' >>"$tmp/redis-$mode.$op"
     done
+    "${prefix[@]}" ab -q -k -n "$nginx_n" -c 8 "http://127.0.0.1:${nginx_port[$mode]}/1m.bin" \
+      >"$tmp/ab-$mode-$r.out" 2>&1
+    grep -q "^Failed requests: *0$" "$tmp/ab-$mode-$r.out" ||
+      { echo "preload-bench: ab ($mode) failed: $(tail -n 3 "$tmp/ab-$mode-$r.out")" >&2; exit 1; }
+    sed -n 's/^Requests per second: *\([0-9.]*\).*/\1/p' "$tmp/ab-$mode-$r.out" >>"$tmp/nginx-$mode.rps"
     for k in "${connect_kinds[@]}"; do
       "${prefix[@]}" "$bench" setup --raw --count "$connects" \
         --connect "127.0.0.1:${setup_port[$k]}" >"$tmp/connect-$k-$mode-$r.json"
@@ -137,7 +173,8 @@ for ((r = 1; r <= rounds; r++)); do
         "$tmp/connect-$k-$mode-$r.json" >>"$tmp/connect-$k-$mode.us"
     done
     echo "round $r/$rounds $mode: iperf3 $(tail -n 1 "$tmp/iperf-$mode.gbit") Gbit/s," \
-      "SET $(tail -n 1 "$tmp/redis-$mode.SET")/s, GET $(tail -n 1 "$tmp/redis-$mode.GET")/s" >&2
+      "SET $(tail -n 1 "$tmp/redis-$mode.SET")/s, GET $(tail -n 1 "$tmp/redis-$mode.GET")/s," \
+      "nginx $(tail -n 1 "$tmp/nginx-$mode.rps")/s" >&2
   done
 done
 
@@ -150,7 +187,8 @@ def spread(v):
     m = statistics.median(v)
     return (max(v) - min(v)) / m if m else 0.0
 rows = [("iperf3 (Gbit/s)", "iperf-%s.gbit", "iperf3"), ("redis SET (req/s)", "redis-%s.SET", "redis_set"),
-        ("redis GET (req/s)", "redis-%s.GET", "redis_get")]
+        ("redis GET (req/s)", "redis-%s.GET", "redis_get"),
+        ("nginx 1 MiB (req/s)", "nginx-%s.rps", "nginx")]
 names = {"icmp": "connect, ICMP (us)", "drop": "connect, no ICMP (us)"}
 rows += [(names[k], "connect-" + k + "-%s.us", "connect_" + k) for k in kinds]
 out = {"rounds": rounds}
@@ -171,4 +209,5 @@ print(json.dumps(out))
 PYEOF
 # Evidence that the tether rounds used sessions (not a plain fallback).
 echo "tether sessions accepted: iperf3 $(grep -c accepted "$tmp/iperf-tether.log" || true)," \
-  "redis $(grep -c accepted "$tmp/redis-tether.log" || true)" >&2
+  "redis $(grep -c accepted "$tmp/redis-tether.log" || true)," \
+  "nginx $(cat "$tmp/nginx-tether.log" "$tmp/nginx-tether/error.log" | grep -c accepted || true)" >&2
