@@ -625,11 +625,13 @@ static void closing_at_exit(struct psock *ps, void *arg) {
     (void)send_msg(parent_chan, MSG_CLOSING, ps->serial, 0, -1);
 }
 
-/* f_lock held: a relay whose far end is closed (its child closed it or
- * exited) still has bytes of that child's to pass to its session. */
+static bool relay_gone(const struct relay *r);
+
+/* f_lock held: a relay whose child is done with it (closed it, or exited)
+ * is still to end: it may hold what that child wrote last. */
 static bool relays_ending(void) {
   for (struct relay *r = g_relays; r; r = r->next)
-    if (r->hup && (r->up_len || !r->kid_eof))
+    if (relay_gone(r))
       return true;
   return false;
 }
@@ -650,7 +652,14 @@ void fork_at_exit(unsigned linger_s) {
   if (thread_up && g_relays) {
     unsigned first = passes + 2; /* a pass that began before the call may miss them */
     uint64_t end = tp_now_ms() + (linger_s ? (uint64_t)linger_s * 1000 : 500);
-    while ((passes < first || relays_ending()) && tp_now_ms() < end) {
+    while (tp_now_ms() < end) {
+      /* Two full passes after the last look that found one: a relay
+       * leaves the list before its session is let go (drop_ref), and
+       * tp_fini must not close that session too. */
+      if (relays_ending())
+        first = passes + 2;
+      else if (passes >= first)
+        break;
       wake(); /* a pass now: the thread may sleep with nothing to do */
       struct timespec until;
       clock_gettime(CLOCK_REALTIME, &until);
