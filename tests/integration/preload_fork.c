@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -277,6 +278,7 @@ static int prefork(int port, int workers, int conns) {
     if (pids[i] < 0)
       FAIL("fork: %s", strerror(errno));
     if (pids[i] == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL); /* no worker outlives a failed test */
       close(done[0]);
       for (;;) {
         struct sockaddr_in peer, a;

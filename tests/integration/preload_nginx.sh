@@ -90,8 +90,10 @@ for workers in 2 1; do
   fi
   alive "$server" || fail "nginx ($workers workers) died"
   no_alert "$workers workers"
-  n=$(pgrep -c -P "$server" || true)
+  pids=$(pgrep -P "$server" | tr '\n' ' ')
+  n=$(wc -w <<<"$pids")
   [ "$n" -eq "$workers" ] || fail "nginx runs $n workers, not $workers"
+  PIDS+=($pids) # killed at the end too, should the master not end them
   stop "$server"
 done
 pass
