@@ -76,28 +76,9 @@ static int write_all(int fd, const char *p, size_t n) {
   return 0;
 }
 
-static void echo_blocking(int c, size_t crash_after);
-
-/* server-lastword's child. */
-static void echo_then_bye(int c) {
-  char buf[65536];
-  for (;;) {
-    ssize_t n = read(c, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0)
-      FAIL("child read: %s", strerror(errno));
-    if (n == 0)
-      break;
-    if (write_all(c, buf, (size_t)n) < 0)
-      FAIL("child write: %s", strerror(errno));
-  }
-  usleep(500000);
-  if (write_all(c, "BYE\n", 4) < 0 || close(c) < 0)
-    FAIL("child: last words: %s", strerror(errno));
-}
-
-static void echo_blocking(int c, size_t crash_after) {
+/* Echoes c until EOF (or, with crash_after, dies holding it after that
+ * many bytes). */
+static void echo_until_eof(int c, size_t crash_after) {
   char buf[65536];
   size_t total = 0;
   for (;;) {
@@ -114,8 +95,20 @@ static void echo_blocking(int c, size_t crash_after) {
       FAIL("child write: %s", strerror(errno));
     total += (size_t)n;
   }
+}
+
+static void echo_blocking(int c, size_t crash_after) {
+  echo_until_eof(c, crash_after);
   if (close(c) < 0)
     FAIL("child close: %s", strerror(errno));
+}
+
+/* server-lastword's child. */
+static void echo_then_bye(int c) {
+  echo_until_eof(c, 0);
+  usleep(500000);
+  if (write_all(c, "BYE\n", 4) < 0 || close(c) < 0)
+    FAIL("child: last words: %s", strerror(errno));
 }
 
 /* Non-blocking, with poll: what the child echoes waits in buf. */
