@@ -625,13 +625,12 @@ static void closing_at_exit(struct psock *ps, void *arg) {
     (void)send_msg(parent_chan, MSG_CLOSING, ps->serial, 0, -1);
 }
 
-static bool relay_gone(const struct relay *r);
-
-/* f_lock held: a relay whose child is done with it (closed it, or exited)
+/* f_lock held: a relay whose far end hung up (its child closed it, or
+ * exited: the relay thread may not have heard of that on the channel yet)
  * is still to end: it may hold what that child wrote last. */
 static bool relays_ending(void) {
   for (struct relay *r = g_relays; r; r = r->next)
-    if (relay_gone(r))
+    if (r->hup)
       return true;
   return false;
 }

@@ -94,7 +94,10 @@ EXPORT int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *fa) {
 }
 
 /* Before a spawn with fa: every stand-in becomes a new relay's end (0), or
- * a positive errno (no spawn: the new program would get nothing). */
+ * a positive errno (no spawn: the new program would get nothing).  One
+ * relay per session: stand-ins of the same session (dup2 onto 0 and onto
+ * 1) share it, as the numbers share one socket -- two relays would each
+ * take some of the session's bytes. */
 static int arm(const posix_spawn_file_actions_t *fa) {
   int rc = 0;
   for (struct standin *st = standins; st && !rc; st = st->next) {
@@ -103,6 +106,15 @@ static int arm(const posix_spawn_file_actions_t *fa) {
     if (st->ps->serial != st->serial) { /* closed since: as dup2 of a closed number */
       rc = EBADF;
       break;
+    }
+    struct standin *same = NULL;
+    for (struct standin *o = standins; o != st && !same; o = o->next)
+      if (o->fa == fa && o->ps == st->ps)
+        same = o; /* armed already, in this loop */
+    if (same) {
+      if (real.dup3(same->fd, st->fd, O_CLOEXEC) < 0)
+        rc = errno;
+      continue;
     }
     int end = fork_spawn_relay(st->ps);
     if (end < 0)
