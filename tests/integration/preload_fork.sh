@@ -119,4 +119,29 @@ grep -Eq 'client (recv|send): ' "$TMP/crash.client.log" ||
 log "crash: $(grep -m1 -o 'client \(recv\|send\): .*' "$TMP/crash.client.log")"
 wait_exit "$server" 10000 || fail "crash: server still running"
 [ "$WAIT_RC" -eq 0 ] || fail "crash: server exited with $WAIT_RC"
+# 9. The child's last words reach the client although the parent exits
+#    right after reaping it while the connection is down: the child writes
+#    them and exits with the session suspended (killed, and redials refused
+#    for 1.5 s), so they wait in its relay; the parent's exit waits for that
+#    relay (up to TETHER_LINGER_S) instead of dropping it.
+port=$(free_port)
+TETHER_LOG=info spawn - - "$TMP/last.server.log" "$TETHER_RUN" -- "$FORK_PROG" server-lastword "$port"
+server=$BG_PID
+wait_listen "$server" "$port"
+random_file "$TMP/last.in" $((1024 * 1024))
+TETHER_LOG=info spawn - - "$TMP/last.client.log" "$TETHER_RUN" -- \
+  "$FORK_PROG" client "$port" "$TMP/last.in" "$TMP/last.out"
+client=$BG_PID
+wait_size "$TMP/last.out" $((1024 * 1024)) 30000 "$client"
+iptables -I INPUT -p tcp --dport "$port" --tcp-flags SYN,ACK SYN -j REJECT --reject-with tcp-reset
+killed=$(kill_tcp 127.0.0.1 "$port")
+sleep 1.5
+iptables -D INPUT -p tcp --dport "$port" --tcp-flags SYN,ACK SYN -j REJECT --reject-with tcp-reset
+[ -n "$killed" ] || fail "last words: no connection to kill"
+wait_exit "$client" 30000 || fail "last words: client still running after 30 s"
+[ "$WAIT_RC" -eq 0 ] || fail "last words: client exited with $WAIT_RC: $(grep -m1 FAIL "$TMP/last.client.log" || true)"
+{ cat "$TMP/last.in"; printf 'BYE\n'; } >"$TMP/last.want"
+assert_same_file "$TMP/last.want" "$TMP/last.out" "last words after the parent's exit"
+wait_exit "$server" 10000 || fail "last words: server still running"
+[ "$WAIT_RC" -eq 0 ] || fail "last words: server exited with $WAIT_RC"
 pass
