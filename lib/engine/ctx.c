@@ -226,6 +226,12 @@ static void at_exit(void) {
   pthread_mutex_unlock(&live_lock);
 }
 
+/* A forked child finds the list whole (a thread of the parent's may hold
+ * the lock at the fork; the child does not have that thread). */
+static void live_fork_prepare(void) { pthread_mutex_lock(&live_lock); }
+static void live_fork_parent(void) { pthread_mutex_unlock(&live_lock); }
+static void live_fork_child(void) { pthread_mutex_init(&live_lock, NULL); }
+
 static void exit_init(void) {
   /* Handlers run last registered first: OpenSSL's cleanup (registered by
    * its initialisation, here if nobody did it before) must run after ours,
@@ -233,6 +239,7 @@ static void exit_init(void) {
    * OPENSSL_init_crypto returns at once without initialising anything.) */
   (void)OPENSSL_init_crypto(OPENSSL_INIT_ADD_ALL_DIGESTS, NULL);
   (void)atexit(at_exit);
+  (void)pthread_atfork(live_fork_prepare, live_fork_parent, live_fork_child);
 }
 
 static void live_add(struct tether_ctx *ctx) {

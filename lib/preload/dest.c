@@ -35,7 +35,7 @@ static struct dest {
   uint32_t used; /* recency, for replacement */
 } table[SETS][WAYS];
 static uint32_t clock_;
-static pthread_mutex_t dest_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t dest_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static unsigned set_of(const struct ipport *w) {
   uint32_t h = 2166136261u; /* FNV-1a */
@@ -150,7 +150,6 @@ void dest_watch_late(struct tether_ctx *ctx, int u, const struct sockaddr *dst, 
 }
 
 void dest_after_fork_child(void) {
-  pthread_mutex_init(&dest_lock, NULL);
   /* The parent's engine watches them; their sockets are closed here. */
   for (int i = 0; i < LATE_MAX; i++)
     if (lates[i]) {

@@ -67,7 +67,7 @@ static struct record {
   int lport; /* the listener's port the client asked or announced at */
   uint64_t expires;
 } records[RECORDS];
-static pthread_mutex_t records_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t records_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void probes_record(const struct ipport *who, int lport, uint64_t now_ms) {
   pthread_mutex_lock(&records_lock);

@@ -54,7 +54,7 @@ static void reg_unlink(struct psock *ps, struct ereg *r);
 /* Freed psocks are kept here, never given back to malloc: a thread that
  * found one through the lock-free table may lock it after another thread
  * closed it (ps_hold), and must find a mutex there. */
-static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct psock *pool;
 
 static struct psock *pool_take(void) {
@@ -515,8 +515,6 @@ bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg) {
 }
 
 void fdt_after_fork_child(void) {
-  pthread_mutex_init(&g_lock, NULL);
-  pthread_mutex_init(&pool_lock, NULL);
   for (struct psock *ps = pool; ps; ps = ps->all_next)
     pthread_mutex_init(&ps->lock, NULL);
   for (struct psock *ps = g_all; ps; ps = ps->all_next) {

@@ -303,6 +303,9 @@ void fork_prepare(void) {
   TP_LEAVE();
 }
 
+void fork_lock_relays(void) { pthread_mutex_lock(&f_lock); }
+void fork_unlock_relays(void) { pthread_mutex_unlock(&f_lock); }
+
 static void *fork_thread(void *arg);
 
 /* f_lock held: the fork thread runs (started if need be). */

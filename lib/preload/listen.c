@@ -68,7 +68,7 @@ struct pending {
   struct pending *next;
 };
 
-static pthread_mutex_t pl_lock = PTHREAD_MUTEX_INITIALIZER; /* listeners, pendings */
+pthread_mutex_t pl_lock = PTHREAD_MUTEX_INITIALIZER; /* listeners, pendings */
 static struct plisten *listeners;
 static struct pending *pendings;
 
@@ -86,7 +86,6 @@ int pl_socket(struct plisten *pl) { return pl->l.fd; }
 void pl_after_fork_child(void) {
   /* The parent's listeners and announced connections are the parent's
    * engine's (a child's inherited listener only accepts plain: PS_ORPHAN). */
-  pthread_mutex_init(&pl_lock, NULL);
   listeners = NULL;
   pendings = NULL;
 }

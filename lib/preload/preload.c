@@ -173,8 +173,39 @@ bool tp_restart_after_eintr(void) {
 
 /* ---- fork and exit ---- */
 
+/* Held across fork(), in preload.h's order (fork.c's f_lock last, by
+ * fork_lock_relays). */
+static pthread_mutex_t *const fork_held[] = {&sp_lock, &g_lock, &pool_lock, &pl_lock,
+                                             &dest_lock, &records_lock};
+#define NFORK_HELD (sizeof(fork_held) / sizeof(fork_held[0]))
+static bool fork_locked; /* by before_fork: not when tether itself forks */
+
+static void before_fork(void) {
+  fork_prepare();
+  if (tp_disabled || tp_inside)
+    return;
+  for (size_t i = 0; i < NFORK_HELD; i++)
+    pthread_mutex_lock(fork_held[i]);
+  fork_lock_relays();
+  fork_locked = true;
+}
+
+static void after_fork_parent(void) {
+  if (fork_locked) {
+    fork_locked = false;
+    fork_unlock_relays();
+    for (size_t i = NFORK_HELD; i-- > 0;)
+      pthread_mutex_unlock(fork_held[i]);
+  }
+  fork_parent();
+}
+
 static void after_fork_child(void) {
   tp_pid = getpid();
+  /* Their holders may be threads the child does not have. */
+  fork_locked = false;
+  for (size_t i = 0; i < NFORK_HELD; i++)
+    pthread_mutex_init(fork_held[i], NULL);
   app_waiters_after_fork_child();
   pthread_mutex_init(&ctx_lock, NULL);
   g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
@@ -263,5 +294,5 @@ __attribute__((constructor)) static void tp_init(void) {
     tp_warn("TETHER_PROBE_PORTS is malformed: ignored");
   tp_probe_ms = env_int("TETHER_PROBE_MS", tp_probe_ms, 0, 60000);
   tp_accept_wait_ms = env_int("TETHER_ACCEPT_WAIT_MS", tp_accept_wait_ms, 1, 60000);
-  pthread_atfork(fork_prepare, fork_parent, after_fork_child);
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }

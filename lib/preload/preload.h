@@ -32,7 +32,15 @@
  *
  * Locks, in this order: g_lock (the list of all psocks), a session's locks
  * (engine.h), psock.lock, an epoll table's lock (innermost: nothing is
- * taken while it is held). */
+ * taken while it is held).  sp_lock (spawn.c) comes before all of them: it
+ * is held for a whole posix_spawn.  The modules' leaf locks (pool_lock,
+ * pl_lock, dest_lock, records_lock, fork.c's f_lock) nest nothing.
+ *
+ * fork.  sp_lock, g_lock and the leaf locks are held across fork()
+ * (preload.c's atfork handlers), so that the child's copy of every list they guard is
+ * whole; the child then initialises every lock afresh, psocks' and epoll
+ * tables' too (their holders are the parent's threads, which the child does
+ * not have), and forgets what belongs to the parent's engine. */
 #ifndef TETHER_PRELOAD_H
 #define TETHER_PRELOAD_H
 
@@ -226,6 +234,8 @@ struct psock {
 };
 
 extern pthread_mutex_t g_lock;
+/* The modules' global locks (see the order above). */
+extern pthread_mutex_t pool_lock, pl_lock, dest_lock, records_lock, sp_lock;
 
 /* Sizes the table from RLIMIT_NOFILE.  0 or -ENOMEM. */
 int fdt_init(void);
@@ -303,17 +313,24 @@ void fdt_each(void (*fn)(struct psock *ps, void *arg), void *arg);
 /* The same if g_lock is free now (false if not: from a signal handler,
  * say). */
 bool fdt_try_each(void (*fn)(struct psock *ps, void *arg), void *arg);
-/* After fork, in the child: fresh locks; sessions, connects and listeners
- * become orphans (owned by the parent), without the parent's own_fd and
- * without epoll registrations (the parent's, in instances the two share). */
+/* After fork, in the child: fresh psock and epoll table locks; sessions,
+ * connects and listeners become orphans (owned by the parent), without the
+ * parent's own_fd and without epoll registrations (the parent's, in
+ * instances the two share). */
 void fdt_after_fork_child(void);
 
 /* ---- sessions shared with forked children (fork.c) ---- */
 
-/* pthread_atfork handlers (the child's runs after fdt_after_fork_child). */
+/* Parts of preload.c's atfork handlers: prepare (before the global locks
+ * are taken), parent (after they are released), child (after
+ * fdt_after_fork_child).  fork_lock_relays takes f_lock last in prepare,
+ * fork_unlock_relays releases it first in the parent; the child's
+ * fork_child initialises it. */
 void fork_prepare(void);
 void fork_parent(void);
 void fork_child(void);
+void fork_lock_relays(void);
+void fork_unlock_relays(void);
 /* Child: makes an orphan session a relay of the parent's (every number of
  * it then names one end of a stream socket the parent relays).  0, or a
  * negative errno (EBADF: not claimable; a warning says why). */

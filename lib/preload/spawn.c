@@ -25,7 +25,7 @@ struct standin {
   uint64_t serial;  /* ... as long as this is its serial */
 };
 
-static pthread_mutex_t sp_lock = PTHREAD_MUTEX_INITIALIZER;
+pthread_mutex_t sp_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct standin *standins;
 
 static int (*real_adddup2)(posix_spawn_file_actions_t *, int, int);

@@ -23,6 +23,12 @@
  *              SINK_PORT), blocked, when another thread closes the
  *              descriptor: as on TCP the call goes on to its end (the
  *              socket lives while a call uses it); the sink gets it all
+ *   fork_busy  40 forks while another thread spawns programs
+ *              (posix_spawn with file actions) and opens connections
+ *              without pause: every child spawns a program and echoes
+ *              over a connection of its own, and exits 0 within 10 s (a
+ *              child that finds a lock held by a thread it does not have
+ *              hangs)
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -33,8 +39,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spawn.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -276,6 +285,73 @@ static int t_close_busy(int sink_port) {
   return report("close_busy", why);
 }
 
+/* posix_spawn of /bin/true with (empty) file actions, reaped: true if it
+ * exited 0. */
+static bool spawn_true(void) {
+  posix_spawn_file_actions_t fa;
+  char *argv[] = {"true", NULL};
+  extern char **environ;
+  pid_t pid;
+  if (posix_spawn_file_actions_init(&fa) != 0)
+    return false;
+  int rc = posix_spawn(&pid, "/bin/true", &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  int st;
+  return rc == 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static bool busy_stop;
+
+/* Spawns and connects until told to stop: at any moment of a fork, this
+ * thread may hold a lock of tether's. */
+static void *spawn_busy(void *arg) {
+  (void)arg;
+  while (!__atomic_load_n(&busy_stop, __ATOMIC_ACQUIRE)) {
+    (void)spawn_true();
+    int fd = dial();
+    if (fd >= 0) {
+      (void)echo_once(fd);
+      close(fd);
+    }
+  }
+  return NULL;
+}
+
+static int t_fork_busy(void) {
+  const char *why = NULL;
+  pthread_t t;
+  if (pthread_create(&t, NULL, spawn_busy, NULL) != 0)
+    return report("fork_busy", "pthread_create");
+  for (int i = 0; i < 40 && !why; i++) {
+    usleep(2000); /* a fork at a different point of the other thread's work */
+    pid_t pid = fork();
+    if (pid < 0) {
+      why = "fork failed";
+      break;
+    }
+    if (pid == 0) {
+      int fd = dial();
+      bool ok = spawn_true() && fd >= 0 && echo_once(fd);
+      _exit(ok ? 0 : 1);
+    }
+    int st = 0;
+    uint64_t deadline = now_ms() + 10000;
+    pid_t w;
+    while ((w = waitpid(pid, &st, WNOHANG)) == 0 && now_ms() < deadline)
+      usleep(1000);
+    if (w == 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      why = "a child hung";
+    } else if (w != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      why = "a child could not spawn or echo";
+    }
+  }
+  __atomic_store_n(&busy_stop, true, __ATOMIC_RELEASE);
+  pthread_join(t, NULL);
+  return report("fork_busy", why);
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc == 3 && strcmp(argv[1], "sink") == 0)
@@ -291,5 +367,6 @@ int main(int argc, char **argv) {
   failed += t_shut_read("poll_shut_rd", 'p', SHUT_RD);
   failed += t_shut_wr();
   failed += t_close_busy(atoi(argv[2]));
+  failed += t_fork_busy();
   return failed;
 }
