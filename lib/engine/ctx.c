@@ -230,7 +230,7 @@ static void at_exit(void) {
  * the lock at the fork; the child does not have that thread). */
 static void live_fork_prepare(void) { pthread_mutex_lock(&live_lock); }
 static void live_fork_parent(void) { pthread_mutex_unlock(&live_lock); }
-static void live_fork_child(void) { pthread_mutex_init(&live_lock, NULL); }
+static void live_fork_child(void) { pthread_mutex_unlock(&live_lock); }
 
 static void exit_init(void) {
   /* Handlers run last registered first: OpenSSL's cleanup (registered by

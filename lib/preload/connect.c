@@ -491,7 +491,9 @@ int pc_connect(struct psock *ps, int fd, const struct sockaddr *sa, socklen_t le
     }
   }
   TP_ENTER();
+  tp_signals_now++; /* it sleeps holding no lock: handlers run at once */
   run(j);
+  tp_signals_now--;
   int err = j->err;
   finish(j);
   TP_LEAVE();

@@ -356,7 +356,6 @@ void fork_parent(void) {
 /* ---- child: fork ---- */
 
 void fork_child(void) {
-  pthread_mutex_init(&f_lock, NULL);
   pthread_cond_init(&pass_cond, NULL);
   pthread_mutex_init(&claim_lock, NULL);
   /* The parent's children, relays and thread are not ours. */

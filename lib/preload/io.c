@@ -23,6 +23,7 @@
 static inline struct psock *data_ps(int fd) {
   if (tp_inside)
     return NULL;
+  tp_handler_ran = false; /* this call's own (wait_for) */
   struct psock *ps = fdt_get(fd);
   if (!ps)
     return NULL;
@@ -111,6 +112,13 @@ static int settle(struct psock *ps, int fd, bool nonblock) {
 
 /* Waits for the session to make progress.  0 to retry, or -1 with errno. */
 static int wait_for(struct psock *ps, int fd, short events, int timeout_ms) {
+  if (tp_handler_ran) {
+    /* A handler deferred out of tether's code ran during this call: the
+     * kernel's call would have been interrupted (signals.c). */
+    tp_handler_ran = false;
+    errno = EINTR;
+    return -1;
+  }
   int rc = tp_wait_shut(ps, fd, events, timeout_ms > 0 ? timeout_ms : -1);
   if (rc == -EAGAIN) {
     errno = EAGAIN;

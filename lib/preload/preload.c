@@ -97,7 +97,13 @@ __attribute__((visibility("default"))) int pthread_create(pthread_t *th, const p
     return EAGAIN;
   t->fn = fn;
   t->arg = arg;
+  /* Tether's threads take none of the program's signals (signals.c would
+   * defer them for good): it starts with all blocked. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   int rc = real.pthread_create(th, attr, inside_start, t);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc != 0)
     free(t);
   return rc;
@@ -202,11 +208,14 @@ static void after_fork_parent(void) {
 
 static void after_fork_child(void) {
   tp_pid = getpid();
-  /* Their holders may be threads the child does not have. */
-  fork_locked = false;
-  for (size_t i = 0; i < NFORK_HELD; i++)
-    pthread_mutex_init(fork_held[i], NULL);
+  if (fork_locked) { /* by this thread, before the fork */
+    fork_locked = false;
+    fork_unlock_relays();
+    for (size_t i = NFORK_HELD; i-- > 0;)
+      pthread_mutex_unlock(fork_held[i]);
+  }
   app_waiters_after_fork_child();
+  signals_after_fork_child();
   pthread_mutex_init(&ctx_lock, NULL);
   g_ctx = NULL; /* the parent's engine thread is not here; a new one on demand */
   g_ctx_failed = false;

@@ -37,10 +37,15 @@
  * pl_lock, dest_lock, records_lock, fork.c's f_lock) nest nothing.
  *
  * fork.  sp_lock, g_lock and the leaf locks are held across fork()
- * (preload.c's atfork handlers), so that the child's copy of every list they guard is
- * whole; the child then initialises every lock afresh, psocks' and epoll
- * tables' too (their holders are the parent's threads, which the child does
- * not have), and forgets what belongs to the parent's engine. */
+ * (preload.c's atfork handlers), so that the child's copy of every list
+ * they guard is whole, and released after it in both processes; the child
+ * initialises every other lock afresh, psocks' and epoll tables' (their
+ * holders may be the parent's other threads, which the child does not
+ * have), and forgets what belongs to the parent's engine.
+ *
+ * Signals.  A handler of the program's that comes while its thread runs
+ * tether's code or holds a lock of tether's is deferred until the thread
+ * is out (signals.c). */
 #ifndef TETHER_PRELOAD_H
 #define TETHER_PRELOAD_H
 
@@ -133,10 +138,23 @@ void *tp_next(const char *name);
       real_init(); \
   } while (0)
 
-/* Set while tether's own code runs on this thread. */
+/* Set while tether's own code runs on this thread.  A program's signal
+ * that comes meanwhile is deferred to the TP_LEAVE that ends it
+ * (signals.c). */
 extern __thread int tp_inside __attribute__((tls_model("initial-exec")));
+extern __thread int tp_deferred __attribute__((tls_model("initial-exec")));
+void tp_run_deferred(void);
 #define TP_ENTER() int tp_saved_ = tp_inside; tp_inside = 1
-#define TP_LEAVE() (tp_inside = tp_saved_)
+#define TP_LEAVE() \
+  (tp_inside = tp_saved_, \
+   __builtin_expect(tp_deferred != 0, 0) && !tp_inside ? tp_run_deferred() : (void)0)
+/* Set around a section of tether's code that sleeps holding no lock (a
+ * blocking connect): the program's handlers run at once there. */
+extern __thread int tp_signals_now __attribute__((tls_model("initial-exec")));
+/* A handler without SA_RESTART ran during the current data call: a wait
+ * that follows ends with EINTR, as the kernel's would have (io.c). */
+extern __thread bool tp_handler_ran __attribute__((tls_model("initial-exec")));
+void signals_after_fork_child(void);
 
 /* ---- psocks and the fd table (fdtable.c) ---- */
 
@@ -322,10 +340,9 @@ void fdt_after_fork_child(void);
 /* ---- sessions shared with forked children (fork.c) ---- */
 
 /* Parts of preload.c's atfork handlers: prepare (before the global locks
- * are taken), parent (after they are released), child (after
- * fdt_after_fork_child).  fork_lock_relays takes f_lock last in prepare,
- * fork_unlock_relays releases it first in the parent; the child's
- * fork_child initialises it. */
+ * are taken), parent and child (after they are released).
+ * fork_lock_relays takes f_lock last in prepare, fork_unlock_relays
+ * releases it first after the fork. */
 void fork_prepare(void);
 void fork_parent(void);
 void fork_child(void);
