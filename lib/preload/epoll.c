@@ -182,16 +182,21 @@ static int wait_common(int epfd, struct epoll_event *evs, int max, int64_t timeo
         break;
       }
     }
-    n = call(epfd, evs, max, spinning ? 0 : timeout_ns, a);
-    if (n < 0 || (n == 0 && !spinning))
+    /* A registration a shutdown made ready is ready now: no sleep. */
+    bool shut = ep_shut_pending(ep);
+    int k = call(epfd, evs, max, spinning || shut ? 0 : timeout_ns, a);
+    n = k;
+    if (n < 0)
       break;
     if (n > 0) {
       n = ep_translate(ep, evs, n, hits);
       n = settle_sessions(ep, evs, hits, n);
     }
-    if (n > 0 || timeout_ns == 0)
-      break;
-    if (spinning)
+    if (shut || ep_shut_pending(ep)) /* (or one came while it slept) */
+      n = ep_add_shut(ep, evs, hits, n, max);
+    if (n > 0 || timeout_ns == 0 || (k == 0 && !spinning && !shut))
+      break; /* events, a poll, or the kernel's wait timed out */
+    if (spinning || shut)
       continue;
     /* Everything was stale or not ready after all: wait on. */
     if (timeout_ns > 0) {

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -238,6 +239,7 @@ int ep_track(struct psock *ep, int epfd) {
     return -ENOMEM;
   pthread_mutex_init(&t->lock, NULL);
   t->epfd = epfd;
+  t->shut_efd = -1;
   uint32_t seed = 0;
   if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
     seed = (uint32_t)(uintptr_t)t ^ (uint32_t)time(NULL);
@@ -311,6 +313,97 @@ static struct ereg *reg_find(const struct psock *ps, const struct psock *ep, int
   return NULL;
 }
 
+/* ---- readiness made by the program's shutdown() ---- */
+
+#define SHUT_TOKEN UINT64_MAX /* no registration's (ep_translate drops it) */
+
+/* What a shutdown made ready of registration r (of a session's), as the
+ * kernel reports a shut TCP socket. */
+static uint32_t shut_events(const struct ereg *r) {
+  struct psock *ps = fdt_get(r->fd);
+  if (!ps || ps->kind != PS_SESSION)
+    return 0;
+  bool rd = __atomic_load_n(&ps->rd_shut, __ATOMIC_ACQUIRE);
+  bool wr = __atomic_load_n(&ps->wr_shut, __ATOMIC_ACQUIRE);
+  uint32_t e = 0;
+  if (rd)
+    e |= r->events & (EPOLLIN | EPOLLRDNORM | EPOLLRDHUP);
+  if (wr)
+    e |= r->events & (EPOLLOUT | EPOLLWRNORM);
+  if (rd && wr)
+    e |= EPOLLHUP; /* reported whether asked for or not */
+  return e;
+}
+
+/* tab->lock held.  Registration r may be ready through a shutdown. */
+static void shut_mark(struct eptab *t, struct ereg *r) {
+  if (!shut_events(r))
+    return;
+  r->shut_told = false;
+  __atomic_store_n(&t->shut_any, true, __ATOMIC_RELEASE);
+  if (t->shut_efd < 0) {
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event k = {.events = EPOLLIN | EPOLLET, .data.u64 = SHUT_TOKEN};
+    if (efd >= 0 && real.epoll_ctl(t->epfd, EPOLL_CTL_ADD, efd, &k) == 0)
+      t->shut_efd = efd;
+    else if (efd >= 0)
+      real.close(efd);
+  }
+  uint64_t one = 1;
+  if (t->shut_efd >= 0)
+    (void)!real.write(t->shut_efd, &one, sizeof(one));
+}
+
+void ps_shut_notify(struct psock *ps) {
+  for (struct ereg *r = ps->regs; r; r = r->next) {
+    struct eptab *t = r->ep->tab;
+    pthread_mutex_lock(&t->lock);
+    shut_mark(t, r);
+    pthread_mutex_unlock(&t->lock);
+  }
+}
+
+bool ep_shut_pending(struct psock *ep) {
+  return __atomic_load_n(&ep->tab->shut_any, __ATOMIC_ACQUIRE);
+}
+
+int ep_add_shut(struct psock *ep, struct epoll_event *evs, struct ep_hit *hits, int n, int max) {
+  struct eptab *t = ep->tab;
+  bool again = false; /* a registration stays ready for the next wait */
+  pthread_mutex_lock(&t->lock);
+  for (uint32_t s = 0; s < t->nslots; s++) {
+    struct ereg *r = t->slots[s];
+    uint32_t e = r && !r->disarmed && !r->shut_told ? shut_events(r) : 0;
+    if (!e)
+      continue;
+    int i = 0;
+    while (i < n && !(hits[i].slot == r->slot && hits[i].check == r->check))
+      i++;
+    if (i == n) {
+      if (n == max) {
+        again = true; /* no room now: the next wait */
+        continue;
+      }
+      evs[n].events = 0;
+      evs[n].data = r->data;
+      hits[n] = (struct ep_hit){.fd = r->fd, .events = r->events, .slot = r->slot,
+                                .check = r->check};
+      n++;
+      if (r->events & EPOLLONESHOT)
+        r->disarmed = true;
+    }
+    evs[i].events |= e;
+    if (r->events & EPOLLET)
+      r->shut_told = true;
+    else if (!(r->events & EPOLLONESHOT))
+      again = true;
+  }
+  if (!again)
+    __atomic_store_n(&t->shut_any, false, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&t->lock);
+  return n;
+}
+
 int ep_ctl(struct psock *ep, struct psock *ps, int epfd, int op, int fd,
            const struct epoll_event *ev) {
   struct eptab *t = ep->tab;
@@ -350,6 +443,7 @@ int ep_ctl(struct psock *ep, struct psock *ps, int epfd, int op, int fd,
     }
     n->next = ps->regs;
     ps->regs = n;
+    shut_mark(t, n); /* a session shut down before it was registered */
     break;
   }
   case EPOLL_CTL_MOD: {
@@ -370,6 +464,7 @@ int ep_ctl(struct psock *ep, struct psock *ps, int epfd, int op, int fd,
     r->events = ev->events;
     r->data = ev->data;
     r->disarmed = false;
+    shut_mark(t, r); /* re-armed: ready again if shut down */
     break;
   }
   case EPOLL_CTL_DEL: {
@@ -484,6 +579,8 @@ static void forget_in(struct psock *ps, void *arg) {
 static void tab_free(struct eptab *t) {
   if (!t)
     return;
+  if (t->shut_efd >= 0)
+    real.close(t->shut_efd);
   pthread_mutex_destroy(&t->lock);
   free(t->slots);
   free(t->free);

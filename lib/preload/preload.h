@@ -183,6 +183,7 @@ struct ereg {
   uint32_t events;    /* as the program gave them */
   epoll_data_t data;  /* as the program gave it */
   bool disarmed;      /* EPOLLONESHOT: fired, not yet re-armed by MOD */
+  bool shut_told;     /* EPOLLET: the program's shutdown was reported */
 };
 
 /* An epoll instance's registrations, by token slot. */
@@ -194,6 +195,12 @@ struct eptab {
   uint32_t *free;     /* free slot indexes below nslots */
   uint32_t nfree;
   uint32_t seq;       /* makes check values */
+  /* A shutdown() of a registered session makes it ready as it does a TCP
+   * socket, which the kernel cannot see: shut_any says some registration
+   * may be ready that way (ep_add_shut), shut_efd (edge-triggered in the
+   * instance, made on first need) wakes a thread already waiting. */
+  int shut_efd;
+  bool shut_any;
 };
 
 /* What epoll_wait learned about one returned event (see ep_translate). */
@@ -316,6 +323,18 @@ int ep_translate(struct psock *ep, struct epoll_event *evs, int n, struct ep_hit
 /* An event epoll_wait took was not passed on: a one-shot registration is
  * armed again, as if it had not fired. */
 void ep_unfire(struct psock *ep, const struct ep_hit *hit);
+/* ps->lock held.  The program shut ps (a session) down: every instance it
+ * is registered in reports it ready, waking a thread that waits there. */
+void ps_shut_notify(struct psock *ps);
+/* Whether registrations of ep may be ready through a shutdown. */
+bool ep_shut_pending(struct psock *ep);
+/* Adds to the n events (and hits) what shutdowns made ready, as TCP
+ * reports a shut socket: EPOLLIN|EPOLLRDHUP after SHUT_RD, EPOLLOUT after
+ * SHUT_WR, EPOLLHUP after both; merged into an event of the same
+ * registration, else appended (up to max).  Level-triggered registrations
+ * stay ready, edge-triggered ones are reported once per shutdown, one-shot
+ * ones fire once.  Returns the new count. */
+int ep_add_shut(struct psock *ep, struct epoll_event *evs, struct ep_hit *hits, int n, int max);
 /* ps->lock held.  The program is closing fd (still open): its
  * registrations are deleted from the kernel (which would keep them while
  * another number or tether still holds the file) and forgotten. */

@@ -880,6 +880,7 @@ EXPORT int shutdown(int fd, int how) {
   if (shut_wr)
     __atomic_store_n(&ps->wr_shut, true, __ATOMIC_RELEASE);
   app_waiters_wake(ps->s); /* threads blocked in recv/send on it return now */
+  ps_shut_notify(ps);      /* ... and in epoll_wait */
   pthread_mutex_unlock(&ps->lock);
   if (shut_wr) {
     TP_ENTER();

@@ -17,6 +17,10 @@
  *   shut_rdwr  read() blocked, shutdown(SHUT_RDWR): read returns 0
  *   poll_shut_rd  poll() for POLLIN blocked, shutdown(SHUT_RD): it reports
  *              POLLIN, and the read then returns 0
+ *   epoll_shut_rd  epoll_wait() for EPOLLIN|EPOLLRDHUP blocked,
+ *              shutdown(SHUT_RD): it reports both, the next wait
+ *              (level-triggered) reports EPOLLIN again, and the read then
+ *              returns 0
  *   shut_wr    send() blocked on a full connection, shutdown(SHUT_WR):
  *              send fails with EPIPE
  *   close_busy one send() of 8 MiB to a slow sink (preload_threads sink
@@ -41,6 +45,7 @@
 #include <string.h>
 #include <spawn.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -95,6 +100,19 @@ static void *block_in_call(void *arg) {
     b->rc = poll(&p, 1, -1) == 1 && (p.revents & POLLIN) ? read(b->fd, buf, sizeof(buf)) : -1;
     break;
   }
+  case 'e': { /* level-triggered: ready again at the next wait */
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP}, got[2];
+    b->rc = -1;
+    if (ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, b->fd, &ev) == 0 &&
+        epoll_wait(ep, got, 2, -1) == 1 && (got[0].events & (EPOLLIN | EPOLLRDHUP)) ==
+                                                (EPOLLIN | EPOLLRDHUP) &&
+        epoll_wait(ep, got, 2, 0) == 1 && (got[0].events & EPOLLIN))
+      b->rc = read(b->fd, buf, sizeof(buf));
+    if (ep >= 0)
+      close(ep);
+    break;
+  }
   default:
     while ((b->rc = send(b->fd, buf, sizeof(buf), MSG_NOSIGNAL)) > 0)
       ;
@@ -116,7 +134,7 @@ static bool asleep_in_poll(pid_t tid) {
   if (fgets(line, sizeof(line), f) && line[0] >= '0' && line[0] <= '9') {
     long nr = atol(line);
     in = nr == SYS_poll || nr == SYS_ppoll || nr == SYS_recvfrom || nr == SYS_read ||
-         nr == SYS_sendto;
+         nr == SYS_sendto || nr == SYS_epoll_wait || nr == SYS_epoll_pwait;
   }
   fclose(f);
   return in;
@@ -365,6 +383,7 @@ int main(int argc, char **argv) {
   failed += t_shut_read("shut_rd", 'r', SHUT_RD);
   failed += t_shut_read("shut_rdwr", 'R', SHUT_RDWR);
   failed += t_shut_read("poll_shut_rd", 'p', SHUT_RD);
+  failed += t_shut_read("epoll_shut_rd", 'e', SHUT_RD);
   failed += t_shut_wr();
   failed += t_close_busy(atoi(argv[2]));
   failed += t_fork_busy();

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Threads of one program under tether-run (preload_threads.c): a thread
-# blocked in recv/read/send (or poll) while another shuts the socket down
-# must return as on plain TCP (0 for a read, EPIPE for a send; poll reports
-# POLLIN after SHUT_RD), a close by another
+# blocked in recv/read/send (or poll, epoll_wait) while another shuts the
+# socket down must return as on plain TCP (0 for a read, EPIPE for a send;
+# poll and epoll report POLLIN after SHUT_RD), a close by another
 # thread lets a send in progress go on to its end, as on TCP, and forks
 # while another thread spawns and connects leave children that work.  The same
 # program runs first without tether against plain servers: the
@@ -11,7 +11,7 @@
 source "$(dirname "$0")/lib.sh"
 require_tools TETHER_RUN EPOLL_ECHO PRELOAD_THREADS
 
-NTESTS=6
+NTESTS=7
 run_case() { # NAME PRELOAD(0|1)
   local name=$1 wrap=()
   [ "$2" = 1 ] && wrap=("$TETHER_RUN" --)
