@@ -121,27 +121,47 @@ bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port) {
 /* Connections handed to the program as plain, for as long as records
  * live: a probe for one of them that arrives after its connection (it
  * raced the SYN and lost) must not be answered -- the client would then
- * speak tether to the program. */
+ * speak tether to the program.  Only while that connection lives: its
+ * descriptor is remembered, and once it names no socket from that peer
+ * (the program closed it) a probe from the same port is a new
+ * connection's (clients reuse source ports within seconds when they
+ * connect in a loop; each such probe went unanswered before, and its
+ * client waited for nothing and then fell back to plain TCP). */
 #define HANDED 256
 static struct {
   struct ipport who;
+  int fd;
   uint64_t expires;
 } handed[HANDED];
 static unsigned handed_next;
 
-void probes_handed_plain(const struct ipport *who, uint64_t now_ms) {
+void probes_handed_plain(const struct ipport *who, int fd, uint64_t now_ms) {
   pthread_mutex_lock(&records_lock);
   unsigned i = handed_next++ % HANDED; /* the oldest goes */
   handed[i].who = *who;
+  handed[i].fd = fd;
   handed[i].expires = now_ms + RECORD_TTL_MS;
   pthread_mutex_unlock(&records_lock);
+}
+
+/* Whether fd is (still) a socket connected from who. */
+static bool still_from(int fd, const struct ipport *who) {
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof(peer);
+  struct ipport p;
+  return real.getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+         ipport_from((struct sockaddr *)&peer, &p) && ipport_eq(&p, who);
 }
 
 bool probes_was_handed_plain(const struct ipport *who, uint64_t now_ms) {
   bool yes = false;
   pthread_mutex_lock(&records_lock);
   for (int i = 0; i < HANDED && !yes; i++)
-    yes = handed[i].expires > now_ms && ipport_eq(&handed[i].who, who);
+    if (handed[i].expires > now_ms && ipport_eq(&handed[i].who, who)) {
+      yes = still_from(handed[i].fd, who);
+      if (!yes)
+        handed[i].expires = 0; /* gone: forget it */
+    }
   pthread_mutex_unlock(&records_lock);
   return yes;
 }

@@ -317,7 +317,12 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     accept_gate_ok(&pl->l.gate);
     struct ipport who;
     char addr[64];
-    bool announced = ipport_from((struct sockaddr *)&peer, &who) && probes_take(&who, tp_now_ms(), false);
+    bool ip = ipport_from((struct sockaddr *)&peer, &who);
+    bool announced = ip && probes_take(&who, tp_now_ms(), false);
+    if (!announced && ip && pl->l.udp) { /* its probe may have come since the drain above */
+      udp_drain(pl->l.udp);
+      announced = probes_take(&who, tp_now_ms(), false);
+    }
     bool preface = !announced && preface_waiting(c);
     bool by_address = false;
     if (!announced && !preface) /* behind a NAT that changed the port? */
@@ -327,7 +332,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     if (announced || preface) {
       start_pending(pl, c, &peer, plen, &who, by_address ? address_wait_ms(c) : tp_accept_wait_ms);
     } else {
-      probes_handed_plain(&who, tp_now_ms());
+      probes_handed_plain(&who, c, tp_now_ms());
       push_plain(pl, c); /* after the program closed: reset (resumes only) */
     }
   }

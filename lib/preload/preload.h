@@ -445,9 +445,10 @@ bool probes_expected(int lport, uint64_t now_ms);
 /* Takes the record for `who` (true if there was one); with any_port, a
  * record of the same address with another port will do. */
 bool probes_take(const struct ipport *who, uint64_t now_ms, bool any_port);
-/* Server: the connection from `who` went to the program as plain; whether
- * one did, lately (its late probe is then left unanswered). */
-void probes_handed_plain(const struct ipport *who, uint64_t now_ms);
+/* Server: the connection from `who` (descriptor fd) went to the program
+ * as plain; whether one did, lately, and still lives (its late probe is
+ * then left unanswered). */
+void probes_handed_plain(const struct ipport *who, int fd, uint64_t now_ms);
 bool probes_was_handed_plain(const struct ipport *who, uint64_t now_ms);
 
 /* ---- what each destination is (dest.c) ---- */

@@ -17,10 +17,19 @@
 #     plain (it lost the race with the SYN) is not answered (the client
 #     would speak tether to the program), while one for a connection to come
 #     is;
+#     But once the program closed that connection, a probe from the same
+#     source port is a new connection's, and is answered (clients reuse
+#     ports within seconds);
 #  5. a plain client from an address that has an unanswered probe from
 #     another port (a tether client beside it, or behind a NAT) gets the
 #     greeting within 0.5 s (it waited the full TETHER_ACCEPT_WAIT_MS, 1 s,
 #     before).
+# And a storm of connects:
+#  6. two clients under tether-run (tether-bench setup: connect, 1-byte
+#     echo, close) make 600 connections each at once to one server under
+#     tether-run: every probe to the known tether server is answered in time
+#     (none falls back to plain TCP), and a connection made plain on first
+#     contact is followed by sessions within 20 connects.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
@@ -29,7 +38,8 @@ require_tools TETHER_RUN
 unset TETHER_PROBE_MS
 netns_pair
 
-# server.py HOST PORT [greet]: answers "x" with "y", or greets first.
+# server.py HOST PORT [greet]: answers "x" with "y", or greets first (and
+# then keeps the connection until the client closes it).
 cat >"$TMP/server.py" <<'EOF'
 import socket, sys
 l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -41,6 +51,7 @@ while True:
     c, _ = l.accept()
     if greet:
         c.sendall(b"hello\n")
+        c.recv(1)
     elif c.recv(1) == b"x":
         c.sendall(b"y")
     c.close()
@@ -154,6 +165,10 @@ if case == "late":
     # The connection went to the program; now its probe "arrives".
     print("late probe:", probe(s.getsockname()[1]))
     print("probe for a connection to come:", probe(bound().getsockname()[1]))
+    port_was = s.getsockname()[1]
+    s.close()  # and so does the server: the port may be a new connection's
+    time.sleep(0.1)
+    print("probe from that port once closed:", probe(port_was))
 else:
     print("probe:", probe(bound().getsockname()[1]))
     t = time.monotonic()
@@ -170,10 +185,35 @@ in_c "$PY" "$TMP/raw.py" "$ADDR_S" "$port" late >"$TMP/late.out" 2>&1 || fail "l
 log "$(tr '\n' ';' <"$TMP/late.out")"
 grep -q '^late probe: none$' "$TMP/late.out" || fail "a late probe was answered: $(cat "$TMP/late.out")"
 grep -q '^probe for a connection to come: yes$' "$TMP/late.out" || fail "$(cat "$TMP/late.out")"
+grep -q '^probe from that port once closed: yes$' "$TMP/late.out" || fail "$(cat "$TMP/late.out")"
 in_c "$PY" "$TMP/raw.py" "$ADDR_S" "$port" nat >"$TMP/nat.out" 2>&1 || fail "nat: $(cat "$TMP/nat.out")"
 log "plain client beside a probe: $(tr '\n' ';' <"$TMP/nat.out")"
 grep -q "^probe: yes$" "$TMP/nat.out" || fail "nat: $(cat "$TMP/nat.out")"
 ms=$(sed -n 's/^greeting after \([0-9]*\) ms: True$/\1/p' "$TMP/nat.out")
 [ -n "$ms" ] || fail "nat: no greeting: $(cat "$TMP/nat.out")"
 [ "$ms" -lt 500 ] || fail "the plain client waited $ms ms for the greeting"
+
+# 6. A storm of connects from two clients at once.
+port=$(free_port)
+spawn - /dev/null "$TMP/storm.server.log" in_s "$TETHER_RUN" -- "$TETHER_BENCH" setup --raw \
+  --listen "$ADDR_S:$port"
+wait_listen "$BG_PID" "$port" "$NS_S"
+storm=()
+for c in 1 2; do
+  spawn - "$TMP/storm$c.out" "$TMP/storm$c.log" in_c env TETHER_LOG=debug "$TETHER_RUN" -- \
+    "$TETHER_BENCH" setup --raw --count 600 --connect "$ADDR_S:$port"
+  storm+=("$BG_PID")
+done
+for c in 1 2; do
+  wait_exit "${storm[$((c - 1))]}" 100000 || fail "storm client $c still running after 100 s"
+  [ "$WAIT_RC" -eq 0 ] || fail "storm client $c exited with $WAIT_RC: $(tail -n 2 "$TMP/storm$c.log")"
+  grep -o "probe to port $port ([a-z ]*): [a-z ]*" "$TMP/storm$c.log" >"$TMP/storm$c.probes" || true
+  sessions=$(grep -c 'tether$' "$TMP/storm$c.probes" || true)
+  late=$(grep -c '(known tether): no answer' "$TMP/storm$c.probes" || true)
+  plain_after=$(tail -n +21 "$TMP/storm$c.probes" | grep -c 'no answer$' || true)
+  log "storm client $c: $(wc -l <"$TMP/storm$c.probes") connects, $sessions sessions, $late known-tether probes unanswered, $plain_after plain after the first 20 ($(grep -o '"setup_us_median":[0-9.]*,"setup_us_p90":[0-9.]*,"setup_us_p99":[0-9.e+]*' "$TMP/storm$c.out" | head -n 1))"
+  [ "$(wc -l <"$TMP/storm$c.probes")" -eq 600 ] || fail "storm client $c: not every probe is in its log"
+  [ "$late" -eq 0 ] && [ "$plain_after" -eq 0 ] ||
+    fail "storm client $c: connections to a tether server fell back to plain TCP"
+done
 pass
