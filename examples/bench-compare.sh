@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # bench-compare.sh — tether against plain TCP on this machine, side by side.
 #
-# Runs every test in both modes alternately (raw, tether, raw, tether, ...)
-# so that drifting machine load hits both alike, takes the median of each
-# mode and prints the ratio tether/raw.  Both ends run over 127.0.0.1.
+# Runs every test in three modes alternately (plain TCP, tether with the
+# read spin off, tether with its default spin; round after round) so that
+# drifting machine load hits all alike, and prints for each mode the median
+# over rounds, the spread ((max - min) / median) and the ratio to plain
+# TCP, beside the CPU time both processes used (user + sys), and the
+# machine it ran on.  Both ends run over 127.0.0.1.
 # Then (test "snapshot", tether only) runs tether-snapbench once: snapshot
 # sizes, and the median time of tether_snapshot and tether_restore with
 # many idle sessions.
@@ -27,8 +30,10 @@ usage: $prog [--bench PATH] [--snapbench PATH] [--rounds N] [--bytes N]
        [--latency-count N] [--setup-count N] [--snap-sessions N]
        [--tests "throughput latency setup snapshot"] [--timeout S]
 
-Runs tether-bench in raw and tether mode alternately, N rounds each
-(default $rounds), and prints the medians and the ratios tether/raw.
+Runs tether-bench over plain TCP, tether with the read spin off
+(TETHER_READ_SPIN_US=0) and tether with its default spin, alternately, N
+rounds each (default $rounds), and prints medians, spreads and ratios to
+plain TCP, with the CPU time of both ends.
   --bench PATH         tether-bench to run (default \$TETHER_BENCH or
                        tether-bench from PATH)
   --snapbench PATH     tether-snapbench to run (default \$TETHER_SNAPBENCH,
@@ -42,8 +47,9 @@ Runs tether-bench in raw and tether mode alternately, N rounds each
                        snapshot test is skipped when tether-snapbench is
                        not found, unless asked for)
   --timeout S          fail a run that takes longer (default $run_timeout s)
-Throughput: a ratio above 1 means tether is faster.  Latency and setup:
-a ratio above 1 means tether is slower.  Snapshot: tether only, no ratio.
+Throughput: a ratio above 1 means tether is faster.  Latency, setup and
+CPU: a ratio above 1 means tether is slower or costlier.  Snapshot: tether
+only, no ratio.
 EOF
 }
 
@@ -113,19 +119,35 @@ else
   die "needs jq or python3 to read tether-bench's JSON"
 fi
 
-# run_one TEST MODE: one tether-bench run; prints its headline number.
+# run_one TEST MODE: one tether-bench run (MODE raw, spin-off or spin-on);
+# prints its headline number and the CPU seconds of both ends.
 run_one() {
-  local test=$1 mode=$2 out key
-  local args=("$test")
-  [ "$mode" = raw ] && args+=(--raw)
+  local test=$1 mode=$2 out key cpu k
+  local args=("$test") env=()
+  case $mode in
+  raw) args+=(--raw) ;;
+  spin-off) env=(TETHER_READ_SPIN_US=0) ;;
+  esac
   case $test in
   throughput) args+=(--bytes "$bytes"); key=gbit_s_median ;;
   latency) args+=(--count "$latency_count"); key=rtt_us_median ;;
   setup) args+=(--count "$setup_count"); key=setup_us_median ;;
   esac
-  out=$(timeout "$run_timeout" "$bench" "${args[@]}") ||
+  out=$(env "${env[@]}" timeout "$run_timeout" "$bench" "${args[@]}") ||
     die "'$bench ${args[*]}' failed or timed out"
-  json_get "$out" "$key" || die "no $key in: $out"
+  cpu=0
+  for k in cpu_user_s_median cpu_sys_s_median server_cpu_user_s_median server_cpu_sys_s_median; do
+    cpu=$(awk -v a="$cpu" -v b="$(json_get "$out" "$k")" 'BEGIN { printf "%.4f", a + b }') ||
+      die "no $k in: $out"
+  done
+  printf '%s %s\n' "$(json_get "$out" "$key" || die "no $key in: $out")" "$cpu"
+}
+
+# stats: of the numbers on stdin: "MEDIAN SPREAD" (spread = (max - min) / median).
+stats() {
+  sort -g | awk '{ v[NR] = $1 }
+    END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+          printf "%s %s\n", m, (m > 0) ? (v[NR] - v[1]) / m : 0 }'
 }
 
 declare -A label=(
@@ -133,25 +155,46 @@ declare -A label=(
   [latency]="RTT us, median"
   [setup]="setup us, median"
 )
+modes=(raw spin-off spin-on)
 rows=()
+# row TEST LABEL COLUMN: a table row from the values in vals_MODE (COLUMN
+# 1: the figure, 2: CPU seconds).
+row() {
+  local line med spread raw_med="" m
+  line=$(printf '%-11s %-18s' "$1" "$2")
+  for m in "${modes[@]}"; do
+    local -n v=vals_${m//-/_}
+    read -r med spread < <(printf '%s\n' "${v[@]}" | awk -v c="$3" '{ print $c }' | stats)
+    if [ "$m" = raw ]; then
+      raw_med=$med
+      line+=$(printf ' %11.3f %6.0f%%' "$med" "$(awk -v s="$spread" 'BEGIN { print s * 100 }')")
+    else
+      line+=$(printf ' %11.3f %6.0f%% %6s' "$med" "$(awk -v s="$spread" 'BEGIN { print s * 100 }')" \
+        "$(awk -v t="$med" -v r="$raw_med" 'BEGIN { if (r > 0) printf "%.2f", t / r; else print "n/a" }')")
+    fi
+  done
+  rows+=("$line")
+}
 for test in "${pair_tests[@]}"; do
-  raw_vals=() tether_vals=()
+  vals_raw=() vals_spin_off=() vals_spin_on=()
   for ((i = 1; i <= rounds; i++)); do
     printf '%s: %s round %d/%d\n' "$prog" "$test" "$i" "$rounds" >&2
-    raw_vals+=("$(run_one "$test" raw)")
-    tether_vals+=("$(run_one "$test" tether)")
+    vals_raw+=("$(run_one "$test" raw)")
+    vals_spin_off+=("$(run_one "$test" spin-off)")
+    vals_spin_on+=("$(run_one "$test" spin-on)")
   done
-  raw_med=$(printf '%s\n' "${raw_vals[@]}" | median)
-  tether_med=$(printf '%s\n' "${tether_vals[@]}" | median)
-  ratio=$(awk -v t="$tether_med" -v r="$raw_med" \
-    'BEGIN { if (r > 0) printf "%.3f", t / r; else print "n/a" }')
-  rows+=("$(printf '%-11s %-17s %12.3f %12.3f %11s' \
-    "$test" "${label[$test]}" "$raw_med" "$tether_med" "$ratio")")
+  row "$test" "${label[$test]}" 1
+  row "$test" "CPU s, both ends" 2
 done
 
 if [ "${#pair_tests[@]}" -gt 0 ]; then
-  printf 'medians of %d rounds per mode (%s)\n' "$rounds" "$("$bench" --version)"
-  printf '%-11s %-17s %12s %12s %11s\n' test metric raw tether tether/raw
+  model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
+  printf 'machine: %s CPUs (%s), %s %s; load average at the end: %s\n' "$(nproc)" \
+    "${model:-unknown model}" "$(uname -s)" "$(uname -r)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+  printf 'medians of %d rounds per mode (%s); spread = (max - min) / median; ratio = mode / plain\n' \
+    "$rounds" "$("$bench" --version)"
+  printf '%-11s %-18s %11s %7s %11s %7s %6s %11s %7s %6s\n' test metric plain spread \
+    "spin off" spread ratio "spin on" spread ratio
   printf '%s\n' "${rows[@]}"
 fi
 

@@ -29,10 +29,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,7 +47,8 @@
 #define IO_SIZE (128 * 1024) /* every read and write, both modes */
 #define MAX_COUNT 10000000u  /* samples are kept in memory: 80 MB at most */
 #define MAX_RUNS 1000u
-#define MAX_METRICS 4
+#define MAX_METRICS 8 /* a test's own (up to 4), then CPU_METRICS */
+#define CPU_METRICS 4
 
 enum test { TEST_THROUGHPUT, TEST_LATENCY, TEST_SETUP };
 
@@ -477,6 +480,50 @@ static int run_setup(struct bench *b, double *m) {
   return 0;
 }
 
+/* ---- CPU time of both ends ------------------------------------------------ */
+
+/* User and system CPU seconds (all threads). */
+struct cpu {
+  double user, sys;
+};
+
+static struct cpu self_cpu(void) {
+  struct rusage ru;
+  struct cpu c = {0, 0};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+    c.user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    c.sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+  }
+  return c;
+}
+
+/* The forked server's, from /proc (clock ticks: 10 ms steps, so a run
+ * should last a second or more for its CPU figure to mean much). */
+static struct cpu child_cpu(pid_t pid) {
+  struct cpu c = {0, 0};
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return c;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+  unsigned long long ut, st;
+  long hz = sysconf(_SC_CLK_TCK);
+  /* After the name: state, then fields 4..13, then utime and stime. */
+  if (p && hz > 0 &&
+      sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) {
+    c.user = (double)ut / (double)hz;
+    c.sys = (double)st / (double)hz;
+  }
+  return c;
+}
+
+static const char *const cpu_keys[CPU_METRICS] = {"cpu_user_s", "cpu_sys_s", "server_cpu_user_s",
+                                                  "server_cpu_sys_s"};
+
 /* What a test measures: its metrics per run and as the median over runs. */
 struct metric {
   const char *run_key;
@@ -517,10 +564,13 @@ static double median(double *v, size_t n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* One JSON line on stdout; results[run * MAX_METRICS + metric]. */
-static int print_json(const struct bench *b, const double *results) {
+/* One JSON line on stdout; results[run * MAX_METRICS + metric], the test's
+ * own metrics first, then CPU_METRICS (the server's only when it ran here:
+ * with_server). */
+static int print_json(const struct bench *b, const double *results, bool with_server) {
   const struct test_desc *d = &tests[b->test];
   double column[MAX_RUNS];
+  size_t ncpu = with_server ? CPU_METRICS : 2;
 
   fputs("{\"test\":", stdout);
   cli_json_str(stdout, d->name);
@@ -537,6 +587,10 @@ static int print_json(const struct bench *b, const double *results) {
       printf("%s\"%s\":", k ? "," : "", d->metrics[k].run_key);
       cli_json_double(stdout, results[run * MAX_METRICS + k]);
     }
+    for (size_t k = 0; k < ncpu; k++) {
+      printf(",\"%s\":", cpu_keys[k]);
+      cli_json_double(stdout, results[run * MAX_METRICS + d->n_metrics + k]);
+    }
     fputs("}", stdout);
   }
   fputs("]", stdout);
@@ -544,6 +598,12 @@ static int print_json(const struct bench *b, const double *results) {
     for (unsigned run = 0; run < b->runs; run++)
       column[run] = results[run * MAX_METRICS + k];
     printf(",\"%s\":", d->metrics[k].summary_key);
+    cli_json_double(stdout, median(column, b->runs));
+  }
+  for (size_t k = 0; k < ncpu; k++) {
+    for (unsigned run = 0; run < b->runs; run++)
+      column[run] = results[run * MAX_METRICS + d->n_metrics + k];
+    printf(",\"%s_median\":", cpu_keys[k]);
     cli_json_double(stdout, median(column, b->runs));
   }
   fputs("}\n", stdout);
@@ -585,11 +645,19 @@ static int run_client(struct bench *b, const struct cli_hostport *connect_hp) {
   memset(b->buf, 0xa5, IO_SIZE);
 
   for (unsigned run = 0; run < b->runs; run++) {
-    r = tests[b->test].run(b, &results[run * MAX_METRICS]);
+    double *m = &results[run * MAX_METRICS];
+    struct cpu c0 = self_cpu(), s0 = child > 0 ? child_cpu(child) : (struct cpu){0, 0};
+    r = tests[b->test].run(b, m);
     if (r < 0)
       goto out;
+    struct cpu c1 = self_cpu(), s1 = child > 0 ? child_cpu(child) : (struct cpu){0, 0};
+    double *cpu = m + tests[b->test].n_metrics;
+    cpu[0] = c1.user - c0.user;
+    cpu[1] = c1.sys - c0.sys;
+    cpu[2] = s1.user - s0.user;
+    cpu[3] = s1.sys - s0.sys;
   }
-  if (print_json(b, results) == 0)
+  if (print_json(b, results, child > 0) == 0)
     rc = CLI_EXIT_OK;
 out:
   net_free(&b->net);
