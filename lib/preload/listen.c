@@ -14,13 +14,17 @@
  * its listener the hidden socket stays open for resumes only (new
  * connections are reset) until the program binds its port again.
  *
- * The program's backlog bounds what waits for its accept(), as the
- * kernel's queue would: once backlog + 1 plain connections wait (sessions
- * have their own bound, TETHER_ACCEPT_BACKLOG), the engine stops accepting and
+ * What waits for the program's accept() is bounded: once HOLD_MAX plain
+ * connections wait (or the program's backlog + 1, if fewer; sessions have
+ * their own bound, TETHER_ACCEPT_BACKLOG), the engine stops accepting and
  * connections wait in the kernel's queue, taking no descriptor of the
  * program's, until the program accepts or a tether client announces
  * itself (a resume must pass; the plain connections ahead of it are held
- * then, up to twice the bound, and beyond that reset).
+ * then, up to twice backlog + 1, and beyond that reset).  The engine must
+ * accept a connection to know what it is before the program's number
+ * says "readable" (a resume must never wake a program whose accept() then
+ * finds nothing), so a few descriptors are the price; the kernel's queue
+ * cannot be looked into.
  *
  * A listener's UDP port (the same number) answers probes and carries the
  * sessions' side channel. */
@@ -38,6 +42,11 @@
 
 #include "engine.h"
 #include "preload.h"
+
+/* At most this many plain connections wait for accept() in the engine's
+ * hands (each holds a descriptor of the program's); the others wait in the
+ * kernel's queue, and the engine takes the next as the program takes one. */
+#define HOLD_MAX 4
 
 /* How often a full listener looks whether an announcement expired. */
 #define FULL_RECHECK_NS 1000000000ull
@@ -160,15 +169,15 @@ static int pop_plain(struct plisten *pl) {
 /* ---- the bound (engine thread) ---- */
 
 /* Whether to leave the next connections in the kernel's queue: as many
- * wait for the program's accept() as its backlog allows (queued plain
- * ones, and announced ones still waiting for their first bytes), and no
- * tether client has announced itself. */
+ * wait for the program's accept() as HOLD_MAX and its backlog allow
+ * (queued plain ones, and announced ones still waiting for their first
+ * bytes), and no tether client has announced itself. */
 static bool no_room(struct plisten *pl) {
   pthread_mutex_lock(&pl->qlock);
   bool closed = pl->closed;
-  int n = pl->nq, backlog = pl->backlog;
+  int n = pl->nq, bound = pl->backlog < HOLD_MAX - 1 ? pl->backlog : HOLD_MAX - 1;
   pthread_mutex_unlock(&pl->qlock);
-  return !closed && n + pending_count(pl) > backlog && !probes_expected(pl->l.port, tp_now_ms());
+  return !closed && n + pending_count(pl) > bound && !probes_expected(pl->l.port, tp_now_ms());
 }
 
 /* Accepting again: the program took one, or a tether client announced
