@@ -196,24 +196,24 @@ static void before_fork(void) {
   fork_locked = true;
 }
 
+/* In both processes: this thread took them before the fork. */
+static void release_fork_locks(void) {
+  if (!fork_locked)
+    return;
+  fork_locked = false;
+  fork_unlock_relays();
+  for (size_t i = NFORK_HELD; i-- > 0;)
+    pthread_mutex_unlock(fork_held[i]);
+}
+
 static void after_fork_parent(void) {
-  if (fork_locked) {
-    fork_locked = false;
-    fork_unlock_relays();
-    for (size_t i = NFORK_HELD; i-- > 0;)
-      pthread_mutex_unlock(fork_held[i]);
-  }
+  release_fork_locks();
   fork_parent();
 }
 
 static void after_fork_child(void) {
   tp_pid = getpid();
-  if (fork_locked) { /* by this thread, before the fork */
-    fork_locked = false;
-    fork_unlock_relays();
-    for (size_t i = NFORK_HELD; i-- > 0;)
-      pthread_mutex_unlock(fork_held[i]);
-  }
+  release_fork_locks();
   app_waiters_after_fork_child();
   signals_after_fork_child();
   pthread_mutex_init(&ctx_lock, NULL);
