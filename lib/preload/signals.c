@@ -35,10 +35,10 @@
 
 #include "preload.h"
 
-/* Pending deferred signals of this thread (at most this many distinct
- * ones at a time: more would need that many signals within one short
- * section of tether's code; a signal already pending is coalesced, as the
- * kernel does with standard signals). */
+/* Pending deferred signals of this thread: at most this many distinct
+ * ones at a time (a ninth would be lost, but it would take nine signals
+ * within one short section of tether's code); a signal already pending is
+ * coalesced, as the kernel does with standard signals. */
 #define DEFER_MAX 8
 
 __thread int tp_deferred __attribute__((tls_model("initial-exec")));
@@ -47,6 +47,8 @@ static __thread int locks_held __attribute__((tls_model("initial-exec")));
 __thread bool tp_handler_ran __attribute__((tls_model("initial-exec")));
 static __thread struct {
   int sig;
+  void *handler; /* as at delivery (SA_RESETHAND resets the table's) */
+  int flags;
   siginfo_t info;
 } deferred[DEFER_MAX];
 
@@ -104,6 +106,8 @@ static void trampoline(int sig, siginfo_t *info, void *uc) {
       return; /* already pending: coalesced */
   if (tp_deferred < DEFER_MAX) {
     deferred[tp_deferred].sig = sig;
+    deferred[tp_deferred].handler = handler;
+    deferred[tp_deferred].flags = flags;
     deferred[tp_deferred].info = *info;
     tp_deferred++;
   }
@@ -115,24 +119,22 @@ void tp_run_deferred(void) {
   while (tp_deferred && !tp_inside && !locks_held) {
     pthread_sigmask(SIG_BLOCK, &all, &old); /* the list is the trampoline's too */
     int sig = deferred[0].sig;
+    void *handler = deferred[0].handler;
+    int flags = deferred[0].flags;
     siginfo_t info = deferred[0].info;
     memmove(&deferred[0], &deferred[1], (size_t)(tp_deferred - 1) * sizeof(deferred[0]));
     tp_deferred--;
-    void *handler = __atomic_load_n(&prog[sig].handler, __ATOMIC_ACQUIRE);
-    int flags = __atomic_load_n(&prog[sig].flags, __ATOMIC_RELAXED);
     /* The mask the kernel would have set for the handler. */
     sigset_t during = old;
     sigorset(&during, &during, &prog[sig].mask);
     if (!(flags & SA_NODEFER))
       sigaddset(&during, sig);
     pthread_sigmask(SIG_SETMASK, &during, NULL);
-    if (handler != (void *)SIG_DFL && handler != (void *)SIG_IGN) {
-      int err = errno;
-      ucontext_t uc;
-      getcontext(&uc);
-      call_handler(sig, &info, &uc, handler, flags);
-      errno = err;
-    }
+    int err = errno;
+    ucontext_t uc;
+    getcontext(&uc);
+    call_handler(sig, &info, &uc, handler, flags);
+    errno = err;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
 }
@@ -192,7 +194,8 @@ EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old
     return real_sigaction(sig, act, old);
   sigset_t all, saved;
   sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &saved); /* no trampoline of ours between the two */
+  if (act) /* a handler of ours must not run between the table and the kernel */
+    pthread_sigmask(SIG_BLOCK, &all, &saved);
   pthread_mutex_lock(&act_lock);
   learn(sig);
   struct sigaction was = {0};
@@ -227,7 +230,8 @@ EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old
     }
   }
   pthread_mutex_unlock(&act_lock);
-  pthread_sigmask(SIG_SETMASK, &saved, NULL);
+  if (act)
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
   if (rc == 0 && old)
     *old = was;
   return rc;
