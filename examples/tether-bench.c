@@ -1,8 +1,8 @@
 /*
  * tether-bench — the same workloads over tether sessions or plain TCP.
  *
- *   tether-bench throughput|latency|setup [--raw] [--bytes N] [--count N]
- *                [--runs N] [--listen HOST:PORT | --connect HOST:PORT]
+ *   tether-bench throughput|latency|setup [--raw] [--bytes N] [--write-size N]
+ *                [--count N] [--runs N] [--listen HOST:PORT | --connect HOST:PORT]
  *
  * One code path runs both modes: struct net/struct conn hide whether a
  * connection is a tether session or a TCP socket, so raw and tether do the
@@ -348,6 +348,7 @@ struct bench {
   enum test test;
   int raw;
   uint64_t bytes; /* throughput */
+  size_t write_size; /* throughput: bytes per write */
   uint64_t count; /* latency, setup */
   unsigned runs;
   struct cli_hostport peer;
@@ -395,7 +396,7 @@ static int run_throughput(struct bench *b, double *m) {
     return r;
   t0 = cli_now_ns();
   while (left > 0) {
-    size_t chunk = left < IO_SIZE ? (size_t)left : IO_SIZE;
+    size_t chunk = left < b->write_size ? (size_t)left : b->write_size;
     r = conn_write_all(&c, b->buf, chunk);
     if (r < 0) {
       cli_print_error(PROG, "write", r);
@@ -577,7 +578,7 @@ static int print_json(const struct bench *b, const double *results, bool with_se
   fputs(",\"mode\":", stdout);
   cli_json_str(stdout, b->raw ? "raw" : "tether");
   if (b->test == TEST_THROUGHPUT)
-    printf(",\"bytes\":%" PRIu64 ",\"write_size\":%d", b->bytes, IO_SIZE);
+    printf(",\"bytes\":%" PRIu64 ",\"write_size\":%zu", b->bytes, b->write_size);
   else
     printf(",\"count\":%" PRIu64, b->count);
   fputs(",\"runs\":[", stdout);
@@ -673,7 +674,8 @@ out:
 
 static void usage(FILE *f) {
   fputs("usage: " PROG " throughput|latency|setup [--raw] [--bytes N] "
-        "[--count N] [--runs N]\n"
+        "[--write-size N]\n"
+        "                    [--count N] [--runs N]\n"
         "                    [--listen HOST:PORT | --connect HOST:PORT]\n"
         "\n"
         "  throughput   send --bytes from client to server; report Gbit/s\n"
@@ -686,6 +688,8 @@ static void usage(FILE *f) {
         "workload)\n"
         "  -b, --bytes N            throughput volume (default 1G; "
         "suffixes K M G T)\n"
+        "  -w, --write-size N       throughput: bytes per write (default "
+        "128K, at most 128K)\n"
         "  -n, --count N            latency round trips (default 20000) or\n"
         "                           setup connections (default 1000)\n"
         "  -R, --runs N             repeat N times; report each and the "
@@ -705,6 +709,7 @@ int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"raw", no_argument, NULL, 'r'},
       {"bytes", required_argument, NULL, 'b'},
+      {"write-size", required_argument, NULL, 'w'},
       {"count", required_argument, NULL, 'n'},
       {"runs", required_argument, NULL, 'R'},
       {"listen", required_argument, NULL, 'l'},
@@ -713,8 +718,8 @@ int main(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct bench b = {.bytes = 1ull << 30, .runs = 1};
-  const char *bytes_arg = NULL, *count_arg = NULL, *runs_arg = NULL;
+  struct bench b = {.bytes = 1ull << 30, .write_size = IO_SIZE, .runs = 1};
+  const char *bytes_arg = NULL, *write_size_arg = NULL, *count_arg = NULL, *runs_arg = NULL;
   const char *listen_arg = NULL, *connect_arg = NULL;
   struct cli_hostport hp;
   uint64_t v;
@@ -740,13 +745,16 @@ int main(int argc, char **argv) {
   argc--;
   argv++;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":rb:n:R:l:c:Vh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":rb:w:n:R:l:c:Vh", opts, NULL)) != -1) {
     switch (c) {
     case 'r':
       b.raw = 1;
       break;
     case 'b':
       bytes_arg = optarg;
+      break;
+    case 'w':
+      write_size_arg = optarg;
       break;
     case 'n':
       count_arg = optarg;
@@ -780,6 +788,13 @@ int main(int argc, char **argv) {
       return cli_usage_error(PROG, "bad --bytes '%s' (e.g. 1G, 64M, 4096)",
                              bytes_arg);
   }
+  if (write_size_arg != NULL) {
+    if (b.test != TEST_THROUGHPUT)
+      return cli_usage_error(PROG, "--write-size applies to throughput only");
+    if (cli_parse_size(write_size_arg, &v) < 0 || v < 1 || v > IO_SIZE)
+      return cli_usage_error(PROG, "bad --write-size '%s' (1..128K)", write_size_arg);
+    b.write_size = (size_t)v;
+  }
   if (count_arg != NULL) {
     if (b.test == TEST_THROUGHPUT)
       return cli_usage_error(PROG, "--count applies to latency and setup only");
@@ -802,9 +817,9 @@ int main(int argc, char **argv) {
     return CLI_EXIT_FAIL;
   }
   if (listen_arg != NULL) {
-    if (bytes_arg != NULL || count_arg != NULL || runs_arg != NULL)
+    if (bytes_arg != NULL || write_size_arg != NULL || count_arg != NULL || runs_arg != NULL)
       return cli_usage_error(PROG,
-                             "--bytes, --count and --runs are client options; "
+                             "--bytes, --write-size, --count and --runs are client options; "
                              "the server follows the client");
     if (cli_parse_hostport(listen_arg, &hp) < 0)
       return cli_usage_error(PROG,

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* The invariant every function keeps: the bytes of offsets [base, base + len)
  * sit in buf from index head on, wrapping at cap; len <= cap; head < cap
@@ -14,6 +15,25 @@
  * so a writer's copy into the ring reallocates only while the ring grows. */
 
 #define MIN_CAP ((size_t)64 * 1024)
+
+/* Storage.  A ring of HUGE_PAGE bytes or more is a whole number of
+ * transparent huge pages: a bulk sender cycles through all of it, and with
+ * 4 KiB pages it would take a page fault per 4 KiB the first time round and
+ * a TLB miss per 4 KiB ever after. */
+#define HUGE_PAGE ((size_t)2 * 1024 * 1024)
+
+static uint8_t *storage_alloc(size_t cap) {
+  if (cap < HUGE_PAGE)
+    return malloc(cap);
+  void *p = NULL;
+  size_t size = (cap + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+  if (posix_memalign(&p, HUGE_PAGE, size) != 0)
+    return NULL;
+#ifdef MADV_HUGEPAGE
+  (void)madvise(p, size, MADV_HUGEPAGE); /* advice: EINVAL without THP */
+#endif
+  return p;
+}
 
 void retention_init(struct retention *r, size_t max, uint64_t base) {
   memset(r, 0, sizeof(*r));
@@ -39,7 +59,7 @@ static size_t wrap(const struct retention *r, size_t off) {
 static int resize(struct retention *r, size_t cap) {
   assert(cap >= r->len);
   uint8_t *nb = NULL;
-  if (cap && !(nb = malloc(cap)))
+  if (cap && !(nb = storage_alloc(cap)))
     return -ENOMEM;
   if (r->len) {
     size_t first = r->cap - r->head < r->len ? r->cap - r->head : r->len;

@@ -22,11 +22,17 @@ uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
+/* Jitter only (timers): no secret depends on it, so a per-thread xorshift
+ * seeded once from OpenSSL, rather than a RAND_bytes() per timer, whose
+ * fork check is a getpid() system call. */
 uint32_t random_u32(void) {
-  uint32_t r = 0;
-  if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
-    r = (uint32_t)now_ns(); /* jitter only: any value works */
-  return r;
+  static __thread uint64_t state;
+  if (state == 0 && (RAND_bytes((unsigned char *)&state, sizeof(state)) != 1 || state == 0))
+    state = now_ns() | 1;
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return (uint32_t)(state >> 32);
 }
 
 /* Engine thread: makes the successor of the current key. */
@@ -386,5 +392,6 @@ void tether_ctx_free(tether_ctx *ctx) {
   event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);
   wipe(&ctx->cfg, sizeof(ctx->cfg));
+  free(ctx->spare_hs); /* last: every handshake is freed by now */
   free(ctx);
 }

@@ -146,6 +146,10 @@ struct tether_ctx {
   struct tether_session *buckets[SESSION_BUCKETS];
   struct tether_listener *listeners;
   struct hs_conn *handshakes; /* in progress, server side and redials */
+  /* The last handshake freed, wiped, for the next one (hs_conn_new): a
+   * handshake is 9 KiB, and allocating and freeing that much per connection
+   * grows and trims the allocator's heap each time.  Atomic exchange. */
+  struct hs_conn *spare_hs;
   struct hs_table hst;        /* the server side's share of them */
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */
@@ -202,6 +206,7 @@ struct tether_session {
   struct tether_session *queue_next; /* listener accept queue */
   struct tether_listener *queued_on; /* the listener whose queue holds it (ctx->lock) */
   pthread_mutex_t rx_lock, tx_lock;
+  unsigned tx_wanted; /* threads in session_lock() waiting for tx_lock: atomic */
 
   struct core_session core;
   uint8_t id[SESSION_ID_LEN];
@@ -220,6 +225,11 @@ struct tether_session {
   struct app_waiter *waiters;
   bool nonblocking;
   bool read_spin; /* the last blocking wait to read was short: spin first */
+  bool reader_in_recv; /* a blocking tether_read sleeps in recv() on sock,
+                          without rx_lock (recv_transport): rx_lock */
+  uint32_t transport_gen; /* sockets retired so far: both locks to change */
+  uint32_t blocking_gen; /* transport_gen + 1 once recv_transport cleared the
+                            socket's O_NONBLOCK: rx_lock */
   bool app_closed; /* the application let go: the engine owns it */
   bool done;       /* closed, finished and past TIME_WAIT: free it */
   /* Sockets taken out of service (shut down) but not yet closed: only the
@@ -238,6 +248,9 @@ struct tether_session {
   struct udp_chan *udp;
 
   struct event *timer;
+  uint64_t timer_due_ns; /* the core's deadline the timer was last set for */
+  uint8_t timer_yields; /* on_timer found a lock busy so many times in a row */
+  bool keepalive_due; /* the first connection has no keepalive yet */
   struct event *sock_ev;
   short sock_ev_flags;
   int sock_ev_fd;
@@ -442,7 +455,15 @@ void session_destroy(struct tether_session *s);
 /* Engine thread: the connection of a session in ctx->hup_ep ended. */
 void session_on_hangup(struct tether_session *s);
 void session_lock(struct tether_session *s);
+/* tether_write's tx_lock: after any session_lock() waiting for it. */
+void session_tx_lock_writer(struct tether_session *s);
 void session_unlock(struct tether_session *s);
+/* Engine thread: the session's timer fires within delay_ns (sooner if its
+ * deadline is), without moving that deadline. */
+void session_timer_soon(struct tether_session *s, uint64_t delay_ns);
+/* How long a datagram left for a writer (session_on_ctl) may wait for it
+ * before the engine applies it itself. */
+#define CTL_DEFER_NS (5 * 1000000ull)
 /* Engine thread, both locks held: brings the engine's view (app fd, events,
  * timer) in line with whatever changed, unlocks, reports a new state to the
  * application's callback, and frees the session if it is over.  Returns
@@ -617,9 +638,12 @@ void session_on_unreachable(struct tether_session *s, uint64_t seq, const struct
 /* ---- sockets (sock.c) ---- */
 
 int sock_set_nonblock(int fd);
-/* Options every session socket gets: TCP_NODELAY, SO_LINGER {1,0}, and
- * keepalive from suspend_ms. */
-void sock_setup_session(int fd, const struct tether_config *cfg);
+/* Options every session socket gets at once: TCP_NODELAY, SO_LINGER {1,0}. */
+void sock_setup_session(int fd);
+/* Keepalive from suspend_ms: for a session's first connection at its first
+ * timer (a session that ends before then never needs it), for a resumed
+ * one at once. */
+void sock_keepalive(int fd, const struct tether_config *cfg);
 /* Whether TCP itself finds the path dead: bytes or probes outstanding and
  * no acknowledgement from the peer for limit_ms.  A peer that acknowledges
  * but does not read (zero window) is alive. */

@@ -34,8 +34,8 @@ enum {
 };
 
 struct hs_conn *hs_conn_new(struct tether_ctx *ctx, enum hs_kind kind, int fd) {
-  struct hs_conn *h = calloc(1, sizeof(*h));
-  if (!h)
+  struct hs_conn *h = __atomic_exchange_n(&ctx->spare_hs, NULL, __ATOMIC_ACQ_REL);
+  if (!h && !(h = calloc(1, sizeof(*h))))
     return NULL;
   h->ctx = ctx;
   h->kind = kind;
@@ -57,8 +57,9 @@ void hs_conn_free(struct hs_conn *h) {
   if (h->fd >= 0)
     close(h->fd);
   x25519_free(h->key);
-  wipe(h, sizeof(*h)); /* keys, finish_mac */
-  free(h);
+  struct tether_ctx *ctx = h->ctx;
+  wipe(h, sizeof(*h)); /* keys, finish_mac; all zero, as calloc() leaves it */
+  free(__atomic_exchange_n(&ctx->spare_hs, h, __ATOMIC_ACQ_REL));
 }
 
 /* Queues one frame (with our preface if this is our first message). */
@@ -327,9 +328,12 @@ static int answer_client_hello(struct hs_conn *h) {
   if (h->listener && listener_closed(h->listener))
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "listener closed", -ECONNREFUSED);
   h->key = ctx_take_key(h->ctx);
-  if (!h->key || crypto_random(h->nonce_s, NONCE_LEN) < 0 ||
-      crypto_random(h->t.session_id, SESSION_ID_LEN) < 0)
+  uint8_t rnd[NONCE_LEN + SESSION_ID_LEN]; /* one RAND_bytes() call for both */
+  if (!h->key || crypto_random(rnd, sizeof(rnd)) < 0)
     return reject(h, TETHER__WIRE__REJECT__CODE__BUSY, "key generation failed", -EIO);
+  memcpy(h->nonce_s, rnd, NONCE_LEN);
+  memcpy(h->t.session_id, rnd + NONCE_LEN, SESSION_ID_LEN);
+  wipe(rnd, sizeof(rnd));
   memcpy(h->t.server_pub, x25519_pub(h->key), KEY_LEN);
   memcpy(h->t.server_nonce, h->nonce_s, NONCE_LEN);
   h->t.server_rcvbuf = sock_rcvbuf_max(h->fd);

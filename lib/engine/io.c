@@ -2,6 +2,7 @@
  * threads, straight on the kernel socket (one copy into retention on
  * write, none on read), and the calls that query or end a session. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,50 @@ static int transport_error(int err) {
          err == EHOSTDOWN;
 }
 
+/* rx_lock held (dropped and retaken while recv() sleeps).  Reads from the
+ * live socket like recv(): without waiting if the session is non-blocking
+ * or the reader should spin first (wait_readable), else sleeping in recv()
+ * itself, as a plain TCP reader does -- one system call per read, not a
+ * recv() that fails, a poll() and another recv().  While it sleeps the
+ * engine may retire the socket (a suspend, a failure): its shutdown() ends
+ * the recv(), and the retired socket stays open until the reader is back
+ * (close_retired), so that its number cannot name another socket meanwhile.
+ * Bytes read from a socket retired meanwhile were not counted as delivered
+ * when the engine retired it: the resume resends them, so they are dropped
+ * here (-2). */
+static ssize_t recv_transport(struct tether_session *s, void *buf, size_t len) {
+  uint64_t spin = s->ctx->read_spin_ns;
+  if (s->nonblocking || (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) ||
+      __atomic_load_n(&s->app_kind, __ATOMIC_RELAXED) != APP_FD_SOCK)
+    return recv(s->sock, buf, len, MSG_DONTWAIT);
+  int sock = s->sock;
+  uint32_t gen = s->transport_gen;
+  if (s->blocking_gen != gen + 1) {
+    /* Sockets are made non-blocking (connect, handshake); every other call
+     * on them says MSG_DONTWAIT.  Once per transport, and only for a
+     * blocking reader (the preload's sessions never are). */
+    int fl = fcntl(sock, F_GETFL);
+    if (fl < 0 || ((fl & O_NONBLOCK) && fcntl(sock, F_SETFL, fl & ~O_NONBLOCK) < 0))
+      return recv(sock, buf, len, MSG_DONTWAIT);
+    s->blocking_gen = gen + 1;
+  }
+  uint64_t start = spin ? now_ns() : 0;
+  s->reader_in_recv = true;
+  pthread_mutex_unlock(&s->rx_lock);
+  ssize_t n = recv(sock, buf, len, 0);
+  int err = errno;
+  pthread_mutex_lock(&s->rx_lock);
+  s->reader_in_recv = false;
+  if (spin)
+    __atomic_store_n(&s->read_spin, now_ns() - start < spin, __ATOMIC_RELAXED);
+  if (s->n_retired > 0)
+    session_kick(s); /* the engine held back closing them for us */
+  if (s->transport_gen != gen)
+    return -2;
+  errno = err;
+  return n;
+}
+
 ssize_t tether_read(tether_session *s, void *buf, size_t len) {
   if (!s || (!buf && len))
     return -EINVAL;
@@ -76,7 +121,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
       } else if (core_replay_pending(c)) {
         if ((n = session_take_replay_locked(s, false)) > 0)
           continue;
-      } else if ((n = recv(s->sock, buf, len, MSG_DONTWAIT)) > 0) {
+      } else if ((n = recv_transport(s, buf, len)) > 0) {
         core_on_delivered(c, buf, (size_t)n);
         if (core_ack_due(c)) {
           /* Acknowledge progress now, from this thread: a datagram per
@@ -89,6 +134,10 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
         return n;
       }
       int err = n < 0 ? errno : 0;
+      if (n == -2)
+        continue; /* bytes of a transport retired meanwhile: dropped */
+      if (n == -1 && err == EINTR && !s->nonblocking)
+        return pthread_mutex_unlock(&s->rx_lock), -EINTR; /* a signal in recv() */
       if (n == 0 || transport_error(err)) {
         pthread_mutex_lock(&s->tx_lock);
         if (n == 0 && core_eof_confirmed(c)) {
@@ -159,7 +208,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
   if (s->app_closed)
     return -EBADF;
   app_fd_fixup(s);
-  pthread_mutex_lock(&s->tx_lock);
+  session_tx_lock_writer(s);
   for (;;) {
     struct core_session *c = &s->core;
     int rc = core_write_check(c);
@@ -219,7 +268,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
     if (app_wait(s, s->app_fd, POLLOUT, NULL) < 0)
       return -EINTR;
     app_fd_fixup(s);
-    pthread_mutex_lock(&s->tx_lock);
+    session_tx_lock_writer(s);
   }
 }
 

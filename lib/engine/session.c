@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -21,6 +22,19 @@
 
 void session_lock(struct tether_session *s) {
   pthread_mutex_lock(&s->rx_lock);
+  __atomic_add_fetch(&s->tx_wanted, 1, __ATOMIC_ACQ_REL);
+  pthread_mutex_lock(&s->tx_lock);
+  __atomic_sub_fetch(&s->tx_wanted, 1, __ATOMIC_ACQ_REL);
+}
+
+void session_tx_lock_writer(struct tether_session *s) {
+  /* A writer that loops retakes tx_lock the moment it lets go, and a mutex
+   * is not fair: the engine, waiting in session_lock(), could wait through
+   * thousands of writes (heartbeats and acknowledgements late, the whole
+   * engine stalled).  The writer gives way instead: session_lock() holds
+   * nothing the writer needs while it waits for tx_lock. */
+  while (__atomic_load_n(&s->tx_wanted, __ATOMIC_ACQUIRE))
+    sched_yield();
   pthread_mutex_lock(&s->tx_lock);
 }
 
@@ -75,7 +89,8 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
     free(s);
     return NULL;
   }
-  sock_setup_session(s->sock, &ctx->cfg);
+  sock_setup_session(s->sock);
+  s->keepalive_due = true;
   struct core_config cc = session_core_config(&ctx->cfg);
   core_init(&s->core, &cc, is_client ? CORE_CLIENT : CORE_SERVER, now_ns(),
             sock_sndbuf_max(s->sock), h->peer_rcvbuf);
@@ -180,6 +195,7 @@ void session_retire_locked(struct tether_session *s) {
    * still references it (waking it); the descriptor itself is closed by the
    * engine, which may have an event registered on it. */
   shutdown(s->sock, SHUT_RDWR);
+  s->transport_gen++;
   if (s->n_retired < (int)(sizeof(s->retired) / sizeof(s->retired[0])))
     s->retired[s->n_retired++] = s->sock;
   else
@@ -209,6 +225,8 @@ static void update_hup_watch(struct tether_session *s) {
 
 /* Engine thread: closes retired sockets. */
 static void close_retired(struct tether_session *s) {
+  if (s->reader_in_recv)
+    return; /* it kicks us when it is back (recv_transport) */
   for (int i = 0; i < s->n_retired; i++) {
     if (s->hup_sock == s->retired[i]) {
       (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
@@ -249,8 +267,9 @@ static void enter_final_locked(struct tether_session *s) {
 
 /* ---- engine side ---------------------------------------------------------- */
 
-static void arm_timer(struct tether_session *s) {
-  uint64_t d = core_next_deadline(&s->core);
+/* Engine thread: the session timer at d (UINT64_MAX: none). */
+static void set_timer(struct tether_session *s, uint64_t d) {
+  __atomic_store_n(&s->timer_due_ns, d, __ATOMIC_RELAXED); /* atomic: session_start */
   if (d == UINT64_MAX) {
     event_del(s->timer);
     return;
@@ -260,6 +279,16 @@ static void arm_timer(struct tether_session *s) {
   struct timeval tv = {.tv_sec = (time_t)(wait / 1000000000),
                        .tv_usec = (suseconds_t)(wait % 1000000000 / 1000)};
   event_add(s->timer, &tv);
+}
+
+static void arm_timer(struct tether_session *s) { set_timer(s, core_next_deadline(&s->core)); }
+
+void session_timer_soon(struct tether_session *s, uint64_t delay_ns) {
+  if (__atomic_load_n(&s->timer_due_ns, __ATOMIC_RELAXED) <= now_ns() + delay_ns)
+    return; /* due by then anyway */
+  struct timeval tv = {.tv_sec = (time_t)(delay_ns / 1000000000),
+                       .tv_usec = (suseconds_t)(delay_ns % 1000000000 / 1000)};
+  event_add(s->timer, &tv); /* on_timer sets it back to timer_due_ns */
 }
 
 void session_flush_locked(struct tether_session *s) {
@@ -382,20 +411,31 @@ static void drain_locked(struct tether_session *s) {
 
 /* Engine thread, no lock held (the callback may call tether_*): reads the
  * state under the locks that guard its changes. */
-static void report_state(struct tether_session *s) {
-  session_lock(s);
-  tether_state st = (tether_state)s->core.state;
-  int err = st == TETHER_STATE_FAILED ? s->core.error : 0;
-  bool tell = s->ctx->cfg.state_cb && !s->app_closed;
-  session_unlock(s);
+/* What the application's state callback is told: read under both locks,
+ * told after they are released (a change made in between kicks the engine,
+ * which settles and reports again). */
+struct state_report {
+  tether_state state;
+  int err;
+  bool tell;
+};
+
+static struct state_report state_report_locked(const struct tether_session *s) {
+  struct state_report r = {.state = (tether_state)s->core.state};
+  r.err = r.state == TETHER_STATE_FAILED ? s->core.error : 0;
+  r.tell = s->ctx->cfg.state_cb && !s->app_closed;
+  return r;
+}
+
+static void report_state(struct tether_session *s, struct state_report r) {
   char tag[17];
-  if (st == s->reported)
+  if (r.state == s->reported)
     return;
-  s->reported = st;
-  if (st == TETHER_STATE_CLOSED)
+  s->reported = r.state;
+  if (r.state == TETHER_STATE_CLOSED)
     LOG_INFO(s->ctx, "session %s: closed", session_tag(s->id, tag));
-  if (tell)
-    s->ctx->cfg.state_cb(s, st, err, s->ctx->cfg.state_cb_arg);
+  if (r.tell)
+    s->ctx->cfg.state_cb(s, r.state, r.err, s->ctx->cfg.state_cb_arg);
 }
 
 /* Engine thread: everything the data path or a timer may have changed. */
@@ -420,9 +460,10 @@ static void settle(struct tether_session *s, bool *destroy) {
 bool session_settle_unlock(struct tether_session *s) {
   bool destroy;
   settle(s, &destroy);
+  struct state_report r = state_report_locked(s);
   session_unlock(s);
   suspended_note(s);
-  report_state(s);
+  report_state(s, r);
   if (destroy)
     session_destroy(s);
   return destroy;
@@ -458,9 +499,45 @@ static void on_kick(evutil_socket_t fd, short what, void *arg) {
   session_settle_unlock(s);
 }
 
+/* Engine thread: both locks for the timer, unless another thread holds one
+ * (a writer in send(), a reader in recv()): blocking there would stall every
+ * session of the engine behind one busy data path, and a lock that a looping
+ * writer keeps retaking makes a waiter pay a futex wake-up per write.  The
+ * timer then comes back in a millisecond (a datagram the engine left for the
+ * writer is applied by the writer itself), up to TIMER_YIELD_MAX times in a
+ * row; then it waits for the locks. */
+#define TIMER_YIELD_MAX 20
+
+static bool timer_lock(struct tether_session *s) {
+  if (s->timer_yields < TIMER_YIELD_MAX) {
+    if (pthread_mutex_trylock(&s->rx_lock) == 0) {
+      if (pthread_mutex_trylock(&s->tx_lock) == 0) {
+        s->timer_yields = 0;
+        return true;
+      }
+      pthread_mutex_unlock(&s->rx_lock);
+    }
+    s->timer_yields++;
+    struct timeval soon = {0, 1000}; /* the deadline is due: not session_timer_soon */
+    evtimer_add(s->timer, &soon);
+    return false;
+  }
+  s->timer_yields = 0;
+  session_lock(s);
+  return true;
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
-  session_lock(s);
+  /* Brought forward for a datagram that a writer has applied since (see
+   * session_on_ctl): back to sleep until the core's own deadline. */
+  uint64_t due = __atomic_load_n(&s->timer_due_ns, __ATOMIC_RELAXED);
+  if (!__atomic_load_n(&s->ctl_deferred, __ATOMIC_ACQUIRE) && due > now_ns()) {
+    set_timer(s, due);
+    return;
+  }
+  if (!timer_lock(s))
+    return;
   session_apply_deferred_locked(s); /* before the timers: it may be a heartbeat */
   uint64_t now = now_ns();
   unsigned act = core_on_timer(&s->core, now, random_u32());
@@ -474,6 +551,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     act &= ~(unsigned)CORE_ACT_HEARTBEAT;
   }
   if (act & CORE_ACT_HEARTBEAT) {
+    if (s->keepalive_due && s->sock >= 0) {
+      sock_keepalive(s->sock, &s->ctx->cfg);
+      s->keepalive_due = false;
+    }
     if (s->sock >= 0)
       core_trim_inflight(&s->core, sock_outq(s->sock));
     retention_shrink(&s->core.ret); /* an idle ring gives its memory back */
@@ -524,7 +605,9 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
     s->restored_unresumed = false;
     s->sock = h->fd;
     h->fd = -1;
-    sock_setup_session(s->sock, &s->ctx->cfg);
+    sock_setup_session(s->sock);
+    sock_keepalive(s->sock, &s->ctx->cfg);
+    s->keepalive_due = false;
     app_fd_ready(s); /* wakes pollers of the WAIT pipe; the next call installs the socket */
     if (!s->is_client) /* the client may have moved: heartbeats follow it */
       set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.ss_family == AF_INET

@@ -69,9 +69,10 @@ void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
       __atomic_store_n(&s->ctl_deferred, true, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&s->rx_lock);
-    /* ... or the engine itself, soon, should the writer be gone by then. */
-    struct timeval soon = {0, 1000};
-    evtimer_add(s->timer, &soon);
+    /* ... or the engine itself, should the writer be gone by then.  Each
+     * datagram deferred pushes this back: a writer that keeps writing
+     * applies them all, and the engine sleeps meanwhile. */
+    session_timer_soon(s, CTL_DEFER_NS);
     return;
   }
   session_apply_deferred_locked(s); /* an older one first: it may still count */

@@ -19,20 +19,24 @@ int sock_set_nonblock(int fd) {
   return 0;
 }
 
-void sock_setup_session(int fd, const struct tether_config *cfg) {
+void sock_setup_session(int fd) {
   int one = 1;
   /* A killed process must reset its connections, so that the peer suspends
    * at once instead of mistaking the FIN for a close. */
   struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+void sock_keepalive(int fd, const struct tether_config *cfg) {
   /* Without a side channel, keepalive finds a dead peer of an idle
    * connection; sock_path_silent one of a busy connection.  Not
    * TCP_USER_TIMEOUT: it also ends a connection whose peer acknowledges
    * everything but reads nothing for that long (a zero window), which is
    * back-pressure, not a failure. */
+  int one = 1;
   int idle = (int)(cfg->suspend_ms / 1000) ? (int)(cfg->suspend_ms / 1000) : 1;
   int cnt = 3;
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
   (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));

@@ -102,10 +102,20 @@ int hs_check_preface(const uint8_t p[HS_PREFACE_LEN]) {
   return p[4] == HS_VERSION ? 0 : TETHER_EVERSION;
 }
 
+/* A prefaced frame's preface and length are read with one recv(); the
+ * preface is checked as soon as it is in, so that a peer that is not tether
+ * is refused without waiting for more bytes. */
 void hs_reader_init(struct hs_reader *r, bool expect_preface) {
   r->have = 0;
   r->phase = expect_preface ? 0 : 1;
-  r->need = expect_preface ? HS_PREFACE_LEN : 4;
+  r->need = expect_preface ? HS_PREFACE_LEN + 4 : 4;
+}
+
+static int check_preface(const struct hs_reader *r, const char **why) {
+  int rc = hs_check_preface(r->buf);
+  if (rc < 0)
+    *why = rc == TETHER_EVERSION ? "unsupported protocol version" : "not a tether peer";
+  return rc;
 }
 
 int hs_reader_step(struct hs_reader *r, int fd, const char **why) {
@@ -125,16 +135,14 @@ int hs_reader_step(struct hs_reader *r, int fd, const char **why) {
         return -errno;
       }
       r->have += (size_t)n;
-    }
-    if (r->phase == 0) {
-      int rc = hs_check_preface(r->buf);
-      if (rc < 0) {
-        *why = rc == TETHER_EVERSION ? "unsupported protocol version" : "not a tether peer";
+      int rc;
+      if (r->phase == 0 && r->have >= HS_PREFACE_LEN && (rc = check_preface(r, why)) < 0)
         return rc;
-      }
+    }
+    if (r->phase == 0) { /* preface checked: the length follows it */
+      memmove(r->buf, r->buf + HS_PREFACE_LEN, 4);
       r->phase = 1;
-      r->have = 0;
-      r->need = 4;
+      r->have = r->need = 4;
     } else if (r->phase == 1) {
       uint32_t len = (uint32_t)r->buf[0] << 24 | (uint32_t)r->buf[1] << 16 |
                      (uint32_t)r->buf[2] << 8 | r->buf[3];
