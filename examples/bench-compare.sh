@@ -18,17 +18,18 @@ snapbench=${TETHER_SNAPBENCH:-}
 snap_sessions=1000
 rounds=5
 bytes=1G
+small_bytes=256M
 latency_count=20000
 setup_count=1000
 run_timeout=600
-tests=(throughput latency setup snapshot)
+tests=(throughput writes-16k writes-1k latency setup snapshot)
 tests_given=0
 
 usage() {
   cat <<EOF
 usage: $prog [--bench PATH] [--snapbench PATH] [--rounds N] [--bytes N]
-       [--latency-count N] [--setup-count N] [--snap-sessions N]
-       [--tests "throughput latency setup snapshot"] [--timeout S]
+       [--small-bytes N] [--latency-count N] [--setup-count N]
+       [--snap-sessions N] [--tests "throughput writes-16k ..."] [--timeout S]
 
 Runs tether-bench over plain TCP, tether with the read spin off
 (TETHER_READ_SPIN_US=0) and tether with its default spin, alternately, N
@@ -39,13 +40,17 @@ plain TCP, with the CPU time of both ends.
   --snapbench PATH     tether-snapbench to run (default \$TETHER_SNAPBENCH,
                        else the one next to tether-bench, else from PATH)
   --bytes N            throughput volume per round (default $bytes)
+  --small-bytes N      volume of the writes-16k and writes-1k rounds
+                       (default $small_bytes)
   --latency-count N    round trips per latency round (default $latency_count)
   --setup-count N      connections per setup round (default $setup_count)
   --snap-sessions N    idle sessions for the snapshot timings (default
                        $snap_sessions); the snapshot test runs --rounds times
-  --tests LIST         which tests, space separated (default all four; the
-                       snapshot test is skipped when tether-snapbench is
-                       not found, unless asked for)
+  --tests LIST         which tests, space separated: throughput (128 KiB
+                       writes), writes-16k, writes-1k (throughput with
+                       16 KiB and 1 KiB writes), latency, setup, snapshot
+                       (default all; the snapshot test is skipped when
+                       tether-snapbench is not found, unless asked for)
   --timeout S          fail a run that takes longer (default $run_timeout s)
 Throughput: a ratio above 1 means tether is faster.  Latency, setup and
 CPU: a ratio above 1 means tether is slower or costlier.  Snapshot: tether
@@ -58,13 +63,14 @@ source "$(dirname "$0")/bench-lib.sh"
 
 while [ $# -gt 0 ]; do
   case $1 in
-  --bench | --snapbench | --rounds | --bytes | --latency-count | --setup-count | \
+  --bench | --snapbench | --rounds | --bytes | --small-bytes | --latency-count | --setup-count | \
     --snap-sessions | --tests | --timeout)
     [ $# -ge 2 ] || usage_error "$1 needs a value"
     case $1 in
     --bench) bench=$2 ;;
     --rounds) rounds=$2 ;;
     --bytes) bytes=$2 ;;
+    --small-bytes) small_bytes=$2 ;;
     --latency-count) latency_count=$2 ;;
     --setup-count) setup_count=$2 ;;
     --snapbench) snapbench=$2 ;;
@@ -90,7 +96,7 @@ run_snapshot=0
 pair_tests=()
 for test in "${tests[@]}"; do
   case $test in
-  throughput | latency | setup) pair_tests+=("$test") ;;
+  throughput | writes-16k | writes-1k | latency | setup) pair_tests+=("$test") ;;
   snapshot) run_snapshot=1 ;;
   *) usage_error "unknown test '$test'" ;;
   esac
@@ -124,12 +130,15 @@ fi
 run_one() {
   local test=$1 mode=$2 out key cpu k
   local args=("$test") env=()
+  case $test in writes-*) args=(throughput) ;; esac
   case $mode in
   raw) args+=(--raw) ;;
   spin-off) env=(TETHER_READ_SPIN_US=0) ;;
   esac
   case $test in
   throughput) args+=(--bytes "$bytes"); key=gbit_s_median ;;
+  writes-16k) args+=(--bytes "$small_bytes" --write-size 16K); key=gbit_s_median ;;
+  writes-1k) args+=(--bytes "$small_bytes" --write-size 1K); key=gbit_s_median ;;
   latency) args+=(--count "$latency_count"); key=rtt_us_median ;;
   setup) args+=(--count "$setup_count"); key=setup_us_median ;;
   esac
@@ -152,6 +161,8 @@ stats() {
 
 declare -A label=(
   [throughput]="Gbit/s"
+  [writes-16k]="Gbit/s"
+  [writes-1k]="Gbit/s"
   [latency]="RTT us, median"
   [setup]="setup us, median"
 )

@@ -49,8 +49,9 @@ static int transport_error(int err) {
 }
 
 /* rx_lock held (dropped and retaken while recv() sleeps).  Reads from the
- * live socket like recv(): without waiting if the session is non-blocking
- * or the reader should spin first (wait_readable), else sleeping in recv()
+ * live socket like recv(): without waiting if the session is non-blocking,
+ * the reader should spin first or has just waited (wait_readable), else
+ * sleeping in recv()
  * itself, as a plain TCP reader does -- one system call per read, not a
  * recv() that fails, a poll() and another recv().  While it sleeps the
  * engine may retire the socket (a suspend, a failure): its shutdown() ends
@@ -59,9 +60,9 @@ static int transport_error(int err) {
  * Bytes read from a socket retired meanwhile were not counted as delivered
  * when the engine retired it: the resume resends them, so they are dropped
  * here (-2). */
-static ssize_t recv_transport(struct tether_session *s, void *buf, size_t len) {
+static ssize_t recv_transport(struct tether_session *s, void *buf, size_t len, bool waited) {
   uint64_t spin = s->ctx->read_spin_ns;
-  if (s->nonblocking || (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) ||
+  if (s->nonblocking || waited || (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) ||
       __atomic_load_n(&s->app_kind, __ATOMIC_RELAXED) != APP_FD_SOCK)
     return recv(s->sock, buf, len, MSG_DONTWAIT);
   int sock = s->sock;
@@ -98,6 +99,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
   if (s->app_closed)
     return -EBADF;
   app_fd_fixup(s);
+  bool waited = false;
   pthread_mutex_lock(&s->rx_lock);
   for (;;) {
     struct core_session *c = &s->core;
@@ -121,7 +123,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
       } else if (core_replay_pending(c)) {
         if ((n = session_take_replay_locked(s, false)) > 0)
           continue;
-      } else if ((n = recv_transport(s, buf, len)) > 0) {
+      } else if ((n = recv_transport(s, buf, len, waited)) > 0) {
         core_on_delivered(c, buf, (size_t)n);
         if (core_ack_due(c)) {
           /* Acknowledge progress now, from this thread: a datagram per
@@ -163,6 +165,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
       return -EAGAIN;
     if (wait_readable(s) < 0)
       return -EINTR;
+    waited = true;
     app_fd_fixup(s);
     pthread_mutex_lock(&s->rx_lock);
   }
@@ -296,8 +299,13 @@ int tether_close(tether_session *s) {
   if (s->app_fd >= 0)
     close(s->app_fd);
   s->app_fd = -1;
-  /* Kick before unlocking: once unlocked, the engine may free s. */
-  session_kick(s);
+  /* The engine takes over at its next turn.  A connected session with a
+   * side channel gets one soon: the peer answers that datagram (it asks for
+   * a reply), and the session's timer is armed meanwhile (at most a
+   * heartbeat away).  Other sessions are kicked now -- before unlocking:
+   * once unlocked, the engine may free s. */
+  if (s->core.state != CORE_CONNECTED || !s->udp || s->udp_peer_len == 0)
+    session_kick(s);
   session_unlock(s);
   return 0;
 }

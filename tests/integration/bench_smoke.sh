@@ -45,8 +45,17 @@ for mode in tether raw; do
   raw=()
   [ "$mode" = raw ] && raw=(--raw)
   run_bench "throughput-$mode" throughput "$mode" "${raw[@]}" --bytes 16M
+  run_bench "writes-1k-$mode" throughput "$mode" "${raw[@]}" --bytes 4M --write-size 1K
+  grep -q '"write_size":1024' "$TMP/writes-1k-$mode.json" || fail "--write-size 1K not reported"
   run_bench "latency-$mode" latency "$mode" "${raw[@]}" --count 200
   run_bench "setup-$mode" setup "$mode" "${raw[@]}" --count 20
+done
+
+# Bad --write-size values are usage errors (status 2).
+for bad in 0 129K x; do
+  rc=0
+  "$TETHER_BENCH" throughput --write-size "$bad" >/dev/null 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || fail "--write-size $bad: status $rc, expected 2"
 done
 
 # The split form: a server process and a client process.
