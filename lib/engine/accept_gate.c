@@ -18,13 +18,23 @@
 #define BACKOFF_FIRST_MS 10
 #define BACKOFF_MAX_MS 1000
 
+static void pause_for(struct accept_gate *g, uint64_t ns);
+
 static void on_retry(evutil_socket_t fd, short what, void *arg) {
   struct accept_gate *g = arg;
   if (!g->paused)
     return;
   g->paused = false;
   g->wait_room = false;
-  event_add(g->accept_ev, NULL);
+  if (event_add(g->accept_ev, NULL) < 0) {
+    /* Not watching the socket now would leave it unwatched for good, its
+     * connections waiting in the backlog forever: try again shortly. */
+    tlog_limited(g->ctx, &g->log, TETHER_LOG_WARN,
+                 "accept: cannot watch the listening socket (%s); trying again in %u ms",
+                 strerror(errno), BACKOFF_FIRST_MS);
+    pause_for(g, (uint64_t)BACKOFF_FIRST_MS * 1000000);
+    return;
+  }
   event_active(g->accept_ev, EV_READ, 0); /* try at once */
 }
 

@@ -26,7 +26,7 @@ uint64_t now_ns(void) {
  * seeded once from OpenSSL, rather than a RAND_bytes() per timer, whose
  * fork check is a getpid() system call. */
 uint32_t random_u32(void) {
-  static __thread uint64_t state;
+  static __thread uint64_t state __attribute__((tls_model("initial-exec")));
   if (state == 0 && (RAND_bytes((unsigned char *)&state, sizeof(state)) != 1 || state == 0))
     state = now_ns() | 1;
   state ^= state << 13;

@@ -21,6 +21,11 @@ static void apply_ctl_locked(struct tether_session *s, const struct core_ctl *ct
     }
     if (reply)
       udp_send_ctl(s, now);
+    /* The peer's close is known and every byte of it delivered: a reader
+     * asleep in recv() (recv_transport) returns end of stream now, not when
+     * the FIN comes.  Nothing is left to read on this socket but the FIN. */
+    if (s->reader_in_recv && s->sock >= 0 && core_at_eof(&s->core))
+      (void)shutdown(s->sock, SHUT_RD);
   }
 }
 
