@@ -392,6 +392,5 @@ void tether_ctx_free(tether_ctx *ctx) {
   event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);
   wipe(&ctx->cfg, sizeof(ctx->cfg));
-  free(ctx->spare_hs); /* last: every handshake is freed by now */
   free(ctx);
 }

@@ -146,10 +146,6 @@ struct tether_ctx {
   struct tether_session *buckets[SESSION_BUCKETS];
   struct tether_listener *listeners;
   struct hs_conn *handshakes; /* in progress, server side and redials */
-  /* The last handshake freed, wiped, for the next one (hs_conn_new): a
-   * handshake is 9 KiB, and allocating and freeing that much per connection
-   * grows and trims the allocator's heap each time.  Atomic exchange. */
-  struct hs_conn *spare_hs;
   struct hs_table hst;        /* the server side's share of them */
 
   struct udp_chan *udp4, *udp6; /* for sessions this side connected */

@@ -34,8 +34,8 @@ enum {
 };
 
 struct hs_conn *hs_conn_new(struct tether_ctx *ctx, enum hs_kind kind, int fd) {
-  struct hs_conn *h = __atomic_exchange_n(&ctx->spare_hs, NULL, __ATOMIC_ACQ_REL);
-  if (!h && !(h = calloc(1, sizeof(*h))))
+  struct hs_conn *h = calloc(1, sizeof(*h));
+  if (!h)
     return NULL;
   h->ctx = ctx;
   h->kind = kind;
@@ -57,9 +57,8 @@ void hs_conn_free(struct hs_conn *h) {
   if (h->fd >= 0)
     close(h->fd);
   x25519_free(h->key);
-  struct tether_ctx *ctx = h->ctx;
-  wipe(h, sizeof(*h)); /* keys, finish_mac; all zero, as calloc() leaves it */
-  free(__atomic_exchange_n(&ctx->spare_hs, h, __ATOMIC_ACQ_REL));
+  wipe(h, sizeof(*h)); /* keys, finish_mac */
+  free(h);
 }
 
 /* Queues one frame (with our preface if this is our first message). */

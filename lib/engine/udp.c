@@ -130,50 +130,26 @@ static void drain_errors(struct udp_chan *u) {
   }
 }
 
-/* Datagrams taken per recvmmsg(): a batch that comes back short emptied the
- * socket, so the usual wake-up (one datagram) costs one call, not a second
- * one that fails with EAGAIN.  Small enough for an application thread's
- * stack (the preload drains from those too). */
-#define RECV_BATCH 4
-
 static void on_readable(evutil_socket_t fd, short what, void *arg) {
   struct udp_chan *u = arg;
-  uint8_t buf[RECV_BATCH][CTL_MAX + 1];
-  struct sockaddr_storage from[RECV_BATCH];
-  struct iovec iov[RECV_BATCH];
-  struct mmsghdr mm[RECV_BATCH];
-  bool failed = false;
-  unsigned got = 0;
+  uint8_t buf[CTL_MAX + 1];
   /* Datagrams first: one its sender sent before it died is older than the
    * error that tells of its death (see core_on_unreachable). */
-  for (int i = 0; i < 256 / RECV_BATCH; i++) { /* bounded: a flood cannot starve the loop */
-    for (unsigned k = 0; k < RECV_BATCH; k++) {
-      iov[k] = (struct iovec){buf[k], sizeof(buf[k])};
-      mm[k].msg_hdr = (struct msghdr){.msg_name = &from[k], .msg_namelen = sizeof(from[k]),
-                                      .msg_iov = &iov[k], .msg_iovlen = 1};
-    }
-    int n = recvmmsg(u->fd, mm, RECV_BATCH, MSG_DONTWAIT, NULL);
+  for (int i = 0; i < 256; i++) { /* bounded: a flood cannot starve the loop */
+    struct sockaddr_storage from;
+    socklen_t fromlen = sizeof(from);
+    ssize_t n = recvfrom(u->fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC,
+                         (struct sockaddr *)&from, &fromlen);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK)
         break;
-      failed = true; /* an error reported once (ECONNREFUSED...): read on */
-      continue;
+      continue; /* an error reported once (ECONNREFUSED...): read on */
     }
-    for (int k = 0; k < n; k++) {
-      got++;
-      if ((mm[k].msg_hdr.msg_flags & MSG_TRUNC) || mm[k].msg_len > CTL_MAX)
-        continue; /* oversized: not ours */
-      on_datagram(u, buf[k], mm[k].msg_len, (struct sockaddr *)&from[k],
-                  mm[k].msg_hdr.msg_namelen);
-    }
-    if (n < RECV_BATCH)
-      break;
+    if ((size_t)n > CTL_MAX)
+      continue; /* oversized: not ours */
+    on_datagram(u, buf, (size_t)n, (struct sockaddr *)&from, fromlen);
   }
-  /* An ICMP error both queues an entry and makes one receive fail; a wake-up
-   * with nothing to read is one too (whatever consumed the failure, the queue
-   * keeps the socket polling as an error until it is read). */
-  if (failed || got == 0)
-    drain_errors(u);
+  drain_errors(u);
 }
 
 void udp_drain(struct udp_chan *u) { on_readable(u->fd, EV_READ, u); }
