@@ -48,18 +48,20 @@ static int transport_error(int err) {
          err == EHOSTDOWN;
 }
 
+/* recv_transport's answer for bytes of a transport retired meanwhile. */
+#define RECV_STALE (-2)
+
 /* rx_lock held (dropped and retaken while recv() sleeps).  Reads from the
  * live socket like recv(): without waiting if the session is non-blocking,
- * the reader should spin first or has just waited (wait_readable), else
- * sleeping in recv()
- * itself, as a plain TCP reader does -- one system call per read, not a
- * recv() that fails, a poll() and another recv().  While it sleeps the
- * engine may retire the socket (a suspend, a failure): its shutdown() ends
- * the recv(), and the retired socket stays open until the reader is back
- * (close_retired), so that its number cannot name another socket meanwhile.
- * Bytes read from a socket retired meanwhile were not counted as delivered
- * when the engine retired it: the resume resends them, so they are dropped
- * here (-2). */
+ * the reader should spin first or has just waited (wait_readable); else
+ * sleeping in recv() itself, as a plain TCP reader does -- one system call
+ * per read, not a recv() that fails, a poll() and another recv().  While it
+ * sleeps the engine may retire the socket (a suspend, a failure): its
+ * shutdown() ends the recv(), and the retired socket stays open until the
+ * reader is back (close_retired), so that its number cannot name another
+ * socket meanwhile.  Bytes read from a socket retired meanwhile were not
+ * counted as delivered when the engine retired it: the resume resends them,
+ * so they are dropped here (RECV_STALE). */
 static ssize_t recv_transport(struct tether_session *s, void *buf, size_t len, bool waited) {
   uint64_t spin = s->ctx->read_spin_ns;
   if (s->nonblocking || waited || (spin && __atomic_load_n(&s->read_spin, __ATOMIC_RELAXED)) ||
@@ -88,7 +90,7 @@ static ssize_t recv_transport(struct tether_session *s, void *buf, size_t len, b
   if (s->n_retired > 0)
     session_kick(s); /* the engine held back closing them for us */
   if (s->transport_gen != gen)
-    return -2;
+    return RECV_STALE;
   errno = err;
   return n;
 }
@@ -136,10 +138,12 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
         return n;
       }
       int err = n < 0 ? errno : 0;
-      if (n == -2)
-        continue; /* bytes of a transport retired meanwhile: dropped */
-      if (n == -1 && err == EINTR && !s->nonblocking)
-        return pthread_mutex_unlock(&s->rx_lock), -EINTR; /* a signal in recv() */
+      if (n == RECV_STALE)
+        continue;
+      if (n < 0 && err == EINTR && !s->nonblocking) { /* a signal in recv() */
+        pthread_mutex_unlock(&s->rx_lock);
+        return -EINTR;
+      }
       if (n == 0 || transport_error(err)) {
         pthread_mutex_lock(&s->tx_lock);
         if (n == 0 && core_eof_confirmed(c)) {

@@ -409,11 +409,10 @@ static void drain_locked(struct tether_session *s) {
   }
 }
 
-/* Engine thread, no lock held (the callback may call tether_*): reads the
- * state under the locks that guard its changes. */
-/* What the application's state callback is told: read under both locks,
- * told after they are released (a change made in between kicks the engine,
- * which settles and reports again). */
+/* What the application's state callback is told: read under both locks
+ * (state_report_locked), told with none held, since the callback may call
+ * tether_* (report_state).  A change made in between kicks the engine,
+ * which settles and reports again. */
 struct state_report {
   tether_state state;
   int err;
