@@ -91,12 +91,20 @@ static void *read_all(void *arg) {
   return NULL;
 }
 
-static void wait_done(struct reader *r, uint64_t bound_ms) {
-  uint64_t end = hand_now_ms() + bound_ms;
+/* Waits up to EOF_BOUND_MS for the reader to finish, and joins it.  If it
+ * has not, the hand client's reset ends its read: then it fails with why. */
+static void join_within_bound(struct reader *r, struct hand *c, pthread_t t, const char *why) {
+  uint64_t end = hand_now_ms() + EOF_BOUND_MS;
   while (!LOAD(r->done) && hand_now_ms() < end) {
     struct timespec ts = {0, 5 * 1000000L};
     nanosleep(&ts, NULL);
   }
+  bool done = LOAD(r->done);
+  if (!done)
+    hand_free(c);
+  pthread_join(t, NULL);
+  if (!done)
+    fail_msg("%s", why);
 }
 
 /* A Control datagram from the hand client, sealed with its key (or a wrong
@@ -153,13 +161,7 @@ static void test_close_announced_without_fin(void **state) {
   assert_false(LOAD(r.done));
   uint64_t sent_ms = hand_now_ms();
   send_close(&c, 5, 1, false);
-  wait_done(&r, EOF_BOUND_MS);
-  if (!LOAD(r.done)) {
-    hand_free(&c); /* the reset ends the read: then join, and fail */
-    pthread_join(t, NULL);
-    fail_msg("no end of stream %d ms after the close datagram (TCP still open)", EOF_BOUND_MS);
-  }
-  pthread_join(t, NULL);
+  join_within_bound(&r, &c, t, "no end of stream after the close datagram (TCP still open)");
   assert_int_equal(r.last, 0);
   assert_int_equal(r.n, 5);
   assert_memory_equal(r.got, "hello", 5);
@@ -182,13 +184,7 @@ static void test_close_waits_for_its_bytes(void **state) {
   let_reader_sleep();
   assert_false(LOAD(r.done));
   hand_send_all(c.fd, "abc", 3);
-  wait_done(&r, EOF_BOUND_MS);
-  if (!LOAD(r.done)) {
-    hand_free(&c);
-    pthread_join(t, NULL);
-    fail_msg("no end of stream after the last 3 bytes");
-  }
-  pthread_join(t, NULL);
+  join_within_bound(&r, &c, t, "no end of stream after the last 3 bytes");
   assert_int_equal(r.last, 0);
   assert_int_equal(r.n, 8);
   assert_memory_equal(r.got, "helloabc", 8);
@@ -209,13 +205,7 @@ static void test_forged_close_ignored(void **state) {
   let_reader_sleep();
   assert_false(LOAD(r.done));
   send_close(&c, 0, 2, false);
-  wait_done(&r, EOF_BOUND_MS);
-  if (!LOAD(r.done)) {
-    hand_free(&c);
-    pthread_join(t, NULL);
-    fail_msg("no end of stream after the authentic close");
-  }
-  pthread_join(t, NULL);
+  join_within_bound(&r, &c, t, "no end of stream after the authentic close");
   assert_int_equal(r.last, 0);
   assert_int_equal(r.n, 0);
   tether_close(s);
