@@ -244,7 +244,8 @@ struct tether_session {
   struct udp_chan *udp;
 
   struct event *timer;
-  uint64_t timer_due_ns; /* the core's deadline the timer was last set for */
+  uint64_t timer_due_ns; /* the core's deadline the timer was last set for
+                            (atomic: session_start sets it off the engine) */
   uint8_t timer_yields; /* on_timer found a lock busy so many times in a row */
   bool keepalive_due; /* the first connection has no keepalive yet */
   struct event *sock_ev;
@@ -637,8 +638,8 @@ int sock_set_nonblock(int fd);
 /* Options every session socket gets at once: TCP_NODELAY, SO_LINGER {1,0}. */
 void sock_setup_session(int fd);
 /* Keepalive from suspend_ms: for a session's first connection at its first
- * timer (a session that ends before then never needs it), for a resumed
- * one at once. */
+ * heartbeat (a session that ends before then never needs it), for a
+ * resumed one at once. */
 void sock_keepalive(int fd, const struct tether_config *cfg);
 /* Whether TCP itself finds the path dead: bytes or probes outstanding and
  * no acknowledgement from the peer for limit_ms.  A peer that acknowledges

@@ -199,7 +199,8 @@ void session_retire_locked(struct tether_session *s) {
   if (s->n_retired < (int)(sizeof(s->retired) / sizeof(s->retired[0])))
     s->retired[s->n_retired++] = s->sock;
   else
-    close(s->sock); /* cannot happen: the engine drains this list on every kick */
+    close(s->sock); /* the engine drains this list on every kick, unless a
+                       reader sleeps in recv() on the oldest: not this one */
   s->sock = -1;
 }
 
