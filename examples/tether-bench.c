@@ -1,8 +1,9 @@
 /*
  * tether-bench — the same workloads over tether sessions or plain TCP.
  *
- *   tether-bench throughput|latency|setup [--raw] [--bytes N] [--write-size N]
- *                [--count N] [--runs N] [--listen HOST:PORT | --connect HOST:PORT]
+ *   tether-bench throughput|latency|setup|idle [--raw] [--bytes N] [--write-size N]
+ *                [--count N] [--seconds S] [--runs N]
+ *                [--listen HOST:PORT | --connect HOST:PORT]
  *
  * One code path runs both modes: struct net/struct conn hide whether a
  * connection is a tether session or a TCP socket, so raw and tether do the
@@ -16,7 +17,10 @@
  *
  * The server is sequential: one connection at a time, which is all a
  * benchmark client opens.  It never waits for a setup client's close, so
- * teardown is not counted in the next connection's setup time.
+ * teardown is not counted in the next connection's setup time.  The idle
+ * test is the exception: its server holds every connection it accepts and
+ * never reads, and the client measures what the held sessions cost both
+ * processes while nothing happens on them.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2 */
@@ -36,7 +40,9 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <tether/tether.h>
@@ -47,10 +53,14 @@
 #define IO_SIZE (128 * 1024) /* every read and write, both modes */
 #define MAX_COUNT 10000000u  /* samples are kept in memory: 80 MB at most */
 #define MAX_RUNS 1000u
+#define MAX_IDLE_SECONDS 3600u
+/* Idle test: how long after the last connect the measurement starts, so
+ * that it sees the sessions' steady state, not their first heartbeats. */
+#define IDLE_SETTLE_NS (3 * 1000000000ull)
 #define MAX_METRICS 8 /* a test's own (up to 4), then CPU_METRICS */
 #define CPU_METRICS 4
 
-enum test { TEST_THROUGHPUT, TEST_LATENCY, TEST_SETUP };
+enum test { TEST_THROUGHPUT, TEST_LATENCY, TEST_SETUP, TEST_IDLE };
 
 /* ---- transport: plain TCP or tether, behind one interface -------------- */
 
@@ -230,8 +240,32 @@ static int serve_conn(enum test t, struct conn *c, char *buf) {
     if (n <= 0)
       return n < 0 ? (int)n : -EPROTO;
     return conn_write_all(c, buf, 1);
+  case TEST_IDLE:
+    break; /* run_server holds it */
   }
   return -EINVAL;
+}
+
+/* The idle test's server: holds every connection until killed. */
+static int hold_conns(struct net *net) {
+  struct conn *held = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 1024;
+      struct conn *p = realloc(held, ncap * sizeof(*held));
+      if (p == NULL) {
+        cli_print_error(PROG, "malloc", -ENOMEM);
+        return -ENOMEM;
+      }
+      held = p;
+      cap = ncap;
+    }
+    int r = net_accept(net, &held[n]);
+    if (r < 0)
+      return r; /* the process exits: no need to close them */
+    n++;
+  }
 }
 
 /* Serves connections one at a time until killed; returns only on failure.
@@ -269,6 +303,10 @@ static int run_server(int raw, enum test t, const struct cli_hostport *hp,
     fprintf(stderr, PROG ": listening on port %d\n", port);
   }
 
+  if (t == TEST_IDLE) {
+    (void)hold_conns(&net);
+    goto out;
+  }
   for (;;) {
     struct conn c;
 
@@ -349,7 +387,9 @@ struct bench {
   int raw;
   uint64_t bytes; /* throughput */
   size_t write_size; /* throughput: bytes per write */
-  uint64_t count; /* latency, setup */
+  uint64_t count; /* latency, setup; idle: sessions */
+  uint64_t seconds; /* idle */
+  pid_t server; /* the forked server, or -1 */
   unsigned runs;
   struct cli_hostport peer;
   struct net net;
@@ -522,6 +562,71 @@ static struct cpu child_cpu(pid_t pid) {
   return c;
 }
 
+/* The idle test holds two descriptors per session on each side: the soft
+ * limit goes up to the hard one (inherited by the forked server). */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+/* A process's resident set in bytes (VmRSS), or 0. */
+static double rss_bytes(pid_t pid) {
+  char path[64], line[256];
+  double kib = 0;
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  while (fgets(line, sizeof(line), f))
+    if (sscanf(line, "VmRSS: %lf kB", &kib) == 1)
+      break;
+  fclose(f);
+  return kib * 1024;
+}
+
+/* Opens count sessions, lets them settle, then measures for b->seconds
+ * what they cost while idle: m[] = setups/s, CPU of the client and of the
+ * server (% of one core, user+sys), resident memory per session on each
+ * side (bytes: growth over the process's size before the first connect). */
+static int run_idle(struct bench *b, double *m) {
+  struct conn *c = calloc(b->count, sizeof(*c));
+  uint64_t opened = 0;
+  int r = 0;
+  if (c == NULL)
+    return -ENOMEM;
+  double rss0 = rss_bytes(getpid());
+  double srss0 = b->server > 0 ? rss_bytes(b->server) : 0;
+  uint64_t t0 = cli_now_ns();
+  for (; opened < b->count; opened++) {
+    r = net_connect(&b->net, &b->peer, &c[opened]);
+    if (r < 0)
+      goto out;
+  }
+  m[0] = (double)b->count / ((double)(cli_now_ns() - t0) / 1e9);
+  struct timespec settle = {IDLE_SETTLE_NS / 1000000000, 0};
+  while (nanosleep(&settle, &settle) < 0 && errno == EINTR)
+    ;
+  struct cpu c0 = self_cpu(), s0 = b->server > 0 ? child_cpu(b->server) : (struct cpu){0, 0};
+  t0 = cli_now_ns();
+  struct timespec idle = {(time_t)b->seconds, 0};
+  while (nanosleep(&idle, &idle) < 0 && errno == EINTR)
+    ;
+  double wall = (double)(cli_now_ns() - t0) / 1e9;
+  struct cpu c1 = self_cpu(), s1 = b->server > 0 ? child_cpu(b->server) : (struct cpu){0, 0};
+  m[1] = 100 * (c1.user + c1.sys - c0.user - c0.sys) / wall;
+  m[2] = 100 * (s1.user + s1.sys - s0.user - s0.sys) / wall;
+  m[3] = (rss_bytes(getpid()) - rss0) / (double)b->count;
+  m[4] = b->server > 0 ? (rss_bytes(b->server) - srss0) / (double)b->count : 0;
+out:
+  for (uint64_t i = 0; i < opened; i++)
+    (void)conn_close(&c[i]);
+  free(c);
+  return r;
+}
+
 static const char *const cpu_keys[CPU_METRICS] = {"cpu_user_s", "cpu_sys_s", "server_cpu_user_s",
                                                   "server_cpu_sys_s"};
 
@@ -558,6 +663,14 @@ static const struct test_desc tests[] = {
                      {"setup_us_p90", "setup_us_p90"},
                      {"setup_us_p99", "setup_us_p99"},
                      {"setup_us_min", "setup_us_min"}}},
+    [TEST_IDLE] = {"idle",
+                   run_idle,
+                   5,
+                   {{"setups_per_s", "setups_per_s_median"},
+                    {"idle_cpu_pct", "idle_cpu_pct_median"},
+                    {"server_idle_cpu_pct", "server_idle_cpu_pct_median"},
+                    {"rss_bytes_per_session", "rss_bytes_per_session_median"},
+                    {"server_rss_bytes_per_session", "server_rss_bytes_per_session_median"}}},
 };
 
 static double median(double *v, size_t n) {
@@ -579,6 +692,8 @@ static int print_json(const struct bench *b, const double *results, bool with_se
   cli_json_str(stdout, b->raw ? "raw" : "tether");
   if (b->test == TEST_THROUGHPUT)
     printf(",\"bytes\":%" PRIu64 ",\"write_size\":%zu", b->bytes, b->write_size);
+  else if (b->test == TEST_IDLE)
+    printf(",\"sessions\":%" PRIu64 ",\"seconds\":%" PRIu64, b->count, b->seconds);
   else
     printf(",\"count\":%" PRIu64, b->count);
   fputs(",\"runs\":[", stdout);
@@ -629,6 +744,7 @@ static int run_client(struct bench *b, const struct cli_hostport *connect_hp) {
     int port;
     if (spawn_server(b->raw, b->test, &child, &port) < 0)
       goto out;
+    b->server = child;
     b->peer = (struct cli_hostport){.host = "127.0.0.1"};
     snprintf(b->peer.port, sizeof(b->peer.port), "%d", port);
   }
@@ -636,10 +752,10 @@ static int run_client(struct bench *b, const struct cli_hostport *connect_hp) {
     goto out;
   b->buf = malloc(IO_SIZE);
   results = calloc((size_t)b->runs * MAX_METRICS, sizeof(*results));
-  if (b->test != TEST_THROUGHPUT)
+  bool sampled = b->test == TEST_LATENCY || b->test == TEST_SETUP;
+  if (sampled)
     b->samples = calloc(b->count, sizeof(*b->samples));
-  if (b->buf == NULL || results == NULL ||
-      (b->test != TEST_THROUGHPUT && b->samples == NULL)) {
+  if (b->buf == NULL || results == NULL || (sampled && b->samples == NULL)) {
     cli_print_error(PROG, "malloc", -ENOMEM);
     goto out;
   }
@@ -673,9 +789,9 @@ out:
 /* ---- main -------------------------------------------------------------- */
 
 static void usage(FILE *f) {
-  fputs("usage: " PROG " throughput|latency|setup [--raw] [--bytes N] "
+  fputs("usage: " PROG " throughput|latency|setup|idle [--raw] [--bytes N] "
         "[--write-size N]\n"
-        "                    [--count N] [--runs N]\n"
+        "                    [--count N] [--seconds S] [--runs N]\n"
         "                    [--listen HOST:PORT | --connect HOST:PORT]\n"
         "\n"
         "  throughput   send --bytes from client to server; report Gbit/s\n"
@@ -683,6 +799,8 @@ static void usage(FILE *f) {
         "report µs\n"
         "  setup        --count times connect, 1-byte echo, close; "
         "report µs\n"
+        "  idle         hold --count sessions idle for --seconds; report the\n"
+        "               CPU and memory they cost each side\n"
         "\n"
         "  -r, --raw                plain TCP instead of tether (same "
         "workload)\n"
@@ -690,8 +808,10 @@ static void usage(FILE *f) {
         "suffixes K M G T)\n"
         "  -w, --write-size N       throughput: bytes per write (default "
         "128K, at most 128K)\n"
-        "  -n, --count N            latency round trips (default 20000) or\n"
-        "                           setup connections (default 1000)\n"
+        "  -n, --count N            latency round trips (default 20000),\n"
+        "                           setup connections (default 1000) or\n"
+        "                           idle sessions (default 1000)\n"
+        "  -s, --seconds S          idle: how long to measure (default 10)\n"
         "  -R, --runs N             repeat N times; report each and the "
         "median\n"
         "  -l, --listen HOST:PORT   run only the server (until killed)\n"
@@ -711,6 +831,7 @@ int main(int argc, char **argv) {
       {"bytes", required_argument, NULL, 'b'},
       {"write-size", required_argument, NULL, 'w'},
       {"count", required_argument, NULL, 'n'},
+      {"seconds", required_argument, NULL, 's'},
       {"runs", required_argument, NULL, 'R'},
       {"listen", required_argument, NULL, 'l'},
       {"connect", required_argument, NULL, 'c'},
@@ -718,14 +839,15 @@ int main(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  struct bench b = {.bytes = 1ull << 30, .write_size = IO_SIZE, .runs = 1};
+  struct bench b = {.bytes = 1ull << 30, .write_size = IO_SIZE, .seconds = 10, .server = -1,
+                    .runs = 1};
   const char *bytes_arg = NULL, *write_size_arg = NULL, *count_arg = NULL, *runs_arg = NULL;
-  const char *listen_arg = NULL, *connect_arg = NULL;
+  const char *seconds_arg = NULL, *listen_arg = NULL, *connect_arg = NULL;
   struct cli_hostport hp;
   uint64_t v;
   int c;
 
-  int first = cli_command_arg(argc, argv, PROG, usage, "missing test: throughput, latency or setup");
+  int first = cli_command_arg(argc, argv, PROG, usage, "missing test: throughput, latency, setup or idle");
   if (first >= 0)
     return first;
   if (strcmp(argv[1], "throughput") == 0)
@@ -734,10 +856,12 @@ int main(int argc, char **argv) {
     b.test = TEST_LATENCY;
   else if (strcmp(argv[1], "setup") == 0)
     b.test = TEST_SETUP;
+  else if (strcmp(argv[1], "idle") == 0)
+    b.test = TEST_IDLE;
   else
     return cli_usage_error(PROG,
-                           "unknown test '%s' (expected throughput, latency or "
-                           "setup)",
+                           "unknown test '%s' (expected throughput, latency, "
+                           "setup or idle)",
                            argv[1]);
   b.count = b.test == TEST_LATENCY ? 20000 : 1000;
 
@@ -745,7 +869,7 @@ int main(int argc, char **argv) {
   argc--;
   argv++;
   opterr = 0;
-  while ((c = getopt_long(argc, argv, ":rb:w:n:R:l:c:Vh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, ":rb:w:n:s:R:l:c:Vh", opts, NULL)) != -1) {
     switch (c) {
     case 'r':
       b.raw = 1;
@@ -758,6 +882,9 @@ int main(int argc, char **argv) {
       break;
     case 'n':
       count_arg = optarg;
+      break;
+    case 's':
+      seconds_arg = optarg;
       break;
     case 'R':
       runs_arg = optarg;
@@ -797,10 +924,16 @@ int main(int argc, char **argv) {
   }
   if (count_arg != NULL) {
     if (b.test == TEST_THROUGHPUT)
-      return cli_usage_error(PROG, "--count applies to latency and setup only");
+      return cli_usage_error(PROG, "--count applies to latency, setup and idle only");
     if (cli_parse_uint(count_arg, 1, MAX_COUNT, &b.count) < 0)
       return cli_usage_error(PROG, "bad --count '%s' (1..%u)", count_arg,
                              MAX_COUNT);
+  }
+  if (seconds_arg != NULL) {
+    if (b.test != TEST_IDLE)
+      return cli_usage_error(PROG, "--seconds applies to idle only");
+    if (cli_parse_uint(seconds_arg, 1, MAX_IDLE_SECONDS, &b.seconds) < 0)
+      return cli_usage_error(PROG, "bad --seconds '%s' (1..%u)", seconds_arg, MAX_IDLE_SECONDS);
   }
   if (runs_arg != NULL) {
     if (cli_parse_uint(runs_arg, 1, MAX_RUNS, &v) < 0)
@@ -811,15 +944,19 @@ int main(int argc, char **argv) {
   if (listen_arg != NULL && connect_arg != NULL)
     return cli_usage_error(PROG, "--listen and --connect exclude each other");
 
+  if (b.test == TEST_IDLE)
+    raise_nofile();
   /* A peer that resets must fail a write with EPIPE, not kill us. */
   if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
     cli_print_error(PROG, "signal", -errno);
     return CLI_EXIT_FAIL;
   }
   if (listen_arg != NULL) {
-    if (bytes_arg != NULL || write_size_arg != NULL || count_arg != NULL || runs_arg != NULL)
+    if (bytes_arg != NULL || write_size_arg != NULL || count_arg != NULL || runs_arg != NULL ||
+        seconds_arg != NULL)
       return cli_usage_error(PROG,
-                             "--bytes, --write-size, --count and --runs are client options; "
+                             "--bytes, --write-size, --count, --seconds and --runs are client "
+                             "options; "
                              "the server follows the client");
     if (cli_parse_hostport(listen_arg, &hp) < 0)
       return cli_usage_error(PROG,

@@ -334,6 +334,35 @@ bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq) {
 
 /* ---- side channel ------------------------------------------------------- */
 
+bool core_quiet(const struct core_session *c) {
+  return c->state == CORE_CONNECTED && c->udp_seen && c->peer_acked == c->sent &&
+         c->tx_pos == c->sent && c->last_ctl.delivered == c->delivered &&
+         !core_replay_pending(c) && c->wr == CORE_HALF_OPEN && c->rd == CORE_HALF_OPEN &&
+         c->peer_wr == CORE_HALF_OPEN && c->peer_rd == CORE_HALF_OPEN &&
+         !c->unconfirmed_give_up_ns &&
+         (!c->cfg.durable || (c->last_ctl.durable_sent == c->durable_sent &&
+                              c->last_ctl.durable_delivered == c->durable_delivered &&
+                              c->last_ctl.durable_finished == c->durable_finished));
+}
+
+void core_path_cover(struct core_session *c, bool covered, uint64_t now) {
+  if (covered)
+    __atomic_store_n(&c->path_rx_ns, now, __ATOMIC_RELAXED);
+  __atomic_store_n(&c->path_covered, covered, __ATOMIC_RELAXED);
+}
+
+/* Covered by its path and quiet: no heartbeat of its own is due, and its
+ * path watches the peer's liveness for it. */
+static bool path_quiet(const struct core_session *c) {
+  return core_path_covered(c) && core_quiet(c);
+}
+
+/* When the peer was last heard from, by this session or for it. */
+static uint64_t last_heard(const struct core_session *c) {
+  uint64_t p = __atomic_load_n(&c->path_rx_ns, __ATOMIC_RELAXED);
+  return p > c->last_rx_ns ? p : c->last_rx_ns;
+}
+
 void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) {
   memset(out, 0, sizeof(*out));
   out->seq = ++c->tx_seq;
@@ -353,11 +382,15 @@ void core_build_ctl(struct core_session *c, uint64_t now, struct core_ctl *out) 
   if (c->state == CORE_FAILED)
     out->failed = (uint32_t)-c->error;
   out->suspended = c->state == CORE_SUSPENDED;
+  out->solo = !core_path_covered(c);
   c->acked_delivered = c->delivered;
   c->last_ctl.at_ns = now;
   c->last_ctl.delivered = out->delivered;
   c->last_ctl.write_closed = out->ack_write_closed;
   c->last_ctl.read_closed = out->ack_read_closed;
+  c->last_ctl.durable_sent = out->durable_sent;
+  c->last_ctl.durable_delivered = out->durable_delivered;
+  c->last_ctl.durable_finished = out->durable_finished;
   if (out->want_reply) {
     c->next_hb_ns = now + min64(c->close_retry_ns ? c->close_retry_ns : FIRST_CLOSE_RETRY_NS,
                                 c->cfg.heartbeat_ns);
@@ -459,6 +492,10 @@ int core_on_ctl(struct core_session *c, uint64_t now, const struct core_ctl *ctl
   if (ctl->rcvbuf_max)
     set_peer_rcvbuf(c, ctl->rcvbuf_max);
   *reply = ctl->want_reply && !answered_by_last(c, now, ctl);
+  /* The peer's session is not covered by the path's heartbeats, ours is and
+   * has nothing to say: our path's heartbeats do not prove us alive to it,
+   * so answer each of its own. */
+  *reply |= ctl->solo && path_quiet(c);
   enter_closed_if_finished(c, now);
   note_settled(c, now, settled);
   return 0;
@@ -782,12 +819,12 @@ uint64_t core_next_deadline(const struct core_session *c) {
   switch (c->state) {
   case CORE_CONNECTED:
   case CORE_CLOSED:
-    if (heartbeats_due(c))
+    if (heartbeats_due(c) && !path_quiet(c))
       d = c->next_hb_ns;
     if (c->state == CORE_CONNECTED && core_finished(c))
       d = 0; /* finished by the end of a replay check: close now */
-    if (c->state == CORE_CONNECTED && c->udp_seen)
-      d = min64(d, c->last_rx_ns + c->cfg.suspend_ns);
+    if (c->state == CORE_CONNECTED && c->udp_seen && !path_quiet(c))
+      d = min64(d, last_heard(c) + c->cfg.suspend_ns);
     if (acks_by_resume(c))
       d = min64(d, c->ack_poll_at_ns);
     if (core_half_closed(c->wr) && !c->fin_sent && c->tx_pos >= c->sent)
@@ -833,7 +870,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
       core_fail(c, TETHER_EGIVEUP);
       return CORE_ACT_FAILED;
     }
-    if (c->udp_seen && now >= c->last_rx_ns + c->cfg.suspend_ns)
+    if (c->udp_seen && now >= last_heard(c) + c->cfg.suspend_ns)
       return CORE_ACT_SUSPEND;
     if (acks_by_resume(c) && now >= c->ack_poll_at_ns) {
       c->ack_polls++;
@@ -841,7 +878,7 @@ unsigned core_on_timer(struct core_session *c, uint64_t now, uint32_t rnd) {
     }
     /* fall through */
   case CORE_CLOSED:
-    if (now >= c->next_hb_ns && heartbeats_due(c))
+    if (now >= c->next_hb_ns && heartbeats_due(c) && !path_quiet(c))
       act |= CORE_ACT_HEARTBEAT;
     if (fin_due(c, now)) {
       c->fin_sent = true;

@@ -81,6 +81,9 @@ struct core_ctl {
                                  (CLOSED): it never comes back behind */
   uint32_t failed;            /* sender's session failed: -TETHER_E* code */
   bool suspended;             /* sender is suspended (a probe: core_on_unreachable) */
+  bool solo;                  /* sender's session is not covered by its path's
+                                 heartbeats (core_path_cover): a covered,
+                                 quiet peer answers it */
 };
 
 /* What each side says about itself when a session resumes. */
@@ -186,6 +189,8 @@ struct core_session {
   struct {                         /* what our last datagram acknowledged */
     uint64_t at_ns, delivered;
     bool write_closed, read_closed;
+    uint64_t durable_sent, durable_delivered; /* and reported (cfg.durable) */
+    bool durable_finished;
   } last_ctl;
   uint64_t unconfirmed_give_up_ns; /* server: nonzero until the client proved
                                       it holds the keys (core_set_unconfirmed) */
@@ -218,6 +223,13 @@ struct core_session {
   uint64_t last_rx_ns;
   uint64_t next_hb_ns;
   uint64_t close_retry_ns; /* pending close notice retransmission interval */
+  /* Path liveness (tether(7), "Path heartbeats"): while its path covers it,
+   * a quiet session (core_quiet) sends no heartbeat of its own, and the
+   * path's heartbeats, which vouch for it, count as the peer's (path_rx_ns,
+   * the latest).  The engine sets both without the session's locks:
+   * atomic. */
+  bool path_covered;
+  uint64_t path_rx_ns;
   /* Suspended, peer not durable: reports that nothing listens on
    * the peer's side channel any more (core_on_unreachable). */
   struct {
@@ -345,6 +357,21 @@ bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq);
  * our own reconnect_max_ns (taken for the peer's longest pause between
  * redials). */
 uint64_t core_unreach_span(const struct core_session *c);
+
+/* ---- path liveness ---- */
+
+/* Whether a heartbeat would tell the peer nothing new: connected, the side
+ * channel proven, every byte we sent acknowledged (so no byte waits in
+ * TCP: nothing for the transport's own liveness check to watch), every
+ * byte delivered acknowledged, no half-close, no replay check, our durable
+ * counters reported.  Caller holds the session's locks. */
+bool core_quiet(const struct core_session *c);
+/* The engine: the path's heartbeats vouch for this session (covered, at
+ * `now`) or no longer do (!covered).  Safe without the session's locks. */
+void core_path_cover(struct core_session *c, bool covered, uint64_t now);
+static inline bool core_path_covered(const struct core_session *c) {
+  return __atomic_load_n(&c->path_covered, __ATOMIC_RELAXED);
+}
 
 /* ---- durable acknowledgements ---- */
 

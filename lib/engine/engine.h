@@ -23,6 +23,7 @@
 
 #include "core/session.h"
 #include "tether/tether.h"
+#include "wire/control.h"
 #include "wire/crypto.h"
 #include "wire/handshake.h"
 
@@ -64,6 +65,24 @@ struct udp_chan {
 };
 
 #define SESSION_BUCKETS 256
+#define PATH_BUCKETS 1024
+
+/* A path: the sessions between one of our side-channel sockets and one
+ * peer address (its context's side channel), which one heartbeat per
+ * interval keeps alive together (path.c; tether(7), "Path heartbeats").
+ * Engine thread only. */
+struct tether_path {
+  struct tether_ctx *ctx;
+  struct tether_path *hash_next;
+  struct udp_chan *udp;
+  struct sockaddr_storage peer;
+  socklen_t peer_len;
+  struct tether_session *members; /* connected sessions: s->path_next */
+  unsigned n;
+  uint64_t heard_ns; /* the peer's last path heartbeat (0: none yet) */
+  uint64_t beat_rx_ns; /* when one was last taken into account */
+  struct event *timer;
+};
 /* An ephemeral key serves at most this many handshakes, for at most this
  * long (see ctx_take_key). */
 #define KEY_REUSE_MAX 64
@@ -144,6 +163,7 @@ struct tether_ctx {
 
   pthread_mutex_t lock; /* registry, listener queues */
   struct tether_session *buckets[SESSION_BUCKETS];
+  struct tether_path *paths[PATH_BUCKETS]; /* engine thread */
   struct tether_listener *listeners;
   struct hs_conn *handshakes; /* in progress, server side and redials */
   struct hs_table hst;        /* the server side's share of them */
@@ -242,6 +262,11 @@ struct tether_session {
   struct sockaddr_storage udp_peer; /* where heartbeats go */
   socklen_t udp_peer_len;
   struct udp_chan *udp;
+  /* Its path while connected (path.c; engine thread), and its path tag:
+   * a secret both ends derive from the session's keys. */
+  struct tether_path *path;
+  struct tether_session *path_prev, *path_next;
+  uint64_t path_tag;
 
   struct event *timer;
   uint64_t timer_due_ns; /* the core's deadline the timer was last set for
@@ -446,8 +471,18 @@ void session_retire_locked(struct tether_session *s);
 void session_kick(struct tether_session *s);
 /* Fails the session with a TETHER_E* error; the engine settles it. */
 void session_fail(struct tether_session *s, int err);
+/* Engine thread: an authenticated control datagram for s, which may carry
+ * its path's heartbeat (path->buckets > 0). */
 void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
-                    const struct sockaddr *from, socklen_t fromlen);
+                    const struct ctl_path *path, const struct sockaddr *from, socklen_t fromlen);
+/* Both locks held: a heartbeat (with path: also its path's), unless the
+ * TCP connection has been silent for suspend_ms: then the session is
+ * suspended instead (false). */
+bool session_heartbeat_locked(struct tether_session *s, uint64_t now,
+                              const struct ctl_path *path);
+/* Engine thread: the session's timer fires at once (its path stopped
+ * vouching for it, or it may have something to say). */
+void session_timer_now(struct tether_session *s);
 void session_destroy(struct tether_session *s);
 /* Engine thread: the connection of a session in ctx->hup_ep ended. */
 void session_on_hangup(struct tether_session *s);
@@ -617,6 +652,24 @@ void udp_drain(struct udp_chan *u);
 /* Sends a control datagram for s (both locks held). */
 void udp_send_ctl(struct tether_session *s, uint64_t now);
 
+/* Both locks held: a control datagram for s that also carries its path's
+ * heartbeat (path may be NULL). */
+void udp_send_ctl_path(struct tether_session *s, uint64_t now, const struct ctl_path *path);
+
+/* ---- paths (path.c) ---- */
+
+/* s's path tag, from its keys (session_new, session_restore). */
+void path_tag_init(struct tether_session *s);
+/* Engine thread, both locks held: s joins the path its state and address
+ * call for (connected, with a side channel), or leaves its path. */
+void path_update(struct tether_session *s);
+/* Engine thread: s is being destroyed. */
+void path_leave(struct tether_session *s);
+/* Engine thread: an authenticated, fresh control datagram of `anchor` from
+ * `from` carried its path's heartbeat. */
+void path_on_beat(struct tether_session *anchor, const struct ctl_path *p,
+                  const struct sockaddr *from, socklen_t fromlen);
+
 /* ---- suspended sessions (suspended.c) ---- */
 
 /* Engine thread, no session lock held: after any change of s's state, counts
@@ -658,6 +711,9 @@ const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len);
  * IPv6 form are), and with_port, the same port too. */
 bool sock_addr_same(const struct sockaddr *a, socklen_t alen, const struct sockaddr *b,
                     socklen_t blen, bool with_port);
+/* The address as 16 bytes (IPv4 as IPv4-mapped IPv6) and its port (network
+ * order); false if it is neither IPv4 nor IPv6 or too short. */
+bool sock_addr_key(const struct sockaddr *sa, socklen_t len, uint8_t ip[16], uint16_t *port);
 
 /* ---- accepting without spinning (accept_gate.c) ---- */
 

@@ -38,6 +38,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   memcpy(s->keys.ctl_s2c, m->k_ctl_s2c.data, KEY_LEN);
   memcpy(s->keys.resume_c, m->k_resume_c.data, KEY_LEN);
   memcpy(s->keys.resume_s, m->k_resume_s.data, KEY_LEN);
+  path_tag_init(s);
   s->is_client = m->is_client;
   s->sock = -1;
   s->hup_sock = -1;

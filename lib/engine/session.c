@@ -78,6 +78,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   pthread_mutex_init(&s->waiters_lock, NULL);
   memcpy(s->id, h->t.session_id, SESSION_ID_LEN);
   s->keys = h->keys;
+  path_tag_init(s);
   s->is_client = is_client;
   s->sock = h->fd;
   s->hold_w = -1;
@@ -284,6 +285,8 @@ static void set_timer(struct tether_session *s, uint64_t d) {
 
 static void arm_timer(struct tether_session *s) { set_timer(s, core_next_deadline(&s->core)); }
 
+void session_timer_now(struct tether_session *s) { set_timer(s, now_ns()); }
+
 void session_timer_soon(struct tether_session *s, uint64_t delay_ns) {
   if (__atomic_load_n(&s->timer_due_ns, __ATOMIC_RELAXED) <= now_ns() + delay_ns)
     return; /* due by then anyway */
@@ -452,6 +455,7 @@ static void settle(struct tether_session *s, bool *destroy) {
   close_retired(s);
   update_sock_ev(s);
   update_hup_watch(s);
+  path_update(s);
   *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->done);
   if (!*destroy)
     arm_timer(s);
@@ -527,6 +531,26 @@ static bool timer_lock(struct tether_session *s) {
   return true;
 }
 
+bool session_heartbeat_locked(struct tether_session *s, uint64_t now,
+                              const struct ctl_path *path) {
+  /* Heartbeats prove the peer alive, not the TCP path (a firewall may drop
+   * one and pass the other); without a side channel this is the detector. */
+  if (s->core.state == CORE_CONNECTED && s->sock >= 0 &&
+      sock_path_silent(s->sock, (uint32_t)(s->core.cfg.suspend_ns / 1000000))) {
+    session_suspend_locked(s, now, "no TCP acknowledgement within suspend_ms");
+    return false;
+  }
+  if (s->keepalive_due && s->sock >= 0) {
+    sock_keepalive(s->sock, &s->ctx->cfg);
+    s->keepalive_due = false;
+  }
+  if (s->sock >= 0)
+    core_trim_inflight(&s->core, sock_outq(s->sock));
+  retention_shrink(&s->core.ret); /* an idle ring gives its memory back */
+  udp_send_ctl_path(s, now, path);
+  return true;
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
   /* Brought forward for a datagram that a writer has applied since (see
@@ -543,23 +567,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   unsigned act = core_on_timer(&s->core, now, random_u32());
   if (act & CORE_ACT_SUSPEND)
     session_suspend_locked(s, now, "no heartbeat within suspend_ms");
-  /* Heartbeats prove the peer alive, not the TCP path (a firewall may drop
-   * one and pass the other); without a side channel this is the detector. */
-  if ((act & CORE_ACT_HEARTBEAT) && s->core.state == CORE_CONNECTED && s->sock >= 0 &&
-      sock_path_silent(s->sock, (uint32_t)(s->core.cfg.suspend_ns / 1000000))) {
-    session_suspend_locked(s, now, "no TCP acknowledgement within suspend_ms");
-    act &= ~(unsigned)CORE_ACT_HEARTBEAT;
-  }
-  if (act & CORE_ACT_HEARTBEAT) {
-    if (s->keepalive_due && s->sock >= 0) {
-      sock_keepalive(s->sock, &s->ctx->cfg);
-      s->keepalive_due = false;
-    }
-    if (s->sock >= 0)
-      core_trim_inflight(&s->core, sock_outq(s->sock));
-    retention_shrink(&s->core.ret); /* an idle ring gives its memory back */
-    udp_send_ctl(s, now);
-  }
+  if (act & CORE_ACT_HEARTBEAT)
+    (void)session_heartbeat_locked(s, now, NULL);
+  else if (core_path_covered(&s->core) && core_quiet(&s->core))
+    retention_shrink(&s->core.ret); /* idle, without heartbeats of its own */
   if ((act & CORE_ACT_FIN) && s->sock >= 0) {
     char tag[17];
     LOG_DEBUG(s->ctx, "session %s: FIN after %llu bytes", session_tag(s->id, tag),
@@ -624,6 +635,7 @@ void session_destroy(struct tether_session *s) {
   if (!s)
     return;
   suspended_forget(s);
+  path_leave(s);
   registry_remove(s->ctx, s);
   for (int i = 0; i < 2; i++)
     if (s->redials[i])

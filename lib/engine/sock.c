@@ -157,9 +157,7 @@ const char *sock_addr_str(const struct sockaddr *sa, char *buf, size_t len) {
   return buf;
 }
 
-/* The address as 16 bytes (IPv4 as IPv4-mapped IPv6) and its port; false if
- * it is neither IPv4 nor IPv6 or too short. */
-static bool addr_key(const struct sockaddr *sa, socklen_t len, uint8_t ip[16], uint16_t *port) {
+bool sock_addr_key(const struct sockaddr *sa, socklen_t len, uint8_t ip[16], uint16_t *port) {
   if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
     const struct sockaddr_in *a = (const void *)sa;
     memset(ip, 0, 10);
@@ -181,7 +179,7 @@ bool sock_addr_same(const struct sockaddr *a, socklen_t alen, const struct socka
                     socklen_t blen, bool with_port) {
   uint8_t ia[16], ib[16];
   uint16_t pa, pb;
-  if (!addr_key(a, alen, ia, &pa) || !addr_key(b, blen, ib, &pb))
+  if (!sock_addr_key(a, alen, ia, &pa) || !sock_addr_key(b, blen, ib, &pb))
     return false;
   return memcmp(ia, ib, 16) == 0 && (!with_port || pa == pb);
 }

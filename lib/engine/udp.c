@@ -26,6 +26,7 @@ static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
   struct tether_ctx *ctx = u->ctx;
   const uint8_t *id;
   struct core_ctl ctl;
+  struct ctl_path path;
   char tag[17];
   if (ctl_peek(dg, len, &id) < 0) {
     if (u->on_other && u->on_other(u, dg, len, from, fromlen))
@@ -41,13 +42,15 @@ static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
     LOG_DEBUG(ctx, "dropped a datagram for unknown session %s", session_tag(id, tag));
     return;
   }
-  int rc = ctl_open(dg, len, s->is_client ? s->keys.ctl_s2c : s->keys.ctl_c2s, &ctl);
+  int rc = ctl_open_path(dg, len, s->is_client ? s->keys.ctl_s2c : s->keys.ctl_c2s, &ctl, &path);
   if (rc < 0) {
     LOG_DEBUG(ctx, "session %s: dropped a datagram that failed %s", session_tag(s->id, tag),
               rc == -EBADMSG ? "authentication" : "decoding");
     return;
   }
-  session_on_ctl(s, &ctl, from, fromlen);
+  if (s->udp != u)
+    path.buckets = 0; /* a path heartbeat counts on its path's socket only */
+  session_on_ctl(s, &ctl, &path, from, fromlen);
 }
 
 /* An ICMP port unreachable from the host the datagram went to (not from a
@@ -199,14 +202,16 @@ void udp_close(struct udp_chan *u) {
   free(u);
 }
 
-void udp_send_ctl(struct tether_session *s, uint64_t now) {
+void udp_send_ctl(struct tether_session *s, uint64_t now) { udp_send_ctl_path(s, now, NULL); }
+
+void udp_send_ctl_path(struct tether_session *s, uint64_t now, const struct ctl_path *path) {
   struct core_ctl ctl;
   uint8_t dg[CTL_MAX];
   core_build_ctl(&s->core, now, &ctl); /* also schedules the next one */
   if (!s->udp || s->udp_peer_len == 0)
     return;
-  ssize_t n = ctl_seal(s->id, &ctl, s->is_client ? s->keys.ctl_c2s : s->keys.ctl_s2c, dg,
-                       sizeof(dg));
+  ssize_t n = ctl_seal_path(s->id, &ctl, path, s->is_client ? s->keys.ctl_c2s : s->keys.ctl_s2c,
+                            dg, sizeof(dg));
   if (n < 0)
     return;
   struct sockaddr_storage to = s->udp_peer;

@@ -5,9 +5,23 @@
 
 #include "tether.pb-c.h"
 
-ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
-                 const uint8_t key[KEY_LEN], uint8_t *out, size_t cap) {
+ssize_t ctl_seal_path(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
+                      const struct ctl_path *path, const uint8_t key[KEY_LEN], uint8_t *out,
+                      size_t cap) {
   Tether__Wire__Control m = TETHER__WIRE__CONTROL__INIT;
+  Tether__Wire__PathBeat pb = TETHER__WIRE__PATH_BEAT__INIT;
+  uint8_t digests[CTL_PATH_BUCKETS_MAX * 4];
+  if (path && path->buckets) {
+    if (path->buckets > CTL_PATH_BUCKETS_MAX || (path->buckets & (path->buckets - 1)))
+      return -EINVAL;
+    for (uint32_t b = 0; b < path->buckets; b++)
+      for (int k = 0; k < 4; k++)
+        digests[b * 4 + (uint32_t)k] = (uint8_t)(path->digest[b] >> (8 * k));
+    pb.buckets = path->buckets;
+    pb.digests.data = digests;
+    pb.digests.len = path->buckets * 4;
+    m.path = &pb;
+  }
   m.seq = ctl->seq;
   m.delivered = ctl->delivered;
   m.sent = ctl->sent;
@@ -22,6 +36,7 @@ ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
   m.failed = ctl->failed;
   m.durable_finished = ctl->durable_finished;
   m.suspended = ctl->suspended;
+  m.solo = ctl->solo;
   size_t body = tether__wire__control__get_packed_size(&m);
   size_t total = CTL_HDR_LEN + body + MAC_LEN;
   if (total > cap || total > CTL_MAX)
@@ -35,6 +50,11 @@ ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
   return (ssize_t)total;
 }
 
+ssize_t ctl_seal(const uint8_t id[SESSION_ID_LEN], const struct core_ctl *ctl,
+                 const uint8_t key[KEY_LEN], uint8_t *out, size_t cap) {
+  return ctl_seal_path(id, ctl, NULL, key, out, cap);
+}
+
 int ctl_peek(const uint8_t *dg, size_t len, const uint8_t **id) {
   if (len < CTL_HDR_LEN + MAC_LEN || len > CTL_MAX || memcmp(dg, CTL_MAGIC, 4) != 0)
     return -EPROTO;
@@ -42,12 +62,35 @@ int ctl_peek(const uint8_t *dg, size_t len, const uint8_t **id) {
   return 0;
 }
 
-int ctl_decode_body(const uint8_t *body, size_t len, struct core_ctl *out) {
+/* A path heartbeat as sent: a power of two of buckets, 4 bytes each. */
+static int decode_path(const Tether__Wire__PathBeat *pb, struct ctl_path *path) {
+  uint32_t n = pb->buckets;
+  if (n == 0 || n > CTL_PATH_BUCKETS_MAX || (n & (n - 1)) || pb->digests.len != (size_t)n * 4)
+    return -EPROTO;
+  if (!path)
+    return 0;
+  path->buckets = n;
+  for (uint32_t b = 0; b < n; b++) {
+    const uint8_t *d = pb->digests.data + b * 4;
+    path->digest[b] = (uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 |
+                      (uint32_t)d[3] << 24;
+  }
+  return 0;
+}
+
+static int decode_body(const uint8_t *body, size_t len, struct core_ctl *out,
+                       struct ctl_path *path) {
   if (len > CTL_MAX)
     return -EPROTO;
+  if (path)
+    path->buckets = 0;
   Tether__Wire__Control *m = tether__wire__control__unpack(NULL, len, body);
   if (!m)
     return -EPROTO;
+  if (m->path && decode_path(m->path, path) < 0) {
+    tether__wire__control__free_unpacked(m, NULL);
+    return -EPROTO;
+  }
   memset(out, 0, sizeof(*out));
   out->seq = m->seq;
   out->delivered = m->delivered;
@@ -63,11 +106,19 @@ int ctl_decode_body(const uint8_t *body, size_t len, struct core_ctl *out) {
   out->failed = m->failed;
   out->durable_finished = m->durable_finished;
   out->suspended = m->suspended;
+  out->solo = m->solo;
   tether__wire__control__free_unpacked(m, NULL);
+  if (!out->seq && path)
+    path->buckets = 0;
   return out->seq ? 0 : -EPROTO; /* seq 0 is never sent */
 }
 
-int ctl_open(const uint8_t *dg, size_t len, const uint8_t key[KEY_LEN], struct core_ctl *out) {
+int ctl_decode_body(const uint8_t *body, size_t len, struct core_ctl *out) {
+  return decode_body(body, len, out, NULL);
+}
+
+int ctl_open_path(const uint8_t *dg, size_t len, const uint8_t key[KEY_LEN], struct core_ctl *out,
+                  struct ctl_path *path) {
   const uint8_t *id;
   uint8_t mac[MAC_LEN];
   if (ctl_peek(dg, len, &id) < 0)
@@ -78,5 +129,9 @@ int ctl_open(const uint8_t *dg, size_t len, const uint8_t key[KEY_LEN], struct c
     return -EIO;
   if (!mac_equal(mac, dg + signed_len))
     return -EBADMSG;
-  return ctl_decode_body(dg + CTL_HDR_LEN, signed_len - CTL_HDR_LEN, out);
+  return decode_body(dg + CTL_HDR_LEN, signed_len - CTL_HDR_LEN, out, path);
+}
+
+int ctl_open(const uint8_t *dg, size_t len, const uint8_t key[KEY_LEN], struct core_ctl *out) {
+  return ctl_open_path(dg, len, key, out, NULL);
 }

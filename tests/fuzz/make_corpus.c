@@ -214,10 +214,10 @@ static void handshake_seeds(void) {
 
 /* ---- control ------------------------------------------------------------ */
 
-static void put_ctl(const char *name, const struct core_ctl *c) {
+static void put_ctl_path(const char *name, const struct core_ctl *c, const struct ctl_path *path) {
   uint8_t dg[CTL_MAX], dump[FUZZ_DUMP_LEN];
   char fname[128];
-  ssize_t n = ctl_seal(id16, c, fuzz_ctl_key, dg, sizeof(dg));
+  ssize_t n = ctl_seal_path(id16, c, path, fuzz_ctl_key, dg, sizeof(dg));
   if (n < 0) {
     fprintf(stderr, "make_corpus: ctl_seal(%s) failed: %zd\n", name, n);
     failures++;
@@ -231,6 +231,8 @@ static void put_ctl(const char *name, const struct core_ctl *c) {
   snprintf(fname, sizeof(fname), "dump-%s", name);
   put_file("control", fname, dump, sizeof(dump));
 }
+
+static void put_ctl(const char *name, const struct core_ctl *c) { put_ctl_path(name, c, NULL); }
 
 static void control_seeds(void) {
   make_dir("control");
@@ -256,6 +258,17 @@ static void control_seeds(void) {
   put_ctl("max", &big);
   struct core_ctl zero = {0};
   put_ctl("seq0", &zero); /* sealed fine, rejected by ctl_open */
+  /* Path heartbeats: the smallest and the largest. */
+  static struct ctl_path beat;
+  c.seq = 80;
+  c.solo = true;
+  beat.buckets = 1;
+  beat.digest[0] = 0xdeadbeef;
+  put_ctl_path("path-1", &c, &beat);
+  beat.buckets = CTL_PATH_BUCKETS_MAX;
+  for (uint32_t i = 0; i < beat.buckets; i++)
+    beat.digest[i] = i * 0x01010101u;
+  put_ctl_path("path-max", &c, &beat);
 }
 
 /* Snapshot payloads (fuzz_snapshot frames them): a client and a server

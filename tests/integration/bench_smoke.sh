@@ -19,7 +19,14 @@ if len(lines) != 1:
 o = json.loads(lines[0])
 want = {"throughput": ["seconds_median", "gbit_s_median"],
         "latency": ["rtt_us_median", "rtt_us_p90", "rtt_us_p99", "rtt_us_min"],
-        "setup": ["setup_us_median", "setup_us_p90", "setup_us_p99", "setup_us_min"]}[test]
+        "setup": ["setup_us_median", "setup_us_p90", "setup_us_p99", "setup_us_min"],
+        "idle": ["setups_per_s_median"]}[test]
+# The idle test's costs may well be 0 (plain TCP), but they are there.
+for k in {"idle": ["idle_cpu_pct_median", "server_idle_cpu_pct_median",
+                   "rss_bytes_per_session_median",
+                   "server_rss_bytes_per_session_median"]}.get(test, []):
+    if not isinstance(o.get(k), numbers.Real):
+        sys.exit("%s is %r, expected a number" % (k, o.get(k)))
 if o.get("test") != test or o.get("mode") != mode:
     sys.exit("test/mode are %r/%r" % (o.get("test"), o.get("mode")))
 if not isinstance(o.get("runs"), list) or not o["runs"]:
@@ -49,6 +56,8 @@ for mode in tether raw; do
   grep -q '"write_size":1024' "$TMP/writes-1k-$mode.json" || fail "--write-size 1K not reported"
   run_bench "latency-$mode" latency "$mode" "${raw[@]}" --count 200
   run_bench "setup-$mode" setup "$mode" "${raw[@]}" --count 20
+  run_bench "idle-$mode" idle "$mode" "${raw[@]}" --count 20 --seconds 1
+  grep -q '"sessions":20,"seconds":1' "$TMP/idle-$mode.json" || fail "idle: sessions/seconds not reported"
 done
 
 # Bad --write-size values are usage errors (status 2).
@@ -56,6 +65,13 @@ for bad in 0 129K x; do
   rc=0
   "$TETHER_BENCH" throughput --write-size "$bad" >/dev/null 2>&1 || rc=$?
   [ "$rc" -eq 2 ] || fail "--write-size $bad: status $rc, expected 2"
+done
+# --seconds belongs to idle, within 1..3600.
+for args in "throughput --seconds 1" "idle --seconds 0" "idle --seconds 3601"; do
+  rc=0
+  # shellcheck disable=SC2086
+  "$TETHER_BENCH" $args >/dev/null 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || fail "tether-bench $args: status $rc, expected 2"
 done
 
 # The split form: a server process and a client process.

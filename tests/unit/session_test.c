@@ -729,6 +729,101 @@ static void test_suspend_deadline(void **state) {
   core_clear(&c);
 }
 
+/* ---- path liveness ---------------------------------------------------------- */
+
+/* A connected session that has heard its peer once and told it everything. */
+static void init_quiet(struct core_session *c, uint64_t *now) {
+  struct core_ctl k;
+  init(c, CORE_CLIENT);
+  struct core_ctl in = peer_ctl(c);
+  assert_int_equal(on_ctl(c, T0 + 10 * MS, &in), 0);
+  *now = T0 + 50 * MS;
+  assert_int_equal(core_on_timer(c, *now, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(c, *now, &k);
+  assert_true(k.solo); /* not covered: a covered peer answers */
+  assert_true(core_quiet(c));
+}
+
+/* Covered and quiet: no heartbeat of its own, no deadline at all (its path
+ * watches the peer); the path's heartbeats count as the peer's. */
+static void test_path_covered_quiet(void **state) {
+  (void)state;
+  struct core_session c;
+  struct core_ctl k;
+  uint64_t now;
+  init_quiet(&c, &now);
+  assert_int_equal(core_next_deadline(&c), now + SEC);
+  core_path_cover(&c, true, now);
+  assert_int_equal(core_next_deadline(&c), UINT64_MAX);
+  assert_int_equal(core_on_timer(&c, now + SEC, 0), 0);
+  /* The path vouches for it long after its own last datagram. */
+  core_path_cover(&c, true, now + 10 * SEC);
+  assert_int_equal(core_on_timer(&c, now + 11 * SEC, 0), 0);
+  core_build_ctl(&c, now + 11 * SEC, &k);
+  assert_false(k.solo); /* covered */
+  /* Uncovered: its own heartbeats again, and suspend_ns after the path's
+   * last word (not its own). */
+  core_path_cover(&c, false, 0);
+  assert_int_equal(core_next_deadline(&c), now + 12 * SEC);
+  assert_int_equal(core_on_timer(&c, now + 13 * SEC - 1, 0) & CORE_ACT_SUSPEND, 0);
+  assert_int_equal(core_on_timer(&c, now + 13 * SEC, 0), CORE_ACT_SUSPEND);
+  core_clear(&c);
+}
+
+/* Anything to say makes a covered session talk on its own: bytes to
+ * acknowledge, bytes in flight, a close. */
+static void test_path_covered_not_quiet(void **state) {
+  (void)state;
+  struct core_session c;
+  struct core_ctl k;
+  uint64_t now;
+  uint8_t b[10] = {0};
+  init_quiet(&c, &now);
+  core_path_cover(&c, true, now);
+  core_on_delivered(&c, b, sizeof(b));
+  assert_false(core_quiet(&c));
+  assert_int_equal(core_next_deadline(&c), now + SEC);
+  assert_int_equal(core_on_timer(&c, now + SEC, 0), CORE_ACT_HEARTBEAT);
+  core_build_ctl(&c, now + SEC, &k);
+  assert_int_equal(k.delivered, 10);
+  assert_true(core_quiet(&c)); /* acknowledged: quiet again */
+  assert_int_equal(core_next_deadline(&c), UINT64_MAX);
+  app_write(&c, 5);
+  flush_all(&c);
+  assert_false(core_quiet(&c)); /* in flight until the peer acknowledges */
+  struct core_ctl in = peer_ctl(&c);
+  in.delivered = 5;
+  assert_int_equal(on_ctl(&c, now + SEC, &in), 0);
+  assert_true(core_quiet(&c));
+  core_shutdown(&c, now + SEC);
+  assert_false(core_quiet(&c));
+  core_clear(&c);
+}
+
+/* A peer session that its path does not cover (solo) is answered by a
+ * covered, quiet one: our path's heartbeats do not reach it as its own. */
+static void test_path_solo_answered(void **state) {
+  (void)state;
+  struct core_session c;
+  uint64_t now;
+  bool reply;
+  init_quiet(&c, &now);
+  struct core_ctl in = peer_ctl(&c);
+  in.solo = true;
+  assert_int_equal(core_on_ctl(&c, now + 1, &in, &reply), 0);
+  assert_false(reply); /* not covered: it heartbeats on its own anyway */
+  core_path_cover(&c, true, now);
+  in = peer_ctl(&c);
+  in.solo = true;
+  assert_int_equal(core_on_ctl(&c, now + 2, &in, &reply), 0);
+  assert_true(reply);
+  in = peer_ctl(&c);
+  in.solo = false; /* a covered peer's datagram: no answer */
+  assert_int_equal(core_on_ctl(&c, now + 3, &in, &reply), 0);
+  assert_false(reply);
+  core_clear(&c);
+}
+
 static void test_backoff(void **state) {
   (void)state;
   struct core_session c;
@@ -1855,6 +1950,9 @@ int main(void) {
       cmocka_unit_test(test_close_notice_retransmit),
       cmocka_unit_test(test_crossing_closes),
       cmocka_unit_test(test_suspend_deadline),
+      cmocka_unit_test(test_path_covered_quiet),
+      cmocka_unit_test(test_path_covered_not_quiet),
+      cmocka_unit_test(test_path_solo_answered),
       cmocka_unit_test(test_backoff),
       cmocka_unit_test(test_give_up),
       cmocka_unit_test(test_unreachable_peer_gone),

@@ -504,6 +504,8 @@ static void ctl_equal(const struct core_ctl *a, const struct core_ctl *b) {
   assert_int_equal(a->durable_delivered, b->durable_delivered);
   assert_int_equal(a->durable_finished, b->durable_finished);
   assert_int_equal(a->failed, b->failed);
+  assert_int_equal(a->suspended, b->suspended);
+  assert_int_equal(a->solo, b->solo);
 }
 
 static void test_ctl_round_trip(void **state) {
@@ -530,6 +532,7 @@ static void test_ctl_round_trip(void **state) {
     in.ack_read_closed = f & 8;
     in.want_reply = f & 16;
     in.durable_finished = f & 32;
+    in.solo = f & 1;
     in.seq = f + 1;
     n = ctl_seal(id, &in, key, dg, sizeof(dg));
     assert_true(n > 0);
@@ -599,6 +602,58 @@ static void test_ctl_seq_zero(void **state) {
   /* An authentic but undecodable body. */
   uint8_t junk[] = {0xff, 0xff, 0xff};
   assert_int_equal(ctl_decode_body(junk, sizeof(junk), &out), -EPROTO);
+}
+
+/* Path heartbeats ride on a control datagram: every bucket count round-trips
+ * with its digests; a plain datagram reads as none. */
+static void test_ctl_path(void **state) {
+  (void)state;
+  uint8_t id[SESSION_ID_LEN], key[KEY_LEN], dg[CTL_MAX];
+  fill(id, sizeof(id), 20);
+  fill(key, sizeof(key), 21);
+  struct core_ctl in = sample_ctl(), out;
+  static struct ctl_path beat, back;
+  for (uint32_t b = 1; b <= CTL_PATH_BUCKETS_MAX; b *= 2) {
+    beat.buckets = b;
+    for (uint32_t i = 0; i < b; i++)
+      beat.digest[i] = 0x9e3779b9u * (i + 1) ^ b;
+    ssize_t n = ctl_seal_path(id, &in, &beat, key, dg, sizeof(dg));
+    assert_true(n > 0 && n <= CTL_MAX);
+    memset(&back, 0xAA, sizeof(back));
+    assert_int_equal(ctl_open_path(dg, (size_t)n, key, &out, &back), 0);
+    ctl_equal(&in, &out);
+    assert_int_equal(back.buckets, b);
+    assert_memory_equal(back.digest, beat.digest, b * sizeof(beat.digest[0]));
+    /* Readers that do not want the path still get the control part. */
+    assert_int_equal(ctl_open(dg, (size_t)n, key, &out), 0);
+    ctl_equal(&in, &out);
+  }
+  ssize_t n = ctl_seal(id, &in, key, dg, sizeof(dg));
+  assert_int_equal(ctl_open_path(dg, (size_t)n, key, &out, &back), 0);
+  assert_int_equal(back.buckets, 0);
+  /* Bucket counts that are not a power of two up to the maximum. */
+  beat.buckets = 3;
+  assert_int_equal(ctl_seal_path(id, &in, &beat, key, dg, sizeof(dg)), -EINVAL);
+  beat.buckets = CTL_PATH_BUCKETS_MAX * 2;
+  assert_int_equal(ctl_seal_path(id, &in, &beat, key, dg, sizeof(dg)), -EINVAL);
+}
+
+/* A body whose path heartbeat is malformed is refused whole. */
+static void test_ctl_path_malformed(void **state) {
+  (void)state;
+  struct core_ctl out;
+  /* Control{seq 1, path (field 16) {buckets, digests of `len` bytes}}. */
+  struct {
+    uint8_t buckets, len;
+  } bad[] = {{0, 0}, {3, 12}, {4, 12}, {4, 20}, {255, 4}};
+  for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+    uint8_t body[64] = {0x08, 0x01, 0x82, 0x01, 0, 0x08, bad[k].buckets, 0x12, bad[k].len};
+    size_t len = 9 + bad[k].len;
+    body[4] = (uint8_t)(4 + bad[k].len);
+    assert_int_equal(ctl_decode_body(body, len, &out), -EPROTO);
+  }
+  uint8_t good[64] = {0x08, 0x01, 0x82, 0x01, 8, 0x08, 1, 0x12, 4, 1, 2, 3, 4};
+  assert_int_equal(ctl_decode_body(good, 13, &out), 0);
 }
 
 /* ---- crypto --------------------------------------------------------------- */
@@ -794,6 +849,8 @@ int main(void) {
       cmocka_unit_test(test_ctl_wrong_key),
       cmocka_unit_test(test_ctl_tamper),
       cmocka_unit_test(test_ctl_seq_zero),
+      cmocka_unit_test(test_ctl_path),
+      cmocka_unit_test(test_ctl_path_malformed),
       cmocka_unit_test(test_x25519),
       cmocka_unit_test(test_x25519_memo),
       cmocka_unit_test(test_keys_derive),
