@@ -312,9 +312,13 @@ struct tether_session {
   bool ctl_deferred;
 
   /* Server, no pre-shared key: the client's ClientFinish still heads the
-   * socket (see on_client_hello); read and checked before any byte.  NULL
-   * once read, or once the connection it came on is gone.  rx_lock. */
-  struct hs_reader *finish_rd;
+   * socket (see on_client_hello); read and checked before any byte
+   * (session_finish_due).  Usually it arrives whole and is read at once,
+   * without finish_rd; a reader (4 KiB) is allocated only for one that
+   * arrives in pieces.  Both NONE/NULL once read, or once the connection it
+   * came on is gone.  rx_lock. */
+  enum { FINISH_NONE, FINISH_DUE, FINISH_READING } finish;
+  struct hs_reader *finish_rd; /* READING only */
   uint8_t finish_mac[MAC_LEN]; /* the ClientFinish.confirm expected */
   /* Fires connect_timeout_ms after setup: a ClientFinish still missing then
    * (read or not) drops the session (listener.c).  Engine thread. */
@@ -460,6 +464,10 @@ int session_expect_finish(struct tether_session *s, const struct hs_conn *h);
  * nothing of ours is left there (or the check failed the session: look at
  * its state), 0 at EOF, -1 with errno (EAGAIN: not all of it arrived). */
 int session_take_finish_locked(struct tether_session *s);
+/* rx_lock held: the ClientFinish has yet to be read (see finish). */
+static inline bool session_finish_due(const struct tether_session *s) {
+  return s->finish != FINISH_NONE;
+}
 /* Both locks held: the transport failed; install the placeholder and let the
  * engine retire the socket. */
 void session_suspend_locked(struct tether_session *s, uint64_t now, const char *why);

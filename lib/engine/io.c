@@ -119,7 +119,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
     }
     if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
       ssize_t n;
-      if (s->finish_rd) {
+      if (session_finish_due(s)) {
         if ((n = session_take_finish_locked(s)) > 0)
           continue;
       } else if (core_replay_pending(c)) {

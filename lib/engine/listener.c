@@ -124,9 +124,9 @@ static void on_confirm_due(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
   char tag[17];
   pthread_mutex_lock(&s->rx_lock);
-  if (s->finish_rd)
+  if (session_finish_due(s))
     (void)session_take_finish_locked(s);
-  bool missing = s->finish_rd != NULL;
+  bool missing = session_finish_due(s);
   pthread_mutex_unlock(&s->rx_lock);
   if (!missing)
     return;

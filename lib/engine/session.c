@@ -115,9 +115,7 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
 }
 
 int session_expect_finish(struct tether_session *s, const struct hs_conn *h) {
-  if (!(s->finish_rd = malloc(sizeof(*s->finish_rd))))
-    return -ENOMEM;
-  hs_reader_init(s->finish_rd, false);
+  s->finish = FINISH_DUE;
   memcpy(s->finish_mac, h->finish_mac, MAC_LEN);
   core_set_unconfirmed(&s->core, (uint64_t)s->ctx->cfg.connect_timeout_ms * 1000000);
   return 0;
@@ -126,7 +124,30 @@ int session_expect_finish(struct tether_session *s, const struct hs_conn *h) {
 static void drop_finish(struct tether_session *s) {
   free(s->finish_rd);
   s->finish_rd = NULL;
+  s->finish = FINISH_NONE;
   wipe(s->finish_mac, MAC_LEN);
+}
+
+/* A ClientFinish frame (4-byte length, then the message: about 40 bytes)
+ * read whole if it is all there: 1 with its body in buf (*len), 0 if it is
+ * not (nothing read), or recv()'s 0 (EOF, -ECONNRESET) or error. */
+#define FINISH_WHOLE_MAX 256
+static int finish_whole(int sock, uint8_t buf[4 + FINISH_WHOLE_MAX], size_t *len) {
+  ssize_t n = recv(sock, buf, 4 + FINISH_WHOLE_MAX, MSG_PEEK | MSG_DONTWAIT);
+  if (n == 0)
+    return -ECONNRESET;
+  if (n < 0)
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+  if (n < 4)
+    return 0;
+  uint32_t flen = (uint32_t)buf[0] << 24 | (uint32_t)buf[1] << 16 | (uint32_t)buf[2] << 8 | buf[3];
+  if (flen == 0 || flen > FINISH_WHOLE_MAX || (size_t)n < 4 + flen)
+    return 0;
+  if (recv(sock, buf, 4 + flen, MSG_DONTWAIT) != (ssize_t)(4 + flen))
+    return -EIO; /* the bytes just peeked: only another reader could take them */
+  memmove(buf, buf + 4, flen);
+  *len = flen;
+  return 1;
 }
 
 /* session_take_finish_locked, also for the engine, which holds tx_lock too
@@ -134,9 +155,33 @@ static void drop_finish(struct tether_session *s) {
 static int take_finish(struct tether_session *s, bool tx_locked) {
   const char *why = NULL;
   char tag[17];
-  if (!s->finish_rd || s->sock < 0)
+  uint8_t whole[4 + FINISH_WHOLE_MAX];
+  const uint8_t *body = whole;
+  size_t len = 0;
+  if (s->finish == FINISH_NONE || s->sock < 0)
     return 1;
-  int rc = hs_reader_step(s->finish_rd, s->sock, &why);
+  int rc = 0;
+  if (s->finish == FINISH_DUE && (rc = finish_whole(s->sock, whole, &len)) == 0) {
+    /* In pieces (or not there yet, or too long for finish_whole): the
+     * reader takes what there is, and keeps it. */
+    uint8_t probe;
+    ssize_t any = recv(s->sock, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (any < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      errno = EAGAIN;
+      return -1;
+    }
+    if (!(s->finish_rd = malloc(sizeof(*s->finish_rd)))) {
+      errno = ENOMEM;
+      return -1;
+    }
+    hs_reader_init(s->finish_rd, false);
+    s->finish = FINISH_READING;
+  }
+  if (s->finish == FINISH_READING) {
+    rc = hs_reader_step(s->finish_rd, s->sock, &why);
+    body = s->finish_rd->buf;
+    len = s->finish_rd->have;
+  }
   if (rc == 0) {
     errno = EAGAIN;
     return -1;
@@ -145,7 +190,7 @@ static int take_finish(struct tether_session *s, bool tx_locked) {
     return 0; /* EOF */
   int err = 0;
   if (rc > 0) {
-    hs_msg *m = hs_decode(s->finish_rd->buf, s->finish_rd->have, &why);
+    hs_msg *m = hs_decode(body, len, &why);
     if (!m || m->msg_case != TETHER__WIRE__HANDSHAKE__MSG_CLIENT_FINISH) {
       err = TETHER_EPROTO;
       why = why ? why : "not a ClientFinish";
@@ -379,7 +424,7 @@ ssize_t session_take_replay_locked(struct tether_session *s, bool tx_locked) {
 static void drain_locked(struct tether_session *s) {
   uint8_t buf[16384];
   for (int i = 0; i < 64 && s->sock >= 0 && s->core.state != CORE_FAILED; i++) {
-    if (s->finish_rd) {
+    if (session_finish_due(s)) {
       ssize_t n = take_finish(s, true);
       if (n > 0)
         continue;

@@ -142,7 +142,7 @@ static ssize_t session_peek(struct tether_session *s, void *buf, size_t len, int
     r = 0;
   } else if (c->state == CORE_FAILED) {
     r = c->error;
-  } else if (s->finish_rd && session_take_finish_locked(s) <= 0) {
+  } else if (session_finish_due(s) && session_take_finish_locked(s) <= 0) {
     r = -EAGAIN; /* the client's ClientFinish is still arriving; a read sees errors */
   } else if (s->sock >= 0 && (c->state == CORE_CONNECTED || c->state == CORE_CLOSED)) {
     r = recv(s->sock, trunc ? NULL : buf, len, MSG_PEEK | MSG_DONTWAIT | trunc);

@@ -556,9 +556,9 @@ EXPORT int ioctl(int fd, unsigned long req, ...) {
     struct tether_session *s = ps->s;
     if (ps->kind == PS_SESSION && s && !ps->rd_shut) {
       pthread_mutex_lock(&s->rx_lock);
-      if (s->finish_rd) /* not the application's bytes */
+      if (session_finish_due(s)) /* not the application's bytes */
         (void)session_take_finish_locked(s);
-      if (!s->finish_rd && s->sock >= 0 &&
+      if (!session_finish_due(s) && s->sock >= 0 &&
           (s->core.state == CORE_CONNECTED || s->core.state == CORE_CLOSED))
         (void)real.ioctl(s->sock, FIONREAD, &n);
       pthread_mutex_unlock(&s->rx_lock);
