@@ -488,9 +488,9 @@ void session_on_ctl(struct tether_session *s, const struct core_ctl *ctl,
  * suspended instead (false). */
 bool session_heartbeat_locked(struct tether_session *s, uint64_t now,
                               const struct ctl_path *path);
-/* Engine thread: the session's timer fires at once (its path stopped
+/* Engine thread: the session's timer fires at `at` (its path stopped
  * vouching for it, or it may have something to say). */
-void session_timer_now(struct tether_session *s);
+void session_timer_at(struct tether_session *s, uint64_t at);
 void session_destroy(struct tether_session *s);
 /* Engine thread: the connection of a session in ctx->hup_ep ended. */
 void session_on_hangup(struct tether_session *s);

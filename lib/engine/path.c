@@ -75,11 +75,22 @@ static void digests(const struct tether_path *p, uint32_t buckets, uint32_t *out
     out[bucket_of(m->path_tag, buckets)] ^= (uint32_t)m->path_tag;
 }
 
-static void uncover(struct tether_session *m) {
+/* Members woken together (their bucket stopped matching, the
+ * application touched them all) heartbeat within a quarter interval, not
+ * all at once: thousands of datagrams in one burst would overflow the
+ * peer's socket buffer, and those lost would look like silence. */
+static uint64_t soon(const struct tether_path *p, uint64_t now) {
+  uint64_t spread = (uint64_t)p->ctx->cfg.heartbeat_ms * 1000000 / 4;
+  return now + (spread ? random_u32() % spread : 0);
+}
+
+/* m lives on its own datagrams again: its own heartbeats and liveness
+ * check, from `at`. */
+static void uncover(struct tether_session *m, uint64_t at) {
   if (!core_path_covered(&m->core))
     return;
   core_path_cover(&m->core, false, 0);
-  session_timer_now(m); /* its own heartbeats and liveness check again */
+  session_timer_at(m, at);
 }
 
 /* ---- the path's timer: its heartbeat, the peer's, its members' news ---- */
@@ -118,7 +129,7 @@ static void send_beat(struct tether_path *p, uint64_t now) {
 
 /* Covered members whose application read or wrote since they went quiet
  * (or is doing so now) have something to say: their own timers again. */
-static void wake_talkers(struct tether_path *p) {
+static void wake_talkers(struct tether_path *p, uint64_t now) {
   for (struct tether_session *m = p->members; m; m = m->path_next) {
     if (!core_path_covered(&m->core) ||
         __atomic_load_n(&m->timer_due_ns, __ATOMIC_RELAXED) != UINT64_MAX)
@@ -132,7 +143,7 @@ static void wake_talkers(struct tether_path *p) {
       pthread_mutex_unlock(&m->rx_lock);
     }
     if (!quiet)
-      session_timer_now(m);
+      session_timer_at(m, soon(p, now));
   }
 }
 
@@ -144,10 +155,10 @@ static void on_path_timer(evutil_socket_t fd, short what, void *arg) {
     /* The peer's path heartbeats stopped: each member on its own again
      * (its timer suspends it, unless its own datagrams kept coming). */
     for (struct tether_session *m = p->members; m; m = m->path_next)
-      uncover(m);
+      uncover(m, now);
     p->heard_ns = 0;
   }
-  wake_talkers(p);
+  wake_talkers(p, now);
   send_beat(p, now);
   arm(p, now);
 }
@@ -267,7 +278,7 @@ void path_on_beat(struct tether_session *anchor, const struct ctl_path *beat,
   for (struct tether_session *m = p->members; m; m = m->path_next) {
     uint32_t b = bucket_of(m->path_tag, beat->buckets);
     if (mine[b] != beat->digest[b])
-      uncover(m); /* the two sides disagree about this bucket */
+      uncover(m, soon(p, now)); /* the two sides disagree about this bucket */
     else if (!m->keepalive_due) /* its transport is fully set up */
       core_path_cover(&m->core, true, now);
   }

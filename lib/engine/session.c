@@ -330,7 +330,7 @@ static void set_timer(struct tether_session *s, uint64_t d) {
 
 static void arm_timer(struct tether_session *s) { set_timer(s, core_next_deadline(&s->core)); }
 
-void session_timer_now(struct tether_session *s) { set_timer(s, now_ns()); }
+void session_timer_at(struct tether_session *s, uint64_t at) { set_timer(s, at); }
 
 void session_timer_soon(struct tether_session *s, uint64_t delay_ns) {
   if (__atomic_load_n(&s->timer_due_ns, __ATOMIC_RELAXED) <= now_ns() + delay_ns)

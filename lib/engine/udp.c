@@ -21,6 +21,8 @@
 #include "engine.h"
 #include "wire/control.h"
 
+#define UDP_RCVBUF (1 << 20)
+
 static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
                         const struct sockaddr *from, socklen_t fromlen) {
   struct tether_ctx *ctx = u->ctx;
@@ -175,6 +177,11 @@ struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct socka
   (void)setsockopt(u->fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one));
   if (family == AF_INET6)
     (void)setsockopt(u->fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof(one));
+  /* Room for bursts: a context's thousands of sessions may all talk at
+   * once (after a resume storm, or their path's heartbeats stop matching);
+   * the kernel caps it at net.core.rmem_max. */
+  int rcvbuf = UDP_RCVBUF;
+  (void)setsockopt(u->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
   if (bind(u->fd, bind_addr, len) < 0)
     goto fail;
   struct sockaddr_storage bound;
