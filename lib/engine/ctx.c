@@ -104,28 +104,56 @@ struct x25519_key *ctx_take_key(struct tether_ctx *ctx) {
   return k;
 }
 
-static unsigned bucket(const uint8_t id[SESSION_ID_LEN]) { return id[0]; }
+/* Session ids are random: any of their bytes hash them. */
+static unsigned bucket(const uint8_t id[SESSION_ID_LEN], unsigned n_buckets) {
+  return ((unsigned)id[0] | (unsigned)id[1] << 8 | (unsigned)id[2] << 16 |
+          (unsigned)id[3] << 24) & (n_buckets - 1);
+}
+
+/* ctx->lock held: twice the buckets, if memory allows (else the chains
+ * just grow longer). */
+static void registry_grow(struct tether_ctx *ctx) {
+  unsigned n = ctx->n_buckets * 2;
+  struct tether_session **b = n > ctx->n_buckets ? calloc(n, sizeof(*b)) : NULL;
+  if (!b)
+    return;
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
+    while (ctx->buckets[i]) {
+      struct tether_session *s = ctx->buckets[i];
+      ctx->buckets[i] = s->hash_next;
+      s->hash_next = b[bucket(s->id, n)];
+      b[bucket(s->id, n)] = s;
+    }
+  free(ctx->buckets);
+  ctx->buckets = b;
+  ctx->n_buckets = n;
+}
 
 void registry_add(struct tether_ctx *ctx, struct tether_session *s) {
   pthread_mutex_lock(&ctx->lock);
-  struct tether_session **b = &ctx->buckets[bucket(s->id)];
+  if (ctx->n_sessions >= ctx->n_buckets)
+    registry_grow(ctx);
+  struct tether_session **b = &ctx->buckets[bucket(s->id, ctx->n_buckets)];
   s->hash_next = *b;
   *b = s;
+  ctx->n_sessions++;
   pthread_mutex_unlock(&ctx->lock);
 }
 
 void registry_remove(struct tether_ctx *ctx, struct tether_session *s) {
   pthread_mutex_lock(&ctx->lock);
-  for (struct tether_session **pp = &ctx->buckets[bucket(s->id)]; *pp; pp = &(*pp)->hash_next)
+  for (struct tether_session **pp = &ctx->buckets[bucket(s->id, ctx->n_buckets)]; *pp;
+       pp = &(*pp)->hash_next)
     if (*pp == s) {
       *pp = s->hash_next;
+      ctx->n_sessions--;
       break;
     }
   pthread_mutex_unlock(&ctx->lock);
 }
 
 struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SESSION_ID_LEN]) {
-  for (struct tether_session *s = ctx->buckets[bucket(id)]; s; s = s->hash_next)
+  for (struct tether_session *s = ctx->buckets[bucket(id, ctx->n_buckets)]; s; s = s->hash_next)
     if (memcmp(s->id, id, SESSION_ID_LEN) == 0)
       return s;
   return NULL;
@@ -138,7 +166,7 @@ struct tether_session *registry_find(struct tether_ctx *ctx, const uint8_t id[SE
 static bool closing_sessions(struct tether_ctx *ctx) {
   bool any = false;
   pthread_mutex_lock(&ctx->lock);
-  for (int i = 0; i < SESSION_BUCKETS && !any; i++)
+  for (unsigned i = 0; i < ctx->n_buckets && !any; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next) {
       if (!__atomic_load_n(&s->app_closed, __ATOMIC_RELAXED))
         continue;
@@ -157,7 +185,7 @@ static bool closing_sessions(struct tether_ctx *ctx) {
 static void abort_closing(struct tether_ctx *ctx) {
   char tag[17];
   pthread_mutex_lock(&ctx->lock);
-  for (int i = 0; i < SESSION_BUCKETS; i++)
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
     for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next) {
       session_lock(s);
       if (s->app_closed && (s->core.state == CORE_CONNECTED ||
@@ -209,7 +237,7 @@ static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
 static void close_open_sessions(struct tether_ctx *ctx) {
   pthread_mutex_lock(&ctx->lock);
-  for (int i = 0; i < SESSION_BUCKETS; i++)
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
     for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
       if (!__atomic_load_n(&s->app_closed, __ATOMIC_RELAXED))
         (void)tether_close(s);
@@ -311,7 +339,9 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 1)
     ctx->read_spin_ns = (uint64_t)ctx->cfg.read_spin_us * 1000;
   pthread_mutex_init(&ctx->lock, NULL);
-  ctx->base = event_base_new();
+  ctx->n_buckets = SESSION_BUCKETS_MIN;
+  ctx->buckets = calloc(ctx->n_buckets, sizeof(*ctx->buckets));
+  ctx->base = ctx->buckets ? event_base_new() : NULL;
   ctx->stop_ev = ctx->base ? event_new(ctx->base, -1, 0, on_stop, ctx) : NULL;
   ctx->refill_ev = ctx->base ? event_new(ctx->base, -1, 0, on_refill, ctx) : NULL;
   ctx->hup_ep = epoll_create1(EPOLL_CLOEXEC);
@@ -344,6 +374,7 @@ fail:
   if (ctx->base)
     event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);
+  free(ctx->buckets);
   free(ctx);
   return rc;
 }
@@ -359,7 +390,7 @@ void tether_ctx_free(tether_ctx *ctx) {
   ctx_stop_engine(ctx);
   /* Finished sessions still in TIME_WAIT: repeat their final state once, so
    * a peer that missed it need not wait for a resume. */
-  for (int i = 0; i < SESSION_BUCKETS; i++)
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
     for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
       if (s->core.state == CORE_CLOSED)
         udp_send_ctl(s, now_ns());
@@ -369,7 +400,7 @@ void tether_ctx_free(tether_ctx *ctx) {
     ctx->handshakes = h->next;
     hs_conn_free(h);
   }
-  for (int i = 0; i < SESSION_BUCKETS; i++)
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
     while (ctx->buckets[i]) {
       struct tether_session *s = ctx->buckets[i];
       s->redials[0] = s->redials[1] = NULL; /* freed with the handshakes */
@@ -391,6 +422,7 @@ void tether_ctx_free(tether_ctx *ctx) {
   event_free(ctx->stop_ev);
   event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);
+  free(ctx->buckets);
   wipe(&ctx->cfg, sizeof(ctx->cfg));
   free(ctx);
 }

@@ -64,7 +64,8 @@ struct udp_chan {
                    const struct sockaddr *from, socklen_t fromlen);
 };
 
-#define SESSION_BUCKETS 256
+/* The registry starts with this many buckets and doubles as it fills. */
+#define SESSION_BUCKETS_MIN 256
 #define PATH_BUCKETS 1024
 
 /* A path: the sessions between one of our side-channel sockets and one
@@ -162,7 +163,12 @@ struct tether_ctx {
   struct event *stop_ev;
 
   pthread_mutex_t lock; /* registry, listener queues */
-  struct tether_session *buckets[SESSION_BUCKETS];
+  /* The registry: sessions by id, chained, about one per bucket at most
+   * (the table doubles as it fills: a lookup per datagram and per resume
+   * stays short with 100,000 sessions). */
+  struct tether_session **buckets;
+  unsigned n_buckets; /* a power of two */
+  unsigned n_sessions;
   struct tether_path *paths[PATH_BUCKETS]; /* engine thread */
   struct tether_listener *listeners;
   struct hs_conn *handshakes; /* in progress, server side and redials */
@@ -272,7 +278,12 @@ struct tether_session {
   uint64_t timer_due_ns; /* the core's deadline the timer was last set for
                             (atomic: session_start sets it off the engine) */
   uint8_t timer_yields; /* on_timer found a lock busy so many times in a row */
-  bool keepalive_due; /* the first connection has no keepalive yet */
+  /* The transport's TCP keepalive (sock_keepalive): none yet on a new
+   * session's first connection; short while the side channel is not proven
+   * (it is then the detector of an idle connection's death); long once it
+   * is (paths watch the peer, and a probe a minute keeps NAT state) --
+   * switched at the session's heartbeats.  Engine thread. */
+  enum keepalive { KEEPALIVE_NONE, KEEPALIVE_SHORT, KEEPALIVE_LONG } keepalive;
   struct event *sock_ev;
   short sock_ev_flags;
   int sock_ev_fd;
@@ -698,10 +709,12 @@ void session_on_unreachable(struct tether_session *s, uint64_t seq, const struct
 int sock_set_nonblock(int fd);
 /* Options every session socket gets at once: TCP_NODELAY, SO_LINGER {1,0}. */
 void sock_setup_session(int fd);
-/* Keepalive from suspend_ms: for a session's first connection at its first
- * heartbeat (a session that ends before then never needs it), for a
- * resumed one at once. */
-void sock_keepalive(int fd, const struct tether_config *cfg);
+/* Keepalive: probes after suspend_ms of silence, every suspend_ms (short),
+ * or after SOCK_KEEPIDLE_LONG_S (long: the side channel works).  For a
+ * session's first connection at its first heartbeat (a session that ends
+ * before then never needs it), for a resumed one at once. */
+#define SOCK_KEEPIDLE_LONG_S 60
+void sock_keepalive(int fd, const struct tether_config *cfg, bool long_idle);
 /* Whether TCP itself finds the path dead: bytes or probes outstanding and
  * no acknowledgement from the peer for limit_ms.  A peer that acknowledges
  * but does not read (zero window) is alive. */

@@ -279,7 +279,7 @@ void path_on_beat(struct tether_session *anchor, const struct ctl_path *beat,
     uint32_t b = bucket_of(m->path_tag, beat->buckets);
     if (mine[b] != beat->digest[b])
       uncover(m, soon(p, now)); /* the two sides disagree about this bucket */
-    else if (!m->keepalive_due) /* its transport is fully set up */
+    else if (m->keepalive == KEEPALIVE_LONG) /* its transport is fully set up */
       core_path_cover(&m->core, true, now);
   }
   if (!p->heard_ns) { /* the overdue check moves from never to then */

@@ -91,7 +91,6 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
     return NULL;
   }
   sock_setup_session(s->sock);
-  s->keepalive_due = true;
   struct core_config cc = session_core_config(&ctx->cfg);
   core_init(&s->core, &cc, is_client ? CORE_CLIENT : CORE_SERVER, now_ns(),
             sock_sndbuf_max(s->sock), h->peer_rcvbuf);
@@ -576,6 +575,15 @@ static bool timer_lock(struct tether_session *s) {
   return true;
 }
 
+/* Both locks held: the keepalive the side channel's state calls for. */
+static void set_keepalive(struct tether_session *s) {
+  enum keepalive want = s->core.udp_seen ? KEEPALIVE_LONG : KEEPALIVE_SHORT;
+  if (s->sock < 0 || s->keepalive == want)
+    return;
+  sock_keepalive(s->sock, &s->ctx->cfg, want == KEEPALIVE_LONG);
+  s->keepalive = want;
+}
+
 bool session_heartbeat_locked(struct tether_session *s, uint64_t now,
                               const struct ctl_path *path) {
   /* Heartbeats prove the peer alive, not the TCP path (a firewall may drop
@@ -585,10 +593,7 @@ bool session_heartbeat_locked(struct tether_session *s, uint64_t now,
     session_suspend_locked(s, now, "no TCP acknowledgement within suspend_ms");
     return false;
   }
-  if (s->keepalive_due && s->sock >= 0) {
-    sock_keepalive(s->sock, &s->ctx->cfg);
-    s->keepalive_due = false;
-  }
+  set_keepalive(s);
   if (s->sock >= 0)
     core_trim_inflight(&s->core, sock_outq(s->sock));
   retention_shrink(&s->core.ret); /* an idle ring gives its memory back */
@@ -662,8 +667,8 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
     s->sock = h->fd;
     h->fd = -1;
     sock_setup_session(s->sock);
-    sock_keepalive(s->sock, &s->ctx->cfg);
-    s->keepalive_due = false;
+    s->keepalive = KEEPALIVE_NONE; /* a new connection */
+    set_keepalive(s);
     app_fd_ready(s); /* wakes pollers of the WAIT pipe; the next call installs the socket */
     if (!s->is_client) /* the client may have moved: heartbeats follow it */
       set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.ss_family == AF_INET

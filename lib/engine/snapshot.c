@@ -200,7 +200,7 @@ static int snapshot(tether_ctx *ctx, bool lean, void **blob, size_t *len) {
   pthread_mutex_lock(&ctx->lock);
   for (struct tether_listener *l = ctx->listeners; l; l = l->next)
     n_l++;
-  for (int i = 0; i < SESSION_BUCKETS; i++)
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
     for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
       n_s++;
   struct sockaddr_storage *bound = calloc(n_l ? n_l : 1, sizeof(*bound));
@@ -228,7 +228,7 @@ static int snapshot(tether_ctx *ctx, bool lean, void **blob, size_t *len) {
   }
   c.msg.n_listeners = n_l;
   c.msg.listeners = c.listeners;
-  for (int b = 0; b < SESSION_BUCKETS; b++)
+  for (unsigned b = 0; b < ctx->n_buckets; b++)
     for (struct tether_session *s = ctx->buckets[b]; s; s = s->hash_next) {
       session_lock(s);
       bool keep = worth_keeping(s);
@@ -280,7 +280,7 @@ int tether_snapshot_commit(tether_ctx *ctx, const void *blob, size_t len) {
     return TETHER_EPROTO;
   uint64_t now = now_ns();
   pthread_mutex_lock(&ctx->lock);
-  for (int b = 0; b < SESSION_BUCKETS; b++)
+  for (unsigned b = 0; b < ctx->n_buckets; b++)
     for (struct tether_session *s = ctx->buckets[b]; s; s = s->hash_next) {
       session_lock(s);
       for (size_t i = 0; i < sizeof(s->captured) / sizeof(s->captured[0]); i++)
@@ -301,7 +301,7 @@ size_t tether_ctx_sessions(tether_ctx *ctx, tether_session **out, size_t cap) {
   if (!ctx)
     return 0;
   pthread_mutex_lock(&ctx->lock);
-  for (int i = 0; i < SESSION_BUCKETS; i++)
+  for (unsigned i = 0; i < ctx->n_buckets; i++)
     for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next)
       if (!s->app_closed && !queued(ctx, s)) {
         if (out && n < cap)

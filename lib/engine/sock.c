@@ -28,18 +28,22 @@ void sock_setup_session(int fd) {
   (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
-void sock_keepalive(int fd, const struct tether_config *cfg) {
+void sock_keepalive(int fd, const struct tether_config *cfg, bool long_idle) {
   /* Without a side channel, keepalive finds a dead peer of an idle
-   * connection; sock_path_silent one of a busy connection.  Not
-   * TCP_USER_TIMEOUT: it also ends a connection whose peer acknowledges
+   * connection; sock_path_silent one of a busy connection.  With one, the
+   * path's heartbeats watch the peer, and a probe every suspend_ms on each
+   * of thousands of idle connections would cost the kernel more than all
+   * of them otherwise do: a probe a minute still keeps NAT state alive.
+   * Not TCP_USER_TIMEOUT: it also ends a connection whose peer acknowledges
    * everything but reads nothing for that long (a zero window), which is
    * back-pressure, not a failure. */
   int one = 1;
-  int idle = (int)(cfg->suspend_ms / 1000) ? (int)(cfg->suspend_ms / 1000) : 1;
+  int intvl = (int)(cfg->suspend_ms / 1000) ? (int)(cfg->suspend_ms / 1000) : 1;
+  int idle = long_idle && intvl < SOCK_KEEPIDLE_LONG_S ? SOCK_KEEPIDLE_LONG_S : intvl;
   int cnt = 3;
   (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
   (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 

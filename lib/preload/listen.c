@@ -697,7 +697,7 @@ static bool pl_in_use(struct plisten *pl) {
   for (struct hs_conn *h = ctx->handshakes; h && !by; h = h->next)
     if (h->listener == &pl->l)
       by = "a handshake";
-  for (int i = 0; i < SESSION_BUCKETS && !by; i++)
+  for (unsigned i = 0; i < ctx->n_buckets && !by; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !by; s = s->hash_next)
       if (!s->is_client && s->udp == pl->l.udp)
         by = "a session";
