@@ -500,6 +500,9 @@ static void settle(struct tether_session *s, bool *destroy) {
   update_sock_ev(s);
   update_hup_watch(s);
   path_update(s);
+  /* Covered and quiet: no heartbeat of its own will give its ring back. */
+  if (core_path_covered(&s->core) && core_quiet(&s->core))
+    retention_shrink(&s->core.ret);
   *destroy = s->app_closed && (s->core.state == CORE_FAILED || s->done);
   if (!*destroy)
     arm_timer(s);
@@ -619,8 +622,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     session_suspend_locked(s, now, "no heartbeat within suspend_ms");
   if (act & CORE_ACT_HEARTBEAT)
     (void)session_heartbeat_locked(s, now, NULL);
-  else if (core_path_covered(&s->core) && core_quiet(&s->core))
-    retention_shrink(&s->core.ret); /* idle, without heartbeats of its own */
   if ((act & CORE_ACT_FIN) && s->sock >= 0) {
     char tag[17];
     LOG_DEBUG(s->ctx, "session %s: FIN after %llu bytes", session_tag(s->id, tag),
