@@ -336,7 +336,7 @@ bool core_on_unreachable(struct core_session *c, uint64_t now, uint64_t seq) {
 
 bool core_quiet(const struct core_session *c) {
   return c->state == CORE_CONNECTED && c->udp_seen && c->peer_acked == c->sent &&
-         c->tx_pos == c->sent && c->last_ctl.delivered == c->delivered &&
+         c->tx_pos == c->sent && c->acked_delivered == c->delivered &&
          !core_replay_pending(c) && c->wr == CORE_HALF_OPEN && c->rd == CORE_HALF_OPEN &&
          c->peer_wr == CORE_HALF_OPEN && c->peer_rd == CORE_HALF_OPEN &&
          !c->unconfirmed_give_up_ns &&

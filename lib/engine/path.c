@@ -282,10 +282,10 @@ void path_on_beat(struct tether_session *anchor, const struct ctl_path *beat,
     else if (m->keepalive == KEEPALIVE_LONG) /* its transport is fully set up */
       core_path_cover(&m->core, true, now);
   }
-  if (!p->heard_ns) { /* the overdue check moves from never to then */
-    p->heard_ns = now;
+  bool first = !p->heard_ns;
+  p->heard_ns = now;
+  if (first) { /* the overdue check moves from never to then */
     event_del(p->timer);
     arm(p, now);
   }
-  p->heard_ns = now;
 }
