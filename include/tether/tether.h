@@ -359,6 +359,96 @@ TETHER_API int tether_session_peer_received(const tether_session *s,
 /* The session's 16-byte id, the same on both sides and across restores. */
 TETHER_API int tether_session_id(const tether_session *s, uint8_t id[16]);
 
+/* ---- On the application's event loop ----------------------------------- */
+
+/* tether can run on a libevent event_base that the application runs itself:
+ * no engine thread, and one descriptor per session (its TCP socket).  Bytes
+ * move through two evbuffers per session, as with a bufferevent: the
+ * application takes what arrived from the input buffer and adds what it
+ * writes to the output buffer; callbacks say when to look.  See
+ * tether_config_set_event_base(3) and tether_session_setcb(3). */
+struct event_base;
+struct evbuffer;
+
+/* Contexts made with cfg (tether_ctx_new, tether_restore*) run their
+ * timers, side channel, listeners, handshakes and resumes as events on base,
+ * for as long as the application runs base; NULL (the default): on an
+ * engine thread of their own.  Every call on such a context, its listeners
+ * and its sessions must come from the thread that runs base (a blocking call
+ * blocks that loop; a blocking tether_read would wait for resumes only the
+ * loop can make: use the callbacks, or non-blocking calls).
+ * tether_ctx_free() runs base itself while closed sessions deliver their
+ * last bytes (TETHER_OPT_LINGER_S), must not be called from a callback of
+ * base, and leaves base to the application, which frees it after. */
+TETHER_API void tether_config_set_event_base(tether_config *cfg,
+                                             struct event_base *base);
+
+typedef enum tether_event {
+  TETHER_EVENT_SUSPENDED = 1, /* transport lost; reconnecting */
+  TETHER_EVENT_CONNECTED,     /* resumed: bytes flow again */
+  TETHER_EVENT_EOF,           /* the peer finished writing: the input
+                                 buffer holds its last byte */
+  TETHER_EVENT_CLOSED,        /* both directions finished */
+  TETHER_EVENT_FAILED,        /* final; err says why */
+  TETHER_EVENT_WRITE_FAILED,  /* writing failed (err: -EPIPE once the peer
+                                 closed): the output buffer was emptied,
+                                 and later additions are dropped; reading
+                                 goes on */
+} tether_event;
+
+#define TETHER_EV_READ 0x02  /* the same values as libevent's EV_READ */
+#define TETHER_EV_WRITE 0x04 /* and EV_WRITE */
+
+/* Callbacks of a session on the application's loop.  They run on that loop
+ * with no tether lock held and may call any tether function, tether_close()
+ * included, except tether_ctx_free(). */
+typedef void (*tether_data_cb)(tether_session *s, void *arg);
+typedef void (*tether_event_cb)(tether_session *s, tether_event ev, int err,
+                                void *arg);
+/* A connect finished: s set up (err 0), or NULL and the error. */
+typedef void (*tether_connect_cb)(tether_session *s, int err, void *arg);
+typedef void (*tether_accept_cb)(tether_listener *l, tether_session *s,
+                                 void *arg);
+
+/* Starts connecting to host:port on a context on the application's loop;
+ * cb is called once, from the loop, bounded by TETHER_OPT_CONNECT_TIMEOUT_MS
+ * (addresses are tried in turn).  A host name is resolved at once, with
+ * getaddrinfo(3): numeric addresses never block.  Returns 0, or a negative
+ * code (and cb is not called). */
+TETHER_API int tether_connect_async(tether_ctx *ctx, const char *host,
+                                    const char *port, tether_connect_cb cb,
+                                    void *arg);
+/* New sessions of a listener of a context on the application's loop go to cb
+ * (on the loop) instead of tether_accept(); a session cb does not want it
+ * closes.  cb NULL: back to tether_accept(). */
+TETHER_API int tether_listener_set_accept_cb(tether_listener *l,
+                                             tether_accept_cb cb, void *arg);
+/* Sets the callbacks of a session from tether_connect_async() or an accept
+ * callback (any may be NULL); a session of a restored context on the
+ * application's loop (tether_ctx_sessions) becomes such a session by it.  readcb: the input buffer holds at least the
+ * read low watermark (default 0: any byte).  writecb: the output buffer
+ * drained to its low watermark (default 0: empty) -- all written, held by
+ * tether for the peer.  eventcb: the session changed state or reached EOF. */
+TETHER_API int tether_session_setcb(tether_session *s, tether_data_cb readcb,
+                                    tether_data_cb writecb,
+                                    tether_event_cb eventcb, void *arg);
+/* The session's buffers (owned by it; valid until tether_close()).  Bytes
+ * in the input buffer are the application's; bytes added to the output
+ * buffer are written in order, as the session can take them. */
+TETHER_API struct evbuffer *tether_session_input(tether_session *s);
+TETHER_API struct evbuffer *tether_session_output(tether_session *s);
+/* Starts or stops reading into the input buffer (TETHER_EV_READ) or
+ * writing from the output buffer (TETHER_EV_WRITE); both are on at first. */
+TETHER_API int tether_session_enable(tether_session *s, short events);
+TETHER_API int tether_session_disable(tether_session *s, short events);
+/* Watermarks, as a bufferevent's.  TETHER_EV_READ: readcb waits for `low`
+ * bytes; reading stops while the input buffer holds `high` or more (0: no
+ * limit; default 256 KiB: a peer that writes faster than the application
+ * reads is held back by TCP, not buffered without end).  TETHER_EV_WRITE:
+ * writecb fires when the output buffer drains to `low`; high is unused. */
+TETHER_API int tether_session_setwatermark(tether_session *s, short events,
+                                           size_t low, size_t high);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,6 @@
-/* The connecting side: tether_connect() (blocking, in the caller's thread)
- * and redials of suspended sessions (non-blocking, in the engine). */
+/* The connecting side: tether_connect() (blocking, in the caller's thread),
+ * tether_connect_async() (on the application's loop) and redials of
+ * suspended sessions (non-blocking, in the engine). */
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
@@ -54,6 +55,34 @@ static int64_t ms_left(uint64_t deadline) {
   return now >= deadline ? 0 : (int64_t)((deadline - now) / 1000000) + 1;
 }
 
+/* A new session from h's finished handshake, started: 0 and *out, or a
+ * negative code. */
+static int connected(struct hs_conn *h, bool async, struct tether_session **out) {
+  char tag[17], addr[64];
+  struct tether_session *s = session_new(h->ctx, h, true, async);
+  h->fd = s ? -1 : h->fd;
+  int rc = s ? session_start(s) : -ENOMEM;
+  if (rc < 0) {
+    session_destroy(s);
+    return rc;
+  }
+  LOG_INFO(h->ctx, "session %s: connected to %s", session_tag(s->id, tag),
+           sock_addr_str((struct sockaddr *)&h->peer, addr, sizeof(addr)));
+  *out = s;
+  return 0;
+}
+
+/* Logs a failed setup with h; whether another address is worth a try
+ * (only connection-level failures are). */
+static bool connect_failed(const struct hs_conn *h, int rc) {
+  char addr[64];
+  LOG_INFO(h->ctx, "connect to %s failed: %s (%s)",
+           sock_addr_str((const struct sockaddr *)&h->peer, addr, sizeof(addr)),
+           tether_strerror(rc), h->why ? h->why : "");
+  return rc == -ECONNREFUSED || rc == -ENETUNREACH || rc == -EHOSTUNREACH ||
+         rc == -EADDRNOTAVAIL || rc == -EAFNOSUPPORT;
+}
+
 /* Runs a client handshake to completion on the caller's thread. */
 static int run_blocking(struct hs_conn *h, uint64_t deadline) {
   for (;;) {
@@ -105,31 +134,115 @@ int tether_connect(tether_ctx *ctx, const char *host, const char *port, tether_s
     h->peer_len = a->ai_addrlen;
     rc = run_blocking(h, deadline);
     if (rc == 0) {
-      struct tether_session *s = session_new(ctx, h, true);
-      h->fd = s ? -1 : h->fd;
-      rc = s ? session_start(s) : -ENOMEM;
-      if (rc == 0) {
-        char tag[17], addr[64];
-        LOG_INFO(ctx, "session %s: connected to %s", session_tag(s->id, tag),
-                 sock_addr_str(a->ai_addr, addr, sizeof(addr)));
-        *out = s;
-      } else if (s) {
-        session_destroy(s);
-      }
+      rc = connected(h, false, out);
       hs_conn_free(h);
       break;
     }
-    char addr[64];
-    LOG_INFO(ctx, "connect to %s failed: %s (%s)", sock_addr_str(a->ai_addr, addr, sizeof(addr)),
-             tether_strerror(rc), h->why ? h->why : "");
+    bool next = connect_failed(h, rc);
     hs_conn_free(h);
-    /* Only connection-level failures are worth another address. */
-    if (rc != -ECONNREFUSED && rc != -ENETUNREACH && rc != -EHOSTUNREACH &&
-        rc != -EADDRNOTAVAIL && rc != -EAFNOSUPPORT)
+    if (!next)
       break;
   }
   freeaddrinfo(ai);
   return rc;
+}
+
+/* ---- on the application's loop ---- */
+
+struct connect_req {
+  struct tether_ctx *ctx;
+  struct addrinfo *ai, *next; /* the addresses, those not tried yet */
+  uint64_t deadline;
+  tether_connect_cb cb;
+  void *arg;
+};
+
+/* Starts the handshake with the next address that takes a connect(): 0, or
+ * the last error when none is left. */
+static int connect_next(struct connect_req *r, int rc) {
+  struct tether_ctx *ctx = r->ctx;
+  while (r->next) {
+    struct addrinfo *a = r->next;
+    bool connecting;
+    r->next = a->ai_next;
+    if (!client_udp(ctx, a->ai_family))
+      LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
+    int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting, NULL);
+    if (fd < 0) {
+      rc = fd;
+      continue;
+    }
+    struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_NEW, fd);
+    if (!h) {
+      close(fd);
+      return -ENOMEM;
+    }
+    h->connecting = connecting;
+    h->req = r;
+    memcpy(&h->peer, a->ai_addr, a->ai_addrlen);
+    h->peer_len = a->ai_addrlen;
+    int64_t left = ms_left(r->deadline);
+    if (left <= 0 || (rc = hs_conn_start_async(h, (uint64_t)left)) < 0) {
+      hs_conn_free(h);
+      return left <= 0 ? -ETIMEDOUT : rc;
+    }
+    return 0;
+  }
+  return rc;
+}
+
+static void connect_req_free(struct connect_req *r) {
+  freeaddrinfo(r->ai);
+  free(r);
+}
+
+int tether_connect_async(tether_ctx *ctx, const char *host, const char *port, tether_connect_cb cb,
+                         void *arg) {
+  int rc;
+  if (!ctx || !port || !cb || ctx->own_base)
+    return -EINVAL;
+  struct connect_req *r = calloc(1, sizeof(*r));
+  if (!r)
+    return -ENOMEM;
+  if ((rc = sock_resolve(host, port, false, &r->ai)) < 0) {
+    LOG_WARN(ctx, "cannot resolve %s:%s", host ? host : "", port);
+    free(r);
+    return rc;
+  }
+  r->ctx = ctx;
+  r->next = r->ai;
+  r->deadline = now_ns() + (uint64_t)ctx->cfg.connect_timeout_ms * 1000000;
+  r->cb = cb;
+  r->arg = arg;
+  if ((rc = connect_next(r, -ECONNREFUSED)) < 0)
+    connect_req_free(r);
+  return rc;
+}
+
+void client_connect_done(struct hs_conn *h, int rc) {
+  struct connect_req *r = h->req;
+  struct tether_session *s = NULL;
+  if (rc == 0)
+    rc = connected(h, true, &s);
+  else if (connect_failed(h, rc) && (rc = connect_next(r, rc)) == 0) {
+    hs_conn_free(h); /* another address is being tried */
+    return;
+  }
+  hs_conn_free(h);
+  if (rc == 0 && (rc = async_attach(s)) < 0) {
+    session_close(s);
+    s = NULL;
+  }
+  tether_connect_cb cb = r->cb;
+  void *arg = r->arg;
+  connect_req_free(r);
+  cb(s, rc, arg);
+}
+
+void client_connect_drop(struct hs_conn *h) {
+  if (h->req)
+    connect_req_free(h->req);
+  h->req = NULL;
 }
 
 /* ---- redial (engine thread) ---- */

@@ -189,6 +189,11 @@ int tether_config_set_psk(tether_config *cfg, const void *key, size_t len) {
   return 0;
 }
 
+void tether_config_set_event_base(tether_config *cfg, struct event_base *base) {
+  if (cfg)
+    cfg->base = base;
+}
+
 void tether_config_set_state_cb(tether_config *cfg, tether_state_cb cb, void *arg) {
   if (!cfg)
     return;

@@ -22,6 +22,18 @@ uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
+void engine_event_prio(const struct tether_ctx *ctx, struct event *ev) {
+  if (ev && !ctx->own_base && event_base_get_npriorities(ctx->base) > 1)
+    event_priority_set(ev, 0);
+}
+
+struct event *engine_event_new(struct tether_ctx *ctx, int fd, short what,
+                               void (*cb)(int, short, void *), void *arg) {
+  struct event *ev = event_new(ctx->base, fd, what, cb, arg);
+  engine_event_prio(ctx, ev);
+  return ev;
+}
+
 /* Jitter only (timers): no secret depends on it, so a per-thread xorshift
  * seeded once from OpenSSL, rather than a RAND_bytes() per timer, whose
  * fork check is a getpid() system call. */
@@ -168,6 +180,10 @@ static bool closing_sessions(struct tether_ctx *ctx) {
   pthread_mutex_lock(&ctx->lock);
   for (unsigned i = 0; i < ctx->n_buckets && !any; i++)
     for (struct tether_session *s = ctx->buckets[i]; s && !any; s = s->hash_next) {
+      if (async_closing(s)) {
+        any = true; /* still writing its output */
+        break;
+      }
       if (!__atomic_load_n(&s->app_closed, __ATOMIC_RELAXED))
         continue;
       session_lock(s);
@@ -203,14 +219,25 @@ static void abort_closing(struct tether_ctx *ctx) {
   pthread_mutex_unlock(&ctx->lock);
 }
 
+static void on_linger_tick(evutil_socket_t fd, short what, void *arg) {}
+
 void ctx_linger(struct tether_ctx *ctx) {
-  if (!ctx->thread_started)
+  if (ctx->own_base && !ctx->thread_started)
     return;
   uint64_t end = now_ns() + (uint64_t)ctx->cfg.linger_s * 1000000000;
+  /* The application's loop: nobody else runs it meanwhile. */
+  struct event *tick = ctx->own_base ? NULL : evtimer_new(ctx->base, on_linger_tick, NULL);
   while (closing_sessions(ctx) && now_ns() < end) {
-    struct timespec ts = {0, 5 * 1000000};
-    nanosleep(&ts, NULL);
+    struct timeval tv = {0, 5000};
+    if (!tick) {
+      struct timespec ts = {0, 5 * 1000000};
+      nanosleep(&ts, NULL);
+    } else if (evtimer_add(tick, &tv) < 0 || event_base_loop(ctx->base, EVLOOP_ONCE) < 0) {
+      break; /* called from inside the loop: it cannot run again */
+    }
   }
+  if (tick)
+    event_free(tick);
   abort_closing(ctx);
 }
 
@@ -341,21 +368,27 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   pthread_mutex_init(&ctx->lock, NULL);
   ctx->n_buckets = SESSION_BUCKETS_MIN;
   ctx->buckets = calloc(ctx->n_buckets, sizeof(*ctx->buckets));
-  ctx->base = ctx->buckets ? event_base_new() : NULL;
-  ctx->stop_ev = ctx->base ? event_new(ctx->base, -1, 0, on_stop, ctx) : NULL;
-  ctx->refill_ev = ctx->base ? event_new(ctx->base, -1, 0, on_refill, ctx) : NULL;
+  /* The application's loop (tether_config_set_event_base), or an engine
+   * thread's own. */
+  struct event_base *base = ctx->cfg.base;
+  ctx->own_base = !base;
+  ctx->base = !ctx->buckets ? NULL : base ? base : event_base_new();
+  ctx->stop_ev = ctx->base ? engine_event_new(ctx, -1, 0, on_stop, ctx) : NULL;
+  ctx->refill_ev = ctx->base ? engine_event_new(ctx, -1, 0, on_refill, ctx) : NULL;
   ctx->hup_ep = epoll_create1(EPOLL_CLOEXEC);
   ctx->hup_ev = ctx->base && ctx->hup_ep >= 0
-                    ? event_new(ctx->base, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
+                    ? engine_event_new(ctx, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
                     : NULL;
   if (!ctx->stop_ev || !ctx->refill_ev || !ctx->hup_ev || event_add(ctx->hup_ev, NULL) < 0 ||
       hs_table_init(ctx) < 0) {
     rc = ctx->hup_ep < 0 ? -errno : -ENOMEM;
     goto fail;
   }
-  if ((rc = -pthread_create(&ctx->thread, NULL, engine_main, ctx)) < 0)
-    goto fail;
-  ctx->thread_started = true;
+  if (ctx->own_base) {
+    if ((rc = -pthread_create(&ctx->thread, NULL, engine_main, ctx)) < 0)
+      goto fail;
+    ctx->thread_started = true;
+  }
   ctx->refill_pending = true;
   event_active(ctx->refill_ev, EV_READ, 0);
   live_add(ctx);
@@ -371,7 +404,7 @@ fail:
     event_free(ctx->refill_ev);
   if (ctx->stop_ev)
     event_free(ctx->stop_ev);
-  if (ctx->base)
+  if (ctx->base && ctx->own_base)
     event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);
   free(ctx->buckets);
@@ -398,6 +431,7 @@ void tether_ctx_free(tether_ctx *ctx) {
   while (ctx->handshakes) {
     struct hs_conn *h = ctx->handshakes;
     ctx->handshakes = h->next;
+    client_connect_drop(h);
     hs_conn_free(h);
   }
   for (unsigned i = 0; i < ctx->n_buckets; i++)
@@ -420,7 +454,8 @@ void tether_ctx_free(tether_ctx *ctx) {
   close(ctx->hup_ep);
   event_free(ctx->refill_ev);
   event_free(ctx->stop_ev);
-  event_base_free(ctx->base);
+  if (ctx->own_base)
+    event_base_free(ctx->base);
   pthread_mutex_destroy(&ctx->lock);
   free(ctx->buckets);
   wipe(&ctx->cfg, sizeof(ctx->cfg));

@@ -49,6 +49,7 @@ struct tether_config {
   size_t psk_len;
   tether_state_cb state_cb;
   void *state_cb_arg;
+  struct event_base *base; /* the application's loop, or NULL */
 };
 
 /* A UDP side-channel socket shared by many sessions. */
@@ -152,6 +153,8 @@ struct tether_ctx {
   struct tether_config cfg;
   uint64_t read_spin_ns; /* cfg.read_spin_us, or 0 on a single CPU */
   struct event_base *base;
+  bool own_base; /* false: the application's (tether_ctx_new_base), which
+                    the application runs: no engine thread */
   pthread_t thread;
   bool thread_started;
   /* The process's live contexts, for the exit handler (ctx.c): the one
@@ -220,6 +223,10 @@ struct tether_listener {
    * Under ctx->lock. */
   unsigned queued, reserved;
   struct accept_gate gate;
+  /* tether_listener_set_accept_cb: new sessions go there, not to the
+   * queue (application's loop). */
+  tether_accept_cb accept_cb;
+  void *accept_arg;
 };
 
 struct tether_session {
@@ -334,6 +341,9 @@ struct tether_session {
   /* Fires connect_timeout_ms after setup: a ClientFinish still missing then
    * (read or not) drops the session (listener.c).  Engine thread. */
   struct event *confirm_ev;
+  /* A session on the application's loop (async.c): its buffers, events and
+   * callbacks; NULL for the blocking API's. */
+  struct async_io *async;
 };
 
 /* What the application's fd refers to.  poll() attaches to the files it
@@ -379,6 +389,7 @@ struct hs_conn {
   uint32_t peer_udp_port;
   bool peer_durable; /* the peer may restart from snapshots */
   struct tether_session *session; /* resume: the session concerned */
+  struct connect_req *req;        /* tether_connect_async's (async.c) */
   struct core_resume_state peer_state;
   struct tether_listener *listener;
   struct sockaddr_storage peer;
@@ -457,8 +468,10 @@ void hs_table_room_freed_locked(struct tether_ctx *ctx);
 /* The core's configuration from the context's. */
 struct core_config session_core_config(const struct tether_config *cfg);
 
+/* async: a session of the application's loop (async.c): it gets no app
+ * fd. */
 struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
-                                   bool is_client);
+                                   bool is_client, bool async);
 /* A suspended session rebuilt from its snapshot (see snapshot.c); l is its
  * listener (server side).  NULL with *err on failure. */
 struct Tether__Snap__Session;
@@ -588,6 +601,35 @@ static inline bool redial_err_final(int err) {
          err == TETHER_EDIVERGED;
 }
 void client_redial_done(struct tether_session *s, struct hs_conn *h, int rc);
+/* The handshake of a tether_connect_async() ended (the loop's thread). */
+void client_connect_done(struct hs_conn *h, int rc);
+/* Context teardown: h's tether_connect_async() is dropped with it. */
+void client_connect_drop(struct hs_conn *h);
+
+/* ---- sessions on the application's loop (async.c) ---- */
+
+/* Makes s (new, started, without an app fd) a session of the loop.  0 or
+ * -ENOMEM. */
+int async_attach(struct tether_session *s);
+/* Loop thread, both locks held (settle): notices s's new state, room and
+ * socket, and schedules the work they call for. */
+void async_settle_locked(struct tether_session *s);
+/* The engine is about to close fd, one of s's retired sockets. */
+void async_forget_sock(struct tether_session *s, int fd);
+/* tether_close() of a loop session: its output is written first. */
+int async_close(struct tether_session *s);
+/* Whether a loop session the application closed still writes its output. */
+bool async_closing(const struct tether_session *s);
+/* Whether s holds bytes in its buffers (a snapshot cannot capture them). */
+bool async_buffered(const struct tether_session *s);
+/* session_destroy: frees s's loop part. */
+void async_free(struct tether_session *s);
+/* tether_close() without the loop session's output: the application let go. */
+int session_close(struct tether_session *s);
+/* tether_shutdown() of a loop session: after its output. */
+int async_shutdown(struct tether_session *s);
+/* tether_shutdown() now. */
+int session_shutdown(struct tether_session *s);
 
 /* ---- server side (listener.c) ---- */
 
@@ -645,6 +687,14 @@ int spin_wait(struct spin_hold *h, struct tether_session *s, short events);
 /* ---- context (ctx.c) ---- */
 
 uint64_t now_ns(void);
+/* The engine's events.  On the application's loop (tether_config_set_event_base)
+ * with priorities, they take the highest: heartbeats, the side channel and
+ * resumes keep their time however many sessions have bytes to move (those
+ * run at the lowest, async.c). */
+struct event *engine_event_new(struct tether_ctx *ctx, int fd, short what,
+                               void (*cb)(int, short, void *), void *arg);
+/* The same for an event (re)assigned with event_assign. */
+void engine_event_prio(const struct tether_ctx *ctx, struct event *ev);
 /* Waits, up to cfg.linger_s, while sessions the application closed still
  * deliver their last bytes and close notices (also across a resume); those
  * still unfinished then fail with TETHER_EABORTED, and their peers are told

@@ -653,6 +653,8 @@ static void finish(struct hs_conn *h, int rc) {
   event_del(h->timeout);
   if (h->kind == HS_SERVER)
     listener_handshake_done(h, rc);
+  else if (h->kind == HS_CLIENT_NEW)
+    client_connect_done(h, rc); /* the engine runs only these new ones */
   else
     client_redial_done(h->session, h, rc);
 }
@@ -663,6 +665,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
   if (rc == HS_WANT_READ || rc == HS_WANT_WRITE) {
     event_del(h->ev);
     event_assign(h->ev, h->ctx->base, h->fd, rc == HS_WANT_READ ? EV_READ : EV_WRITE, on_io, h);
+    engine_event_prio(h->ctx, h->ev);
     event_add(h->ev, NULL);
     return;
   }
@@ -689,8 +692,8 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   short what = h->connecting || h->step == S_START ? EV_WRITE : EV_READ;
   struct hs_conn *victim = NULL;
   char addr[64];
-  h->ev = event_new(ctx->base, h->fd, what, on_io, h);
-  h->timeout = evtimer_new(ctx->base, on_timeout, h);
+  h->ev = engine_event_new(ctx, h->fd, what, on_io, h);
+  h->timeout = engine_event_new(ctx, -1, 0, on_timeout, h);
   if (!h->ev || !h->timeout) {
     LOG_ERR(ctx, "out of memory for a handshake");
     return -ENOMEM;

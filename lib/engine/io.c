@@ -282,6 +282,10 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
 int tether_shutdown(tether_session *s) {
   if (!s || s->app_closed)
     return -EBADF;
+  return s->async ? async_shutdown(s) : session_shutdown(s);
+}
+
+int session_shutdown(struct tether_session *s) {
   session_lock(s);
   int rc = s->core.state == CORE_FAILED ? s->core.error : 0;
   if (rc == 0)
@@ -294,6 +298,10 @@ int tether_shutdown(tether_session *s) {
 int tether_close(tether_session *s) {
   if (!s || s->app_closed)
     return -EBADF;
+  return s->async ? async_close(s) : session_close(s);
+}
+
+int session_close(struct tether_session *s) {
   session_lock(s);
   core_close(&s->core, now_ns());
   /* Our final state (delivered, closed) goes out now, not at the engine's

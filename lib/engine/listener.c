@@ -141,7 +141,7 @@ static void on_confirm_due(evutil_socket_t fd, short what, void *arg) {
 static int expect_finish_by(struct tether_session *s) {
   uint64_t ms = s->ctx->cfg.connect_timeout_ms;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-  s->confirm_ev = evtimer_new(s->ctx->base, on_confirm_due, s);
+  s->confirm_ev = engine_event_new(s->ctx, -1, 0, on_confirm_due, s);
   if (!s->confirm_ev)
     return -ENOMEM;
   return evtimer_add(s->confirm_ev, &tv);
@@ -168,7 +168,8 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
     hs_conn_free(h);
     return;
   }
-  struct tether_session *s = session_new(ctx, h, false);
+  bool async = l->accept_cb != NULL;
+  struct tether_session *s = session_new(ctx, h, false, async);
   if (!s) {
     LOG_ERR(ctx, "out of memory for a new session from %s", addr);
     hs_conn_free(h);
@@ -190,7 +191,26 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
     return;
   }
   LOG_INFO(ctx, "session %s: accepted from %s", session_tag(s->id, tag), addr);
-  listener_enqueue(l, s, reserved);
+  if (!async) {
+    listener_enqueue(l, s, reserved);
+    return;
+  }
+  /* The application's loop takes it at once: no queue to hold a place in. */
+  if (reserved)
+    give_back(l);
+  if (listener_closed(l) || !l->accept_cb || async_attach(s) < 0) {
+    session_close(s);
+    return;
+  }
+  l->accept_cb(l, s, l->accept_arg);
+}
+
+int tether_listener_set_accept_cb(tether_listener *l, tether_accept_cb cb, void *arg) {
+  if (!l || l->ctx->own_base)
+    return -EINVAL;
+  l->accept_cb = cb;
+  l->accept_arg = arg;
+  return 0;
 }
 
 void listener_enqueue(struct tether_listener *l, struct tether_session *s, bool reserved) {
@@ -293,7 +313,7 @@ int listener_open(tether_ctx *ctx, const char *host, const char *port, bool star
     LOG_WARN(ctx, "UDP port %d unavailable: sessions of this listener detect failures from "
              "TCP signals only", l->port);
   l->ready_fd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
-  l->ev = event_new(ctx->base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
+  l->ev = engine_event_new(ctx, l->fd, EV_READ | EV_PERSIST, on_accept, l);
   if (l->ready_fd < 0 || !l->ev || accept_gate_init(&l->gate, ctx, l->ev) < 0) {
     rc = -ENOMEM;
     goto out;
@@ -345,7 +365,7 @@ int tether_listener_set_nonblocking(tether_listener *l, int on) {
 }
 
 int tether_accept(tether_listener *l, tether_session **out) {
-  if (!l || !out)
+  if (!l || !out || l->accept_cb)
     return -EINVAL;
   for (;;) {
     uint64_t v;

@@ -68,7 +68,7 @@ static void set_udp_peer(struct tether_session *s, const struct sockaddr_storage
 }
 
 struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
-                                   bool is_client) {
+                                   bool is_client, bool async) {
   struct tether_session *s = calloc(1, sizeof(*s));
   if (!s)
     return NULL;
@@ -84,8 +84,10 @@ struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn 
   s->hold_w = -1;
   s->hup_sock = -1;
   s->app_kind = APP_FD_SOCK;
-  s->app_fd = fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
-  if (s->app_fd < 0) {
+  /* A session of the application's loop polls nothing of ours: its only
+   * descriptor is the socket. */
+  s->app_fd = async ? -1 : fcntl(s->sock, F_DUPFD_CLOEXEC, 0);
+  if (!async && s->app_fd < 0) {
     wipe(&s->keys, sizeof(s->keys));
     free(s);
     return NULL;
@@ -282,6 +284,8 @@ static void close_retired(struct tether_session *s) {
       event_del(s->sock_ev);
       s->sock_ev_flags = 0;
     }
+    if (s->async)
+      async_forget_sock(s, s->retired[i]);
     close(s->retired[i]);
   }
   s->n_retired = 0;
@@ -380,10 +384,12 @@ static void update_sock_ev(struct tether_session *s) {
     return;
   if (s->sock_ev) {
     event_del(s->sock_ev);
-    if (want)
+    if (want) {
       event_assign(s->sock_ev, s->ctx->base, s->sock, want | EV_PERSIST, on_sock, s);
+      engine_event_prio(s->ctx, s->sock_ev);
+    }
   } else if (want) {
-    s->sock_ev = event_new(s->ctx->base, s->sock, want | EV_PERSIST, on_sock, s);
+    s->sock_ev = engine_event_new(s->ctx, s->sock, want | EV_PERSIST, on_sock, s);
   }
   if (want && s->sock_ev)
     event_add(s->sock_ev, NULL);
@@ -499,6 +505,8 @@ static void settle(struct tether_session *s, bool *destroy) {
   close_retired(s);
   update_sock_ev(s);
   update_hup_watch(s);
+  if (s->async)
+    async_settle_locked(s);
   path_update(s);
   /* Covered and quiet: no heartbeat of its own will give its ring back. */
   if (core_path_covered(&s->core) && core_quiet(&s->core))
@@ -638,8 +646,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
 
 int session_start(struct tether_session *s) {
   struct tether_ctx *ctx = s->ctx;
-  s->timer = evtimer_new(ctx->base, on_timer, s);
-  s->kick = event_new(ctx->base, -1, 0, on_kick, s);
+  s->timer = engine_event_new(ctx, -1, 0, on_timer, s);
+  s->kick = engine_event_new(ctx, -1, 0, on_kick, s);
   if (!s->timer || !s->kick)
     return -ENOMEM;
   registry_add(ctx, s);
@@ -698,6 +706,7 @@ void session_destroy(struct tether_session *s) {
   if (s->confirm_ev)
     event_free(s->confirm_ev);
   close_retired(s);
+  async_free(s);
   if (s->hup_sock >= 0)
     (void)epoll_ctl(s->ctx->hup_ep, EPOLL_CTL_DEL, s->hup_sock, NULL);
   if (s->sock_ev)

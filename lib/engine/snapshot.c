@@ -233,7 +233,10 @@ static int snapshot(tether_ctx *ctx, bool lean, void **blob, size_t *len) {
       session_lock(s);
       bool keep = worth_keeping(s);
       uint64_t sent = lean ? lean_sent(&s->core) : s->core.sent;
-      int r = keep ? capture_session(&c, ctx, s, &c.session_v[c.msg.n_sessions], sent) : 0;
+      /* Bytes in a loop session's buffers are in neither stream position. */
+      int r = keep && async_buffered(s) ? -EBUSY
+              : keep ? capture_session(&c, ctx, s, &c.session_v[c.msg.n_sessions], sent)
+                     : 0;
       if (keep && r == 0)
         note_capture(s, id, sent);
       session_unlock(s);

@@ -317,7 +317,7 @@ static int handshake(struct cjob *j) {
     }
   }
   if (rc == HS_DONE) {
-    j->s = session_new(ctx, h, true);
+    j->s = session_new(ctx, h, true, false);
     if (j->s)
       h->fd = -1; /* the session owns the socket */
     rc = j->s ? 0 : -ENOMEM;
