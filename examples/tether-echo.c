@@ -5,44 +5,42 @@
  *                      [--snapshot-every BYTES]]
  *   tether-echo client --connect HOST:PORT [--stats]
  *
- * The server runs one thread per session; every thread sleeps in poll() on its
- * session and on a shared "stop" eventfd, so SIGINT/SIGTERM (taken from a
- * signalfd, not a handler) can end them all and the context is freed only
- * after the last one closed its session.  The client is one poll() loop with
- * the session non-blocking, so it reads the echo while it is still writing:
- * a blocking write-then-read client would deadlock on large inputs once both
- * directions' buffers fill.
+ * The server is one libevent loop on which tether runs too (the async API,
+ * tether_config_set_event_base): no thread per session, one descriptor per
+ * session (its TCP socket), and whatever arrives goes straight back from
+ * the session's input buffer to its output buffer.  SIGINT/SIGTERM end the
+ * loop.  The client is one poll() loop with the session non-blocking, so
+ * it reads the echo while it is still writing: a blocking write-then-read
+ * client would deadlock on large inputs once both directions' buffers fill.
  *
  * --state: the server is durable and checkpoints its context into
  * DIR/server.snap (tether_checkpoint_blob through the file store); started
  * again with the same DIR after a crash, it restores its listener and its
  * sessions, and its clients carry on.  The echo's own state is the bytes a
- * session thread has read and not yet written back: a snapshot must not
- * catch a thread holding any, or the restored server would never echo
- * them.  So each thread holds a read lock on `gate` from a read that
- * returned bytes until they are all written, and the checkpoint takes the
- * snapshot under the write lock (in memory, quickly), then stores it
- * without the lock.  After a restore the threads echo again, from the
- * snapshot's position, bytes the client may already have: tether checks
- * they are the same and drops them.
+ * session has read and not yet written back: a snapshot must not catch any,
+ * or the restored server would never echo them -- tether_snapshot() says
+ * so (-EBUSY) while a session's buffers hold bytes.  So a checkpoint that
+ * finds some stops every session's reading until the echoes are out (at
+ * most QUIESCE_MS), takes the snapshot, and lets them read again.  After a
+ * restore the server echoes again, from the snapshot's position, bytes the
+ * client may already have: tether checks they are the same and drops them.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <stdatomic.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/file.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
 
 #include <tether/tether.h>
 
@@ -52,10 +50,14 @@
 #define BUF_SIZE (128 * 1024)
 #define DEFAULT_SNAPSHOT_MS 200
 #define DEFAULT_SNAPSHOT_EVERY (8u << 20)
-/* How long a checkpoint waits for every session thread to have echoed what
- * it read; a thread that cannot write (its client does not read) makes it
+/* How long a checkpoint waits for every session to have echoed what it
+ * read; a session that cannot write (its client does not read) makes it
  * give up until the next one. */
 #define QUIESCE_MS 100
+#define STOP_QUIESCE_MS 2000
+/* The most echo a session holds before it stops reading (see
+ * update_reading). */
+#define ECHO_HIGH (128 * 1024)
 
 static void usage(FILE *f) {
   fputs("usage: " PROG " server --listen HOST:PORT [--state DIR]\n"
@@ -89,236 +91,6 @@ static void usage(FILE *f) {
         f);
 }
 
-/* ---- server ------------------------------------------------------------ */
-
-struct server_opts {
-  struct cli_hostport hp;
-  const char *state_dir; /* NULL without --state */
-  uint64_t snapshot_ms, every;
-};
-
-struct server {
-  int stop_fd; /* eventfd, readable (forever) once the server is stopping */
-  pthread_mutex_t mu;
-  pthread_cond_t idle; /* signalled when active drops to 0 */
-  unsigned active;     /* session threads still running */
-  uint64_t next_id;    /* for log lines only */
-  /* --state only: */
-  int has_state;
-  pthread_rwlock_t gate;    /* read: bytes held; write: a snapshot */
-  int ckpt_fd;              /* eventfd: --snapshot-every bytes echoed */
-  uint64_t every;
-  atomic_uint_fast64_t activity; /* bytes echoed + sessions started/ended */
-  atomic_uint_fast64_t unsaved;  /* bytes echoed since the last checkpoint */
-};
-
-struct job {
-  struct server *srv;
-  tether_session *s;
-  uint64_t id;
-};
-
-enum { WAIT_READY = 0, WAIT_STOP = 1 };
-
-/* Sleeps until the session may make progress or the server stops.  Any
- * revents counts as "retry": after a resume the fd's file was replaced and
- * the old one reports POLLHUP, which only means "look again". */
-static int wait_session(tether_session *s, short events, int stop_fd) {
-  struct pollfd pfd[2] = {
-      {.fd = tether_fd(s), .events = events},
-      {.fd = stop_fd, .events = POLLIN},
-  };
-
-  if (poll(pfd, 2, -1) < 0)
-    return errno == EINTR ? WAIT_READY : -errno;
-  return pfd[1].revents ? WAIT_STOP : WAIT_READY;
-}
-
-static void gate_enter(struct server *srv) {
-  if (srv->has_state)
-    pthread_rwlock_rdlock(&srv->gate);
-}
-
-static void gate_leave(struct server *srv) {
-  if (srv->has_state)
-    pthread_rwlock_unlock(&srv->gate);
-}
-
-/* n bytes echoed: a checkpoint is due after --snapshot-every of them. */
-static void count_echoed(struct server *srv, uint64_t n) {
-  uint64_t one = 1;
-
-  if (!srv->has_state)
-    return;
-  atomic_fetch_add(&srv->activity, n);
-  uint64_t before = atomic_fetch_add(&srv->unsaved, n);
-  if (before < srv->every && before + n >= srv->every &&
-      write(srv->ckpt_fd, &one, sizeof(one)) < 0) {
-    /* An eventfd write fails only at its maximum: one is pending anyway. */
-  }
-}
-
-/* Echoes until EOF (0), until the server stops (WAIT_STOP), or an error.
- * From a read that returned bytes until they are all written, the thread
- * is inside the gate (see the top of the file). */
-static int echo_session(tether_session *s, struct server *srv) {
-  char *buf = malloc(BUF_SIZE);
-  size_t off = 0, len = 0;
-  int r, inside = 0;
-
-  if (buf == NULL)
-    return -ENOMEM;
-  for (;;) {
-    ssize_t n;
-    short want;
-
-    if (len == 0) {
-      gate_enter(srv);
-      n = tether_read(s, buf, BUF_SIZE);
-      if (n > 0) {
-        inside = 1;
-        off = 0;
-        len = (size_t)n;
-        continue;
-      }
-      gate_leave(srv);
-      if (n == 0) {
-        r = 0;
-        goto out;
-      }
-      want = POLLIN;
-    } else {
-      n = tether_write(s, buf + off, len);
-      if (n >= 0) {
-        off += (size_t)n;
-        len -= (size_t)n;
-        if (len == 0) {
-          inside = 0;
-          gate_leave(srv);
-          count_echoed(srv, off);
-        }
-        continue;
-      }
-      want = POLLOUT;
-    }
-    if (!cli_err_is_retry((int)n)) {
-      r = (int)n;
-      goto out;
-    }
-    r = wait_session(s, want, srv->stop_fd);
-    if (r != WAIT_READY)
-      goto out;
-  }
-out:
-  if (inside)
-    gate_leave(srv);
-  free(buf);
-  return r;
-}
-
-static void *session_thread(void *arg) {
-  struct job *job = arg;
-  struct server *srv = job->srv;
-  char what[64];
-  int r;
-
-  snprintf(what, sizeof(what), "session %" PRIu64, job->id);
-  r = tether_set_nonblocking(job->s, 1);
-  if (r == 0)
-    r = echo_session(job->s, srv);
-  if (r == 0) {
-    /* Every byte read was echoed: now the client may see our EOF. */
-    r = tether_shutdown(job->s);
-  }
-  if (r < 0)
-    cli_print_error(PROG, what, r);
-  /* Stopping with --state: the session stays open in the checkpoint (the
-   * context is freed without closing it, as a crash would). */
-  if (r != WAIT_STOP || !srv->has_state) {
-    /* After a logged failure, close's own code would only repeat it. */
-    int cr = tether_close(job->s);
-    if (cr < 0 && r >= 0)
-      cli_print_error(PROG, what, cr);
-  }
-  if (srv->has_state)
-    atomic_fetch_add(&srv->activity, 1);
-  free(job);
-
-  pthread_mutex_lock(&srv->mu);
-  if (--srv->active == 0)
-    pthread_cond_broadcast(&srv->idle);
-  pthread_mutex_unlock(&srv->mu);
-  return NULL;
-}
-
-/* Hands the session to a new detached thread; closes it on failure. */
-static int start_session(struct server *srv, tether_session *s) {
-  struct job *job = malloc(sizeof(*job));
-  pthread_attr_t attr;
-  pthread_t tid;
-  int r;
-
-  if (job == NULL) {
-    r = -ENOMEM;
-    goto fail;
-  }
-  job->srv = srv;
-  job->s = s;
-  r = -pthread_attr_init(&attr);
-  if (r < 0)
-    goto fail;
-  r = -pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_mutex_lock(&srv->mu);
-  job->id = ++srv->next_id;
-  if (r == 0)
-    r = -pthread_create(&tid, &attr, session_thread, job);
-  if (r == 0)
-    srv->active++;
-  pthread_mutex_unlock(&srv->mu);
-  pthread_attr_destroy(&attr);
-  if (r < 0)
-    goto fail;
-  if (srv->has_state)
-    atomic_fetch_add(&srv->activity, 1);
-  return 0;
-fail:
-  free(job);
-  (void)tether_close(s); /* the caller reports r */
-  return r;
-}
-
-/* Tells every session thread to stop, and waits for them. */
-static int stop_sessions(struct server *srv) {
-  uint64_t one = 1;
-
-  if (srv->stop_fd < 0)
-    return 0; /* failed before any session could start */
-  if (write(srv->stop_fd, &one, sizeof(one)) != sizeof(one)) {
-    int err = -errno;
-    cli_print_error(PROG, "cannot stop the sessions", err);
-    return err;
-  }
-  pthread_mutex_lock(&srv->mu);
-  while (srv->active > 0)
-    pthread_cond_wait(&srv->idle, &srv->mu);
-  pthread_mutex_unlock(&srv->mu);
-  return 0;
-}
-
-/* Accepts every session that is ready (the listener is non-blocking). */
-static int accept_ready(struct server *srv, tether_listener *l) {
-  for (;;) {
-    tether_session *s;
-    int r = tether_accept(l, &s);
-
-    if (r < 0)
-      return cli_err_is_retry(r) ? 0 : r;
-    r = start_session(srv, s);
-    if (r < 0)
-      cli_print_error(PROG, "cannot start a session thread", r);
-  }
-}
-
 /* ---- server: the state directory --------------------------------------- */
 
 struct state {
@@ -327,6 +99,7 @@ struct state {
   int lock_fd;         /* DIR/server.lock, flock()ed: one server per DIR */
   uint64_t saved;      /* server.activity at the last checkpoint */
   uint64_t skipped;    /* checkpoints given up in a row (QUIESCE_MS) */
+  uint64_t snapshot_ms;
 };
 
 static void state_close(struct state *st) {
@@ -371,51 +144,213 @@ static int state_open(struct state *st, const char *dir) {
   return r;
 }
 
-static struct timespec realtime_in_ms(unsigned ms) {
-  struct timespec ts;
+/* ---- server ------------------------------------------------------------ */
 
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_nsec += (long)(ms % 1000) * 1000000;
-  ts.tv_sec += ms / 1000 + ts.tv_nsec / 1000000000;
-  ts.tv_nsec %= 1000000000;
-  return ts;
+struct server_opts {
+  struct cli_hostport hp;
+  const char *state_dir; /* NULL without --state */
+  uint64_t snapshot_ms, every;
+};
+
+/* A checkpoint quiesces the sessions first (see the top of the file). */
+enum ckpt_phase { CKPT_IDLE, CKPT_QUIESCING };
+
+struct server {
+  struct event_base *base;
+  tether_ctx *ctx;
+  uint64_t next_id; /* for log lines only */
+  /* --state only: */
+  int has_state;
+  struct state *st;
+  uint64_t every;
+  uint64_t activity; /* bytes echoed + sessions started/ended */
+  uint64_t unsaved;  /* bytes echoed since the last checkpoint */
+  enum ckpt_phase ckpt;
+  uint64_t quiesce_until; /* CKPT_QUIESCING: give up then */
+  struct event *ckpt_ev;  /* every --snapshot-ms, and while quiescing */
+  struct conn *conns;     /* the sessions it holds */
+};
+
+/* What the server knows of one session. */
+struct conn {
+  struct server *srv;
+  struct conn *prev, *next;
+  tether_session *s;
+  uint64_t id;
+  int held; /* its output holds ECHO_HIGH bytes or more: not reading */
+};
+
+/* Reading goes on while the echo can leave: not while the session's output
+ * holds ECHO_HIGH bytes (a client that does not read its echo is held back
+ * by TCP, not buffered here), nor while a checkpoint quiesces. */
+static void update_reading(struct conn *c) {
+  int on = !c->held && c->srv->ckpt != CKPT_QUIESCING;
+  (void)(on ? tether_session_enable(c->s, TETHER_EV_READ)
+            : tether_session_disable(c->s, TETHER_EV_READ));
 }
 
-/* A snapshot taken while no session thread holds bytes it has not echoed,
- * then stored and committed.  Returns 0 (also when there was nothing new,
- * or the threads could not be quiesced in time: the previous checkpoint
- * stands), or a negative code (reported). */
-static int checkpoint(struct server *srv, struct state *st, tether_ctx *ctx,
-                      int force) {
-  struct timespec until = realtime_in_ms(QUIESCE_MS);
-  uint64_t activity;
+/* Lets go of c: its session is closed (close) or left open in the
+ * checkpoint (stopping with --state). */
+static void drop_conn(struct conn *c, int close) {
+  struct server *srv = c->srv;
+
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  if (close)
+    (void)tether_close(c->s);
+  free(c);
+}
+
+static void end_conn(struct conn *c, int err) {
+  char what[64];
+
+  if (err < 0) {
+    snprintf(what, sizeof(what), "session %" PRIu64, c->id);
+    cli_print_error(PROG, what, err);
+  }
+  if (c->srv->has_state)
+    c->srv->activity++;
+  drop_conn(c, 1); /* after a logged failure, close has nothing new to say */
+}
+
+/* Everything that arrived goes back: the input buffer moves, uncopied, to
+ * the output buffer.  The input's high watermark and TCP's flow control
+ * hold back a client that does not read its echo. */
+static void echo_read(tether_session *s, void *arg) {
+  struct conn *c = arg;
+  struct evbuffer *in = tether_session_input(s);
+  size_t n = evbuffer_get_length(in);
+  struct server *srv = c->srv;
+
+  struct evbuffer *out = tether_session_output(s);
+
+  if (evbuffer_add_buffer(out, in) < 0) {
+    end_conn(c, -ENOMEM);
+    return;
+  }
+  if (evbuffer_get_length(out) >= ECHO_HIGH && !c->held) {
+    c->held = 1;
+    update_reading(c);
+  }
+  if (!srv->has_state)
+    return;
+  srv->activity += n;
+  srv->unsaved += n;
+  if (srv->unsaved >= srv->every && srv->ckpt == CKPT_IDLE)
+    event_active(srv->ckpt_ev, EV_TIMEOUT, 0); /* --snapshot-every */
+}
+
+/* The output drained to ECHO_HIGH / 2 (its write low watermark). */
+static void echo_written(tether_session *s, void *arg) {
+  struct conn *c = arg;
+
+  (void)s;
+  if (c->held) {
+    c->held = 0;
+    update_reading(c);
+  }
+}
+
+static void echo_event(tether_session *s, tether_event ev, int err, void *arg) {
+  struct conn *c = arg;
+
+  switch (ev) {
+  case TETHER_EVENT_EOF:
+    /* Every byte read is echoed (or buffered): the client may see our EOF
+     * after them. */
+    err = tether_shutdown(s);
+    if (err < 0)
+      end_conn(c, err);
+    break;
+  case TETHER_EVENT_CLOSED:
+    end_conn(c, 0);
+    break;
+  case TETHER_EVENT_FAILED:
+  case TETHER_EVENT_WRITE_FAILED:
+    end_conn(c, err);
+    break;
+  case TETHER_EVENT_SUSPENDED:
+  case TETHER_EVENT_CONNECTED:
+    break; /* the session carries on by itself */
+  }
+}
+
+/* Takes a session (new, or restored); closes it on failure. */
+static int start_session(struct server *srv, tether_session *s) {
+  struct conn *c = malloc(sizeof(*c));
+  int r = c ? 0 : -ENOMEM;
+
+  if (c) {
+    *c = (struct conn){.srv = srv, .s = s, .id = ++srv->next_id, .next = srv->conns};
+    r = tether_session_setcb(s, echo_read, echo_written, echo_event, c);
+  }
+  if (r == 0)
+    r = tether_session_setwatermark(s, TETHER_EV_WRITE, ECHO_HIGH / 2, 0);
+  if (r == 0)
+    update_reading(c);
+  if (r < 0) {
+    free(c);
+    (void)tether_close(s);
+    return r;
+  }
+  if (srv->conns)
+    srv->conns->prev = c;
+  srv->conns = c;
+  if (srv->has_state)
+    srv->activity++;
+  return 0;
+}
+
+static void on_accept(tether_listener *l, tether_session *s, void *arg) {
+  int r = start_session(arg, s);
+
+  (void)l;
+  if (r < 0)
+    cli_print_error(PROG, "cannot take a session", r);
+}
+
+/* The sessions the application holds; NULL (reported) when out of memory. */
+static tether_session **all_sessions(tether_ctx *ctx, size_t *n) {
+  size_t cap = tether_ctx_sessions(ctx, NULL, 0);
+  tether_session **ss = calloc(cap ? cap : 1, sizeof(*ss));
+
+  if (ss == NULL) {
+    cli_print_error(PROG, "out of memory", -ENOMEM);
+    return NULL;
+  }
+  *n = tether_ctx_sessions(ctx, ss, cap); /* one thread: the same count */
+  return ss;
+}
+
+/* A checkpoint starts quiescing (reading stops everywhere), or ends. */
+static void set_quiescing(struct server *srv, int on) {
+  srv->ckpt = on ? CKPT_QUIESCING : CKPT_IDLE;
+  for (struct conn *c = srv->conns; c; c = c->next)
+    update_reading(c);
+}
+
+/* A snapshot, stored and committed.  Returns 0, -EBUSY while a session
+ * still holds bytes it read and has not echoed (tether_snapshot), or
+ * another negative code (reported). */
+static int checkpoint_now(struct server *srv) {
+  struct state *st = srv->st;
+  uint64_t activity = srv->activity;
   void *blob;
   size_t len;
-  int r;
+  int r = tether_snapshot(srv->ctx, &blob, &len);
 
-  if (!force && atomic_load(&srv->activity) == st->saved)
-    return 0;
-  r = pthread_rwlock_timedwrlock(&srv->gate, &until);
-  if (r == ETIMEDOUT) {
-    if (++st->skipped % 50 == 1)
-      fprintf(stderr, PROG ": checkpoint postponed: a session cannot echo "
-                      "what it read (its client does not read)\n");
-    return 0;
-  }
-  if (r != 0) {
-    cli_print_error(PROG, "checkpoint", -r);
-    return -r;
-  }
-  activity = atomic_load(&srv->activity);
-  atomic_store(&srv->unsaved, 0);
-  r = tether_snapshot(ctx, &blob, &len);
-  pthread_rwlock_unlock(&srv->gate);
+  if (r == -EBUSY)
+    return r;
   if (r < 0) {
     cli_print_error(PROG, "snapshot", r);
     return r;
   }
-  st->skipped = 0;
-  r = tether_checkpoint_blob(ctx, st->store, blob, len);
+  srv->unsaved = 0;
+  r = tether_checkpoint_blob(srv->ctx, st->store, blob, len);
   free(blob);
   if (r < 0) {
     fprintf(stderr, PROG ": cannot checkpoint into %s: %s\n", st->path,
@@ -423,23 +358,98 @@ static int checkpoint(struct server *srv, struct state *st, tether_ctx *ctx,
     return r;
   }
   st->saved = activity;
+  st->skipped = 0;
   return 0;
 }
 
+static void arm_ckpt(struct server *srv, uint64_t ms) {
+  struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
+                       .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+  evtimer_add(srv->ckpt_ev, &tv);
+}
+
+/* The checkpoint timer: every --snapshot-ms (or at once, --snapshot-every)
+ * a checkpoint if anything changed.  A snapshot must not catch bytes a
+ * session read and has not echoed: the first attempt that finds some
+ * stops every session's reading and looks again every millisecond until
+ * the echoes are out, for up to QUIESCE_MS (a client that does not read its
+ * echo holds them); then reading goes on either way. */
+static void on_ckpt(evutil_socket_t fd, short what, void *arg) {
+  struct server *srv = arg;
+  int r;
+
+  (void)fd;
+  (void)what;
+  if (srv->ckpt == CKPT_IDLE && srv->activity == srv->st->saved) {
+    arm_ckpt(srv, srv->st->snapshot_ms);
+    return;
+  }
+  r = checkpoint_now(srv);
+  if (r == -EBUSY && srv->ckpt == CKPT_IDLE) {
+    srv->quiesce_until = cli_now_ns() + QUIESCE_MS * 1000000ull;
+    set_quiescing(srv, 1);
+    arm_ckpt(srv, 1);
+    return;
+  }
+  if (r == -EBUSY && cli_now_ns() < srv->quiesce_until) {
+    arm_ckpt(srv, 1);
+    return;
+  }
+  if (r == -EBUSY && ++srv->st->skipped % 50 == 1)
+    fprintf(stderr, PROG ": checkpoint postponed: a session cannot echo what "
+                    "it read (its client does not read)\n");
+  if (srv->ckpt == CKPT_QUIESCING)
+    set_quiescing(srv, 0);
+  arm_ckpt(srv, srv->st->snapshot_ms); /* a failure was reported: the
+                                          previous checkpoint stands */
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  (void)arg;
+}
+
+/* Runs the loop until a checkpoint succeeds, or gives up after ms.  For
+ * the first one (the listener) and the last one (stopping: the sessions
+ * echo what they read first, STOP_QUIESCE_MS at most). */
+static int checkpoint_sync(struct server *srv, unsigned ms) {
+  uint64_t until = cli_now_ns() + ms * 1000000ull;
+  int r;
+
+  struct timeval ms1 = {0, 1000};
+  struct event *tick = evtimer_new(srv->base, on_tick, NULL);
+
+  set_quiescing(srv, 1);
+  /* Between attempts, the loop runs once: a millisecond at most. */
+  while ((r = checkpoint_now(srv)) == -EBUSY && cli_now_ns() < until && tick &&
+         evtimer_add(tick, &ms1) == 0 && event_base_loop(srv->base, EVLOOP_ONCE) >= 0)
+    ;
+  if (tick)
+    event_free(tick);
+  set_quiescing(srv, 0);
+  if (r == -EBUSY)
+    fprintf(stderr, PROG ": checkpoint given up: a session cannot echo what "
+                    "it read (its client does not read)\n");
+  return r;
+}
+
 /* With --state: the context from the state directory if it holds one
- * (*restored = 1), else a new one.  Then the listener: the restored one,
- * or a new one on hp. */
-static int server_ctx(const struct server_opts *o, struct state *st,
-                      tether_ctx **ctx, tether_listener **l, int *restored) {
+ * (*restored = 1), else a new one, on the server's loop.  Then the
+ * listener: the restored one, or a new one on hp. */
+static int server_ctx(const struct server_opts *o, struct server *srv,
+                      tether_listener **l, int *restored) {
+  struct state *st = srv->st;
   tether_config *cfg;
   int r = cli_config_new(PROG, o->state_dir != NULL, &cfg);
 
   *restored = 0;
   if (r < 0)
     return r;
-  r = o->state_dir ? tether_restore_store(cfg, st->store, ctx) : -ENOENT;
+  tether_config_set_event_base(cfg, srv->base);
+  r = o->state_dir ? tether_restore_store(cfg, st->store, &srv->ctx) : -ENOENT;
   if (r == -ENOENT) {
-    r = tether_ctx_new(cfg, ctx);
+    r = tether_ctx_new(cfg, &srv->ctx);
     if (r < 0)
       cli_print_error(PROG, "cannot create a context", r);
   } else if (r < 0) {
@@ -452,12 +462,12 @@ static int server_ctx(const struct server_opts *o, struct state *st,
   if (r < 0)
     return r;
   if (!*restored) {
-    r = tether_listen(*ctx, o->hp.host, o->hp.port, l);
+    r = tether_listen(srv->ctx, o->hp.host, o->hp.port, l);
     if (r < 0)
       cli_print_addr_error(PROG, "cannot listen on", &o->hp, r);
     return r;
   }
-  if (tether_ctx_listeners(*ctx, l, 1) != 1) {
+  if (tether_ctx_listeners(srv->ctx, l, 1) != 1) {
     fprintf(stderr, PROG ": %s holds no listener\n", st->path);
     return -EINVAL;
   }
@@ -469,152 +479,120 @@ static int server_ctx(const struct server_opts *o, struct state *st,
   return 0;
 }
 
-/* Starts a thread for every session of a restored context. */
-static int resume_sessions(struct server *srv, tether_ctx *ctx,
-                           const struct state *st) {
-  size_t n = tether_ctx_sessions(ctx, NULL, 0), i;
-  tether_session **ss = calloc(n ? n : 1, sizeof(*ss));
+/* Takes every session of a restored context. */
+static int resume_sessions(struct server *srv) {
+  size_t n, i;
+  tether_session **ss = all_sessions(srv->ctx, &n);
 
-  if (ss == NULL) {
-    cli_print_error(PROG, "out of memory", -ENOMEM);
+  if (ss == NULL)
     return -ENOMEM;
-  }
-  n = tether_ctx_sessions(ctx, ss, n); /* no thread runs yet: same n */
   for (i = 0; i < n; i++) {
     int r = start_session(srv, ss[i]);
     if (r < 0)
-      cli_print_error(PROG, "cannot start a session thread", r);
+      cli_print_error(PROG, "cannot take a restored session", r);
   }
   free(ss);
   fprintf(stderr, PROG ": restored %zu session%s from %s\n", n,
-          n == 1 ? "" : "s", st->path);
+          n == 1 ? "" : "s", srv->st->path);
   return 0;
 }
 
-static int run_server(const struct server_opts *o) {
-  struct server srv = {.stop_fd = -1,
-                       .ckpt_fd = -1,
-                       .mu = PTHREAD_MUTEX_INITIALIZER,
-                       .idle = PTHREAD_COND_INITIALIZER,
-                       .every = o->every};
-  struct state st = {.lock_fd = -1};
-  pthread_rwlockattr_t ga;
-  tether_ctx *ctx = NULL;
-  tether_listener *l = NULL;
-  sigset_t sigs;
-  int sig_fd = -1, rc = CLI_EXIT_FAIL, r, restored;
-  uint64_t next_ckpt = 0;
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)sig;
+  (void)what;
+  event_base_loopbreak(arg);
+}
 
-  /* Writers first: a waiting checkpoint holds back new reads, so the
-   * threads quiesce instead of starving it. */
-  pthread_rwlockattr_init(&ga);
-  pthread_rwlockattr_setkind_np(&ga,
-                                PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init(&srv.gate, &ga);
-  pthread_rwlockattr_destroy(&ga);
-  /* Block the signals before any thread exists (the engine thread too), so
-   * they are only ever delivered through sig_fd. */
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  r = -pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-  if (r < 0) {
-    cli_print_error(PROG, "pthread_sigmask", r);
-    goto out;
+/* A loop with two priorities, on which tether's own events (heartbeats, the
+ * side channel, resumes) take the higher and the sessions' bytes the lower,
+ * and which looks for new events after 5 ms of lower-priority callbacks:
+ * with thousands of busy sessions, heartbeats stay on time. */
+static struct event_base *new_loop(void) {
+  struct event_config *ec = event_config_new();
+  struct timeval slice = {0, 5000};
+  struct event_base *base = NULL;
+
+  if (ec && event_config_set_max_dispatch_interval(ec, &slice, -1, 1) == 0)
+    base = event_base_new_with_config(ec);
+  event_config_free(ec);
+  if (base && event_base_priority_init(base, 2) < 0) {
+    event_base_free(base);
+    base = NULL;
   }
+  return base;
+}
+
+static int run_server(const struct server_opts *o) {
+  struct state st = {.lock_fd = -1};
+  struct server srv = {.every = o->every, .st = &st};
+  struct event *sigint = NULL, *sigterm = NULL;
+  tether_listener *l = NULL;
+  int rc = CLI_EXIT_FAIL, r, restored;
+
   /* A peer that vanishes must cost one session, never the process. */
-  if (signal(SIGPIPE, SIG_IGN) == SIG_ERR ||
-      (sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC)) < 0 ||
-      (srv.stop_fd = eventfd(0, EFD_CLOEXEC)) < 0 ||
-      (srv.ckpt_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
-    cli_print_error(PROG, "signal setup", -errno);
+  if (signal(SIGPIPE, SIG_IGN) == SIG_ERR || !(srv.base = new_loop()) ||
+      !(sigint = evsignal_new(srv.base, SIGINT, on_stop_signal, srv.base)) ||
+      !(sigterm = evsignal_new(srv.base, SIGTERM, on_stop_signal, srv.base)) ||
+      evsignal_add(sigint, NULL) < 0 || evsignal_add(sigterm, NULL) < 0) {
+    cli_print_error(PROG, "event loop setup", -ENOMEM);
     goto out;
   }
   if (o->state_dir != NULL) {
     srv.has_state = 1;
     if (state_open(&st, o->state_dir) < 0)
       goto out;
+    st.snapshot_ms = o->snapshot_ms;
+    if (!(srv.ckpt_ev = evtimer_new(srv.base, on_ckpt, &srv))) {
+      cli_print_error(PROG, "event loop setup", -ENOMEM);
+      goto out;
+    }
   }
-  if (server_ctx(o, &st, &ctx, &l, &restored) < 0)
+  if (server_ctx(o, &srv, &l, &restored) < 0)
     goto out;
-  r = tether_listener_set_nonblocking(l, 1);
+  r = tether_listener_set_accept_cb(l, on_accept, &srv);
   if (r < 0) {
     cli_print_error(PROG, "listener", r);
     goto out;
   }
-  if (restored && resume_sessions(&srv, ctx, &st) < 0)
+  if (restored && resume_sessions(&srv) < 0)
     goto out;
-  /* The listener is in the state before anyone can connect to it. */
-  if (srv.has_state && !restored && checkpoint(&srv, &st, ctx, 1) < 0)
-    goto out;
+  if (srv.has_state) {
+    /* The listener is in the state before anyone can connect to it. */
+    if (!restored && checkpoint_sync(&srv, QUIESCE_MS) < 0)
+      goto out;
+    arm_ckpt(&srv, o->snapshot_ms);
+  }
   /* Scripts that listen on port 0 read the port from this line. */
   fprintf(stderr, PROG ": listening on port %d\n", tether_listener_port(l));
-
-  for (;;) {
-    struct pollfd pfd[3] = {
-        {.fd = tether_listener_fd(l), .events = POLLIN},
-        {.fd = sig_fd, .events = POLLIN},
-        {.fd = srv.has_state ? srv.ckpt_fd : -1, .events = POLLIN},
-    };
-    int timeout = -1;
-    uint64_t now = cli_now_ns();
-
-    if (srv.has_state) {
-      if (next_ckpt == 0)
-        next_ckpt = now + o->snapshot_ms * 1000000u;
-      timeout = now >= next_ckpt ? 0 : (int)((next_ckpt - now) / 1000000u) + 1;
-    }
-    if (poll(pfd, 3, timeout) < 0) {
-      if (errno == EINTR)
-        continue;
-      cli_print_error(PROG, "poll", -errno);
-      goto out;
-    }
-    if (pfd[1].revents)
-      break;
-    if (pfd[0].revents) {
-      r = accept_ready(&srv, l);
-      if (r < 0) {
-        cli_print_error(PROG, "accept", r);
-        goto out;
-      }
-    }
-    if (srv.has_state &&
-        (pfd[2].revents || cli_now_ns() >= next_ckpt)) {
-      uint64_t v;
-      if (read(srv.ckpt_fd, &v, sizeof(v)) < 0 && errno != EAGAIN) {
-        cli_print_error(PROG, "eventfd", -errno);
-        goto out;
-      }
-      /* A failed checkpoint was reported; the previous one stands. */
-      (void)checkpoint(&srv, &st, ctx, 0);
-      next_ckpt = cli_now_ns() + o->snapshot_ms * 1000000u;
-    }
+  if (event_base_dispatch(srv.base) < 0) {
+    cli_print_error(PROG, "event loop", -EIO);
+    goto out;
   }
-  if (srv.has_state) {
-    /* Keep the sessions for the next start: a last checkpoint, then the
-     * threads stop without closing them. */
-    if (checkpoint(&srv, &st, ctx, 1) == 0)
-      fprintf(stderr, PROG ": state kept in %s; start again with the same "
-                      "--state to resume\n", o->state_dir);
-  }
+  /* With --state, a last checkpoint keeps the sessions for the next start:
+   * the context is freed without closing them (as a crash would).  Without,
+   * each delivers what it echoed, then ends (tether_ctx_free runs the loop
+   * while they linger). */
+  if (srv.has_state && checkpoint_sync(&srv, STOP_QUIESCE_MS) == 0)
+    fprintf(stderr, PROG ": state kept in %s; start again with the same "
+                    "--state to resume\n", o->state_dir);
+  if (!srv.has_state)
+    tether_listener_close(l);
   rc = CLI_EXIT_OK;
 out:
-  if (l != NULL && !srv.has_state)
-    tether_listener_close(l);
-  /* The session threads use ctx: free it only once they are all gone (if
-   * they cannot be stopped, exiting frees it anyway). */
-  if (stop_sessions(&srv) == 0 && ctx != NULL)
-    tether_ctx_free(ctx);
+  while (srv.conns)
+    drop_conn(srv.conns, !srv.has_state);
+  if (srv.ctx != NULL)
+    tether_ctx_free(srv.ctx);
+  if (srv.ckpt_ev)
+    event_free(srv.ckpt_ev);
+  if (sigint)
+    event_free(sigint);
+  if (sigterm)
+    event_free(sigterm);
+  if (srv.base)
+    event_base_free(srv.base);
   if (srv.has_state)
     state_close(&st);
-  if (srv.stop_fd >= 0)
-    close(srv.stop_fd);
-  if (srv.ckpt_fd >= 0)
-    close(srv.ckpt_fd);
-  if (sig_fd >= 0)
-    close(sig_fd);
-  pthread_rwlock_destroy(&srv.gate);
   return rc;
 }
 

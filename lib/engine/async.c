@@ -34,9 +34,10 @@
 /* Output chunks smaller than this are gathered (evbuffer_pullup) before a
  * write: one send per small piece would cost a system call each. */
 #define ASYNC_GATHER (16 * 1024)
-/* State changes queued for the event callback; more coalesce into the
- * latest. */
-#define ASYNC_NOTICES 4
+/* Notices queued for the event callback.  EOF, CLOSED, FAILED and
+ * WRITE_FAILED come at most once each; the rest of the room is for
+ * SUSPENDED and CONNECTED, of which the oldest give way when it is full. */
+#define ASYNC_NOTICES 8
 
 struct async_notice {
   tether_event ev;
@@ -132,8 +133,12 @@ static void sync_events(struct async_io *a) {
 }
 
 static void notice(struct async_io *a, tether_event ev, int err) {
-  if (a->n_notices == ASYNC_NOTICES)
-    a->n_notices--; /* the latest replaces the one before */
+  if (a->n_notices == ASYNC_NOTICES) {
+    unsigned i = 0;
+    while (a->notices[i].ev != TETHER_EVENT_SUSPENDED && a->notices[i].ev != TETHER_EVENT_CONNECTED)
+      i++; /* there is one: at most four notices are of the other kinds */
+    memmove(a->notices + i, a->notices + i + 1, (--a->n_notices - i) * sizeof(a->notices[0]));
+  }
   a->notices[a->n_notices++] = (struct async_notice){ev, err};
   schedule(a);
 }
@@ -312,6 +317,8 @@ void async_settle_locked(struct tether_session *s) {
                                              : TETHER_EVENT_FAILED,
            st == TETHER_STATE_FAILED ? s->core.error : 0);
   }
+  if (a->wait_room && s->sock >= 0)
+    core_trim_inflight(&s->core, sock_outq(s->sock)); /* as tether_write would */
   if (a->wait_room && core_write_room(&s->core) > 0) {
     a->wait_room = false;
     schedule(a);

@@ -204,8 +204,9 @@ static void abort_closing(struct tether_ctx *ctx) {
   for (unsigned i = 0; i < ctx->n_buckets; i++)
     for (struct tether_session *s = ctx->buckets[i]; s; s = s->hash_next) {
       session_lock(s);
-      if (s->app_closed && (s->core.state == CORE_CONNECTED ||
-                            (s->core.state == CORE_SUSPENDED && s->core.peer_acked < s->core.sent))) {
+      if ((s->app_closed || async_closing(s)) &&
+          (s->core.state == CORE_CONNECTED ||
+           (s->core.state == CORE_SUSPENDED && s->core.peer_acked < s->core.sent))) {
         LOG_WARN(ctx, "session %s: linger time over with %llu bytes undelivered: aborted",
                  session_tag(s->id, tag),
                  (unsigned long long)(s->core.sent - s->core.peer_acked));

@@ -322,7 +322,8 @@ int session_close(struct tether_session *s) {
   return 0;
 }
 
-int tether_fd(const tether_session *s) { return s ? s->app_fd : -EINVAL; }
+/* None for a session of the application's loop (async.c): -EINVAL. */
+int tether_fd(const tether_session *s) { return s && s->app_fd >= 0 ? s->app_fd : -EINVAL; }
 
 int tether_set_nonblocking(tether_session *s, int on) {
   if (!s)
