@@ -254,11 +254,11 @@ static int run_load(struct event_base *base, tether_ctx *ctx, const char *host, 
 
 /* A loop with two priorities, on which tether's own events (heartbeats,
  * the side channel, resumes) take the higher and the sessions' bytes the
- * lower, and which looks for new events after 5 ms of lower-priority
+ * lower, and which looks for new events after 50 ms of lower-priority
  * callbacks: with thousands of busy sessions, heartbeats stay on time. */
 static struct event_base *new_loop(void) {
   struct event_config *ec = event_config_new();
-  struct timeval slice = {0, 5000};
+  struct timeval slice = {0, 50000};
   struct event_base *base = NULL;
   if (ec && event_config_set_max_dispatch_interval(ec, &slice, -1, 1) == 0)
     base = event_base_new_with_config(ec);

@@ -11,9 +11,12 @@
 #include <stdarg.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <event2/event.h>
 
 /* Parses decimal digits only: strtoull would also take "-1", " 7", "0x10". */
 static int parse_digits(const char *s, size_t n, uint64_t *out) {
@@ -381,4 +384,76 @@ int cli_session_write_all(tether_session *s, const void *buf, size_t len) {
     len -= (size_t)n;
   }
   return 0;
+}
+
+/* ---- resources of processes (tether-bench) ---- */
+
+struct cli_cpu cli_cpu_self(void) {
+  struct rusage ru;
+  struct cli_cpu c = {0, 0};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+    c.user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    c.sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+  }
+  return c;
+}
+
+struct cli_cpu cli_cpu_of(pid_t pid) {
+  struct cli_cpu c = {0, 0};
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return c;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+  unsigned long long ut, st;
+  long hz = sysconf(_SC_CLK_TCK);
+  /* After the name: state, then fields 4..13, then utime and stime. */
+  if (p && hz > 0 &&
+      sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) {
+    c.user = (double)ut / (double)hz;
+    c.sys = (double)st / (double)hz;
+  }
+  return c;
+}
+
+void cli_raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+double cli_rss_bytes(pid_t pid) {
+  char path[64], line[256];
+  double kib = 0;
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "re");
+  if (!f)
+    return 0;
+  while (fgets(line, sizeof(line), f))
+    if (sscanf(line, "VmRSS: %lf kB", &kib) == 1)
+      break;
+  fclose(f);
+  return kib * 1024;
+}
+
+
+struct event_base *cli_event_base(void) {
+  struct event_config *ec = event_config_new();
+  struct timeval slice = {0, 50000};
+  struct event_base *base = NULL;
+
+  if (ec && event_config_set_max_dispatch_interval(ec, &slice, -1, 1) == 0)
+    base = event_base_new_with_config(ec);
+  event_config_free(ec);
+  if (base && event_base_priority_init(base, 2) < 0) {
+    event_base_free(base);
+    base = NULL;
+  }
+  return base;
 }

@@ -101,4 +101,26 @@ int cli_err_is_retry(int err);
 int cli_fd_write_all(int fd, const void *buf, size_t len);
 int cli_session_write_all(tether_session *s, const void *buf, size_t len);
 
+/* User and system CPU seconds (all threads) of this process, or of another
+ * one from /proc (clock ticks: 10 ms steps, so a run should last a second
+ * or more for its figure to mean much); zeros if unknown. */
+struct cli_cpu {
+  double user, sys;
+};
+struct cli_cpu cli_cpu_self(void);
+struct cli_cpu cli_cpu_of(pid_t pid);
+/* A process's resident set in bytes (VmRSS), or 0. */
+double cli_rss_bytes(pid_t pid);
+/* The soft limit on open files goes up to the hard one (for many
+ * sessions; inherited by forked children). */
+void cli_raise_nofile(void);
+
+/* A libevent loop with two priorities, on which tether's own events
+ * (heartbeats, the side channel, resumes) take the higher and sessions'
+ * bytes the lower, and which looks for new events after 50 ms of
+ * lower-priority callbacks: with thousands of busy sessions, heartbeats
+ * stay on time (tether_config_set_event_base(3)).  NULL on failure. */
+struct event_base;
+struct event_base *cli_event_base(void);
+
 #endif /* TETHER_EXAMPLES_CLI_H */

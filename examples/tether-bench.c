@@ -1,8 +1,8 @@
 /*
  * tether-bench — the same workloads over tether sessions or plain TCP.
  *
- *   tether-bench throughput|latency|setup|idle [--raw] [--bytes N] [--write-size N]
- *                [--count N] [--seconds S] [--runs N]
+ *   tether-bench throughput|latency|setup|idle|c10k [--raw] [--bytes N]
+ *                [--write-size N] [--count N] [--seconds S] [--runs N]
  *                [--listen HOST:PORT | --connect HOST:PORT]
  *
  * One code path runs both modes: struct net/struct conn hide whether a
@@ -18,9 +18,8 @@
  * The server is sequential: one connection at a time, which is all a
  * benchmark client opens.  It never waits for a setup client's close, so
  * teardown is not counted in the next connection's setup time.  The idle
- * test is the exception: its server holds every connection it accepts and
- * never reads, and the client measures what the held sessions cost both
- * processes while nothing happens on them.
+ * and c10k tests are the exception: many sessions on one event loop per
+ * side (bench_loop.c), through tether's async API or libevent bufferevents.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, pipe2 */
@@ -47,6 +46,7 @@
 
 #include <tether/tether.h>
 
+#include "bench_loop.h"
 #include "cli.h"
 
 #define PROG "tether-bench"
@@ -60,7 +60,7 @@
 #define MAX_METRICS 8 /* a test's own (up to 4), then CPU_METRICS */
 #define CPU_METRICS 4
 
-enum test { TEST_THROUGHPUT, TEST_LATENCY, TEST_SETUP, TEST_IDLE };
+enum test { TEST_THROUGHPUT, TEST_LATENCY, TEST_SETUP, TEST_IDLE, TEST_C10K };
 
 /* ---- transport: plain TCP or tether, behind one interface -------------- */
 
@@ -241,31 +241,10 @@ static int serve_conn(enum test t, struct conn *c, char *buf) {
       return n < 0 ? (int)n : -EPROTO;
     return conn_write_all(c, buf, 1);
   case TEST_IDLE:
-    break; /* run_server holds it */
+  case TEST_C10K:
+    break; /* loop_server's */
   }
   return -EINVAL;
-}
-
-/* The idle test's server: holds every connection until killed. */
-static int hold_conns(struct net *net) {
-  struct conn *held = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n == cap) {
-      size_t ncap = cap ? cap * 2 : 1024;
-      struct conn *p = realloc(held, ncap * sizeof(*held));
-      if (p == NULL) {
-        cli_print_error(PROG, "malloc", -ENOMEM);
-        return -ENOMEM;
-      }
-      held = p;
-      cap = ncap;
-    }
-    int r = net_accept(net, &held[n]);
-    if (r < 0)
-      return r; /* the process exits: no need to close them */
-    n++;
-  }
 }
 
 /* Serves connections one at a time until killed; returns only on failure.
@@ -276,6 +255,8 @@ static int run_server(int raw, enum test t, const struct cli_hostport *hp,
   char *buf = NULL;
   int port, r;
 
+  if (t == TEST_IDLE || t == TEST_C10K)
+    return loop_server(PROG, raw, hp, ready_fd);
   r = net_init(&net, raw);
   if (r < 0)
     goto out;
@@ -303,10 +284,6 @@ static int run_server(int raw, enum test t, const struct cli_hostport *hp,
     fprintf(stderr, PROG ": listening on port %d\n", port);
   }
 
-  if (t == TEST_IDLE) {
-    (void)hold_conns(&net);
-    goto out;
-  }
   for (;;) {
     struct conn c;
 
@@ -387,8 +364,8 @@ struct bench {
   int raw;
   uint64_t bytes; /* throughput */
   size_t write_size; /* throughput: bytes per write */
-  uint64_t count; /* latency, setup; idle: sessions */
-  uint64_t seconds; /* idle */
+  uint64_t count; /* latency, setup; idle, c10k: sessions */
+  uint64_t seconds; /* idle, c10k */
   pid_t server; /* the forked server, or -1 */
   unsigned runs;
   struct cli_hostport peer;
@@ -523,108 +500,14 @@ static int run_setup(struct bench *b, double *m) {
 
 /* ---- CPU time of both ends ------------------------------------------------ */
 
-/* User and system CPU seconds (all threads). */
-struct cpu {
-  double user, sys;
-};
-
-static struct cpu self_cpu(void) {
-  struct rusage ru;
-  struct cpu c = {0, 0};
-  if (getrusage(RUSAGE_SELF, &ru) == 0) {
-    c.user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
-    c.sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-  }
-  return c;
-}
-
-/* The forked server's, from /proc (clock ticks: 10 ms steps, so a run
- * should last a second or more for its CPU figure to mean much). */
-static struct cpu child_cpu(pid_t pid) {
-  struct cpu c = {0, 0};
-  char path[64], buf[1024];
-  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "re");
-  if (!f)
-    return c;
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *p = strrchr(buf, ')'); /* the name may hold spaces */
-  unsigned long long ut, st;
-  long hz = sysconf(_SC_CLK_TCK);
-  /* After the name: state, then fields 4..13, then utime and stime. */
-  if (p && hz > 0 &&
-      sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) == 2) {
-    c.user = (double)ut / (double)hz;
-    c.sys = (double)st / (double)hz;
-  }
-  return c;
-}
-
-/* The idle test holds two descriptors per session on each side: the soft
- * limit goes up to the hard one (inherited by the forked server). */
-static void raise_nofile(void) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    (void)setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
-
-/* A process's resident set in bytes (VmRSS), or 0. */
-static double rss_bytes(pid_t pid) {
-  char path[64], line[256];
-  double kib = 0;
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "re");
-  if (!f)
-    return 0;
-  while (fgets(line, sizeof(line), f))
-    if (sscanf(line, "VmRSS: %lf kB", &kib) == 1)
-      break;
-  fclose(f);
-  return kib * 1024;
-}
-
-/* Opens count sessions, lets them settle, then measures for b->seconds
- * what they cost while idle: m[] = setups/s, CPU of the client and of the
- * server (% of one core, user+sys), resident memory per session on each
- * side (bytes: growth over the process's size before the first connect). */
 static int run_idle(struct bench *b, double *m) {
-  struct conn *c = calloc(b->count, sizeof(*c));
-  uint64_t opened = 0;
-  int r = 0;
-  if (c == NULL)
-    return -ENOMEM;
-  double rss0 = rss_bytes(getpid());
-  double srss0 = b->server > 0 ? rss_bytes(b->server) : 0;
-  uint64_t t0 = cli_now_ns();
-  for (; opened < b->count; opened++) {
-    r = net_connect(&b->net, &b->peer, &c[opened]);
-    if (r < 0)
-      goto out;
-  }
-  m[0] = (double)b->count / ((double)(cli_now_ns() - t0) / 1e9);
-  struct timespec settle = {IDLE_SETTLE_NS / 1000000000, 0};
-  while (nanosleep(&settle, &settle) < 0 && errno == EINTR)
-    ;
-  struct cpu c0 = self_cpu(), s0 = b->server > 0 ? child_cpu(b->server) : (struct cpu){0, 0};
-  t0 = cli_now_ns();
-  struct timespec idle = {(time_t)b->seconds, 0};
-  while (nanosleep(&idle, &idle) < 0 && errno == EINTR)
-    ;
-  double wall = (double)(cli_now_ns() - t0) / 1e9;
-  struct cpu c1 = self_cpu(), s1 = b->server > 0 ? child_cpu(b->server) : (struct cpu){0, 0};
-  m[1] = 100 * (c1.user + c1.sys - c0.user - c0.sys) / wall;
-  m[2] = 100 * (s1.user + s1.sys - s0.user - s0.sys) / wall;
-  m[3] = (rss_bytes(getpid()) - rss0) / (double)b->count;
-  m[4] = b->server > 0 ? (rss_bytes(b->server) - srss0) / (double)b->count : 0;
-out:
-  for (uint64_t i = 0; i < opened; i++)
-    (void)conn_close(&c[i]);
-  free(c);
-  return r;
+  struct loop_bench lb = {b->raw, b->count, b->seconds, b->server, b->peer};
+  return loop_idle(PROG, &lb, m);
+}
+
+static int run_c10k(struct bench *b, double *m) {
+  struct loop_bench lb = {b->raw, b->count, b->seconds, b->server, b->peer};
+  return loop_c10k(PROG, &lb, m);
 }
 
 static const char *const cpu_keys[CPU_METRICS] = {"cpu_user_s", "cpu_sys_s", "server_cpu_user_s",
@@ -671,6 +554,13 @@ static const struct test_desc tests[] = {
                     {"server_idle_cpu_pct", "server_idle_cpu_pct_median"},
                     {"rss_bytes_per_session", "rss_bytes_per_session_median"},
                     {"server_rss_bytes_per_session", "server_rss_bytes_per_session_median"}}},
+    [TEST_C10K] = {"c10k",
+                   run_c10k,
+                   4,
+                   {{"setups_per_s", "setups_per_s_median"},
+                    {"requests_per_s", "requests_per_s_median"},
+                    {"rtt_us_p50", "rtt_us_p50_median"},
+                    {"rtt_us_p99", "rtt_us_p99_median"}}},
 };
 
 static double median(double *v, size_t n) {
@@ -692,7 +582,7 @@ static int print_json(const struct bench *b, const double *results, bool with_se
   cli_json_str(stdout, b->raw ? "raw" : "tether");
   if (b->test == TEST_THROUGHPUT)
     printf(",\"bytes\":%" PRIu64 ",\"write_size\":%zu", b->bytes, b->write_size);
-  else if (b->test == TEST_IDLE)
+  else if (b->test == TEST_IDLE || b->test == TEST_C10K)
     printf(",\"sessions\":%" PRIu64 ",\"seconds\":%" PRIu64, b->count, b->seconds);
   else
     printf(",\"count\":%" PRIu64, b->count);
@@ -748,7 +638,8 @@ static int run_client(struct bench *b, const struct cli_hostport *connect_hp) {
     b->peer = (struct cli_hostport){.host = "127.0.0.1"};
     snprintf(b->peer.port, sizeof(b->peer.port), "%d", port);
   }
-  if (net_init(&b->net, b->raw) < 0)
+  bool looped = b->test == TEST_IDLE || b->test == TEST_C10K; /* own loop */
+  if (!looped && net_init(&b->net, b->raw) < 0)
     goto out;
   b->buf = malloc(IO_SIZE);
   results = calloc((size_t)b->runs * MAX_METRICS, sizeof(*results));
@@ -763,11 +654,11 @@ static int run_client(struct bench *b, const struct cli_hostport *connect_hp) {
 
   for (unsigned run = 0; run < b->runs; run++) {
     double *m = &results[run * MAX_METRICS];
-    struct cpu c0 = self_cpu(), s0 = child > 0 ? child_cpu(child) : (struct cpu){0, 0};
+    struct cli_cpu c0 = cli_cpu_self(), s0 = child > 0 ? cli_cpu_of(child) : (struct cli_cpu){0, 0};
     r = tests[b->test].run(b, m);
     if (r < 0)
       goto out;
-    struct cpu c1 = self_cpu(), s1 = child > 0 ? child_cpu(child) : (struct cpu){0, 0};
+    struct cli_cpu c1 = cli_cpu_self(), s1 = child > 0 ? cli_cpu_of(child) : (struct cli_cpu){0, 0};
     double *cpu = m + tests[b->test].n_metrics;
     cpu[0] = c1.user - c0.user;
     cpu[1] = c1.sys - c0.sys;
@@ -789,7 +680,7 @@ out:
 /* ---- main -------------------------------------------------------------- */
 
 static void usage(FILE *f) {
-  fputs("usage: " PROG " throughput|latency|setup|idle [--raw] [--bytes N] "
+  fputs("usage: " PROG " throughput|latency|setup|idle|c10k [--raw] [--bytes N] "
         "[--write-size N]\n"
         "                    [--count N] [--seconds S] [--runs N]\n"
         "                    [--listen HOST:PORT | --connect HOST:PORT]\n"
@@ -801,6 +692,8 @@ static void usage(FILE *f) {
         "report µs\n"
         "  idle         hold --count sessions idle for --seconds; report the\n"
         "               CPU and memory they cost each side\n"
+        "  c10k         --count sessions each ping-pong one byte for --seconds;\n"
+        "               report requests/s and round-trip p50/p99\n"
         "\n"
         "  -r, --raw                plain TCP instead of tether (same "
         "workload)\n"
@@ -810,8 +703,8 @@ static void usage(FILE *f) {
         "128K, at most 128K)\n"
         "  -n, --count N            latency round trips (default 20000),\n"
         "                           setup connections (default 1000) or\n"
-        "                           idle sessions (default 1000)\n"
-        "  -s, --seconds S          idle: how long to measure (default 10)\n"
+        "                           idle and c10k sessions (default 1000)\n"
+        "  -s, --seconds S          idle, c10k: how long to measure (default 10)\n"
         "  -R, --runs N             repeat N times; report each and the "
         "median\n"
         "  -l, --listen HOST:PORT   run only the server (until killed)\n"
@@ -847,7 +740,8 @@ int main(int argc, char **argv) {
   uint64_t v;
   int c;
 
-  int first = cli_command_arg(argc, argv, PROG, usage, "missing test: throughput, latency, setup or idle");
+  int first = cli_command_arg(argc, argv, PROG, usage,
+                              "missing test: throughput, latency, setup, idle or c10k");
   if (first >= 0)
     return first;
   if (strcmp(argv[1], "throughput") == 0)
@@ -858,10 +752,12 @@ int main(int argc, char **argv) {
     b.test = TEST_SETUP;
   else if (strcmp(argv[1], "idle") == 0)
     b.test = TEST_IDLE;
+  else if (strcmp(argv[1], "c10k") == 0)
+    b.test = TEST_C10K;
   else
     return cli_usage_error(PROG,
                            "unknown test '%s' (expected throughput, latency, "
-                           "setup or idle)",
+                           "setup, idle or c10k)",
                            argv[1]);
   b.count = b.test == TEST_LATENCY ? 20000 : 1000;
 
@@ -924,14 +820,14 @@ int main(int argc, char **argv) {
   }
   if (count_arg != NULL) {
     if (b.test == TEST_THROUGHPUT)
-      return cli_usage_error(PROG, "--count applies to latency, setup and idle only");
+      return cli_usage_error(PROG, "--count applies to latency, setup, idle and c10k only");
     if (cli_parse_uint(count_arg, 1, MAX_COUNT, &b.count) < 0)
       return cli_usage_error(PROG, "bad --count '%s' (1..%u)", count_arg,
                              MAX_COUNT);
   }
   if (seconds_arg != NULL) {
-    if (b.test != TEST_IDLE)
-      return cli_usage_error(PROG, "--seconds applies to idle only");
+    if (b.test != TEST_IDLE && b.test != TEST_C10K)
+      return cli_usage_error(PROG, "--seconds applies to idle and c10k only");
     if (cli_parse_uint(seconds_arg, 1, MAX_IDLE_SECONDS, &b.seconds) < 0)
       return cli_usage_error(PROG, "bad --seconds '%s' (1..%u)", seconds_arg, MAX_IDLE_SECONDS);
   }
@@ -944,8 +840,8 @@ int main(int argc, char **argv) {
   if (listen_arg != NULL && connect_arg != NULL)
     return cli_usage_error(PROG, "--listen and --connect exclude each other");
 
-  if (b.test == TEST_IDLE)
-    raise_nofile();
+  if (b.test == TEST_IDLE || b.test == TEST_C10K)
+    cli_raise_nofile();
   /* A peer that resets must fail a write with EPIPE, not kill us. */
   if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
     cli_print_error(PROG, "signal", -errno);

@@ -503,25 +503,6 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg) {
   event_base_loopbreak(arg);
 }
 
-/* A loop with two priorities, on which tether's own events (heartbeats, the
- * side channel, resumes) take the higher and the sessions' bytes the lower,
- * and which looks for new events after 5 ms of lower-priority callbacks:
- * with thousands of busy sessions, heartbeats stay on time. */
-static struct event_base *new_loop(void) {
-  struct event_config *ec = event_config_new();
-  struct timeval slice = {0, 5000};
-  struct event_base *base = NULL;
-
-  if (ec && event_config_set_max_dispatch_interval(ec, &slice, -1, 1) == 0)
-    base = event_base_new_with_config(ec);
-  event_config_free(ec);
-  if (base && event_base_priority_init(base, 2) < 0) {
-    event_base_free(base);
-    base = NULL;
-  }
-  return base;
-}
-
 static int run_server(const struct server_opts *o) {
   struct state st = {.lock_fd = -1};
   struct server srv = {.every = o->every, .st = &st};
@@ -530,7 +511,7 @@ static int run_server(const struct server_opts *o) {
   int rc = CLI_EXIT_FAIL, r, restored;
 
   /* A peer that vanishes must cost one session, never the process. */
-  if (signal(SIGPIPE, SIG_IGN) == SIG_ERR || !(srv.base = new_loop()) ||
+  if (signal(SIGPIPE, SIG_IGN) == SIG_ERR || !(srv.base = cli_event_base()) ||
       !(sigint = evsignal_new(srv.base, SIGINT, on_stop_signal, srv.base)) ||
       !(sigterm = evsignal_new(srv.base, SIGTERM, on_stop_signal, srv.base)) ||
       evsignal_add(sigint, NULL) < 0 || evsignal_add(sigterm, NULL) < 0) {

@@ -23,8 +23,11 @@
 /* The input buffer's default high watermark: a peer that writes faster than
  * the application reads is held back by TCP, not buffered here. */
 #define ASYNC_READ_HIGH_DEFAULT (256 * 1024)
-/* One recv() at most. */
+/* One recv() at most; the first of a turn reads into a small chunk, since
+ * a turn often finds a few bytes (a request, a keystroke): 64 KiB for each
+ * would cost a large allocation, mapped and unmapped, per read. */
 #define ASYNC_READ_CHUNK (64 * 1024)
+#define ASYNC_READ_FIRST 4096
 /* Bytes read, or written, per session per turn of the loop.  A turn runs
  * every ready session's callbacks before the loop looks at its timers and
  * the side channel again, so this bounds how late heartbeats get with
@@ -150,17 +153,20 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
   struct async_io *a = s->async;
   size_t before = evbuffer_get_length(a->in), turn = 0;
   while (turn < ASYNC_TURN_BYTES && want_read(a)) {
-    size_t want = ASYNC_READ_CHUNK, have = evbuffer_get_length(a->in);
+    size_t want = turn ? ASYNC_READ_CHUNK : ASYNC_READ_FIRST, have = evbuffer_get_length(a->in);
     if (a->rd_high && a->rd_high - have < want)
       want = a->rd_high - have;
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(a->in, (ev_ssize_t)want, &v, 1) < 1)
       break; /* out of memory: the socket stays readable, we come back */
-    ssize_t n = tether_read(s, v.iov_base, v.iov_len < want ? v.iov_len : want);
+    size_t len = v.iov_len < want ? v.iov_len : want;
+    ssize_t n = tether_read(s, v.iov_base, len);
     v.iov_len = n > 0 ? (size_t)n : 0;
     evbuffer_commit_space(a->in, &v, 1);
     if (n > 0) {
       turn += (size_t)n;
+      if ((size_t)n < len)
+        break; /* the socket is empty: no recv() just to hear EAGAIN */
       continue;
     }
     if (n == 0) {
