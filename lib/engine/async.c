@@ -250,10 +250,12 @@ static void flush(struct async_io *a) {
     a->writecb(s, a->arg);
 }
 
+/* The socket takes bytes again: the work of on_work, whose shutdown or
+ * close may have waited for just these. */
 static void on_writable(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
   s->async->sock_full = false;
-  flush(s->async);
+  on_work(fd, what, arg);
 }
 
 /* The application added bytes: written at the loop's next turn (several
