@@ -21,8 +21,9 @@ usage: $prog [--bench PATH] [--counts "N ..."] [--rounds N] [--seconds S]
 
 Runs tether-bench idle for each session count (default "$counts"), N rounds
 each (default $rounds), measuring S seconds per round (default $seconds),
-and prints medians.  Each session holds two descriptors per side: the open
-files limit (ulimit -n) bounds the count.
+and prints medians.  Both ends run their sessions on one event loop (the
+async API), one descriptor per session per side: the open files limit
+(ulimit -n) bounds the count.
 EOF
 }
 

@@ -42,7 +42,7 @@ int accept_gate_init(struct accept_gate *g, struct tether_ctx *ctx, struct event
   memset(g, 0, sizeof(*g));
   g->ctx = ctx;
   g->accept_ev = accept_ev;
-  g->retry_ev = engine_event_new(ctx, -1, 0, on_retry, g);
+  g->retry_ev = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_retry, g);
   return g->retry_ev ? 0 : -ENOMEM;
 }
 

@@ -103,12 +103,9 @@ static void set_pending(struct event *ev, short what, bool on) {
 static void on_readable(evutil_socket_t fd, short what, void *arg);
 static void on_writable(evutil_socket_t fd, short what, void *arg);
 
-/* The lowest priority, if the loop has several: the engine's events (the
- * highest) come first whenever the loop looks (engine_event_prio). */
+/* Bytes are bulk work: liveness comes first (engine_event_prio). */
 static void data_prio(struct tether_session *s, struct event *ev) {
-  int n = event_base_get_npriorities(s->ctx->base);
-  if (n > 1)
-    event_priority_set(ev, n - 1);
+  engine_event_prio(s->ctx, ev, ENGINE_PRIO_BULK);
 }
 
 /* The socket events in line with the state: assigned to the live socket,
@@ -152,17 +149,28 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
   struct tether_session *s = arg;
   struct async_io *a = s->async;
   size_t before = evbuffer_get_length(a->in), turn = 0;
+  uint8_t first[ASYNC_READ_FIRST];
   while (turn < ASYNC_TURN_BYTES && want_read(a)) {
     size_t want = turn ? ASYNC_READ_CHUNK : ASYNC_READ_FIRST, have = evbuffer_get_length(a->in);
     if (a->rd_high && a->rd_high - have < want)
       want = a->rd_high - have;
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(a->in, (ev_ssize_t)want, &v, 1) < 1)
+    /* The first read goes to the stack: a wake-up with nothing for the
+     * application (a key confirmation, a replay checked) leaves no empty
+     * chain behind in the input buffer -- 4 KiB for every idle session. */
+    struct evbuffer_iovec v = {first, want};
+    if (turn && evbuffer_reserve_space(a->in, (ev_ssize_t)want, &v, 1) < 1)
       break; /* out of memory: the socket stays readable, we come back */
     size_t len = v.iov_len < want ? v.iov_len : want;
     ssize_t n = tether_read(s, v.iov_base, len);
     v.iov_len = n > 0 ? (size_t)n : 0;
-    evbuffer_commit_space(a->in, &v, 1);
+    if (turn) {
+      evbuffer_commit_space(a->in, &v, 1);
+    } else if (n > 0 && evbuffer_add(a->in, first, (size_t)n) < 0) {
+      /* Counted as delivered, and nowhere to put them: the session cannot
+       * keep its promise any more. */
+      session_fail(s, -ENOMEM);
+      break;
+    }
     if (n > 0) {
       turn += (size_t)n;
       if ((size_t)n < len)

@@ -22,15 +22,16 @@ uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
-void engine_event_prio(const struct tether_ctx *ctx, struct event *ev) {
-  if (ev && !ctx->own_base && event_base_get_npriorities(ctx->base) > 1)
-    event_priority_set(ev, 0);
+void engine_event_prio(const struct tether_ctx *ctx, struct event *ev, enum engine_prio prio) {
+  int n = ctx->own_base ? 1 : event_base_get_npriorities(ctx->base);
+  if (ev && n > 1)
+    event_priority_set(ev, prio == ENGINE_PRIO_LIVE ? 0 : n - 1);
 }
 
-struct event *engine_event_new(struct tether_ctx *ctx, int fd, short what,
+struct event *engine_event_new(struct tether_ctx *ctx, enum engine_prio prio, int fd, short what,
                                void (*cb)(int, short, void *), void *arg) {
   struct event *ev = event_new(ctx->base, fd, what, cb, arg);
-  engine_event_prio(ctx, ev);
+  engine_event_prio(ctx, ev, prio);
   return ev;
 }
 
@@ -374,11 +375,11 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   struct event_base *base = ctx->cfg.base;
   ctx->own_base = !base;
   ctx->base = !ctx->buckets ? NULL : base ? base : event_base_new();
-  ctx->stop_ev = ctx->base ? engine_event_new(ctx, -1, 0, on_stop, ctx) : NULL;
-  ctx->refill_ev = ctx->base ? engine_event_new(ctx, -1, 0, on_refill, ctx) : NULL;
+  ctx->stop_ev = ctx->base ? engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_stop, ctx) : NULL;
+  ctx->refill_ev = ctx->base ? engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_refill, ctx) : NULL;
   ctx->hup_ep = epoll_create1(EPOLL_CLOEXEC);
   ctx->hup_ev = ctx->base && ctx->hup_ep >= 0
-                    ? engine_event_new(ctx, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
+                    ? engine_event_new(ctx, ENGINE_PRIO_LIVE, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
                     : NULL;
   if (!ctx->stop_ev || !ctx->refill_ev || !ctx->hup_ev || event_add(ctx->hup_ev, NULL) < 0 ||
       hs_table_init(ctx) < 0) {

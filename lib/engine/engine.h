@@ -687,14 +687,18 @@ int spin_wait(struct spin_hold *h, struct tether_session *s, short events);
 /* ---- context (ctx.c) ---- */
 
 uint64_t now_ns(void);
-/* The engine's events.  On the application's loop (tether_config_set_event_base)
- * with priorities, they take the highest: heartbeats, the side channel and
- * resumes keep their time however many sessions have bytes to move (those
- * run at the lowest, async.c). */
-struct event *engine_event_new(struct tether_ctx *ctx, int fd, short what,
+/* What an event is for, on the application's loop (tether_config_set_event_base)
+ * when it has several priorities: liveness (timers, the side channel, the
+ * ends of connections) takes the highest, so that heartbeats keep their
+ * time however many sessions have bytes to move or are being set up; the
+ * rest -- accepting, handshakes (setups and resumes), the sessions' bytes
+ * (async.c) -- the lowest, where libevent's dispatch interval takes turns.
+ * On an engine thread's own loop there is one priority. */
+enum engine_prio { ENGINE_PRIO_LIVE, ENGINE_PRIO_BULK };
+struct event *engine_event_new(struct tether_ctx *ctx, enum engine_prio prio, int fd, short what,
                                void (*cb)(int, short, void *), void *arg);
 /* The same for an event (re)assigned with event_assign. */
-void engine_event_prio(const struct tether_ctx *ctx, struct event *ev);
+void engine_event_prio(const struct tether_ctx *ctx, struct event *ev, enum engine_prio prio);
 /* Waits, up to cfg.linger_s, while sessions the application closed still
  * deliver their last bytes and close notices (also across a resume); those
  * still unfinished then fail with TETHER_EABORTED, and their peers are told

@@ -665,7 +665,7 @@ static void on_io(evutil_socket_t fd, short what, void *arg) {
   if (rc == HS_WANT_READ || rc == HS_WANT_WRITE) {
     event_del(h->ev);
     event_assign(h->ev, h->ctx->base, h->fd, rc == HS_WANT_READ ? EV_READ : EV_WRITE, on_io, h);
-    engine_event_prio(h->ctx, h->ev);
+    engine_event_prio(h->ctx, h->ev, ENGINE_PRIO_BULK);
     event_add(h->ev, NULL);
     return;
   }
@@ -692,8 +692,8 @@ int hs_conn_start_async(struct hs_conn *h, uint64_t timeout_ms) {
   short what = h->connecting || h->step == S_START ? EV_WRITE : EV_READ;
   struct hs_conn *victim = NULL;
   char addr[64];
-  h->ev = engine_event_new(ctx, h->fd, what, on_io, h);
-  h->timeout = engine_event_new(ctx, -1, 0, on_timeout, h);
+  h->ev = engine_event_new(ctx, ENGINE_PRIO_BULK, h->fd, what, on_io, h);
+  h->timeout = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_timeout, h);
   if (!h->ev || !h->timeout) {
     LOG_ERR(ctx, "out of memory for a handshake");
     return -ENOMEM;

@@ -218,7 +218,7 @@ static void on_room(evutil_socket_t fd, short what, void *arg) {
 }
 
 int hs_table_init(struct tether_ctx *ctx) {
-  ctx->hst.room_ev = engine_event_new(ctx, -1, 0, on_room, ctx);
+  ctx->hst.room_ev = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_room, ctx);
   return ctx->hst.room_ev ? 0 : -ENOMEM;
 }
 

@@ -141,7 +141,7 @@ static void on_confirm_due(evutil_socket_t fd, short what, void *arg) {
 static int expect_finish_by(struct tether_session *s) {
   uint64_t ms = s->ctx->cfg.connect_timeout_ms;
   struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-  s->confirm_ev = engine_event_new(s->ctx, -1, 0, on_confirm_due, s);
+  s->confirm_ev = engine_event_new(s->ctx, ENGINE_PRIO_BULK, -1, 0, on_confirm_due, s);
   if (!s->confirm_ev)
     return -ENOMEM;
   return evtimer_add(s->confirm_ev, &tv);
@@ -313,7 +313,7 @@ int listener_open(tether_ctx *ctx, const char *host, const char *port, bool star
     LOG_WARN(ctx, "UDP port %d unavailable: sessions of this listener detect failures from "
              "TCP signals only", l->port);
   l->ready_fd = eventfd(0, EFD_NONBLOCK | EFD_SEMAPHORE | EFD_CLOEXEC);
-  l->ev = engine_event_new(ctx, l->fd, EV_READ | EV_PERSIST, on_accept, l);
+  l->ev = engine_event_new(ctx, ENGINE_PRIO_BULK, l->fd, EV_READ | EV_PERSIST, on_accept, l);
   if (l->ready_fd < 0 || !l->ev || accept_gate_init(&l->gate, ctx, l->ev) < 0) {
     rc = -ENOMEM;
     goto out;

@@ -196,7 +196,7 @@ static struct tether_path *path_find(struct tether_ctx *ctx, struct udp_chan *u,
   p->udp = u;
   memcpy(&p->peer, a, len);
   p->peer_len = len;
-  p->timer = engine_event_new(ctx, -1, 0, on_path_timer, p);
+  p->timer = engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_path_timer, p);
   if (!p->timer) {
     free(p);
     return NULL;

@@ -386,10 +386,10 @@ static void update_sock_ev(struct tether_session *s) {
     event_del(s->sock_ev);
     if (want) {
       event_assign(s->sock_ev, s->ctx->base, s->sock, want | EV_PERSIST, on_sock, s);
-      engine_event_prio(s->ctx, s->sock_ev);
+      engine_event_prio(s->ctx, s->sock_ev, ENGINE_PRIO_LIVE);
     }
   } else if (want) {
-    s->sock_ev = engine_event_new(s->ctx, s->sock, want | EV_PERSIST, on_sock, s);
+    s->sock_ev = engine_event_new(s->ctx, ENGINE_PRIO_LIVE, s->sock, want | EV_PERSIST, on_sock, s);
   }
   if (want && s->sock_ev)
     event_add(s->sock_ev, NULL);
@@ -646,8 +646,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
 
 int session_start(struct tether_session *s) {
   struct tether_ctx *ctx = s->ctx;
-  s->timer = engine_event_new(ctx, -1, 0, on_timer, s);
-  s->kick = engine_event_new(ctx, -1, 0, on_kick, s);
+  s->timer = engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_timer, s);
+  s->kick = engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_kick, s);
   if (!s->timer || !s->kick)
     return -ENOMEM;
   registry_add(ctx, s);

@@ -190,7 +190,7 @@ struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct socka
     goto fail;
   u->port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                     : ((struct sockaddr_in6 *)&bound)->sin6_port);
-  u->ev = engine_event_new(ctx, u->fd, EV_READ | EV_PERSIST, on_readable, u);
+  u->ev = engine_event_new(ctx, ENGINE_PRIO_LIVE, u->fd, EV_READ | EV_PERSIST, on_readable, u);
   if (!u->ev || event_add(u->ev, NULL) < 0)
     goto fail;
   return u;

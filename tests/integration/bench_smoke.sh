@@ -20,7 +20,9 @@ o = json.loads(lines[0])
 want = {"throughput": ["seconds_median", "gbit_s_median"],
         "latency": ["rtt_us_median", "rtt_us_p90", "rtt_us_p99", "rtt_us_min"],
         "setup": ["setup_us_median", "setup_us_p90", "setup_us_p99", "setup_us_min"],
-        "idle": ["setups_per_s_median"]}[test]
+        "idle": ["setups_per_s_median"],
+        "c10k": ["setups_per_s_median", "requests_per_s_median", "rtt_us_p50_median",
+                 "rtt_us_p99_median"]}[test]
 # The idle test's costs may well be 0 (plain TCP), but they are there.
 for k in {"idle": ["idle_cpu_pct_median", "server_idle_cpu_pct_median",
                    "rss_bytes_per_session_median",
@@ -58,6 +60,8 @@ for mode in tether raw; do
   run_bench "setup-$mode" setup "$mode" "${raw[@]}" --count 20
   run_bench "idle-$mode" idle "$mode" "${raw[@]}" --count 20 --seconds 1
   grep -q '"sessions":20,"seconds":1' "$TMP/idle-$mode.json" || fail "idle: sessions/seconds not reported"
+  run_bench "c10k-$mode" c10k "$mode" "${raw[@]}" --count 50 --seconds 1
+  grep -q '"sessions":50,"seconds":1' "$TMP/c10k-$mode.json" || fail "c10k: sessions/seconds not reported"
 done
 
 # Bad --write-size values are usage errors (status 2).
@@ -66,8 +70,8 @@ for bad in 0 129K x; do
   "$TETHER_BENCH" throughput --write-size "$bad" >/dev/null 2>&1 || rc=$?
   [ "$rc" -eq 2 ] || fail "--write-size $bad: status $rc, expected 2"
 done
-# --seconds belongs to idle, within 1..3600.
-for args in "throughput --seconds 1" "idle --seconds 0" "idle --seconds 3601"; do
+# --seconds belongs to idle and c10k, within 1..3600.
+for args in "throughput --seconds 1" "idle --seconds 0" "idle --seconds 3601" "c10k --seconds 0"; do
   rc=0
   # shellcheck disable=SC2086
   "$TETHER_BENCH" $args >/dev/null 2>&1 || rc=$?

@@ -25,8 +25,9 @@ static unsigned gates_opened;
 uint64_t now_ns(void) { return fake_now; }
 bool listener_has_room_locked(const struct tether_listener *l) { return l == NULL; }
 void hs_conn_unpark(struct hs_conn *h) { (void)h; }
-struct event *engine_event_new(struct tether_ctx *ctx, int fd, short what,
+struct event *engine_event_new(struct tether_ctx *ctx, enum engine_prio prio, int fd, short what,
                                void (*cb)(int, short, void *), void *arg) {
+  (void)prio;
   return event_new(ctx->base, fd, what, cb, arg);
 }
 void accept_gate_room(struct accept_gate *g) {
