@@ -252,10 +252,11 @@ static int run_load(struct event_base *base, tether_ctx *ctx, const char *host, 
   return ld.failed ? 1 : 0;
 }
 
-/* A loop with two priorities, on which tether's own events (heartbeats,
- * the side channel, resumes) take the higher and the sessions' bytes the
- * lower, and which looks for new events after 50 ms of lower-priority
- * callbacks: with thousands of busy sessions, heartbeats stay on time. */
+/* A loop with two priorities -- tether's side channel and the ends of
+ * connections take the higher, everything else (timers, handshakes, the
+ * sessions' bytes) the lower -- which looks for new events after 50 ms of
+ * lower-priority callbacks: with thousands of busy sessions, heartbeats
+ * are read in time. */
 static struct event_base *new_loop(void) {
   struct event_config *ec = event_config_new();
   struct timeval slice = {0, 50000};

@@ -29,7 +29,7 @@
 
 #include <tether/tether.h>
 
-#define CONNECT_WINDOW 512
+#define CONNECT_WINDOW 128
 /* Sessions must all be up within this long. */
 #define SETUP_LIMIT_NS (120 * 1000000000ull)
 /* Idle: how long after the last connect the measurement starts, so that it
@@ -196,6 +196,9 @@ struct client {
   uint64_t requests; /* c10k: round trips in the window */
   uint64_t *samples;
   size_t n_samples;
+  /* Idle: resumes seen (a storm made by hand, ss -K), and from the first
+   * suspension to the last resume. */
+  uint64_t resumes, first_suspend_ns, last_resume_ns;
 };
 
 static void start_connects(struct client *cl);
@@ -248,7 +251,14 @@ static void on_tether_read(tether_session *s, void *arg) { pong(arg, tether_sess
 
 static void on_tether_event(tether_session *s, tether_event ev, int err, void *arg) {
   struct peer *p = arg;
+  struct client *cl = p->cl;
   (void)s;
+  if (ev == TETHER_EVENT_SUSPENDED && !cl->first_suspend_ns)
+    cl->first_suspend_ns = cli_now_ns();
+  if (ev == TETHER_EVENT_CONNECTED) {
+    cl->resumes++;
+    cl->last_resume_ns = cli_now_ns();
+  }
   if (ev == TETHER_EVENT_FAILED || ev == TETHER_EVENT_WRITE_FAILED) {
     if (!p->cl->first_err)
       p->cl->first_err = err;
@@ -377,7 +387,7 @@ static double setups_per_s(const struct client *cl) {
   return (double)cl->b->sessions / ((double)cl->setup_ns / 1e9);
 }
 
-int loop_idle(const char *prog, const struct loop_bench *b, double m[5]) {
+int loop_idle(const char *prog, const struct loop_bench *b, double m[7]) {
   struct client cl;
   double rss0 = cli_rss_bytes(getpid());
   double srss0 = b->server > 0 ? cli_rss_bytes(b->server) : 0;
@@ -395,6 +405,15 @@ int loop_idle(const char *prog, const struct loop_bench *b, double m[5]) {
   m[2] = 100 * (s1.user + s1.sys - s0.user - s0.sys) / wall;
   m[3] = (cli_rss_bytes(getpid()) - rss0) / (double)b->sessions;
   m[4] = b->server > 0 ? (cli_rss_bytes(b->server) - srss0) / (double)b->sessions : 0;
+  m[5] = (double)cl.resumes;
+  m[6] = cl.resumes ? (double)(cl.last_resume_ns - cl.first_suspend_ns) / 1e6 : 0;
+  uint64_t down = 0; /* every session must be up at the end (tether) */
+  for (uint64_t i = 0; i < cl.started; i++)
+    down += cl.peers[i].s && tether_session_state(cl.peers[i].s) != TETHER_STATE_CONNECTED;
+  if (down && !cl.failed) {
+    fprintf(stderr, "%s: %llu sessions not connected at the end\n", prog, (unsigned long long)down);
+    r = -EIO;
+  }
   if (cl.failed) {
     fprintf(stderr, "%s: %llu sessions failed while idle: %s\n", prog,
             (unsigned long long)cl.failed, tether_strerror(cl.first_err));

@@ -29,8 +29,11 @@ int loop_server(const char *prog, int raw, const struct cli_hostport *hp, int re
  * b->seconds what they cost while idle: m[] = setups/s, CPU of the client
  * and of the server (% of one core, user+sys), resident memory per session
  * on each side (bytes: growth over the process's size before the first
- * connect).  0 or a negative code (reported). */
-int loop_idle(const char *prog, const struct loop_bench *b, double m[5]);
+ * connect), then the resumes the client's sessions made and the time from
+ * the first suspension to the last resume in ms (0 without: nothing breaks
+ * idle sessions unless someone kills their connections, ss -K, to measure
+ * a resume storm).  0 or a negative code (reported). */
+int loop_idle(const char *prog, const struct loop_bench *b, double m[7]);
 
 /* Opens b->sessions sessions, then for b->seconds each sends one byte and
  * waits for its echo, over and over: m[] = setups/s, requests/s, round-trip

@@ -115,11 +115,12 @@ double cli_rss_bytes(pid_t pid);
  * sessions; inherited by forked children). */
 void cli_raise_nofile(void);
 
-/* A libevent loop with two priorities, on which tether's own events
- * (heartbeats, the side channel, resumes) take the higher and sessions'
- * bytes the lower, and which looks for new events after 50 ms of
- * lower-priority callbacks: with thousands of busy sessions, heartbeats
- * stay on time (tether_config_set_event_base(3)).  NULL on failure. */
+/* A libevent loop with two priorities -- tether's side channel and the
+ * ends of connections take the higher, everything else the lower -- which
+ * looks for new events after 50 ms of lower-priority callbacks: with
+ * thousands of busy sessions, or thousands being set up, the side
+ * channel's datagrams are read in time (tether_config_set_event_base(3)).
+ * NULL on failure. */
 struct event_base;
 struct event_base *cli_event_base(void);
 

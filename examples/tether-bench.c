@@ -57,8 +57,10 @@
 /* Idle test: how long after the last connect the measurement starts, so
  * that it sees the sessions' steady state, not their first heartbeats. */
 #define IDLE_SETTLE_NS (3 * 1000000000ull)
-#define MAX_METRICS 8 /* a test's own (up to 4), then CPU_METRICS */
+/* Per run: a test's own metrics (up to MAX_TEST_METRICS), then CPU_METRICS. */
+#define MAX_TEST_METRICS 8
 #define CPU_METRICS 4
+#define MAX_METRICS (MAX_TEST_METRICS + CPU_METRICS)
 
 enum test { TEST_THROUGHPUT, TEST_LATENCY, TEST_SETUP, TEST_IDLE, TEST_C10K };
 
@@ -523,7 +525,7 @@ struct test_desc {
   const char *name;
   int (*run)(struct bench *b, double *m);
   size_t n_metrics;
-  struct metric metrics[MAX_METRICS];
+  struct metric metrics[MAX_TEST_METRICS];
 };
 
 static const struct test_desc tests[] = {
@@ -548,12 +550,14 @@ static const struct test_desc tests[] = {
                      {"setup_us_min", "setup_us_min"}}},
     [TEST_IDLE] = {"idle",
                    run_idle,
-                   5,
+                   7,
                    {{"setups_per_s", "setups_per_s_median"},
                     {"idle_cpu_pct", "idle_cpu_pct_median"},
                     {"server_idle_cpu_pct", "server_idle_cpu_pct_median"},
                     {"rss_bytes_per_session", "rss_bytes_per_session_median"},
-                    {"server_rss_bytes_per_session", "server_rss_bytes_per_session_median"}}},
+                    {"server_rss_bytes_per_session", "server_rss_bytes_per_session_median"},
+                    {"resumes", "resumes_median"},
+                    {"resume_ms", "resume_ms_median"}}},
     [TEST_C10K] = {"c10k",
                    run_c10k,
                    4,

@@ -132,8 +132,12 @@ typedef enum tether_option {
   TETHER_OPT_MAX_SUSPENDED,        /* most sessions the context keeps
                                       suspended: beyond it the one
                                       suspended longest fails with
-                                      TETHER_EEVICTED; 1..1000000, default
-                                      4096; env TETHER_MAX_SUSPENDED */
+                                      TETHER_EEVICTED, once suspended for
+                                      longer than connect_timeout_ms +
+                                      reconnect_max_ms (a redial's time:
+                                      an outage of all at once is ridden
+                                      out); 1..1000000, default 4096; env
+                                      TETHER_MAX_SUSPENDED */
 } tether_option;
 
 #define TETHER_RETAIN_MAX_DEFAULT ((int64_t)64 << 20)

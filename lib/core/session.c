@@ -345,6 +345,10 @@ bool core_quiet(const struct core_session *c) {
                               c->last_ctl.durable_finished == c->durable_finished));
 }
 
+void core_path_heard(struct core_session *c, uint64_t when) {
+  __atomic_store_n(&c->path_rx_ns, when, __ATOMIC_RELAXED);
+}
+
 void core_path_cover(struct core_session *c, bool covered, uint64_t now) {
   if (covered)
     __atomic_store_n(&c->path_rx_ns, now, __ATOMIC_RELAXED);

@@ -369,6 +369,9 @@ bool core_quiet(const struct core_session *c);
 /* The engine: the path's heartbeats vouch for this session (covered, at
  * `now`) or no longer do (!covered).  Safe without the session's locks. */
 void core_path_cover(struct core_session *c, bool covered, uint64_t now);
+/* The engine: its path's heartbeats last vouched for this session at
+ * `when` (a covered session's time, brought up to date when it needs it). */
+void core_path_heard(struct core_session *c, uint64_t when);
 static inline bool core_path_covered(const struct core_session *c) {
   return __atomic_load_n(&c->path_covered, __ATOMIC_RELAXED);
 }

@@ -52,6 +52,15 @@ struct tether_config {
   struct event_base *base; /* the application's loop, or NULL */
 };
 
+/* An IPv4 or IPv6 socket address, as a session's endpoints are: 28 bytes
+ * where a sockaddr_storage takes 128 (five per session, thousands of
+ * sessions). */
+union sock_addr {
+  struct sockaddr sa;
+  struct sockaddr_in in4;
+  struct sockaddr_in6 in6;
+};
+
 /* A UDP side-channel socket shared by many sessions. */
 struct udp_chan {
   struct tether_ctx *ctx;
@@ -79,8 +88,19 @@ struct tether_path {
   struct udp_chan *udp;
   struct sockaddr_storage peer;
   socklen_t peer_len;
-  struct tether_session *members; /* connected sessions: s->path_next */
-  unsigned n;
+  unsigned n; /* connected sessions, in lists by their finest bucket */
+  /* Per bucket of the finest bucketing (CTL_PATH_BUCKETS_MAX): its members
+   * (s->path_next), how many, how many of them are not covered, and the
+   * digest of their tags -- all kept as members join, leave and are
+   * (un)covered, so that a beat costs no walk of the members while nothing
+   * changes; coarser bucketings fold from these. */
+  struct tether_session *lists[CTL_PATH_BUCKETS_MAX];
+  uint32_t size[CTL_PATH_BUCKETS_MAX], uncovered[CTL_PATH_BUCKETS_MAX];
+  uint32_t fine[CTL_PATH_BUCKETS_MAX];
+  /* Beats in a row whose digest of a bucket differed from ours, per bucket
+   * of the last beat's bucketing (strike_buckets). */
+  uint8_t strikes[CTL_PATH_BUCKETS_MAX];
+  uint32_t strike_buckets;
   uint64_t heard_ns; /* the peer's last path heartbeat (0: none yet) */
   uint64_t beat_rx_ns; /* when one was last taken into account */
   struct event *timer;
@@ -184,6 +204,7 @@ struct tether_ctx {
     struct tether_session *head, *tail;
     unsigned n;
     struct log_limit evict_log;
+    struct event *recheck; /* over the bound, once the oldest's grace ends */
   } suspended;
   uint32_t captures; /* snapshots taken (numbers them; under lock) */
 
@@ -266,13 +287,13 @@ struct tether_session {
   int retired[4];
   int n_retired;
 
-  struct sockaddr_storage dial_addr; /* client: the server's listening address */
+  union sock_addr dial_addr; /* client: the server's listening address */
   socklen_t dial_len;
   /* The first transport's TCP endpoints: the connection the application
    * accepted or made, whatever later ones are. */
-  struct sockaddr_storage tcp_peer, tcp_local;
+  union sock_addr tcp_peer, tcp_local;
   socklen_t tcp_peer_len, tcp_local_len;
-  struct sockaddr_storage udp_peer; /* where heartbeats go */
+  union sock_addr udp_peer; /* where heartbeats go */
   socklen_t udp_peer_len;
   struct udp_chan *udp;
   /* Its path while connected (path.c; engine thread), and its path tag:
@@ -324,7 +345,7 @@ struct tether_session {
    * next turn.  Set under rx_lock; ctl_deferred also read atomically. */
   struct {
     struct core_ctl ctl;
-    struct sockaddr_storage from;
+    union sock_addr from;
     socklen_t fromlen;
   } deferred;
   bool ctl_deferred;
@@ -688,12 +709,14 @@ int spin_wait(struct spin_hold *h, struct tether_session *s, short events);
 
 uint64_t now_ns(void);
 /* What an event is for, on the application's loop (tether_config_set_event_base)
- * when it has several priorities: liveness (timers, the side channel, the
- * ends of connections) takes the highest, so that heartbeats keep their
- * time however many sessions have bytes to move or are being set up; the
- * rest -- accepting, handshakes (setups and resumes), the sessions' bytes
- * (async.c) -- the lowest, where libevent's dispatch interval takes turns.
- * On an engine thread's own loop there is one priority. */
+ * when it has several priorities: what tells us that peers live (the side
+ * channel's datagrams, the ends of connections) takes the highest, so that
+ * they are read in time however many sessions have bytes to move or are
+ * being set up -- a socket buffer that overflows loses heartbeats, and
+ * sessions suspend though their peers are fine; the rest (timers,
+ * accepting, handshakes, the sessions' bytes in async.c) the lowest, where
+ * libevent's dispatch interval takes turns.  On an engine thread's own
+ * loop there is one priority. */
 enum engine_prio { ENGINE_PRIO_LIVE, ENGINE_PRIO_BULK };
 struct event *engine_event_new(struct tether_ctx *ctx, enum engine_prio prio, int fd, short what,
                                void (*cb)(int, short, void *), void *arg);
@@ -738,6 +761,12 @@ void path_tag_init(struct tether_session *s);
 void path_update(struct tether_session *s);
 /* Engine thread: s is being destroyed. */
 void path_leave(struct tether_session *s);
+/* Any thread, after the application read or wrote: a covered session whose
+ * timer is off (it was quiet) kicks the engine, which arms it again. */
+void path_talks(struct tether_session *s);
+/* Engine thread, before a covered session's own timer decides anything:
+ * its path's last heartbeat counts as heard for it. */
+void path_stamp(struct tether_session *s);
 /* Engine thread: an authenticated, fresh control datagram of `anchor` from
  * `from` carried its path's heartbeat. */
 void path_on_beat(struct tether_session *anchor, const struct ctl_path *p,
@@ -752,6 +781,8 @@ void path_on_beat(struct tether_session *anchor, const struct ctl_path *p,
 void suspended_note(struct tether_session *s);
 /* s is being destroyed: it leaves the count. */
 void suspended_forget(struct tether_session *s);
+/* The context's event: evicts what is over the bound and past its grace. */
+void suspended_recheck(int fd, short what, void *arg);
 /* Engine thread, no lock held: the host at dst (s->udp_peer, else ignored)
  * reported that nothing listens there, for our control datagram seq (see
  * core_on_unreachable). */

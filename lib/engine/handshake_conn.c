@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,6 +34,11 @@ enum {
   S_DONE = 99,
 };
 
+/* A handshake holds about 9 KiB (its frame buffers) for a round trip or
+ * two.  Mapped on its own rather than taken from the heap: a thousand in
+ * flight among the sessions they create would leave a thousand holes
+ * there, resident for good once the setups are over (a few KiB per
+ * session of a process that set up thousands at once). */
 struct hs_conn *hs_conn_new(struct tether_ctx *ctx, enum hs_kind kind, int fd) {
   struct hs_conn *h = calloc(1, sizeof(*h));
   if (!h)

@@ -127,6 +127,7 @@ ssize_t tether_read(tether_session *s, void *buf, size_t len) {
           continue;
       } else if ((n = recv_transport(s, buf, len, waited)) > 0) {
         core_on_delivered(c, buf, (size_t)n);
+        path_talks(s); /* it has something to acknowledge now */
         if (core_ack_due(c)) {
           /* Acknowledge progress now, from this thread: a datagram per
            * CORE_ACK_EVERY bytes keeps the sender's retention small. */
@@ -250,6 +251,7 @@ ssize_t tether_write(tether_session *s, const void *buf, size_t len) {
         ssize_t w = send(s->sock, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w > 0) {
           core_on_written(c, buf, (size_t)w);
+          path_talks(s); /* bytes in flight: not quiet */
           if (__atomic_load_n(&s->ctl_deferred, __ATOMIC_ACQUIRE))
             session_writer_takes_deferred(s);
           pthread_mutex_unlock(&s->tx_lock);

@@ -14,15 +14,17 @@
  * not, a setup or a close in flight) leaves its members to their own
  * heartbeats, as without paths.
  *
- * Per session, an idle covered session then costs a few loads per interval
- * and no timer: its libevent timer is not armed.  What watches for it:
+ * Per session, an idle covered session then costs nothing per interval: no
+ * timer, and no walk of the members while the buckets keep matching (the
+ * path keeps its digests and counts as members join, leave and are
+ * (un)covered).  What watches for it:
  *   - the path's timer: when the peer's path heartbeats stop for suspend_ms
  *     every covered member is uncovered and its own timer suspends it;
  *   - the end of its own connection (ctx->hup_ep), as before;
  *   - its data: a covered session with bytes in flight or to acknowledge is
- *     not quiet and sends its own heartbeats (with their TCP check), found
- *     by the path's timer within an interval when the application's reads
- *     or writes made it so.
+ *     not quiet and sends its own heartbeats (with their TCP check); the
+ *     application's first read or write after it went quiet kicks the
+ *     engine (path_talks), which arms its timer again.
  *
  * Engine thread only: paths and their member lists change in settle, with
  * the session's locks held; the core's path fields are atomic. */
@@ -65,14 +67,29 @@ static uint32_t buckets_for(unsigned n) {
   return b;
 }
 
+/* A bucket's members are uncovered once its digests differed in this many
+ * beats in a row.  One difference is mostly a session set up (or closed)
+ * between the two sides' views -- while thousands are set up, nearly every
+ * bucket has one in flight at any beat, and uncovering them all would make
+ * every session heartbeat on its own for as long as the setups last; a
+ * session one side really lost differs in every beat. */
+#define PATH_STRIKES 2
+
 static uint32_t bucket_of(uint64_t tag, uint32_t buckets) {
   return (uint32_t)(tag >> 32) & (buckets - 1);
 }
 
+/* From the finest digests: a member's bucket among `buckets` (a power of
+ * two) is its fine bucket's low bits.  No walk of the members: with
+ * thousands, each beat sent and received would touch them all. */
 static void digests(const struct tether_path *p, uint32_t buckets, uint32_t *out) {
   memset(out, 0, buckets * sizeof(*out));
-  for (const struct tether_session *m = p->members; m; m = m->path_next)
-    out[bucket_of(m->path_tag, buckets)] ^= (uint32_t)m->path_tag;
+  for (uint32_t f = 0; f < CTL_PATH_BUCKETS_MAX; f++)
+    out[f & (buckets - 1)] ^= p->fine[f];
+}
+
+static uint32_t fine_of(const struct tether_session *m) {
+  return bucket_of(m->path_tag, CTL_PATH_BUCKETS_MAX);
 }
 
 /* Members woken together (their bucket stopped matching, the
@@ -84,14 +101,29 @@ static uint64_t soon(const struct tether_path *p, uint64_t now) {
   return now + (spread ? random_u32() % spread : 0);
 }
 
+/* The path's heartbeats vouch for m from now (heard then). */
+static void cover(struct tether_session *m, uint64_t heard) {
+  if (core_path_covered(&m->core))
+    return;
+  core_path_cover(&m->core, true, heard);
+  m->path->uncovered[fine_of(m)]--;
+}
+
 /* m lives on its own datagrams again: its own heartbeats and liveness
- * check, from `at`. */
+ * check, from `at`, counting the path's last heartbeat as heard for it. */
 static void uncover(struct tether_session *m, uint64_t at) {
   if (!core_path_covered(&m->core))
     return;
+  core_path_heard(&m->core, m->path->heard_ns);
   core_path_cover(&m->core, false, 0);
+  m->path->uncovered[fine_of(m)]++;
   session_timer_at(m, at);
 }
+
+/* Each member of the path, f the fine bucket it is in. */
+#define FOR_MEMBERS(p, f, m)                                                                    \
+  for (uint32_t f = 0; f < CTL_PATH_BUCKETS_MAX; f++)                                           \
+    for (struct tether_session *m = (p)->lists[f]; m; m = m->path_next)
 
 /* ---- the path's timer: its heartbeat, the peer's, its members' news ---- */
 
@@ -108,7 +140,12 @@ static void send_beat(struct tether_path *p, uint64_t now) {
   beat.buckets = buckets_for(p->n);
   digests(p, beat.buckets, beat.digest);
   int tries = 0;
-  for (struct tether_session *m = p->members; m && tries < 8; m = m->path_next, tries++) {
+  struct tether_session *first = NULL;
+  FOR_MEMBERS(p, f, m) {
+    if (!first)
+      first = m;
+    if (tries++ == 8)
+      goto wait;
     if (pthread_mutex_trylock(&m->rx_lock) != 0)
       continue;
     if (pthread_mutex_trylock(&m->tx_lock) != 0) {
@@ -120,31 +157,24 @@ static void send_beat(struct tether_path *p, uint64_t now) {
     if (sent)
       return;
   }
-  struct tether_session *m = p->members;
-  session_lock(m);
-  if (m->core.state == CORE_CONNECTED && m->sock >= 0)
-    (void)session_heartbeat_locked(m, now, &beat);
-  session_unlock(m);
+wait:
+  if (!first)
+    return;
+  session_lock(first);
+  if (first->core.state == CORE_CONNECTED && first->sock >= 0)
+    (void)session_heartbeat_locked(first, now, &beat);
+  session_unlock(first);
 }
 
-/* Covered members whose application read or wrote since they went quiet
- * (or is doing so now) have something to say: their own timers again. */
-static void wake_talkers(struct tether_path *p, uint64_t now) {
-  for (struct tether_session *m = p->members; m; m = m->path_next) {
-    if (!core_path_covered(&m->core) ||
-        __atomic_load_n(&m->timer_due_ns, __ATOMIC_RELAXED) != UINT64_MAX)
-      continue; /* its own timer runs */
-    bool quiet = false;
-    if (pthread_mutex_trylock(&m->rx_lock) == 0) {
-      if (pthread_mutex_trylock(&m->tx_lock) == 0) {
-        quiet = core_quiet(&m->core);
-        pthread_mutex_unlock(&m->tx_lock);
-      }
-      pthread_mutex_unlock(&m->rx_lock);
-    }
-    if (!quiet)
-      session_timer_at(m, soon(p, now));
-  }
+void path_talks(struct tether_session *s) {
+  if (core_path_covered(&s->core) &&
+      __atomic_load_n(&s->timer_due_ns, __ATOMIC_RELAXED) == UINT64_MAX)
+    session_kick(s); /* its settle arms its timer: it is not quiet any more */
+}
+
+void path_stamp(struct tether_session *s) {
+  if (s->path && core_path_covered(&s->core))
+    core_path_heard(&s->core, s->path->heard_ns);
 }
 
 static void on_path_timer(evutil_socket_t fd, short what, void *arg) {
@@ -154,11 +184,10 @@ static void on_path_timer(evutil_socket_t fd, short what, void *arg) {
   if (p->heard_ns && now >= p->heard_ns + suspend_ns) {
     /* The peer's path heartbeats stopped: each member on its own again
      * (its timer suspends it, unless its own datagrams kept coming). */
-    for (struct tether_session *m = p->members; m; m = m->path_next)
+    FOR_MEMBERS(p, f, m)
       uncover(m, now);
     p->heard_ns = 0;
   }
-  wake_talkers(p, now);
   send_beat(p, now);
   arm(p, now);
 }
@@ -196,7 +225,7 @@ static struct tether_path *path_find(struct tether_ctx *ctx, struct udp_chan *u,
   p->udp = u;
   memcpy(&p->peer, a, len);
   p->peer_len = len;
-  p->timer = engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_path_timer, p);
+  p->timer = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_path_timer, p);
   if (!p->timer) {
     free(p);
     return NULL;
@@ -221,11 +250,16 @@ void path_leave(struct tether_session *s) {
   struct tether_path *p = s->path;
   if (!p)
     return;
+  uint32_t f = fine_of(s);
+  if (!core_path_covered(&s->core))
+    p->uncovered[f]--;
   core_path_cover(&s->core, false, 0);
+  p->size[f]--;
+  p->fine[f] ^= (uint32_t)s->path_tag;
   if (s->path_prev)
     s->path_prev->path_next = s->path_next;
   else
-    p->members = s->path_next;
+    p->lists[f] = s->path_next;
   if (s->path_next)
     s->path_next->path_prev = s->path_prev;
   s->path = NULL;
@@ -247,13 +281,17 @@ void path_update(struct tether_session *s) {
       path_find(s->ctx, s->udp, (struct sockaddr *)&s->udp_peer, s->udp_peer_len, true);
   if (!p)
     return; /* out of memory: the session keeps its own heartbeats */
+  uint32_t f = fine_of(s);
   s->path = p;
   s->path_prev = NULL;
-  s->path_next = p->members;
-  if (p->members)
-    p->members->path_prev = s;
-  p->members = s;
+  s->path_next = p->lists[f];
+  if (p->lists[f])
+    p->lists[f]->path_prev = s;
+  p->lists[f] = s;
   p->n++;
+  p->size[f]++;
+  p->uncovered[f]++; /* not covered yet (path_leave uncovered it) */
+  p->fine[f] ^= (uint32_t)s->path_tag;
 }
 
 /* ---- the peer's heartbeat ------------------------------------------------ */
@@ -275,15 +313,32 @@ void path_on_beat(struct tether_session *anchor, const struct ctl_path *beat,
   p->beat_rx_ns = now;
   uint32_t mine[CTL_PATH_BUCKETS_MAX];
   digests(p, beat->buckets, mine);
-  for (struct tether_session *m = p->members; m; m = m->path_next) {
-    uint32_t b = bucket_of(m->path_tag, beat->buckets);
-    if (mine[b] != beat->digest[b])
-      uncover(m, soon(p, now)); /* the two sides disagree about this bucket */
-    else if (m->keepalive == KEEPALIVE_LONG) /* its transport is fully set up */
-      core_path_cover(&m->core, true, now);
+  if (p->strike_buckets != beat->buckets) {
+    memset(p->strikes, 0, sizeof(p->strikes));
+    p->strike_buckets = beat->buckets;
   }
+  for (uint32_t b = 0; b < beat->buckets; b++)
+    if (mine[b] == beat->digest[b])
+      p->strikes[b] = 0;
+    else if (p->strikes[b] < PATH_STRIKES)
+      p->strikes[b]++;
   bool first = !p->heard_ns;
   p->heard_ns = now;
+  /* Only the buckets where something changes are walked: those the two
+   * sides disagree about (their covered members are uncovered), and those
+   * that match and hold members not covered yet (covered once their
+   * transport is fully set up). */
+  for (uint32_t f = 0; f < CTL_PATH_BUCKETS_MAX; f++) {
+    uint8_t strikes = p->strikes[f & (beat->buckets - 1)];
+    if (strikes >= PATH_STRIKES && p->uncovered[f] < p->size[f]) {
+      for (struct tether_session *m = p->lists[f]; m; m = m->path_next)
+        uncover(m, soon(p, now));
+    } else if (strikes == 0 && p->uncovered[f] > 0) {
+      for (struct tether_session *m = p->lists[f]; m; m = m->path_next)
+        if (m->keepalive == KEEPALIVE_LONG)
+          cover(m, now);
+    }
+  }
   if (first) { /* the overdue check moves from never to then */
     event_del(p->timer);
     arm(p, now);

@@ -133,7 +133,7 @@ struct tether_session *session_restore(struct tether_ctx *ctx, const Tether__Sna
   if (s->is_client) {
     memcpy(&s->dial_addr, m->dial->sockaddr.data, m->dial->sockaddr.len);
     s->dial_len = (socklen_t)m->dial->sockaddr.len;
-    s->udp = client_udp(ctx, s->dial_addr.ss_family);
+    s->udp = client_udp(ctx, s->dial_addr.sa.sa_family);
   } else {
     s->udp = l ? l->udp : NULL;
   }

@@ -69,6 +69,8 @@ static void set_udp_peer(struct tether_session *s, const struct sockaddr_storage
 
 struct tether_session *session_new(struct tether_ctx *ctx, const struct hs_conn *h,
                                    bool is_client, bool async) {
+  if (h->peer_len > sizeof(union sock_addr))
+    return NULL; /* not IPv4 nor IPv6: sessions run over neither else */
   struct tether_session *s = calloc(1, sizeof(*s));
   if (!s)
     return NULL;
@@ -386,10 +388,10 @@ static void update_sock_ev(struct tether_session *s) {
     event_del(s->sock_ev);
     if (want) {
       event_assign(s->sock_ev, s->ctx->base, s->sock, want | EV_PERSIST, on_sock, s);
-      engine_event_prio(s->ctx, s->sock_ev, ENGINE_PRIO_LIVE);
+      engine_event_prio(s->ctx, s->sock_ev, ENGINE_PRIO_BULK);
     }
   } else if (want) {
-    s->sock_ev = engine_event_new(s->ctx, ENGINE_PRIO_LIVE, s->sock, want | EV_PERSIST, on_sock, s);
+    s->sock_ev = engine_event_new(s->ctx, ENGINE_PRIO_BULK, s->sock, want | EV_PERSIST, on_sock, s);
   }
   if (want && s->sock_ev)
     event_add(s->sock_ev, NULL);
@@ -624,6 +626,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
   if (!timer_lock(s))
     return;
   session_apply_deferred_locked(s); /* before the timers: it may be a heartbeat */
+  path_stamp(s);
   uint64_t now = now_ns();
   unsigned act = core_on_timer(&s->core, now, random_u32());
   if (act & CORE_ACT_SUSPEND)
@@ -646,8 +649,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
 
 int session_start(struct tether_session *s) {
   struct tether_ctx *ctx = s->ctx;
-  s->timer = engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_timer, s);
-  s->kick = engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_kick, s);
+  s->timer = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_timer, s);
+  s->kick = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_kick, s);
   if (!s->timer || !s->kick)
     return -ENOMEM;
   registry_add(ctx, s);
@@ -680,7 +683,7 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
     set_keepalive(s);
     app_fd_ready(s); /* wakes pollers of the WAIT pipe; the next call installs the socket */
     if (!s->is_client) /* the client may have moved: heartbeats follow it */
-      set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.ss_family == AF_INET
+      set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.sa.sa_family == AF_INET
                                                        ? ((struct sockaddr_in *)&s->udp_peer)->sin_port
                                                        : ((struct sockaddr_in6 *)&s->udp_peer)->sin6_port));
     LOG_INFO(s->ctx, "session %s: resumed after %.3f s; resending %llu bytes",

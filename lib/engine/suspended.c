@@ -1,6 +1,7 @@
 /* What a context does with its suspended sessions: it keeps at most
- * cfg.max_suspended of them (TETHER_OPT_MAX_SUSPENDED), letting the one
- * suspended longest fail with TETHER_EEVICTED beyond that, and it lets a
+ * cfg.max_suspended of them (TETHER_OPT_MAX_SUSPENDED) that have been
+ * suspended for longer than a redial takes, letting the one suspended
+ * longest fail with TETHER_EEVICTED beyond that, and it lets a
  * session go at once when its peer cannot come back (a non-durable peer
  * whose host says nothing listens on its side channel any more; see
  * core_on_unreachable and tether(7), SUSPENDED SESSIONS).
@@ -64,6 +65,42 @@ static void evict_locked(struct tether_session *v) {
   session_kick(v);
 }
 
+/* A session suspended for less than this is not evicted: its peer may be
+ * redialling.  When every connection of a server is lost at once, all its
+ * sessions suspend together, and all of them must resume -- not the bound's
+ * worth.  The bound holds again once they are past it: sessions whose
+ * peers do not come back (or never meant to) still cannot pile up beyond
+ * it for longer than this. */
+static uint64_t grace_ns(const struct tether_ctx *ctx) {
+  return ((uint64_t)ctx->cfg.connect_timeout_ms + ctx->cfg.reconnect_max_ms) * 1000000;
+}
+
+/* ctx->lock held: evicts, oldest first, while there are more than the
+ * bound past their grace; the first still in it sets the next look. */
+static void evict_over_locked(struct tether_ctx *ctx, const struct tether_session *keep) {
+  uint64_t now = now_ns();
+  while (ctx->suspended.n > ctx->cfg.max_suspended && ctx->suspended.head != keep) {
+    struct tether_session *v = ctx->suspended.head;
+    uint64_t until = v->core.suspended_at_ns + grace_ns(ctx);
+    if (now < until) {
+      uint64_t wait = until - now;
+      struct timeval tv = {.tv_sec = (time_t)(wait / 1000000000),
+                           .tv_usec = (suseconds_t)(wait % 1000000000 / 1000)};
+      event_add(ctx->suspended.recheck, &tv);
+      return;
+    }
+    unlink_locked(ctx, v);
+    evict_locked(v);
+  }
+}
+
+void suspended_recheck(evutil_socket_t fd, short what, void *arg) {
+  struct tether_ctx *ctx = arg;
+  pthread_mutex_lock(&ctx->lock);
+  evict_over_locked(ctx, NULL);
+  pthread_mutex_unlock(&ctx->lock);
+}
+
 void suspended_note(struct tether_session *s) {
   struct tether_ctx *ctx = s->ctx;
   /* Read without s's locks: a change after this read kicks the engine,
@@ -76,11 +113,7 @@ void suspended_note(struct tether_session *s) {
     unlink_locked(ctx, s);
   } else {
     append_locked(ctx, s);
-    while (ctx->suspended.n > ctx->cfg.max_suspended && ctx->suspended.head != s) {
-      struct tether_session *v = ctx->suspended.head;
-      unlink_locked(ctx, v);
-      evict_locked(v);
-    }
+    evict_over_locked(ctx, s);
   }
   pthread_mutex_unlock(&ctx->lock);
 }

@@ -21,7 +21,11 @@
 #include "engine.h"
 #include "wire/control.h"
 
-#define UDP_RCVBUF (1 << 20)
+/* Asked of the kernel (which caps it at net.core.rmem_max): thousands of
+ * sessions' first heartbeats, or their own while their path's digests
+ * differ (a storm of setups), arrive faster than a loop busy with setups
+ * reads them between its turns. */
+#define UDP_RCVBUF (4 << 20)
 
 static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
                         const struct sockaddr *from, socklen_t fromlen) {
@@ -221,12 +225,12 @@ void udp_send_ctl_path(struct tether_session *s, uint64_t now, const struct ctl_
                             dg, sizeof(dg));
   if (n < 0)
     return;
-  struct sockaddr_storage to = s->udp_peer;
+  union sock_addr to = s->udp_peer;
   socklen_t tolen = s->udp_peer_len;
   /* A dual-stack socket reaches IPv4 peers through mapped addresses. */
-  if (s->udp->family == AF_INET6 && to.ss_family == AF_INET) {
-    struct sockaddr_in v4 = *(struct sockaddr_in *)&s->udp_peer;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&to;
+  if (s->udp->family == AF_INET6 && to.sa.sa_family == AF_INET) {
+    struct sockaddr_in v4 = s->udp_peer.in4;
+    struct sockaddr_in6 *v6 = &to.in6;
     memset(v6, 0, sizeof(*v6));
     v6->sin6_family = AF_INET6;
     v6->sin6_port = v4.sin_port;

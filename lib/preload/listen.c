@@ -583,9 +583,11 @@ static int adopt(struct tether_session *s, int flags, struct sockaddr *addr, soc
   tp_session_attach_hooks(ps, s);
   /* The accepted connection's endpoints, even if it was lost meanwhile
    * (the session is suspended and has no socket to ask). */
-  ps->peer = s->tcp_peer;
+  memset(&ps->peer, 0, sizeof(ps->peer));
+  memcpy(&ps->peer, &s->tcp_peer, sizeof(s->tcp_peer));
   ps->peer_len = s->tcp_peer_len;
-  ps->local = s->tcp_local;
+  memset(&ps->local, 0, sizeof(ps->local));
+  memcpy(&ps->local, &s->tcp_local, sizeof(s->tcp_local));
   ps->local_len = s->tcp_local_len;
   if (ps->local_len)
     ps->family = ps->local.ss_family;
@@ -825,10 +827,10 @@ bool pl_release_port(const struct sockaddr *sa) {
  * port to the server so that it treats the connection as tether's. */
 void pl_redial_hook(struct tether_session *s, int fd) {
   struct sockaddr_storage a;
-  socklen_t len = s->dial_addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+  socklen_t len = s->dial_addr.sa.sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                                       : sizeof(struct sockaddr_in);
   memset(&a, 0, sizeof(a));
-  a.ss_family = s->dial_addr.ss_family;
+  a.ss_family = s->dial_addr.sa.sa_family;
   if (real.bind(fd, (struct sockaddr *)&a, len) < 0)
     return;
   len = sizeof(a);

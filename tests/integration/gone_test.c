@@ -19,7 +19,8 @@
  *                    span while the client cannot redial, then resumes.
  * evict_oldest       TETHER_OPT_MAX_SUSPENDED = 5 and 8 clients frozen one
  *                    after the other: the 3 suspended first fail with
- *                    TETHER_EEVICTED, the others stay suspended and resume
+ *                    TETHER_EEVICTED (once suspended for longer than a
+ *                    redial takes), the others stay suspended and resume
  *                    when their clients thaw; an evicted session's client
  *                    learns TETHER_ESESSIONGONE when it redials.
  * server_killed      the other way round: a non-durable server killed with
