@@ -55,6 +55,29 @@ static int64_t ms_left(uint64_t deadline) {
   return now >= deadline ? 0 : (int64_t)((deadline - now) / 1000000) + 1;
 }
 
+/* A connect() to a, and the handshake that will set a new session up over
+ * it (not started); NULL and *rc when either fails. */
+static struct hs_conn *dial(struct tether_ctx *ctx, const struct addrinfo *a, int *rc) {
+  bool connecting;
+  if (!client_udp(ctx, a->ai_family))
+    LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
+  int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting, NULL);
+  if (fd < 0) {
+    *rc = fd;
+    return NULL;
+  }
+  struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_NEW, fd);
+  if (!h) {
+    close(fd);
+    *rc = -ENOMEM;
+    return NULL;
+  }
+  h->connecting = connecting;
+  memcpy(&h->peer, a->ai_addr, a->ai_addrlen);
+  h->peer_len = a->ai_addrlen;
+  return h;
+}
+
 /* A new session from h's finished handshake, started: 0 and *out, or a
  * negative code. */
 static int connected(struct hs_conn *h, bool async, struct tether_session **out) {
@@ -115,23 +138,11 @@ int tether_connect(tether_ctx *ctx, const char *host, const char *port, tether_s
   uint64_t deadline = now_ns() + (uint64_t)ctx->cfg.connect_timeout_ms * 1000000;
   rc = -ECONNREFUSED;
   for (struct addrinfo *a = ai; a; a = a->ai_next) {
-    bool connecting;
-    if (!client_udp(ctx, a->ai_family))
-      LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
-    int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting, NULL);
-    if (fd < 0) {
-      rc = fd;
-      continue;
-    }
-    struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_NEW, fd);
-    if (!h) {
-      close(fd);
-      rc = -ENOMEM;
+    struct hs_conn *h = dial(ctx, a, &rc);
+    if (!h && rc == -ENOMEM)
       break;
-    }
-    h->connecting = connecting;
-    memcpy(&h->peer, a->ai_addr, a->ai_addrlen);
-    h->peer_len = a->ai_addrlen;
+    if (!h)
+      continue;
     rc = run_blocking(h, deadline);
     if (rc == 0) {
       rc = connected(h, false, out);
@@ -163,24 +174,13 @@ static int connect_next(struct connect_req *r, int rc) {
   struct tether_ctx *ctx = r->ctx;
   while (r->next) {
     struct addrinfo *a = r->next;
-    bool connecting;
     r->next = a->ai_next;
-    if (!client_udp(ctx, a->ai_family))
-      LOG_WARN(ctx, "no side channel for this address family; using TCP signals only");
-    int fd = open_connecting(a->ai_addr, a->ai_addrlen, &connecting, NULL);
-    if (fd < 0) {
-      rc = fd;
+    struct hs_conn *h = dial(ctx, a, &rc);
+    if (!h && rc == -ENOMEM)
+      return rc;
+    if (!h)
       continue;
-    }
-    struct hs_conn *h = hs_conn_new(ctx, HS_CLIENT_NEW, fd);
-    if (!h) {
-      close(fd);
-      return -ENOMEM;
-    }
-    h->connecting = connecting;
     h->req = r;
-    memcpy(&h->peer, a->ai_addr, a->ai_addrlen);
-    h->peer_len = a->ai_addrlen;
     int64_t left = ms_left(r->deadline);
     if (left <= 0 || (rc = hs_conn_start_async(h, (uint64_t)left)) < 0) {
       hs_conn_free(h);
