@@ -68,6 +68,9 @@ struct udp_chan {
   int family;
   uint16_t port;
   struct event *ev;
+  /* On the application's loop with priorities: brings ev back after the
+   * rest had a turn (udp.c, on_event). */
+  struct event *rearm_ev;
   /* Front ends (the preload) may claim datagrams that are not control
    * datagrams: returns true when it took the datagram. Engine thread. */
   bool (*on_other)(struct udp_chan *u, const uint8_t *dg, size_t len,

@@ -26,6 +26,7 @@
  * differ (a storm of setups), arrive faster than a loop busy with setups
  * reads them between its turns. */
 #define UDP_RCVBUF (4 << 20)
+#define UDP_BATCH 2048
 
 static void on_datagram(struct udp_chan *u, const uint8_t *dg, size_t len,
                         const struct sockaddr *from, socklen_t fromlen) {
@@ -144,7 +145,10 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
   uint8_t buf[CTL_MAX + 1];
   /* Datagrams first: one its sender sent before it died is older than the
    * error that tells of its death (see core_on_unreachable). */
-  for (int i = 0; i < 256; i++) { /* bounded: a flood cannot starve the loop */
+  /* Bounded (a flood cannot hold the loop for more than a few ms), but
+   * not small: on the application's loop the side channel gets one batch
+   * per turn of the rest (on_event). */
+  for (int i = 0; i < UDP_BATCH; i++) {
     struct sockaddr_storage from;
     socklen_t fromlen = sizeof(from);
     ssize_t n = recvfrom(u->fd, buf, sizeof(buf), MSG_DONTWAIT | MSG_TRUNC,
@@ -162,6 +166,28 @@ static void on_readable(evutil_socket_t fd, short what, void *arg) {
 }
 
 void udp_drain(struct udp_chan *u) { on_readable(u->fd, EV_READ, u); }
+
+/* On the application's loop the side channel's event has the highest
+ * priority (engine_event_prio), and libevent serves only the highest
+ * priority that has work: a steady stream of datagrams -- a flood, or
+ * thousands of suspended sessions probing -- would run it at every turn
+ * and starve everything else, handshakes and bytes included.  So after
+ * each batch it steps aside for one turn of the rest (up to the loop's
+ * dispatch interval): its event comes back from one of the lowest
+ * priority. */
+static void on_event(evutil_socket_t fd, short what, void *arg) {
+  struct udp_chan *u = arg;
+  on_readable(fd, what, u);
+  if (u->rearm_ev) {
+    event_del(u->ev);
+    event_active(u->rearm_ev, EV_READ, 0);
+  }
+}
+
+static void on_rearm(evutil_socket_t fd, short what, void *arg) {
+  struct udp_chan *u = arg;
+  event_add(u->ev, NULL); /* level-triggered: what waits is read at once */
+}
 
 struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct sockaddr *bind_addr,
                           socklen_t len) {
@@ -194,8 +220,11 @@ struct udp_chan *udp_open(struct tether_ctx *ctx, int family, const struct socka
     goto fail;
   u->port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&bound)->sin_port
                                     : ((struct sockaddr_in6 *)&bound)->sin6_port);
-  u->ev = engine_event_new(ctx, ENGINE_PRIO_LIVE, u->fd, EV_READ | EV_PERSIST, on_readable, u);
+  u->ev = engine_event_new(ctx, ENGINE_PRIO_LIVE, u->fd, EV_READ | EV_PERSIST, on_event, u);
   if (!u->ev || event_add(u->ev, NULL) < 0)
+    goto fail;
+  if (!ctx->own_base && event_base_get_npriorities(ctx->base) > 1 &&
+      !(u->rearm_ev = engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_rearm, u)))
     goto fail;
   return u;
 fail:
@@ -208,6 +237,8 @@ void udp_close(struct udp_chan *u) {
     return;
   if (u->ev)
     event_free(u->ev);
+  if (u->rearm_ev)
+    event_free(u->rearm_ev);
   if (u->fd >= 0)
     close(u->fd);
   free(u);
