@@ -88,7 +88,8 @@ static void tether_echo_event(tether_session *s, tether_event ev, int err, void 
   (void)arg;
   if (ev == TETHER_EVENT_EOF)
     (void)tether_shutdown(s);
-  else if (ev == TETHER_EVENT_CLOSED || ev == TETHER_EVENT_FAILED || ev == TETHER_EVENT_WRITE_FAILED)
+  else if (ev == TETHER_EVENT_CLOSED || ev == TETHER_EVENT_FAILED ||
+           ev == TETHER_EVENT_WRITE_FAILED)
     (void)tether_close(s);
 }
 
@@ -277,7 +278,9 @@ static void tether_connected(tether_session *s, int err, void *arg) {
   session_up(p);
 }
 
-static void raw_read_cb(struct bufferevent *bev, void *arg) { pong(arg, bufferevent_get_input(bev)); }
+static void raw_read_cb(struct bufferevent *bev, void *arg) {
+  pong(arg, bufferevent_get_input(bev));
+}
 
 static void raw_event_cb(struct bufferevent *bev, short what, void *arg) {
   struct peer *p = arg;
@@ -396,11 +399,13 @@ int loop_idle(const char *prog, const struct loop_bench *b, double m[7]) {
     goto out;
   m[0] = setups_per_s(&cl);
   run_for(&cl, IDLE_SETTLE_NS);
-  struct cli_cpu c0 = cli_cpu_self(), s0 = b->server > 0 ? cli_cpu_of(b->server) : (struct cli_cpu){0, 0};
+  struct cli_cpu c0 = cli_cpu_self(),
+                 s0 = b->server > 0 ? cli_cpu_of(b->server) : (struct cli_cpu){0, 0};
   uint64_t t0 = cli_now_ns();
   run_for(&cl, b->seconds * 1000000000ull);
   double wall = (double)(cli_now_ns() - t0) / 1e9;
-  struct cli_cpu c1 = cli_cpu_self(), s1 = b->server > 0 ? cli_cpu_of(b->server) : (struct cli_cpu){0, 0};
+  struct cli_cpu c1 = cli_cpu_self(),
+                 s1 = b->server > 0 ? cli_cpu_of(b->server) : (struct cli_cpu){0, 0};
   m[1] = 100 * (c1.user + c1.sys - c0.user - c0.sys) / wall;
   m[2] = 100 * (s1.user + s1.sys - s0.user - s0.sys) / wall;
   m[3] = (cli_rss_bytes(getpid()) - rss0) / (double)b->sessions;

@@ -87,7 +87,8 @@ static bool want_read(const struct async_io *a) {
 }
 
 static bool want_write(const struct async_io *a) {
-  return a->phase != ASYNC_CLOSED && (a->phase == ASYNC_CLOSING || (a->enabled & TETHER_EV_WRITE)) &&
+  return a->phase != ASYNC_CLOSED &&
+         (a->phase == ASYNC_CLOSING || (a->enabled & TETHER_EV_WRITE)) &&
          evbuffer_get_length(a->out) > 0 && connected(a->s);
 }
 
@@ -405,7 +406,8 @@ int async_attach(struct tether_session *s) {
   a->wr_ev = event_new(base, -1, 0, on_writable, s);
   a->work_ev = event_new(base, -1, 0, on_work, s);
   if (!a->in || !a->out || !a->rd_ev || !a->wr_ev || !a->work_ev ||
-      !evbuffer_add_cb(a->in, on_input_changed, a) || !evbuffer_add_cb(a->out, on_output_changed, a)) {
+      !evbuffer_add_cb(a->in, on_input_changed, a) ||
+      !evbuffer_add_cb(a->out, on_output_changed, a)) {
     s->async = a;
     async_free(s);
     return -ENOMEM;

@@ -376,15 +376,17 @@ int tether_ctx_new(const tether_config *cfg, tether_ctx **out) {
   ctx->own_base = !base;
   ctx->base = !ctx->buckets ? NULL : base ? base : event_base_new();
   ctx->stop_ev = ctx->base ? engine_event_new(ctx, ENGINE_PRIO_LIVE, -1, 0, on_stop, ctx) : NULL;
-  ctx->refill_ev = ctx->base ? engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_refill, ctx) : NULL;
+  ctx->refill_ev =
+      ctx->base ? engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, on_refill, ctx) : NULL;
   ctx->suspended.recheck =
       ctx->base ? engine_event_new(ctx, ENGINE_PRIO_BULK, -1, 0, suspended_recheck, ctx) : NULL;
   ctx->hup_ep = epoll_create1(EPOLL_CLOEXEC);
   ctx->hup_ev = ctx->base && ctx->hup_ep >= 0
-                    ? engine_event_new(ctx, ENGINE_PRIO_LIVE, ctx->hup_ep, EV_READ | EV_PERSIST, on_hup, ctx)
+                    ? engine_event_new(ctx, ENGINE_PRIO_LIVE, ctx->hup_ep, EV_READ | EV_PERSIST,
+                                       on_hup, ctx)
                     : NULL;
-  if (!ctx->stop_ev || !ctx->refill_ev || !ctx->suspended.recheck || !ctx->hup_ev || event_add(ctx->hup_ev, NULL) < 0 ||
-      hs_table_init(ctx) < 0) {
+  if (!ctx->stop_ev || !ctx->refill_ev || !ctx->suspended.recheck || !ctx->hup_ev ||
+      event_add(ctx->hup_ev, NULL) < 0 || hs_table_init(ctx) < 0) {
     rc = ctx->hup_ep < 0 ? -errno : -ENOMEM;
     goto fail;
   }

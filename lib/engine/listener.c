@@ -198,7 +198,7 @@ void listener_handshake_done(struct hs_conn *h, int rc) {
   /* The application's loop takes it at once: no queue to hold a place in. */
   if (reserved)
     give_back(l);
-  if (listener_closed(l) || !l->accept_cb || async_attach(s) < 0) {
+  if (listener_closed(l) || async_attach(s) < 0) {
     session_close(s);
     return;
   }

@@ -391,7 +391,8 @@ static void update_sock_ev(struct tether_session *s) {
       engine_event_prio(s->ctx, s->sock_ev, ENGINE_PRIO_BULK);
     }
   } else if (want) {
-    s->sock_ev = engine_event_new(s->ctx, ENGINE_PRIO_BULK, s->sock, want | EV_PERSIST, on_sock, s);
+    s->sock_ev =
+        engine_event_new(s->ctx, ENGINE_PRIO_BULK, s->sock, want | EV_PERSIST, on_sock, s);
   }
   if (want && s->sock_ev)
     event_add(s->sock_ev, NULL);
@@ -683,9 +684,9 @@ void session_attach(struct tether_session *s, struct hs_conn *h) {
     set_keepalive(s);
     app_fd_ready(s); /* wakes pollers of the WAIT pipe; the next call installs the socket */
     if (!s->is_client) /* the client may have moved: heartbeats follow it */
-      set_udp_peer(s, &h->peer, h->peer_len, ntohs(s->udp_peer.sa.sa_family == AF_INET
-                                                       ? ((struct sockaddr_in *)&s->udp_peer)->sin_port
-                                                       : ((struct sockaddr_in6 *)&s->udp_peer)->sin6_port));
+      set_udp_peer(s, &h->peer, h->peer_len,
+                   ntohs(s->udp_peer.sa.sa_family == AF_INET ? s->udp_peer.in4.sin_port
+                                                             : s->udp_peer.in6.sin6_port));
     LOG_INFO(s->ctx, "session %s: resumed after %.3f s; resending %llu bytes",
              session_tag(s->id, tag), (double)outage / 1e9,
              (unsigned long long)(s->core.sent - s->core.tx_pos));
