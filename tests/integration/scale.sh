@@ -11,8 +11,9 @@
 #          fails, and the time from the first suspension to the last resume
 #          stays within 10 s.
 #
-# The bounds are the targets, not today's figures (about 3 KB and well under
-# 1% at this size): they leave room for a busy machine.
+# The bounds are the targets, not today's figures (about 3.5 KB and well
+# under 1% at this size): they leave room for a busy machine.  Under a
+# sanitizer only the sessions' fate is checked.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 require_root
@@ -30,12 +31,18 @@ spawn - "$TMP/both.json" "$TMP/both.log" "$TETHER_BENCH" idle --count "$N" --sec
 wait_exit "$BG_PID" 90000 || fail "tether-bench idle still runs after 90 s"
 [ "$WAIT_RC" -eq 0 ] || fail "tether-bench idle exited with status $WAIT_RC"
 log "idle, forked server: $(cut -c1-400 "$TMP/both.json")"
-for side in "" server_; do
-  rss=$(field "$TMP/both.json" "${side}rss_bytes_per_session_median")
-  cpu=$(field "$TMP/both.json" "${side}idle_cpu_pct_median")
-  le "$rss" 4096 || fail "${side:-client_}memory per idle session: $rss bytes (bound 4096)"
-  le "$cpu" 2 || fail "${side:-client_}idle CPU: $cpu% of a core (bound 2%)"
-done
+# A sanitizer's own memory per allocation and CPU per access are no
+# measure of tether's: there the sessions only have to stay up.
+if [ "${TETHER_SANITIZED:-0}" = 1 ]; then
+  log "sanitized build: memory and CPU bounds not checked"
+else
+  for side in "" server_; do
+    rss=$(field "$TMP/both.json" "${side}rss_bytes_per_session_median")
+    cpu=$(field "$TMP/both.json" "${side}idle_cpu_pct_median")
+    le "$rss" 4096 || fail "${side:-client_}memory per idle session: $rss bytes (bound 4096)"
+    le "$cpu" 2 || fail "${side:-client_}idle CPU: $cpu% of a core (bound 2%)"
+  done
+fi
 [ "$(field "$TMP/both.json" resumes_median)" = 0 ] || fail "idle sessions suspended and resumed"
 
 # ---- storm ----
